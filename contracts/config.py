@@ -1,0 +1,219 @@
+"""Job configuration: pydantic v2, validated before Ray (or any GPU) is touched.
+
+A job config is a YAML/JSON file (``--config job.yaml``) plus CLI overrides. Everything that changes
+what lands in the tables goes into :meth:`JobConfig.fingerprint`, so a re-run with the same
+fingerprint can skip assets already committed and a changed config re-processes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contracts.cost import DEFAULT_USD_PER_HOUR
+
+# Bump when prompts, schemas or stage logic change what a row holds for the same inputs.
+PIPELINE_VERSION = "1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VlmEngineOptions(_Strict):
+    """Engine shape for one accelerator type (an A10G 24 GB fits less than an H100 80 GB)."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
+    max_model_len: int = Field(32768, ge=512, description="context length in tokens the engine is built for")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take")
+    max_frames: int = Field(64, ge=1, description="frame budget of one VLM context on this device")
+    max_num_seqs: int = Field(8, ge=1, description="vLLM: concurrent sequences")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="transformers attention kernel; auto picks per GPU and what is installed")
+
+
+class ModelsProfile(_Strict):
+    """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, or ``tiny-random``."""
+
+    name: str
+    asr: str = Field(description="Whisper converted to CTranslate2 (faster-whisper format)")
+    align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
+    vlm: str = Field(description="Qwen2.5-VL checkpoint")
+    vlm_engine: Literal["transformers", "vllm"] = "transformers"
+    engine_options: dict[str, VlmEngineOptions] = Field(
+        default_factory=lambda: {"default": VlmEngineOptions()},
+        description="per accelerator type (cpu, A10G, H100, H200, ...); 'default' for any other")
+
+    def options_for(self, accelerator: str) -> VlmEngineOptions:
+        return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
+
+
+TINY_RANDOM = ModelsProfile(
+    name="tiny-random", asr="tiny-random", align="tiny-random", vlm="tiny-random",
+    engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
+)
+
+QWEN25_VL_7B = ModelsProfile(
+    name="qwen2.5-vl-7b",
+    asr="Systran/faster-whisper-large-v3",
+    align="jonatasgrosman/wav2vec2-large-xlsr-53-english",
+    vlm="Qwen/Qwen2.5-VL-7B-Instruct",
+    engine_options={
+        "default": VlmEngineOptions(),
+        "A10G": VlmEngineOptions(dtype="bfloat16", max_model_len=16384, gpu_memory_utilization=0.92,
+                                 max_frames=32, max_num_seqs=4, attn_implementation="sdpa"),
+        "H100": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
+        "H200": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
+    },
+)
+
+BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B)}
+
+
+def load_profile(name_or_path: str) -> ModelsProfile:
+    """A built-in profile by name, or a YAML/JSON file holding one."""
+    if name_or_path in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"models profile {name_or_path!r} is neither a built-in profile "
+                          f"({', '.join(BUILTIN_PROFILES)}) nor a file")
+    return ModelsProfile.model_validate(yaml.safe_load(path.read_text()))
+
+
+class VideoConfig(_Strict):
+    fps: float = Field(0.1, gt=0, le=30, description="frames sampled per second of video, by seeking")
+    max_frames: int = Field(256, ge=1, le=4096, description="cap on frames sampled from one video")
+    frame_size: int = Field(448, ge=28, le=1792, description="sampled frames are resized to fit a square of this side (multiple of 28)")
+    shot_threshold: float = Field(0.35, gt=0, lt=2, description="histogram distance between sampled frames that marks a shot boundary")
+
+    @field_validator("frame_size")
+    @classmethod
+    def _multiple_of_28(cls, v: int) -> int:
+        if v % 28:
+            raise ValueError("must be a multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        return v
+
+
+class AsrConfig(_Strict):
+    batch_size: int = Field(8, ge=1, description="VAD segments decoded together")
+    language: Optional[str] = Field(None, description="force a language code; None detects it")
+    compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
+    align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
+    vad_onset: float = Field(0.5, gt=0, lt=1)
+    vad_offset: float = Field(0.363, gt=0, lt=1)
+    chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")
+
+
+class VlmConfig(_Strict):
+    max_new_tokens: int = Field(512, ge=16, description="answer token limit")
+    retries: int = Field(1, ge=0, le=3, description="re-asks after a malformed or invalid answer")
+    window_overlap_frames: int = Field(4, ge=0, description="frames shared by neighbouring windows when a video exceeds one context")
+    max_transcript_chars: int = Field(24000, ge=0, description="transcript characters included in one prompt")
+
+
+class StageResources(_Strict):
+    """Ray resources of one stage. Actor pools size between min_actors and max_actors."""
+
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per task/actor")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "StageResources":
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
+        return self
+
+
+class Resources(_Strict):
+    identify: StageResources = StageResources(num_cpus=1, batch_size=4)
+    decode: StageResources = StageResources(num_cpus=1)
+    asr: StageResources = StageResources(num_cpus=1)
+    vlm: StageResources = StageResources(num_cpus=1)
+    pdf: StageResources = StageResources(num_cpus=1, batch_size=4)
+    commit: StageResources = StageResources(num_cpus=0.5, batch_size=8)
+
+
+class ConfigError(ValueError):
+    """A job config a person must fix; the message says what and where."""
+
+
+class JobConfig(_Strict):
+    corpus: str = Field(description="local folder or s3://bucket/prefix to read")
+    out: str = Field(description="local folder or s3://bucket/prefix to write the tables to")
+    models: str = Field("tiny-random", description="built-in profile name or a profile YAML file")
+    video: VideoConfig = VideoConfig()
+    asr: AsrConfig = AsrConfig()
+    vlm: VlmConfig = VlmConfig()
+    resources: Resources = Resources()
+    usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
+                                           description="on-demand price per accelerator type and per CPU core")
+    model_cache: str = Field("~/.cache/corpusflow/models", description="per-node folder for synced and generated models")
+
+    @field_validator("corpus", "out")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        if "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError(f"{v!r}: use a local folder or s3://bucket/prefix")
+        if v.startswith("s3://") and len(v) <= len("s3://"):
+            raise ValueError(f"{v!r}: name a bucket")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        load_profile(v)
+        return v
+
+    @property
+    def profile(self) -> ModelsProfile:
+        return load_profile(self.models)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes output rows (not resources, prices or locations)."""
+        keyed = {"pipeline": PIPELINE_VERSION, "profile": self.profile.model_dump(mode="json"),
+                 "video": self.video.model_dump(mode="json"), "asr": self.asr.model_dump(mode="json"),
+                 "vlm": self.vlm.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def build(cls, config_file: Optional[str] = None, **overrides: Any) -> "JobConfig":
+        """Config from an optional file plus overrides, with a readable error on any mistake."""
+        data: dict[str, Any] = {}
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file {config_file!r} not found")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{config_file}: not valid YAML: {e}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"{config_file}: expected a mapping at the top level")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+            raise ConfigError("invalid job config:\n" + "\n".join(lines)) from None
+        except ConfigError as e:
+            raise ConfigError(f"invalid job config:\n  models: {e}") from None
