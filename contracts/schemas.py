@@ -12,7 +12,8 @@ import pyarrow as pa
 
 KINDS = ("video", "audio", "pdf", "other")
 STATUSES = ("ok", "error", "skipped")
-TIMELINE_SOURCES = ("asr", "vlm_chapter", "vlm_keyframe", "shot")
+TIMELINE_SOURCES = ("asr", "vlm", "shot")
+TIMELINE_DETAILS = ("segment", "word", "chapter", "keyframe", "boundary")
 
 ASSETS = pa.schema([
     pa.field("asset_id", pa.string(), nullable=False, metadata={"doc": "sha256 of the file's bytes"}),
@@ -34,7 +35,8 @@ TIMELINE = pa.schema([
     pa.field("asset_id", pa.string(), nullable=False),
     pa.field("t_start", pa.float64(), nullable=False),
     pa.field("t_end", pa.float64(), nullable=False),
-    pa.field("source", pa.string(), nullable=False, metadata={"doc": "asr|vlm_chapter|vlm_keyframe|shot"}),
+    pa.field("source", pa.string(), nullable=False, metadata={"doc": "asr|vlm|shot"}),
+    pa.field("detail", pa.string(), nullable=False, metadata={"doc": "segment|word (asr), chapter|keyframe (vlm), boundary (shot)"}),
     pa.field("language", pa.string()),
     pa.field("text", pa.string(), nullable=False),
 ])
