@@ -43,6 +43,8 @@ class ModelsProfile(_Strict):
     asr: str = Field(description="Whisper converted to CTranslate2 (faster-whisper format)")
     align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
+    asr_engine: Literal["whisperx", "transformers"] = Field(
+        "whisperx", description="whisperx (faster-whisper/CTranslate2) or transformers Whisper where CTranslate2 can't run")
     vlm_engine: Literal["transformers", "vllm"] = "transformers"
     engine_options: dict[str, VlmEngineOptions] = Field(
         default_factory=lambda: {"default": VlmEngineOptions()},
