@@ -105,6 +105,13 @@ def list_column(cells: list[list[str]]) -> np.ndarray:
     return out
 
 
+def empty_value(kind: str) -> Any:
+    """The value a stage writes for a row it did not process (failed earlier, or not its kind)."""
+    if kind.startswith("tensor["):
+        return np.zeros(0, dtype=_TENSOR_DTYPES[kind])
+    return {"str": "", "int64": 0, "int32": 0, "float64": float("nan"), "bool": False, "list[str]": []}[kind]
+
+
 def failed(batch: Mapping[str, np.ndarray], i: int) -> bool:
     return bool(batch["error"][i])
 
@@ -121,7 +128,7 @@ def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]
     out_cols: dict[str, list[Any]] = {c: [] for c in (*contract.writes, *contract.metric_columns)}
     errors = list(batch["error"])
     stages = list(batch["error_stage"])
-    empty = dict(empty or {})
+    empty = {**{c: empty_value(k) for c, k in contract.writes.items()}, **(empty or {})}
     for i in range(n):
         t0 = time.perf_counter()
         values = None

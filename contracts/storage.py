@@ -118,3 +118,11 @@ def read_parquet(uri: str) -> pa.Table:
 def delete(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.delete_file(path)
+
+
+def write_json(text: str, uri: str) -> None:
+    """Write a small text file in one piece (job summaries)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())

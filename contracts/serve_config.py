@@ -1,0 +1,152 @@
+"""Online endpoint configuration: one pydantic model for the API's limits and every deployment's shape.
+
+``serve_apps/config.yaml`` (for ``serve deploy``) and ``corpusflow serve`` both feed this model, so
+resources, queue bounds, autoscaling and batching are declared once and validated before Ray starts.
+Queues are always bounded: an overloaded endpoint answers 503/429 with ``Retry-After`` instead of
+buffering requests in memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contracts.config import AsrConfig, ConfigError, JobConfig, VideoConfig, VlmConfig, load_profile
+
+DEPLOYMENTS = ("api", "decode", "pdf", "asr", "vlm")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Autoscaling(_Strict):
+    """Ray Serve's autoscaler inputs; ``min_replicas == max_replicas`` pins the replica count."""
+
+    min_replicas: int = Field(1, ge=1, description="replicas kept warm (models load in __init__, so never 0)")
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="in-flight requests per replica the autoscaler aims for")
+    upscale_delay_s: float = Field(30.0, ge=0, description="load must persist this long before adding replicas")
+    downscale_delay_s: float = Field(600.0, ge=0, description="idle must persist this long before removing replicas")
+    metrics_interval_s: float = Field(10.0, gt=0, description="how often replicas report load")
+    look_back_period_s: float = Field(30.0, gt=0, description="window the reported load is averaged over")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+
+class Batching(_Strict):
+    """Online batching: concurrent requests to one replica are gathered into one stage call."""
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for company")
+
+
+class DeploymentSettings(_Strict):
+    """Resources, admission bounds and autoscaling of one deployment."""
+
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
+    memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per replica")
+    max_ongoing_requests: int = Field(8, ge=1, description="requests one replica works on at once")
+    max_queued_requests: int = Field(32, ge=1, description="requests waiting per caller before 503/429 (never unbounded)")
+    autoscaling: Autoscaling = Autoscaling()
+    batching: Batching = Batching()
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (batching is applied by the deployment itself)."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.accelerator_type:
+            actor["accelerator_type"] = self.accelerator_type
+        if self.memory_gb:
+            actor["memory"] = int(self.memory_gb * 2**30)
+        return {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "autoscaling_config": self.autoscaling.model_dump(),
+        }
+
+
+class Deployments(_Strict):
+    """``api`` is the HTTP ingress; the others wrap the batch job's stage classes."""
+
+    api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, max_queued_requests=64)
+    decode: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
+    pdf: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
+    asr: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
+    vlm: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
+
+
+class ServeConfig(_Strict):
+    """Everything the online endpoint needs; what the stages see is :meth:`job_config`."""
+
+    host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
+    port: int = Field(8000, ge=1, le=65535)
+    models: str = Field("tiny-random", description="built-in models profile name or a profile YAML file")
+    video: VideoConfig = VideoConfig()
+    asr: AsrConfig = AsrConfig()
+    vlm: VlmConfig = VlmConfig()
+    model_cache: str = Field("~/.cache/corpusflow/models", description="per-node folder for synced and generated models")
+    api_key_header: str = Field("X-API-Key", description="request header carrying the key")
+    api_keys_env: str = Field("CORPUSFLOW_API_KEYS", description="environment variable holding comma-separated keys")
+    api_keys_file: Optional[str] = Field(None, description="file with one key per line (read by each ingress replica)")
+    max_request_mb: float = Field(64.0, gt=0, description="largest request body; bigger ones get 413")
+    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline; past it the answer is 504")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503/429 under overload")
+    overload_status: Literal[503, 429] = Field(503, description="status for requests refused by a full queue")
+    allowed_uri_prefixes: tuple[str, ...] = Field(
+        (), description="s3://bucket/prefix/ locations a request may name; empty = uploads only")
+    deployments: Deployments = Deployments()
+
+    @field_validator("models")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        load_profile(v)
+        return v
+
+    @field_validator("allowed_uri_prefixes")
+    @classmethod
+    def _s3_prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for p in v:
+            bucket = p[len("s3://"):].split("/", 1)[0] if p.startswith("s3://") else ""
+            if not bucket or ".." in p.split("/"):
+                raise ValueError(f"{p!r}: allowed prefixes are s3://bucket[/prefix] locations")
+            out.append(p.rstrip("/") + "/")  # a prefix ends at a folder boundary: s3://b/a never admits s3://b/ab
+        return tuple(out)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 2**20)
+
+    def job_config(self) -> JobConfig:
+        """The stage configuration; corpus/out are unused online, so they name a placeholder folder."""
+        return JobConfig(corpus="online", out="online", models=self.models, video=self.video, asr=self.asr,
+                         vlm=self.vlm, model_cache=self.model_cache)
+
+    @classmethod
+    def load(cls, path: Optional[str] = None, **overrides: Any) -> "ServeConfig":
+        """Config from an optional YAML file plus top-level overrides, with a readable error on any mistake."""
+        data: dict[str, Any] = {}
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"serve config {path!r} not found")
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: expected a mapping at the top level")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+            raise ConfigError("invalid serve config:\n" + "\n".join(lines)) from None

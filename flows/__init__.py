@@ -1,0 +1,1 @@
+"""Ray Data jobs and the command line of corpusflow."""

@@ -1,0 +1,61 @@
+"""``corpusflow`` command line: run a corpus job, serve the API, plan a cluster, report on a job."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from contracts.config import ConfigError, JobConfig
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = JobConfig.build(args.config, corpus=args.corpus, out=args.out, models=args.models,
+                                 **{"video.fps": args.fps})
+    except ConfigError as e:
+        print(f"corpusflow: {e}", file=sys.stderr)
+        return 2
+    from contracts import storage
+    from flows.job import run_job
+
+    try:
+        if not storage.exists(config.corpus):
+            print(f"corpusflow: corpus {config.corpus!r} does not exist", file=sys.stderr)
+            return 2
+    except OSError as e:
+        print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
+        return 2
+    summary = run_job(config, address=args.address)
+    print(summary.to_text())
+    return 0
+
+
+def _delegate(module: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    return importlib.import_module(module).main(list(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = {"serve": "serve_apps.run_local", "plan": "flows.plan", "report": "flows.report"}
+    if argv and argv[0] in delegated:
+        return _delegate(delegated[argv[0]], argv[1:])
+    parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve,plan,report}")
+    run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
+    run.add_argument("corpus", help="local folder or s3://bucket/prefix")
+    run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
+    run.add_argument("--config", help="job config YAML (see docs/config.md)")
+    run.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
+    run.add_argument("--fps", type=float, help="video frames sampled per second (default 0.1)")
+    run.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
+    run.set_defaults(func=_run)
+    for name in delegated:
+        sub.add_parser(name, help=f"see `corpusflow {name} --help`")
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The corpus job: one Ray Data stream from listing to committed Parquet tables.
+
+list → identify (hash + sniff by content) → drop what this config already committed → decode media
+(tasks) / extract PDFs (tasks) → ASR actor pool → VLM actor pool → commit (tasks). Videos, audio and
+PDFs flow interleaved in one stream; each stage routes to its kinds (flows/routing.py). Frames and
+PCM travel as Arrow tensor columns; objects are fetched inside the stages that read them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from contracts import storage
+from contracts.config import JobConfig, StageResources
+from contracts.stage import Batch
+from flows.commit import STAGES, batch_key, commit, committed_keys, remove_orphans, rows_for_batch, status_of
+from flows.routing import KindRouted, as_task
+
+MEDIA = ("video", "audio")
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    fingerprint: str
+    files: int = 0
+    already_done: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    video_hours: float = 0.0
+    audio_hours: float = 0.0
+    pages: int = 0
+    wall_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    orphans_removed: int = 0
+
+    def to_text(self) -> str:
+        lines = [f"job {self.job_id} (config {self.fingerprint}) finished in {self.wall_s:.1f} s",
+                 f"  files: {self.files} listed, {self.already_done} already done, "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items())),
+                 "  kinds: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"),
+                 f"  media: {self.video_hours:.3f} h video, {self.audio_hours:.3f} h audio, {self.pages} pages",
+                 "  time per stage (summed over assets): "
+                 + (", ".join(f"{k} {v:.1f} s" for k, v in self.stage_s.items()) or "none")]
+        for e in self.errors[:20]:
+            lines.append(f"  error  {e['uri']}  [{e['stage']}] {e['error']}")
+        if len(self.errors) > 20:
+            lines.append(f"  … and {len(self.errors) - 20} more errors (see assets/ where status = 'error')")
+        return "\n".join(lines)
+
+
+def _start_columns(batch: Batch) -> Batch:
+    n = len(batch["uri"])
+    batch["error_stage"] = np.full(n, "", dtype=object)
+    batch["error"] = np.full(n, "", dtype=object)
+    return batch
+
+
+def _remote_args(r: StageResources) -> dict:
+    args: dict = {"num_cpus": r.num_cpus, "batch_size": r.batch_size}
+    if r.num_gpus:
+        args["num_gpus"] = r.num_gpus
+    if r.accelerator_type:
+        args["accelerator_type"] = r.accelerator_type
+    if r.memory_gb:
+        args["memory"] = int(r.memory_gb * 2**30)
+    return args
+
+
+def _drop_done(done_ref) -> Callable[[Batch], Batch]:
+    def drop(batch: Batch) -> Batch:
+        import ray
+
+        done = ray.get(done_ref)
+        keep = np.array([(u, a) not in done for u, a in zip(batch["uri"], batch["asset_id"])], dtype=bool)
+        return {k: v[keep] for k, v in batch.items()}
+    return drop
+
+
+def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
+    fingerprint = config.fingerprint()
+
+    def commit_batch(batch: Batch) -> Batch:
+        tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour)
+        commit(tables, config.out, f"{fingerprint}-{batch_key(batch)}.parquet")
+        try:
+            from flows.live_metrics import record
+        except ImportError:
+            record = None
+        if record is not None:
+            record(tables["metrics"], job_id)
+        n = len(batch["uri"])
+        out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
+        out["status"] = np.array([status_of(k, e) for k, e in zip(batch["kind"], batch["error"])], dtype=object)
+        out["duration_s"] = np.array([float(batch["duration_s"][i]) if "duration_s" in batch else np.nan
+                                      for i in range(n)], dtype=np.float64)
+        out["pages"] = np.array([int(batch["pages"][i]) if "pages" in batch else 0 for i in range(n)], dtype=np.int64)
+        for stage in STAGES:
+            col = f"{stage}_wall_s"
+            out[col] = batch[col].astype(np.float64) if col in batch else np.full(n, np.nan)
+        return out
+    return commit_batch
+
+
+def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str):
+    """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from actors.asr import Transcribe
+    from actors.decode import DecodeMedia
+    from actors.identify import Identify
+    from actors.pdf import ExtractPdf
+    from actors.vlm import Describe
+
+    r = config.resources
+    listing = pa.table({"uri": [e.uri for e in entries], "bytes": pa.array([e.size for e in entries], pa.int64())})
+    # One block per file keeps the stream fine-grained: a long video never waits behind others.
+    ds = ray.data.from_arrow(listing).repartition(max(1, len(entries)))
+    ds = ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
+    ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", **_remote_args(r.identify))
+    if done:
+        ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
+    ds = ds.map_batches(as_task(DecodeMedia, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
+    ds = ds.map_batches(as_task(ExtractPdf, config, ("pdf",)), batch_format="numpy", **_remote_args(r.pdf))
+    for stage_cls, kinds, res in ((Transcribe, MEDIA, r.asr), (Describe, ("video",), r.vlm)):
+        ds = ds.map_batches(KindRouted, fn_constructor_args=(stage_cls, config, kinds), batch_format="numpy",
+                            compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+                            **_remote_args(res))
+    return ds.map_batches(_committer(config, job_id), batch_format="numpy", **_remote_args(r.commit))
+
+
+def init_ray(address: Optional[str]) -> None:
+    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "TRANSFORMERS_"))}}
+    if address:
+        import actors, contracts, flows  # noqa: E401 - shipped to the cluster's workers
+        env["py_modules"] = [os.path.dirname(m.__file__) for m in (actors, contracts, flows)]
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
+        # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
+        ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False,
+                 runtime_env=env)
+
+
+def run_job(config: JobConfig, address: Optional[str] = None,
+            progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> JobSummary:
+    """Run the whole job and return its summary; raises only for problems with the job itself."""
+    t0 = time.time()
+    job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
+    entries = storage.list_files(config.corpus)
+    summary.files = len(entries)
+    summary.orphans_removed = remove_orphans(config.out)
+    done = committed_keys(config.out, summary.fingerprint)
+    progress(f"corpusflow: {len(entries)} files under {config.corpus}; {len(done)} assets already committed "
+             f"for config {summary.fingerprint}; writing to {config.out}")
+    if not entries:
+        summary.wall_s = time.time() - t0
+        return summary
+
+    init_ray(address)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    stage_s: dict[str, float] = defaultdict(float)
+    statuses: Counter = Counter()
+    kinds: Counter = Counter()
+    seen = 0
+    for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["uri"])):
+            seen += 1
+            status, kind = str(batch["status"][i]), str(batch["kind"][i])
+            statuses[status] += 1
+            kinds[kind] += 1
+            dur = float(batch["duration_s"][i])
+            if status == "ok" and not np.isnan(dur):
+                if kind == "video":
+                    summary.video_hours += dur / 3600
+                elif kind == "audio":
+                    summary.audio_hours += dur / 3600
+            if status == "ok" and kind == "pdf":
+                summary.pages += int(batch["pages"][i])
+            for stage in STAGES:
+                w = float(batch[f"{stage}_wall_s"][i])
+                if not np.isnan(w):
+                    stage_s[stage] += w
+            if status == "error":
+                summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
+                                       "error": str(batch["error"][i])})
+            elapsed = time.time() - t0
+            progress(f"[{seen + len(done)}/{len(entries)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+                     f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
+    summary.already_done = len(entries) - seen
+    summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
+    summary.stage_s = {s: round(stage_s[s], 3) for s in STAGES if s in stage_s}
+    summary.wall_s = time.time() - t0
+    storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
+    return summary
