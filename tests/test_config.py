@@ -1,0 +1,45 @@
+"""Job config is validated, with messages a person can act on, before Ray is touched."""
+import pytest
+
+from contracts.config import ConfigError, JobConfig
+from flows.cli import main
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = JobConfig.build(None, corpus=str(tmp_path), out=str(tmp_path / "o"), **{"video.fps": 0.5})
+    assert cfg.video.fps == 0.5 and cfg.models == "tiny-random"
+    assert JobConfig.build(None, corpus="s3://b/p", out="s3://b/o").fingerprint() != cfg.fingerprint()
+
+
+def test_fingerprint_ignores_resources_and_locations(tmp_path):
+    a = JobConfig.build(None, corpus="a", out="b")
+    b = JobConfig.build(None, corpus="c", out="d", **{"resources.asr.max_actors": 4, "usd_per_hour.H100": 1.0})
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("video:\n  fps: -1\n", "video.fps"),
+    ("video:\n  frame_size: 450\n", "multiple of 28"),
+    ("resources:\n  asr:\n    min_actors: 3\n    max_actors: 1\n", "max_actors"),
+    ("vidoe:\n  fps: 1\n", "vidoe"),
+    ("- just\n- a list\n", "mapping"),
+    ("models: no-such-profile\n", "no-such-profile"),
+])
+def test_bad_config_is_rejected_with_a_clear_message(tmp_path, yaml_text, expected):
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        JobConfig.build(str(f), corpus=str(tmp_path), out=str(tmp_path / "o"))
+    assert expected in str(e.value)
+
+
+def test_cli_rejects_bad_input_before_starting_ray(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", str(tmp_path), "--out", "http://example.com/x"]) == 2
+    assert "s3://bucket/prefix" in capsys.readouterr().err
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "o"), "--fps", "0"]) == 2
+    assert "video.fps" in capsys.readouterr().err
+    import ray
+
+    assert not ray.is_initialized()
