@@ -1,0 +1,20 @@
+# One entry point for people and CI. `make sample` sets up and runs the main job on the bundled sample
+# corpus; `make test` sets up and runs the tests. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/corpusflow: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: setup sample test
+setup: $(BIN)/corpusflow
+
+sample: setup
+	$(BIN)/corpusflow run examples/sample --out out/sample --models tiny-random
+
+test: setup
+	$(BIN)/python -m pytest -q
