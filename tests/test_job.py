@@ -1,0 +1,146 @@
+"""The corpus job end to end, through the CLI, on a real local Ray with the tiny-random models."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from contracts import storage
+from contracts.schemas import TABLES
+from flows.cli import main
+from flows.commit import read_table
+from tests import media
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Every kind, and every way a file can be bad."""
+    root = tmp_path_factory.mktemp("corpus")
+    media.make_video(root / "lecture.mp4", seconds=8.0, audio=True)
+    media.make_video(root / "trial" / "silent.mkv", seconds=5.0, audio=False, container="mkv")
+    media.make_audio(root / "interview.wav", seconds=4.0)
+    media.make_pdf(root / "docs" / "label.pdf", pages=3, images=1)
+    media.make_pdf(root / "docs" / "locked.pdf", pages=1, encrypted=True)
+    media.make_pdf(root / "docs" / "really_a_pdf.mp4", pages=2)
+    media.corrupt_copy(root / "lecture.mp4", root / "corrupt.mp4")
+    media.truncate_copy(root / "lecture.mp4", root / "truncated.mp4", 0.3)
+    (root / "empty.mov").write_bytes(b"")
+    (root / "notes.txt").write_text("meeting notes\n")
+    return root
+
+
+EXPECTED = {  # file → (kind, status, error_stage)
+    "lecture.mp4": ("video", "ok", None), "trial/silent.mkv": ("video", "ok", None),
+    "interview.wav": ("audio", "ok", None), "docs/label.pdf": ("pdf", "ok", None),
+    "docs/locked.pdf": ("pdf", "error", "pdf"), "docs/really_a_pdf.mp4": ("pdf", "ok", None),
+    "empty.mov": (None, "error", "identify"), "notes.txt": ("other", "skipped", None),
+}
+
+
+@pytest.fixture(autouse=True)
+def _model_cache(model_cache, monkeypatch):
+    monkeypatch.setenv("CORPUSFLOW_MODEL_CACHE", model_cache)
+
+
+def _config(tmp_path: Path, model_cache: str) -> str:
+    f = tmp_path / "job.yaml"
+    f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\n")
+    return str(f)
+
+
+def _by_file(assets, root: str) -> dict:
+    return {r["uri"].split(root.rstrip("/") + "/", 1)[1]: r for r in assets.to_pylist()}
+
+
+def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path, model_cache, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
+    printed = capsys.readouterr()
+    assert "files: 10 listed, 0 already done" in printed.out and "[10/10]" in printed.err
+
+    assets = read_table(str(out), "assets")
+    assert assets.schema == TABLES["assets"]
+    rows = _by_file(assets, str(corpus))
+    assert len(rows) == assets.num_rows == 10
+    for name, (kind, status, stage) in EXPECTED.items():
+        r = rows[name]
+        assert (r["status"], r["error_stage"]) == (status, stage), (name, r)
+        if kind:
+            assert r["kind"] == kind, (name, r)
+        if status == "error":
+            assert r["error"] and len(r["error"]) > 10
+    assert rows["corrupt.mp4"]["status"] == "error" and rows["truncated.mp4"]["status"] in ("ok", "error")
+    assert rows["docs/label.pdf"]["pages"] == 3 and 7.5 < rows["lecture.mp4"]["duration_s"] < 8.5
+
+    timeline = read_table(str(out), "timeline")
+    lecture = rows["lecture.mp4"]["asset_id"]
+    mine = [r for r in timeline.to_pylist() if r["asset_id"] == lecture]
+    assert {r["source"] for r in mine} >= {"vlm"}
+    for r in mine:
+        assert 0 <= r["t_start"] <= r["t_end"] <= 8.5
+    summaries = read_table(str(out), "summaries").to_pylist()
+    assert {s["asset_id"] for s in summaries} == {rows["lecture.mp4"]["asset_id"], rows["trial/silent.mkv"]["asset_id"]}
+    assert read_table(str(out), "pages").num_rows == 3 + 2
+    metrics = read_table(str(out), "metrics")
+    assert {"identify", "decode", "asr", "vlm", "pdf"} <= set(metrics["stage"].to_pylist())
+    assert all(c >= 0 for c in metrics["cost_usd"].to_pylist())
+
+    # Same job again: everything is already committed, nothing is written twice.
+    before = {t: sorted(storage.list_parquet(str(out / t))) for t in TABLES}
+    assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
+    assert "10 already done" in capsys.readouterr().out
+    assert {t: sorted(storage.list_parquet(str(out / t))) for t in TABLES} == before
+    assert read_table(str(out), "assets").num_rows == 10
+
+
+def test_a_killed_job_rerun_completes_without_loss_or_duplicates(corpus, tmp_path, model_cache):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flows", "run", str(corpus), "--out", str(out),
+           "--config", _config(tmp_path, model_cache)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).parents[1])
+    deadline = time.time() + 300
+    while time.time() < deadline and not storage.list_parquet(str(out / "assets")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    partial = read_table(str(out), "assets").num_rows
+    assert 0 < partial <= 10
+    assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
+    assets = read_table(str(out), "assets")
+    assert sorted(_by_file(assets, str(corpus))) == sorted(
+        str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
+    assert assets.num_rows == 10
+    pages = read_table(str(out), "pages").to_pylist()
+    assert len({(p["asset_id"], p["page"]) for p in pages}) == len(pages) == 5
+
+
+def test_s3_corpus_to_s3_tables(s3_bucket, s3_server, tmp_path, model_cache):
+    import ray
+
+    ray.shutdown()  # workers must start with the loopback S3 environment
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    src = tmp_path / "src"
+    media.make_audio(src / "a.mp3", seconds=3.0, container="mp3")
+    media.make_pdf(src / "b.pdf", pages=2)
+    for f in src.iterdir():
+        s3.upload_file(str(f), s3_bucket, f"corpus/{f.name}")
+    out = f"s3://{s3_bucket}/tables"
+    try:
+        assert main(["run", f"s3://{s3_bucket}/corpus", "--out", out, "--config", _config(tmp_path, model_cache)]) == 0
+    finally:
+        ray.shutdown()
+    assets = read_table(out, "assets").to_pylist()
+    assert sorted((a["uri"], a["status"]) for a in assets) == [
+        (f"s3://{s3_bucket}/corpus/a.mp3", "ok"), (f"s3://{s3_bucket}/corpus/b.pdf", "ok")]
+    assert read_table(out, "pages").num_rows == 2
