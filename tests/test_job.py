@@ -46,11 +46,6 @@ EXPECTED = {  # file → (kind, status, error_stage)
 }
 
 
-@pytest.fixture(autouse=True)
-def _model_cache(model_cache, monkeypatch):
-    monkeypatch.setenv("CORPUSFLOW_MODEL_CACHE", model_cache)
-
-
 def _config(tmp_path: Path, model_cache: str) -> str:
     f = tmp_path / "job.yaml"
     f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\n")
