@@ -1,0 +1,294 @@
+"""Decode a video or audio file into what the model stages need: sampled frames, shots, keyframes, 16 kHz PCM.
+
+Frames are sampled by *seeking* (to the keyframe before each target time, then decoding forward to
+the first frame at/after it), so a 3-hour video at 0.1 fps costs ~1,080 short GOP decodes, not
+~650,000 frame decodes. The audio track is decoded once, streamed through a resampler; the same
+demux pass records the video keyframe times without decoding any video packet.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from typing import Any, Iterator
+
+import av
+import av.error
+import numpy as np
+
+from contracts import storage
+from contracts.config import JobConfig, VideoConfig
+from contracts.stage import Batch, StageContract, StageFailure, run_rows
+
+PCM_RATE = 16000
+# Without a container index, listing keyframes means reading every packet of the file; with an
+# audio track that pass happens anyway, without one we only pay it for files up to this size.
+KEYFRAME_SCAN_MAX_BYTES = 1 << 30
+_REMOTE_BUFFER = 1 << 20  # PyAV read size for S3 objects: fewer, larger ranged GETs
+_HIST_BINS = 4  # coarse bins: codec noise on flat colour must not cross bins, a cut still does
+_TAGS = ("title", "comment", "description", "artist", "album", "date", "creation_time", "copyright", "language")
+
+
+@contextlib.contextmanager
+def open_media(uri: str) -> Iterator[av.container.InputContainer]:
+    """Open a local path or s3:// object with PyAV (S3 through a seekable, ranged pyarrow reader)."""
+    if storage.is_s3(uri):
+        with storage.open_input(uri) as f, av.open(f, "r", buffer_size=_REMOTE_BUFFER) as container:
+            yield container
+    else:
+        with av.open(storage.filesystem(uri)[1], "r") as container:
+            yield container
+
+
+def picture_streams(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """Real video streams: not cover art (an attached picture is one still image, not a video)."""
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+
+
+def describe_error(kind: str, e: Exception) -> str:
+    reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return f"{kind} could not be decoded: {reason[0].lower()}{reason[1:]}"
+
+
+def frame_dims(width: int, height: int, side: int) -> tuple[int, int]:
+    """(W, H) multiples of 28 that fit a ``side``×``side`` square and keep the aspect ratio (to ±14 px)."""
+    scale = side / max(width, height, 1)
+    fit = lambda v: max(28, min(side, int(round(v * scale / 28)) * 28))  # noqa: E731
+    return fit(width), fit(height)
+
+
+def sample_times(duration: float, cfg: VideoConfig) -> np.ndarray:
+    """Target times: every 1/fps seconds, spread evenly over the duration when max_frames bites; at least t=0."""
+    n = int(math.floor(duration * cfg.fps + 1e-9)) if duration > 0 else 0
+    if n < 1:
+        return np.zeros(1)
+    if n > cfg.max_frames:
+        return np.linspace(0.0, duration, cfg.max_frames, endpoint=False)
+    return np.arange(n) / cfg.fps
+
+
+def colour_histogram(frame: np.ndarray) -> np.ndarray:
+    """Joint RGB histogram (4 bins per channel), normalised to sum 1: the L1 distance of two is in [0, 2]."""
+    q = (frame.reshape(-1, 3) // (256 // _HIST_BINS)).astype(np.int32)
+    idx = (q[:, 0] * _HIST_BINS + q[:, 1]) * _HIST_BINS + q[:, 2]
+    hist = np.bincount(idx, minlength=_HIST_BINS ** 3).astype(np.float64)
+    return hist / max(hist.sum(), 1.0)
+
+
+def shot_boundaries(frames: np.ndarray, times: np.ndarray, threshold: float) -> np.ndarray:
+    """Times of sampled frames whose colour histogram jumps by more than ``threshold`` from the previous one."""
+    hists = [colour_histogram(f) for f in frames]
+    cuts = [times[i] for i in range(1, len(hists)) if np.abs(hists[i] - hists[i - 1]).sum() > threshold]
+    return np.asarray(cuts, dtype=np.float64)
+
+
+class _PcmBuffer:
+    """Growable float32 buffer, pre-sized from the duration, so a long file's PCM is not held twice."""
+
+    def __init__(self, expected_s: float):
+        self.data = np.empty(int(max(expected_s, 1.0) * PCM_RATE * 1.02) + PCM_RATE, dtype=np.float32)
+        self.n = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        if self.n + len(chunk) > len(self.data):
+            self.data = np.resize(self.data, max(2 * len(self.data), self.n + len(chunk)))
+        self.data[self.n:self.n + len(chunk)] = chunk
+        self.n += len(chunk)
+
+    def pad_to(self, samples: int) -> None:
+        if samples > self.n:
+            self.append(np.zeros(samples - self.n, dtype=np.float32))
+
+    def array(self) -> np.ndarray:
+        return self.data[:self.n]
+
+
+class DecodeMedia:
+    """Video and audio rows → duration, metadata, sampled frames, shot and keyframe times, 16 kHz PCM."""
+
+    contract = StageContract(
+        name="decode", reads=("uri", "kind"),
+        writes={"duration_s": "float64", "meta_json": "str", "frames": "tensor[uint8]", "frame_ts": "tensor[float64]",
+                "shot_ts": "tensor[float64]", "iframe_ts": "tensor[float64]", "pcm": "tensor[float32]",
+                "has_audio": "bool"})
+
+    def __init__(self, config: JobConfig):
+        self.video = config.video
+        self.frames_decoded = 0  # video frames decoded so far by this instance: sampling cost, for tests and metrics
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_rows(self.contract, batch, self._decode, empty=self._empty())
+
+    def _empty(self) -> dict[str, Any]:
+        side = self.video.frame_size
+        none = np.zeros(0, dtype=np.float64)
+        return {"duration_s": float("nan"), "meta_json": "", "frames": np.zeros((0, side, side, 3), np.uint8),
+                "frame_ts": none, "shot_ts": none, "iframe_ts": none, "pcm": np.zeros(0, np.float32),
+                "has_audio": False}
+
+    def _decode(self, row: dict[str, Any]) -> dict[str, Any]:
+        uri, kind = str(row["uri"]), str(row["kind"])
+        if kind not in ("video", "audio"):
+            raise StageFailure(f"decode handles video and audio, not {kind!r}")
+        try:
+            with open_media(uri) as container:
+                return self._decode_container(container, uri, kind)
+        except (av.error.FFmpegError, OSError, EOFError) as e:
+            raise StageFailure(describe_error(kind, e)) from e
+
+    def _decode_container(self, container: av.container.InputContainer, uri: str, kind: str) -> dict[str, Any]:
+        pictures = picture_streams(container) if kind == "video" else []
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if kind == "video" and not pictures:
+            raise StageFailure("video could not be decoded: the file holds no video stream")
+        if audio is None and not pictures:
+            raise StageFailure(f"{kind} could not be decoded: the file holds no audio stream")
+        vs = pictures[0] if pictures else None
+        t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
+        declared = _declared_duration(container)
+
+        iframes = _indexed_keyframes(vs, t0) if vs is not None else None
+        pcm, iframes_seen, last_ts = np.zeros(0, np.float32), [], 0.0
+        if audio is not None or (vs is not None and iframes is None and _size(uri) <= KEYFRAME_SCAN_MAX_BYTES):
+            pcm, iframes_seen, last_ts = _demux_pass(container, audio, vs if iframes is None else None, t0,
+                                                     declared or 0.0)
+            if iframes is None and vs is not None:
+                iframes = np.asarray(sorted(iframes_seen), dtype=np.float64)
+        duration = declared if declared else last_ts
+        if declared and last_ts and last_ts < 0.9 * declared - 1.0:
+            raise StageFailure(f"{kind} is truncated or corrupt: the header says {declared:.1f} s "
+                               f"but the data ends at {last_ts:.1f} s")
+
+        side = self.video.frame_size
+        frames, frame_ts = np.zeros((0, side, side, 3), np.uint8), np.zeros(0)
+        if vs is not None:
+            frames, frame_ts = self._sample_frames(container, vs, duration, t0)
+            if not len(frame_ts):
+                raise StageFailure("video could not be decoded: no picture could be decoded from the video stream")
+            duration = duration or float(frame_ts[-1])
+        shots = shot_boundaries(frames, frame_ts, self.video.shot_threshold) if len(frames) > 1 else np.zeros(0)
+        meta = _metadata(container, vs, audio, duration, frames.shape, iframes is not None)
+        return {"duration_s": float(duration), "meta_json": json.dumps(meta, ensure_ascii=False), "frames": frames,
+                "frame_ts": frame_ts, "shot_ts": shots,
+                "iframe_ts": iframes if iframes is not None else np.zeros(0), "pcm": pcm,
+                "has_audio": audio is not None and len(pcm) > 0}
+
+    def _sample_frames(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream,
+                       duration: float, t0: float) -> tuple[np.ndarray, np.ndarray]:
+        ctx = vs.codec_context
+        sar = float(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else 1.0
+        width, height = frame_dims(int(round(ctx.width * sar)), ctx.height, self.video.frame_size)
+        step = 1.0 / float(vs.average_rate) if vs.average_rate else 0.04
+        kept: list[np.ndarray] = []
+        times: list[float] = []
+        for target in sample_times(duration, self.video):
+            got = self._frame_at(container, vs, t0 + float(target), step)
+            if got is None:
+                break  # past the last decodable picture
+            frame, t = got
+            if times and t - t0 <= times[-1]:
+                continue  # two targets inside one frame's span: keep timestamps strictly increasing
+            kept.append(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA"))
+            times.append(t - t0)
+        return (np.stack(kept) if kept else np.zeros((0, height, width, 3), np.uint8),
+                np.asarray(times, dtype=np.float64))
+
+    def _frame_at(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream, target: float,
+                  step: float) -> tuple[av.VideoFrame, float] | None:
+        """The first frame at/after ``target`` (container seconds): seek to the keyframe before it, decode forward.
+
+        Some demuxers (MPEG-TS) land on a keyframe *after* the target; we then seek further back.
+        """
+        backoff = 0.0
+        found = None
+        for _ in range(4):
+            # never before the stream's first timestamp: some demuxers (FLV) refuse a seek with no keyframe before it
+            offset = max(vs.start_time or 0, int((target - backoff) / vs.time_base))
+            container.seek(offset, stream=vs, backward=True)
+            first, found = None, None
+            for frame in container.decode(vs):
+                self.frames_decoded += 1
+                if frame.time is None:
+                    continue
+                first = frame.time if first is None else first
+                if frame.time >= target - step / 2:
+                    found = (frame, frame.time)
+                    break
+            overshot = first is not None and first > target + step / 2 and target - backoff > 0
+            if not overshot:
+                return found
+            backoff = max(2 * backoff, 2.0)
+        return found
+
+
+def _size(uri: str) -> int:
+    fs, path = storage.filesystem(uri)
+    return fs.get_file_info(path).size or 0
+
+
+def _declared_duration(container: av.container.InputContainer) -> float:
+    if container.duration:
+        return container.duration / 1e6
+    spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+    return max(spans, default=0.0)
+
+
+def _indexed_keyframes(vs: av.video.stream.VideoStream, t0: float) -> np.ndarray | None:
+    """Keyframe times from the container's own sample index (MP4/MOV, AVI) when it lists every frame; else None."""
+    entries = vs.index_entries
+    if not vs.frames or len(entries) < vs.frames:
+        return None  # absent or partial (Matroska cues list only some keyframes)
+    tb = float(vs.time_base)
+    return np.asarray(sorted(e.timestamp * tb - t0 for e in entries if e.is_keyframe), dtype=np.float64)
+
+
+def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.AudioStream | None,
+                vs: av.video.stream.VideoStream | None, t0: float, expected_s: float
+                ) -> tuple[np.ndarray, list[float], float]:
+    """One read of the file: decode + resample the audio to 16 kHz mono, note video keyframe times (no decode)."""
+    streams = [s for s in (audio, vs) if s is not None]
+    pcm = _PcmBuffer(expected_s if audio is not None else 0.0)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM_RATE) if audio is not None else None
+    keyframes: list[float] = []
+    last = 0.0
+    started = False
+    for packet in container.demux(streams):
+        if packet.pts is not None and packet.time_base:
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0
+            last = max(last, end)
+        if packet.stream is vs:
+            if packet.is_keyframe and packet.pts is not None:
+                keyframes.append(float(packet.pts * packet.time_base) - t0)
+            continue
+        for frame in packet.decode():
+            if not started and frame.time is not None:
+                pcm.pad_to(int(round(max(0.0, frame.time - t0) * PCM_RATE)))  # audio that starts late stays aligned
+                started = True
+            for out in resampler.resample(frame):
+                pcm.append(out.to_ndarray()[0])
+    if resampler is not None:
+        for out in resampler.resample(None):
+            pcm.append(out.to_ndarray()[0])
+    return pcm.array(), keyframes, last
+
+
+def _metadata(container: av.container.InputContainer, vs: av.video.stream.VideoStream | None,
+              audio: av.audio.stream.AudioStream | None, duration: float, frames_shape: tuple[int, ...],
+              keyframes_listed: bool) -> dict[str, Any]:
+    """What a person (or a prompt) wants to know about the file; tags lower-cased, empty ones left out."""
+    tags = {k.lower(): v for k, v in container.metadata.items()}
+    meta: dict[str, Any] = {"container": container.format.long_name, "duration_s": round(duration, 3),
+                            "bit_rate": container.bit_rate or None}
+    if vs is not None:
+        ctx = vs.codec_context
+        meta.update(width=ctx.width, height=ctx.height, codec=ctx.name,
+                    fps=round(float(vs.average_rate), 3) if vs.average_rate else None,
+                    sampled_frames=int(frames_shape[0]), frame_size=[int(frames_shape[2]), int(frames_shape[1])])
+        if not keyframes_listed:
+            meta["keyframes"] = "not listed: no container index and the file is too large to scan"
+    if audio is not None:
+        a = audio.codec_context
+        meta.update(audio_codec=a.name, audio_sample_rate=a.sample_rate, audio_channels=a.channels,
+                    audio_language=audio.metadata.get("language") or None)
+    meta.update({k: tags[k] for k in _TAGS if tags.get(k)})
+    return {k: v for k, v in meta.items() if v is not None}

@@ -1,0 +1,85 @@
+"""Extract a PDF's text per page, its image count per page and its document metadata with PyMuPDF.
+
+The file is read through contracts.storage (local or S3) into memory once: PyMuPDF needs random
+access to the cross-reference table, and PDFs, unlike videos, fit in memory.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pymupdf
+
+from contracts import storage
+from contracts.config import JobConfig
+from contracts.stage import Batch, StageContract, StageFailure, run_rows
+
+_EOF_MARKER = b"%%EOF"
+_TAIL = 2048  # writers may append a little after %%EOF (whitespace, a newline, a signature)
+
+
+def _date(raw: str) -> str:
+    """'D:20260101120000Z' → '2026-01-01T12:00:00Z' (the raw string back when it is not in that form)."""
+    s = raw[2:] if raw.startswith("D:") else raw
+    if len(s) >= 14 and s[:14].isdigit():
+        tz = s[14:].replace("'", "")
+        tz = "Z" if tz in ("", "Z") else (tz[:3] + ":" + tz[3:5] if len(tz) >= 5 else tz)
+        return f"{s[0:4]}-{s[4:6]}-{s[6:8]}T{s[8:10]}:{s[10:12]}:{s[12:14]}{tz}"
+    return raw
+
+
+def open_pdf(data: bytes) -> pymupdf.Document:
+    """Open PDF bytes, or fail with a sentence: password-protected, truncated or corrupt."""
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
+        raise StageFailure(f"PDF is corrupt and could not be opened: {e}") from e
+    if doc.needs_pass:
+        doc.close()
+        raise StageFailure("PDF is password-protected")
+    if doc.page_count == 0:
+        doc.close()
+        raise StageFailure("PDF is corrupt: no page could be read")
+    if _EOF_MARKER not in data[-_TAIL:]:
+        doc.close()
+        raise StageFailure("PDF is truncated: the file ends before its end-of-file marker")
+    return doc
+
+
+class ExtractPdf:
+    """PDF rows → page count, text per page, image count per page, document metadata as JSON."""
+
+    contract = StageContract(name="pdf", reads=("uri",),
+                             writes={"pages": "int64", "page_text": "list[str]", "page_images": "tensor[int32]",
+                                     "pdf_meta_json": "str"})
+
+    def __init__(self, config: JobConfig):
+        self.config = config
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_rows(self.contract, batch, self._extract,
+                        empty={"pages": 0, "page_text": [], "page_images": np.zeros(0, np.int32),
+                               "pdf_meta_json": ""})
+
+    def _extract(self, row: dict[str, Any]) -> dict[str, Any]:
+        with storage.open_input(str(row["uri"])) as f:
+            data = f.read()
+        with open_pdf(data) as doc:
+            texts, images = [], []
+            for page in doc:
+                texts.append(page.get_text("text", sort=True))
+                images.append(len(page.get_images(full=True)))
+            info = doc.metadata or {}
+            meta = {
+                "title": info.get("title") or None, "author": info.get("author") or None,
+                "subject": info.get("subject") or None, "keywords": info.get("keywords") or None,
+                "creator": info.get("creator") or None, "producer": info.get("producer") or None,
+                "creation_date": _date(info["creationDate"]) if info.get("creationDate") else None,
+                "modification_date": _date(info["modDate"]) if info.get("modDate") else None,
+                "format": info.get("format") or None, "page_count": doc.page_count,
+                "encrypted": bool(info.get("encryption")), "encryption": info.get("encryption") or None,
+                "repaired": bool(doc.is_repaired),
+            }
+        return {"pages": len(texts), "page_text": texts, "page_images": np.asarray(images, dtype=np.int32),
+                "pdf_meta_json": json.dumps({k: v for k, v in meta.items() if v is not None}, ensure_ascii=False)}
