@@ -1,0 +1,203 @@
+"""The HTTP API: versioned routes, limits, error mapping and metrics, over a :class:`Pipeline`.
+
+Every ``/v1`` route takes ``multipart/form-data`` with either ``file`` (an upload) or ``uri`` (an
+allow-listed ``s3://`` object). Bodies past ``max_request_mb`` get 413 while they are read; a
+client may shorten the deadline with ``X-Request-Timeout`` but never extend it past the server's.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import PurePosixPath
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
+
+from fastapi import FastAPI, File, Form, Header, Request, Security, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from contracts.serve_config import ServeConfig
+from contracts.stage import Batch
+from flows.commit import rows_for_batch
+from serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
+from serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
+from serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
+
+API_VERSION = "v1"
+_ERRORS = {400: "malformed request or URI", 401: "missing or invalid API key", 403: "URI outside the allow-list",
+           404: "URI names no object", 413: "request body too large", 422: "unusable input or parameters",
+           429: "over capacity; see Retry-After", 503: "over capacity or starting; see Retry-After",
+           504: "deadline passed"}
+RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut, "description": d} for s, d in _ERRORS.items()}
+
+
+class _Metrics:
+    """Prometheus series of this ingress replica (a private registry, so building twice is harmless)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("corpusflow_requests", "API requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("corpusflow_request_seconds", "API request latency", ["endpoint"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
+        self.in_flight = Gauge("corpusflow_requests_in_flight", "API requests being served", registry=self.registry)
+
+
+def _safe_name(name: Optional[str]) -> str:
+    base = os.path.basename(name or "") or "upload"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:120]
+
+
+@asynccontextmanager
+async def _source(file: Optional[UploadFile], uri: Optional[str], settings: ServeConfig) -> AsyncIterator[Source]:
+    """The request's input; an upload lives in a private temp dir that is removed afterwards."""
+    if (file is None) == (not uri):
+        raise ApiError(422, "send exactly one of 'file' (an upload) or 'uri' (an s3:// URI)")
+    if uri:
+        yield await asyncio.to_thread(s3_source, check_uri(uri, settings.allowed_uri_prefixes))
+        return
+    assert file is not None
+    data = await file.read(settings.max_request_bytes + 1)
+    if not data:
+        raise ApiError(422, "the uploaded file is empty")
+    name = _safe_name(file.filename)
+    tmp = tempfile.mkdtemp(prefix="corpusflow-request-")
+    try:
+        path = os.path.join(tmp, "upload" + PurePosixPath(name).suffix)  # the suffix words Identify's messages
+        await asyncio.to_thread(_write, path, data)
+        yield Source(uri=f"upload://{uuid.uuid4().hex}/{name}", size=len(data), local_path=path, payload=data)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
+    """The FastAPI app; raises ConfigError when no API key is configured (it fails closed)."""
+    digests = load_api_keys(settings.api_keys_env, settings.api_keys_file)
+    metrics = _Metrics()
+    fingerprint = settings.job_config().fingerprint()
+    prices = settings.job_config().usd_per_hour
+    app = FastAPI(title="corpusflow", version=API_VERSION, max_body_size=settings.max_request_bytes,
+                  description="Video, audio and PDF analysis with the same stages and row shapes as the batch tables.")
+    app.add_middleware(RequireApiKey, header=settings.api_key_header, digests=digests)
+    key_doc = Security(APIKeyHeader(name=settings.api_key_header, auto_error=False,
+                                    description="enforced by middleware before the body is read"))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    def tables(batch: Batch) -> dict[str, list[dict[str, Any]]]:
+        return {t: tbl.to_pylist() for t, tbl in rows_for_batch(batch, fingerprint, "online", prices).items()}
+
+    async def served(endpoint: str, timeout_s: Optional[float], work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work`` under the deadline and count it; a replica never dies of a request."""
+        deadline = min(timeout_s or settings.request_timeout_s, settings.request_timeout_s)
+        t0, status = time.perf_counter(), 500
+        metrics.in_flight.inc()
+        try:
+            result = await asyncio.wait_for(work(), deadline)
+            status = 200
+            return result
+        except asyncio.TimeoutError:
+            status = 504
+            raise ApiError(504, f"no answer within {deadline:g} s") from None
+        except ApiError as e:
+            status = e.status
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the client, the replica keeps serving
+            raise ApiError(500, f"internal error: {type(e).__name__}: {e}") from e
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+    Upload = Annotated[Optional[UploadFile], File(description="the video, audio or PDF file")]
+    Uri = Annotated[Optional[str], Form(max_length=2048, description="s3://bucket/key under an allow-listed prefix")]
+    Deadline = Annotated[Optional[float], Header(alias="X-Request-Timeout", gt=0, le=3600,
+                                                 description="seconds; capped at the server's request timeout")]
+    v1 = f"/{API_VERSION}"
+
+    @app.post(f"{v1}/analyze", response_model=AnalyzeOut, responses=RESPONSES, dependencies=[key_doc])
+    async def analyze(file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+        """Everything the batch job writes for one input: its asset row, timeline, summary and pages."""
+
+        async def work() -> dict[str, Any]:
+            async with _source(file, uri, settings) as source:
+                rows = tables(await pipeline.analyze(source))
+            return {"asset": rows["assets"][0], "timeline": rows["timeline"],
+                    "summary": rows["summaries"][0] if rows["summaries"] else None, "pages": rows["pages"]}
+
+        return await served("analyze", x_request_timeout, work)
+
+    @app.post(f"{v1}/transcribe", response_model=TranscribeOut, responses=RESPONSES, dependencies=[key_doc])
+    async def transcribe(file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+        """Speech of an audio or video file: language, segments and words with timestamps."""
+
+        async def work() -> dict[str, Any]:
+            async with _source(file, uri, settings) as source:
+                batch = await pipeline.identify(source)
+                _require_kind(batch, MEDIA_KINDS, "transcribe needs audio or video")
+                batch = await pipeline.transcribe(await pipeline.extract(batch, source))
+            _raise_stage_error(batch, "transcription")
+            rows = tables(batch)
+            asr = [r for r in rows["timeline"] if r["source"] == "asr"]
+            return {"asset": rows["assets"][0], "language": str(batch["language"][0]) or None,
+                    "segments": [r for r in asr if r["detail"] == "segment"],
+                    "words": [r for r in asr if r["detail"] == "word"]}
+
+        return await served("transcribe", x_request_timeout, work)
+
+    @app.post(f"{v1}/ask", response_model=AskOut, responses=RESPONSES, dependencies=[key_doc])
+    async def ask(question: Annotated[str, Form(min_length=1, max_length=2000, description="a question about the video")],
+                  file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+        """An answer grounded in the video's frames and transcript, with the timestamps it relied on."""
+
+        async def work() -> dict[str, Any]:
+            async with _source(file, uri, settings) as source:
+                batch = await pipeline.identify(source)
+                _require_kind(batch, ("video",), "ask needs a video")
+                batch = await pipeline.transcribe(await pipeline.extract(batch, source))
+                _raise_stage_error(batch, "transcription")
+                answer = await pipeline.ask(batch, question)
+            return {"asset": tables(batch)["assets"][0], "question": question, **answer}
+
+        return await served("ask", x_request_timeout, work)
+
+    @app.get("/healthz", responses={200: {"description": "the ingress is alive"}})
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "a stage deployment does not answer"}})
+    async def readyz() -> JSONResponse:
+        stages = await pipeline.ready()
+        return JSONResponse({"ready": all(stages.values()), "stages": stages},
+                            status_code=200 if all(stages.values()) else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus exposition of this ingress replica's request counters and latency histogram."""
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _require_kind(batch: Batch, kinds: tuple[str, ...], message: str) -> None:
+    kind = str(batch["kind"][0])
+    if kind not in kinds:
+        raise ApiError(422, f"{message}; got {kind!r} ({batch['format'][0]})")
+
+
+def _raise_stage_error(batch: Batch, what: str) -> None:
+    if str(batch["error"][0]):
+        raise ApiError(500, f"{what} failed ({batch['error_stage'][0]}): {batch['error'][0]}")

@@ -1,0 +1,125 @@
+"""The request's path through the stages, as the ingress drives it through DeploymentHandles.
+
+Identify runs in the ingress (it only sniffs and hashes) and decides the route: PDFs go to the PDF
+deployment, media to decode → ASR (→ VLM for video). A failure in identify, decode or PDF extraction
+means the input is unusable and becomes a 422; a later stage's failure stays in the rows, as in the
+batch tables. Full queues become the configured overload status with ``Retry-After``.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow.fs as pafs
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from contracts import storage
+from contracts.serve_config import ServeConfig
+from contracts.stage import Batch
+from serve_apps.guards import ApiError
+from serve_apps.stages import load_stage
+
+MEDIA_KINDS = ("video", "audio")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a request names: an upload (bytes, with the ingress's temp copy) or an s3:// object."""
+
+    uri: str  # what the client sees in the rows: s3://... or upload://<request>/<file name>
+    size: int
+    local_path: Optional[str] = None  # the upload's temp file on the ingress's node
+    payload: Optional[bytes] = None
+
+
+def s3_source(uri: str) -> Source:
+    """A Source for an (already allow-listed) S3 object; 404 when it does not exist."""
+    fs, path = storage.filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as e:
+        raise ApiError(502, f"cannot reach {uri}: {e}") from e
+    if info.type != pafs.FileType.File:
+        raise ApiError(404, f"{uri} does not exist")
+    return Source(uri=uri, size=info.size)
+
+
+def _first_error(batch: Batch) -> tuple[str, str]:
+    return str(batch["error_stage"][0]), str(batch["error"][0])
+
+
+class Pipeline:
+    """Stage calls for one request at a time; ``handles`` maps decode/pdf/asr/vlm to their deployments."""
+
+    def __init__(self, settings: ServeConfig, handles: dict[str, DeploymentHandle]):
+        self.settings = settings
+        self.identifier = load_stage("actors.identify.Identify", settings.job_config())
+        self.handles = handles
+        self.overload_headers = {"Retry-After": str(settings.retry_after_s)}
+
+    async def _call(self, deployment: str, method: str, *args: Any) -> Any:
+        try:
+            return await self.handles[deployment].options(method_name=method).remote(*args)
+        except BackPressureError as e:
+            raise ApiError(self.settings.overload_status, f"the {deployment} stage is at capacity; retry later",
+                           self.overload_headers) from e
+        except DeploymentUnavailableError as e:
+            raise ApiError(503, f"the {deployment} stage is unavailable; retry later", self.overload_headers) from e
+
+    async def identify(self, source: Source) -> Batch:
+        """The one-row batch for ``source`` after Identify; 422 when the bytes are unusable."""
+        batch = {"uri": np.asarray([source.local_path or source.uri]), "bytes": np.asarray([source.size], np.int64),
+                 "error_stage": np.asarray([""]), "error": np.asarray([""])}
+        out = await asyncio.to_thread(self.identifier, batch)
+        out["uri"] = np.asarray([source.uri])
+        stage, error = _first_error(out)
+        if error:
+            raise ApiError(422, f"unreadable input ({stage}): {error}")
+        return out
+
+    async def extract(self, batch: Batch, source: Source) -> Batch:
+        """Decode media or extract a PDF; 422 for other kinds or inputs the stage cannot read."""
+        kind = str(batch["kind"][0])
+        if kind == "pdf":
+            out = await self._call("pdf", "run", batch, source.payload)
+        elif kind in MEDIA_KINDS:
+            out = await self._call("decode", "run", batch, source.payload)
+        else:
+            raise ApiError(422, f"unsupported input: detected {kind!r} ({batch['format'][0]}); "
+                                "send a video, an audio file or a PDF")
+        stage, error = _first_error(out)
+        if error:
+            raise ApiError(422, f"malformed {kind} ({stage}): {error}")
+        return out
+
+    async def transcribe(self, batch: Batch) -> Batch:
+        return await self._call("asr", "run", batch)
+
+    async def describe(self, batch: Batch) -> Batch:
+        return await self._call("vlm", "run", batch)
+
+    async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
+        return await self._call("vlm", "ask", batch, question)
+
+    async def analyze(self, source: Source) -> Batch:
+        batch = await self.extract(await self.identify(source), source)
+        if str(batch["kind"][0]) in MEDIA_KINDS:
+            batch = await self.transcribe(batch)
+            if str(batch["kind"][0]) == "video" and not _first_error(batch)[1]:
+                batch = await self.describe(batch)
+        return batch
+
+    async def ready(self) -> dict[str, bool]:
+        """Which downstream deployments answer a trivial call within two seconds."""
+
+        async def one(name: str) -> bool:
+            try:
+                return bool(await asyncio.wait_for(self._call(name, "ready"), 2.0))
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return False
+
+        names = sorted(self.handles)
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names))))

@@ -1,0 +1,75 @@
+"""``corpusflow serve``: run the online API on this machine (127.0.0.1 by default) until interrupted.
+
+Starts (or joins, with ``--address``) a Ray cluster, deploys the application from one ServeConfig
+and waits for Ctrl-C. Without any configured API key it makes one for this session and prints it,
+so a fresh clone answers requests, while the API still never runs unauthenticated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from contracts.config import ConfigError
+from contracts.serve_config import ServeConfig
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="corpusflow serve", description=__doc__)
+    p.add_argument("--config", help="serve config YAML (ServeConfig fields; see serve_apps/config.yaml args)")
+    p.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument("--api-key", help="accept this key (default: $CORPUSFLOW_API_KEYS, else a generated one)")
+    p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
+    p.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
+    return p.parse_args(list(argv))
+
+
+def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optional[str] = None,
+          num_cpus: Optional[float] = None) -> str:
+    """Deploy the app and return its base URL; ``api_key`` is added to the replicas' environment."""
+    import ray
+    from ray import serve
+
+    from serve_apps.app import APP_NAME, build_app
+
+    env = {settings.api_keys_env: api_key} if api_key else {}
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+             runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True)
+    serve.start(http_options={"host": settings.host, "port": settings.port,
+                              # Serve's own deadline sits behind ours, so clients see our 504 with a reason
+                              "request_timeout_s": settings.request_timeout_s + 10})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{settings.host}:{settings.port}"
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    try:
+        settings = ServeConfig.load(args.config, models=args.models, host=args.host, port=args.port)
+    except ConfigError as e:
+        print(f"corpusflow serve: {e}", file=sys.stderr)
+        return 2
+    key = args.api_key
+    if not key and not os.environ.get(settings.api_keys_env) and not settings.api_keys_file:
+        key = secrets.token_urlsafe(24)
+        print(f"no API key configured; this session accepts {settings.api_key_header}: {key}")
+    url = start(settings, key, args.address, args.num_cpus)
+    print(f"corpusflow API at {url}/v1 (docs at {url}/docs); Ctrl-C stops it")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    from ray import serve
+
+    serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

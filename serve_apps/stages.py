@@ -1,0 +1,113 @@
+"""Serve deployments made of the batch job's stage classes: one request is a one-row column batch.
+
+``StageServer`` runs a stage on one request at a time (replicas give the parallelism); uploads travel
+as bytes and are written to a temporary file on the replica's own node, so a replica never depends
+on a path that exists only where the ingress runs. ``BatchedStageServer`` gathers concurrent
+requests with ``@serve.batch`` and hands the stage one multi-row batch, as Ray Data would.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import PurePosixPath
+from typing import Any, Optional
+
+import numpy as np
+from ray import serve
+
+from contracts.config import JobConfig
+from contracts.stage import Batch, tensor_column
+
+
+def load_stage(path: str, config: JobConfig) -> Any:
+    """An instance of the stage class named ``module.Class`` (e.g. ``actors.asr.Transcribe``)."""
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(config)
+
+
+def _rows_first(arr: np.ndarray) -> np.ndarray:
+    """One cell per row: a stacked N-d column becomes an object column, so batches concatenate."""
+    return tensor_column(list(arr)) if arr.ndim > 1 else arr
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch holding the rows of ``batches`` in order (all share one set of columns)."""
+    return {k: np.concatenate([_rows_first(b[k]) for b in batches]) for k in batches[0]}
+
+
+def split(batch: Batch) -> list[Batch]:
+    """The rows of ``batch`` as one-row batches."""
+    return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(batch["error"]))]
+
+
+class _Local:
+    """The stage's input file on this node: the uploaded bytes in a private temp dir, else the URI."""
+
+    def __init__(self, batch: Batch, payload: Optional[bytes]):
+        self.batch, self.payload, self.tmp = batch, payload, None
+
+    def __enter__(self) -> Batch:
+        if self.payload is None:
+            return self.batch
+        self.tmp = tempfile.mkdtemp(prefix="corpusflow-upload-")
+        path = os.path.join(self.tmp, "upload" + PurePosixPath(str(self.batch["uri"][0])).suffix)
+        with open(path, "wb") as fh:
+            fh.write(self.payload)
+        return {**self.batch, "uri": np.asarray([path])}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _public_uri(out: Batch, batch: Batch) -> Batch:
+    """Put the client-visible URI back where the stage saw the temp path."""
+    return {**out, "uri": batch["uri"]}
+
+
+@serve.deployment
+class StageServer:
+    """A stage behind a handle, one request at a time per replica (decode, PDF)."""
+
+    def __init__(self, stage: str, config: dict[str, Any]):
+        self.stage = load_stage(stage, JobConfig.model_validate(config))
+        self.lock = asyncio.Lock()
+
+    async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
+        async with self.lock:  # stages are not re-entrant; the event loop stays free for health checks
+            with _Local(batch, payload) as local:
+                out = await asyncio.to_thread(self.stage, local)
+        return _public_uri(out, batch)
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment
+class BatchedStageServer:
+    """A stage whose concurrent requests are gathered into one call (ASR, VLM); also serves ``ask``."""
+
+    def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
+        self.stage = load_stage(stage, JobConfig.model_validate(config))
+        self.lock = asyncio.Lock()
+        self._gather.set_max_batch_size(max_batch_size)
+        self._gather.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def run(self, batch: Batch) -> Batch:
+        return await self._gather(batch)
+
+    @serve.batch
+    async def _gather(self, batches: list[Batch]) -> list[Batch]:
+        async with self.lock:
+            out = await asyncio.to_thread(self.stage, concat(batches))
+        return split(out)
+
+    async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
+        async with self.lock:
+            return await asyncio.to_thread(self.stage.ask, batch, question)
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,85 @@
+"""Serve configuration and request guards, without Ray: what an operator writes and what a client may name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contracts.config import ConfigError
+from contracts.serve_config import ServeConfig
+from serve_apps.guards import ApiError, check_uri, key_matches, load_api_keys
+
+CONFIG_YAML = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
+
+
+def test_defaults_bound_every_queue():
+    s = ServeConfig()
+    for name in ("api", "decode", "pdf", "asr", "vlm"):
+        opts = getattr(s.deployments, name).serve_options()
+        assert opts["max_queued_requests"] >= 1  # -1 (unbounded) cannot be configured
+        assert opts["autoscaling_config"]["min_replicas"] >= 1
+
+
+@pytest.mark.parametrize("bad", [
+    {"deployments": {"asr": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}},
+    {"deployments": {"asr": {"max_queued_requests": -1}}},
+    {"allowed_uri_prefixes": ["https://example.com/"]},
+    {"allowed_uri_prefixes": ["/data"]},
+    {"models": "no-such-profile"},
+    {"max_request_mb": 0},
+    {"overload_status": 500},
+    {"deployments": {"asr": {"max_batch": 8}}},
+])
+def test_bad_settings_are_refused_with_their_location(bad):
+    with pytest.raises(ConfigError, match="invalid serve config"):
+        ServeConfig.load(None, **bad)
+
+
+def test_allowed_prefixes_end_at_a_folder_boundary():
+    s = ServeConfig(allowed_uri_prefixes=("s3://bucket/videos",))
+    assert s.allowed_uri_prefixes == ("s3://bucket/videos/",)
+    assert check_uri("s3://bucket/videos/a.mp4", s.allowed_uri_prefixes)
+    with pytest.raises(ApiError) as e:
+        check_uri("s3://bucket/videos-private/a.mp4", s.allowed_uri_prefixes)
+    assert e.value.status == 403
+
+
+@pytest.mark.parametrize("uri,status", [
+    ("http://169.254.169.254/latest/meta-data", 400), ("https://example.com/a.mp4", 400),
+    ("/etc/passwd", 400), ("file:///etc/passwd", 400), ("../secret.pdf", 400),
+    ("s3://bucket", 400), ("s3://bucket/videos/", 400), ("s3://bucket/videos/../keys/a.pdf", 400),
+    ("s3://other/videos/a.mp4", 403), ("s3://bucket/a.mp4", 403),
+])
+def test_uris_outside_the_allow_list_are_refused(uri, status):
+    with pytest.raises(ApiError) as e:
+        check_uri(uri, ("s3://bucket/videos/",))
+    assert e.value.status == status and e.value.detail
+
+
+def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CF_TEST_KEYS", "alpha, beta")
+    (tmp_path / "keys").write_text("gamma\n\n")
+    digests = load_api_keys("CF_TEST_KEYS", str(tmp_path / "keys"))
+    assert all(key_matches(k, digests) for k in ("alpha", "beta", "gamma"))
+    assert not key_matches("alph", digests) and not key_matches("", digests) and not key_matches(None, digests)
+
+
+def test_no_api_key_means_no_start(monkeypatch):
+    monkeypatch.delenv("CF_TEST_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="no API keys"):
+        load_api_keys("CF_TEST_KEYS", None)
+
+
+def test_deploy_config_is_valid_for_serve_and_for_us():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_apps.app import app_builder
+
+    raw = yaml.safe_load(CONFIG_YAML.read_text())
+    ServeDeploySchema.model_validate(raw)
+    app = raw["applications"][0]
+    assert app["import_path"] == "serve_apps.app:app_builder"
+    settings = ServeConfig.model_validate(app["args"])
+    assert settings.deployments.asr.batching.max_batch_size > 1
+    assert app_builder(app["args"]) is not None  # binds every deployment without starting Ray
