@@ -15,7 +15,7 @@ import numpy as np
 import pymupdf
 
 VIDEO_CONTAINERS = ("mp4", "mkv", "webm", "mov", "avi", "flv", "ts", "m4v", "wmv")
-AUDIO_CONTAINERS = ("wav", "mp3", "flac", "ogg", "m4a")
+AUDIO_CONTAINERS = ("wav", "mp3", "flac", "ogg", "m4a", "mka", "weba")
 
 # container → (FFmpeg muxer, muxer options, video codec, audio codec, audio sample rate)
 _VIDEO_RECIPES: dict[str, tuple[str, dict[str, str], str, str, int]] = {
@@ -37,6 +37,8 @@ _AUDIO_RECIPES: dict[str, tuple[str, dict[str, str], str, int]] = {
     "flac": ("flac", {}, "flac", 16000),
     "ogg": ("ogg", {}, "libopus", 48000),
     "m4a": ("ipod", {}, "aac", 22050),
+    "mka": ("matroska", {}, "aac", 22050),  # audio-only Matroska: identify must probe it to say "audio"
+    "weba": ("webm", {}, "libopus", 48000),
 }
 
 _SCENE_COLOURS = ((200, 40, 40), (40, 180, 60), (40, 60, 200), (220, 200, 40), (160, 40, 200), (30, 200, 200))
