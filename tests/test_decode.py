@@ -1,0 +1,135 @@
+"""DecodeMedia: frames sampled by seeking, shots, keyframes, 16 kHz PCM, readable errors; local and S3."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from actors.decode import DecodeMedia, frame_dims, sample_times
+from actors.identify import Identify
+from contracts.config import JobConfig, VideoConfig
+from tests import media
+
+SECONDS, FPS, SCENES = 6.0, 10, 3  # scenes change at 2 s and 4 s; a keyframe every second
+
+
+def config(**video) -> JobConfig:
+    return JobConfig(corpus="/tmp", out="/tmp/out", video={"fps": 1.0, "frame_size": 112, **video})
+
+
+def batch(paths: list[Path], kinds: list[str], errors: list[str] | None = None) -> dict[str, np.ndarray]:
+    errors = errors or [""] * len(paths)
+    return {"uri": np.asarray([str(p) for p in paths]), "kind": np.asarray(kinds),
+            "error_stage": np.asarray(["earlier" if e else "" for e in errors]), "error": np.asarray(errors)}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decode")
+    return {c: media.make_video(root / f"clip.{c}", seconds=SECONDS, fps=FPS, container=c, scenes=SCENES)
+            for c in media.VIDEO_CONTAINERS}
+
+
+@pytest.mark.parametrize("container", media.VIDEO_CONTAINERS)
+def test_video_round_trip(videos, container):
+    out = DecodeMedia(config())(batch([videos[container]], ["video"]))
+    assert out["error"][0] == ""
+    duration = out["duration_s"][0]
+    assert SECONDS - 0.1 <= duration <= SECONDS + 0.2
+    frames, ts = out["frames"][0], out["frame_ts"][0]
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[3] == 3
+    assert frames.shape[1] % 28 == 0 and frames.shape[2] % 28 == 0 and frames.shape[2] > frames.shape[1]  # 4:3
+    assert abs(len(frames) - duration * 1.0) <= 1 and len(ts) == len(frames)
+    assert np.all(np.diff(ts) > 0) and ts[0] >= 0 and ts[-1] <= duration
+    # the frame sampled at each time shows that time's scene (red, green, blue): seeking lands right
+    for frame, t in zip(frames, ts):
+        if min(abs(t - 2.0), abs(t - 4.0)) > 0.15:
+            assert int(np.argmax(frame.reshape(-1, 3).mean(0))) == min(int(t // 2), 2)
+    shots = out["shot_ts"][0]
+    assert all(np.min(np.abs(shots - cut)) <= 1.01 for cut in (2.0, 4.0)) and len(shots) <= 3
+    keyframes = out["iframe_ts"][0]
+    assert len(keyframes) >= 5 and np.all(np.diff(keyframes) > 0) and keyframes[-1] <= duration
+    pcm = out["pcm"][0]
+    assert out["has_audio"][0] and pcm.dtype == np.float32
+    assert abs(len(pcm) - duration * 16000) <= 0.05 * duration * 16000
+    assert 0.05 < np.abs(pcm).max() <= 1.0
+    meta = json.loads(out["meta_json"][0])
+    assert meta["width"] == 160 and meta["height"] == 120
+    assert meta.get("title") == ("corpusflow test video" if container != "ts" else None)  # TS has no title tag
+    assert meta["audio_sample_rate"] > 0 and meta["container"]
+
+
+def test_video_without_audio_and_audio_files(tmp_path):
+    silent = media.make_video(tmp_path / "silent.mp4", seconds=2.0, audio=False)
+    sounds = [media.make_audio(tmp_path / f"s.{c}", seconds=2.0, container=c) for c in ("wav", "mp3", "m4a")]
+    out = DecodeMedia(config())(batch([silent, *sounds], ["video", "audio", "audio", "audio"]))
+    assert list(out["error"]) == [""] * 4
+    assert not out["has_audio"][0] and len(out["pcm"][0]) == 0 and len(out["frames"][0]) == 2
+    for i in range(1, 4):
+        assert out["has_audio"][i] and abs(len(out["pcm"][i]) - 32000) <= 1600
+        assert out["frames"][i].shape == (0, 112, 112, 3) and len(out["frame_ts"][i]) == 0
+        assert abs(out["duration_s"][i] - 2.0) < 0.1
+
+
+def test_frame_cap_spreads_frames_and_short_video_gets_one(tmp_path):
+    video = media.make_video(tmp_path / "v.mkv", seconds=6.0, container="mkv")
+    short = media.make_video(tmp_path / "short.mp4", seconds=0.5, audio=False)
+    out = DecodeMedia(config(fps=2.0, max_frames=3))(batch([video], ["video"]))
+    assert np.allclose(out["frame_ts"][0], [0.0, 2.0, 4.0], atol=0.11)
+    out = DecodeMedia(config(fps=0.1))(batch([short], ["video"]))
+    assert len(out["frame_ts"][0]) == 1 and out["frame_ts"][0][0] < 0.11
+
+
+def test_seeking_decodes_a_small_fraction_of_frames(tmp_path):
+    """20 s at 10 fps = 200 frames; 5 samples with a keyframe every second need at most 5 GOPs (50 frames)."""
+    video = media.make_video(tmp_path / "long.mp4", seconds=20.0, size=(64, 48), audio=False)
+    stage = DecodeMedia(config(fps=0.25))
+    out = stage(batch([video], ["video"]))
+    assert len(out["frame_ts"][0]) == 5
+    assert stage.frames_decoded <= 5 * FPS
+    assert stage.frames_decoded < 200 / 4
+
+
+def test_bad_media_become_error_rows_and_others_succeed(videos, tmp_path):
+    corrupt = media.corrupt_copy(videos["mp4"], tmp_path / "corrupt.mp4")
+    truncated = media.truncate_copy(videos["mp4"], tmp_path / "truncated.mp4", 0.5)
+    truncated_mkv = media.truncate_copy(videos["mkv"], tmp_path / "truncated.mkv", 0.4)
+    garbage_audio = media.corrupt_copy(media.make_audio(tmp_path / "a.wav", 1.0), tmp_path / "bad.wav", keep=12)
+    paths = [corrupt, truncated, truncated_mkv, garbage_audio, videos["webm"]]
+    out = DecodeMedia(config())(batch(paths, ["video", "video", "video", "audio", "video"]))
+    assert list(out["error_stage"]) == ["decode"] * 4 + [""]
+    for message in out["error"][:4]:
+        assert message.startswith(("video could not be decoded: ", "video is truncated", "audio could not be decoded: "))
+    assert out["error"][0] == "video could not be decoded: invalid data found when processing input"
+    assert "truncated" in out["error"][2]
+    assert len(out["frames"][4]) == 6 and out["frames"][0].shape == (0, 112, 112, 3)
+
+
+def test_rows_failed_earlier_pass_through(videos):
+    out = DecodeMedia(config())(batch([videos["mp4"], videos["avi"]], ["video", "video"], ["", "identify broke"]))
+    assert out["error"][1] == "identify broke" and out["error_stage"][1] == "earlier"
+    assert len(out["frames"][0]) == 6 and len(out["frames"][1]) == 0
+
+
+def test_frame_geometry_helpers():
+    assert frame_dims(1920, 1080, 448) == (448, 252)
+    assert frame_dims(1080, 1920, 448) == (252, 448)
+    assert frame_dims(160, 120, 112) == (112, 84)
+    cfg = VideoConfig(fps=0.1, max_frames=4)
+    assert list(sample_times(25.0, cfg)) == [0.0, 10.0]
+    assert list(sample_times(3 * 3600.0, cfg)) == [0.0, 2700.0, 5400.0, 8100.0]
+
+
+def test_identify_and_decode_read_s3(videos, s3_server, s3_bucket):
+    boto3.client("s3", endpoint_url=s3_server).upload_file(str(videos["mkv"]), s3_bucket, "corpus/clip.mkv")
+    uri = f"s3://{s3_bucket}/corpus/clip.mkv"
+    cfg = config()
+    found = Identify(cfg)({"uri": np.asarray([uri]), "bytes": np.asarray([0]), "error_stage": np.asarray([""]),
+                           "error": np.asarray([""])})
+    assert (found["kind"][0], found["format"][0], found["error"][0]) == ("video", "matroska", "")
+    out = DecodeMedia(cfg)(found)
+    assert out["error"][0] == ""
+    assert len(out["frames"][0]) == 6 and out["has_audio"][0] and len(out["iframe_ts"][0]) >= 5
