@@ -1,0 +1,113 @@
+"""The vLLM engine behind the VLM interface (actors/vlm_engine.py), for GPU workers.
+
+vLLM batches continuously across requests and runs CUDA graphs, which is where the GPU path gets
+its throughput; prompts are the same chat messages as the transformers engine builds, and answers
+are JSON-schema constrained by vLLM's structured outputs (xgrammar), with free whitespace off for
+the reason the transformers engine gives. :func:`engine_kwargs` is the one place that turns a
+profile's per-GPU options into vLLM engine arguments: ``vllm.LLM``, Ray Data's ``ray.data.llm``
+processor (flows/vllm_stage.py) and Ray Serve LLM all take that dict.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from actors.device import accelerator
+from actors.model_store import resolve
+from actors.tiny_qwen import build_qwen25vl
+from actors.vlm_engine import VlmRequest, messages
+from contracts.config import ModelsProfile, VlmEngineOptions
+
+# Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
+_TINY_GPU_MEMORY = 0.2
+
+
+def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
+    """vLLM engine arguments for one accelerator type's options (``ModelsProfile.options_for``)."""
+    return {
+        "dtype": opts.dtype,
+        "max_model_len": opts.max_model_len,
+        "gpu_memory_utilization": min(opts.gpu_memory_utilization, _TINY_GPU_MEMORY) if tiny
+        else opts.gpu_memory_utilization,
+        "max_num_seqs": opts.max_num_seqs,
+        # Frames travel as images (each preceded by its timestamp); videos are never passed as such.
+        "limit_mm_per_prompt": {"image": opts.max_frames, "video": 0},
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        "seed": 0,
+    }
+
+
+def model_path(profile: ModelsProfile, cache_dir: str) -> str:
+    """The VLM's local folder (synced from S3, or the tiny random model built) once per node."""
+    return resolve(profile.vlm, "qwen2_5_vl", cache_dir, build_tiny=build_qwen25vl)
+
+
+def sampling_params(max_new_tokens: int, json_schema: dict | None,
+                    fixed_output_tokens: bool = False) -> dict[str, Any]:
+    """``vllm.SamplingParams`` fields of one request: greedy and schema-constrained.
+
+    ``fixed_output_tokens`` is for benchmarks: exactly ``max_new_tokens`` tokens, no schema, EOS
+    ignored, so that every engine compared does the same decoding work.
+    """
+    if fixed_output_tokens:
+        return {"temperature": 0.0, "max_tokens": max_new_tokens, "min_tokens": max_new_tokens, "ignore_eos": True}
+    return {"temperature": 0.0, "max_tokens": max_new_tokens, "structured_outputs": {"json": json_schema}}
+
+
+class VllmEngine:
+    """Qwen2.5-VL through ``vllm.LLM`` on this process's GPU, shaped by the profile's options for it."""
+
+    name = "vllm"
+
+    def __init__(self, profile: ModelsProfile, cache_dir: str, fixed_output_tokens: bool = False):
+        from transformers import AutoProcessor
+        from vllm import LLM
+
+        opts = profile.options_for(accelerator())
+        self.model_id = profile.vlm
+        self.max_frames = opts.max_frames
+        self.max_model_len = opts.max_model_len
+        self._fixed = fixed_output_tokens
+        path = model_path(profile, cache_dir)
+        self._processor = AutoProcessor.from_pretrained(path)
+        self._llm = LLM(model=path, **engine_kwargs(opts, tiny=profile.vlm == "tiny-random"))
+
+    def _prompt(self, request: VlmRequest) -> str:
+        return self._processor.apply_chat_template(messages(request), tokenize=False, add_generation_prompt=True)
+
+    @functools.lru_cache(maxsize=8)
+    def _tokens_per_image(self, height: int, width: int) -> int:
+        """Vision tokens one frame of this size becomes (after the processor's resize and 2×2 merge)."""
+        frame = np.zeros((height, width, 3), dtype=np.uint8)
+        grid = self._processor.image_processor(images=[frame], return_tensors="np")["image_grid_thw"][0]
+        return int(np.prod(grid)) // self._processor.image_processor.merge_size ** 2
+
+    def count_tokens(self, request: VlmRequest) -> int:
+        """Prompt tokens including vision tokens, without running the image processor on every frame."""
+        text_ids = self._processor.tokenizer(self._prompt(request))["input_ids"]
+        if not len(request.frames):
+            return len(text_ids)
+        h, w = request.frames.shape[1:3]
+        # Each frame is one <|image_pad|> in the text and expands to its vision tokens.
+        return len(text_ids) + len(request.frames) * (self._tokens_per_image(int(h), int(w)) - 1)
+
+    def generate(self, requests: list[VlmRequest]) -> list[str]:
+        """All requests in one call, so vLLM schedules them together (continuous batching)."""
+        from PIL import Image
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prompts, params = [], []
+        for r in requests:
+            prompt: dict[str, Any] = {"prompt": self._prompt(r)}
+            if len(r.frames):
+                prompt["multi_modal_data"] = {"image": [Image.fromarray(f) for f in r.frames]}
+            prompts.append(prompt)
+            fields = sampling_params(r.max_new_tokens, r.json_schema, self._fixed)
+            if "structured_outputs" in fields:
+                fields["structured_outputs"] = StructuredOutputsParams(**fields["structured_outputs"])
+            params.append(SamplingParams(**fields))
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
