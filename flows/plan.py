@@ -28,6 +28,7 @@ from contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
 from contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
                                  Cluster, CorpusStats, NodeType, Placement, Plan, PlanOption, Pool, StageForecast,
                                  Target, ThroughputProfile)
+from flows.report import read_table
 
 VIDEO_EXT = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".m4v", ".ts", ".mts",
              ".3gp", ".ogv"}
@@ -431,7 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cluster = load_cluster(args.cluster)
         if args.throughput_from:
-            metrics = _read_table(args.throughput_from, "metrics")
+            metrics = read_table(args.throughput_from, "metrics")
             profile = profile_from_metrics(metrics, models="measured", startup_s=args.startup_s or 0.0,
                                            source=f"measured from {args.throughput_from}/metrics")
         else:
@@ -451,14 +452,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(args.json).write_text(plan.model_dump_json(indent=2))
     print(format_plan(plan))
     return 0 if any(o.feasible for o in plan.options) else 1
-
-
-def _read_table(out: str, table: str) -> pa.Table:
-    uri = storage.join(out, table)
-    names = storage.list_parquet(uri)
-    if not names:
-        raise FileNotFoundError(f"no {table}/ table under {out!r}")
-    return pa.concat_tables([storage.read_parquet(storage.join(uri, n)) for n in names])
 
 
 def load_plan(path: str) -> Plan:
