@@ -1,0 +1,233 @@
+"""Recall of evicted vision memory: host-resident blocks scored per layer against a question.
+
+Two strategies behind one interface. :class:`FrameRecall` is the ReKV baseline: one block per frame,
+its mean key as representative, top blocks per layer. :class:`ClusterRecall` is Mosaic-style: runs of
+consecutive frames whose keys are alike form one cluster, the text spoken/written while they were on
+screen joins it, and a cluster moves as one contiguous block — fewer, larger copies and fewer
+representatives to score. Blocks selected for a question are copied to the device on a side CUDA
+stream into a small LRU of recently used blocks; on CPU the copy is a no-op.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from actors.streaming.layout import TokenMeta
+
+
+@dataclass
+class Unit:
+    """One retrievable block: a frame, or a cluster of frames with their co-occurring text."""
+
+    uid: int
+    parts: list[tuple[torch.Tensor, TokenMeta]]  # host kv (layers, 2, kv_heads, n, head_dim), meta
+    frames: list[float] = field(default_factory=list)  # stream seconds of its frames
+    key_sum: torch.Tensor | None = None  # device (layers, kv_heads, head_dim) sum of its frames' mean keys
+    version: int = 0  # bumps whenever parts change, so stale device copies are never reused
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(m) for _, m in self.parts)
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(kv.numel() * kv.element_size() for kv, _ in self.parts)
+
+    def pack(self, pin: bool) -> tuple[torch.Tensor, TokenMeta]:
+        """One contiguous host block in stream order (merging parts added since the last pack)."""
+        if len(self.parts) > 1:
+            kv = torch.cat([p[0] for p in self.parts], dim=3)
+            meta = TokenMeta.cat([p[1] for p in self.parts])
+            order = torch.argsort(meta.order)
+            kv, meta = kv[:, :, :, order].contiguous(), meta.select(order)
+            self.parts = [(kv.pin_memory() if pin else kv, meta)]
+        return self.parts[0]
+
+
+@dataclass
+class Recalled:
+    """Per layer: the recalled tokens' pre-RoPE keys, values (kv_heads, n, head_dim) and metadata."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    meta: TokenMeta
+    units: list[int]
+
+
+class FrameRecall:
+    """ReKV-style: every evicted frame is its own block; text that leaves the window is dropped."""
+
+    def __init__(self, layers: int, device: torch.device, token_budget: int, gpu_bytes: int, host_bytes: int):
+        self.layers, self.device = layers, torch.device(device)
+        self.token_budget, self.gpu_bytes, self.host_bytes_cap = token_budget, gpu_bytes, host_bytes
+        self.units: list[Unit] = []
+        self._next_uid = 0
+        self._lru: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lru_bytes = 0
+        self._meta: dict[tuple[int, int], TokenMeta] = {}
+        self._reps: torch.Tensor | None = None  # (units, layers, kv_heads, head_dim), rebuilt when stale
+        self.cuda = self.device.type == "cuda"
+        self._side = torch.cuda.Stream(self.device) if self.cuda else None
+        self.copies = 0  # host→device block copies issued (for benchmarks)
+
+    # -- filling ---------------------------------------------------------------------------------
+    def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
+        self._new_unit(kv, meta, mean_key)
+        self._trim()
+
+    def add_text(self, kv: torch.Tensor, meta: TokenMeta) -> None:
+        """ReKV keeps vision only."""
+
+    def _new_unit(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> Unit:
+        unit = Unit(self._next_uid, [(kv, meta)], [float(meta.time[0])], mean_key.clone())
+        self._next_uid += 1
+        self.units.append(unit)
+        self._reps = None
+        return unit
+
+    def _trim(self) -> None:
+        while self.units and self.host_bytes() > self.host_bytes_cap:
+            self.units.pop(0)
+            self._reps = None
+
+    # -- a question ------------------------------------------------------------------------------
+    def select(self, layer: int, query: torch.Tensor) -> list[int]:
+        """Indices into ``units`` (in stream order) whose representatives score highest against the
+        question's mean query (kv_heads, head_dim) at this layer, within the token budget."""
+        if not self.units or self.token_budget <= 0:
+            return []
+        reps = self.representatives()[:, layer]  # (units, kv_heads, head_dim)
+        scores = torch.einsum("ukd,kd->u", reps, query.float())
+        order = torch.argsort(scores, descending=True)
+        tokens = torch.tensor([u.tokens for u in self.units], device=scores.device)[order]
+        take = order[torch.cumsum(tokens, 0) <= self.token_budget]
+        return sorted(take.tolist())
+
+    def representatives(self) -> torch.Tensor:
+        if self._reps is None:
+            self._reps = torch.stack([u.key_sum / len(u.frames) for u in self.units]).to(self.device)
+        return self._reps
+
+    def fetch(self, layer: int, picked: list[int]) -> Recalled | None:
+        """The picked units' KV for one layer on the device, concatenated in stream order."""
+        if not picked:
+            return None
+        keys, values, metas = [], [], []
+        for i in picked:
+            unit = self.units[i]
+            k, v = self._device_block(unit, layer)
+            keys.append(k)
+            values.append(v)
+            metas.append(self._device_meta(unit))
+        if self._side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._side)
+        return Recalled(torch.cat(keys, 1), torch.cat(values, 1), TokenMeta.cat(metas),
+                        [self.units[i].uid for i in picked])
+
+    def _device_block(self, unit: Unit, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (unit.uid, unit.version, layer)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        kv, _ = unit.pack(self.cuda)
+        src = kv[layer]  # (2, kv_heads, n, head_dim), contiguous in the packed block
+        if self._side is None:
+            dev = src.to(self.device)
+        else:
+            self._side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._side):
+                dev = src.to(self.device, non_blocking=True)
+            dev.record_stream(torch.cuda.current_stream(self.device))
+        self.copies += 1
+        pair = (dev[0], dev[1])
+        self._lru[key] = pair
+        self._lru_bytes += dev.numel() * dev.element_size()
+        while self._lru_bytes > self.gpu_bytes and len(self._lru) > 1:
+            _, (k, v) = self._lru.popitem(last=False)
+            self._lru_bytes -= 2 * k.numel() * k.element_size()
+        return pair
+
+    def _device_meta(self, unit: Unit) -> TokenMeta:
+        key = (unit.uid, unit.version)
+        if key not in self._meta:
+            self._meta = {k: m for k, m in self._meta.items() if k[0] != unit.uid}
+            self._meta[key] = unit.pack(self.cuda)[1].to(self.device)
+        return self._meta[key]
+
+    def frames_of(self, uids: list[int]) -> list[float]:
+        by_uid = {u.uid: u for u in self.units}
+        return sorted(t for uid in uids if uid in by_uid for t in by_uid[uid].frames)
+
+    # -- memory ----------------------------------------------------------------------------------
+    def host_bytes(self) -> int:
+        return sum(u.host_bytes for u in self.units)
+
+    def device_bytes(self) -> int:
+        reps = 0 if self._reps is None else self._reps.numel() * self._reps.element_size()
+        sums = sum(u.key_sum.numel() * u.key_sum.element_size() for u in self.units)
+        return self._lru_bytes + reps + sums
+
+
+class ClusterRecall(FrameRecall):
+    """Mosaic-style: a frame joins the open cluster while its keys stay alike (cosine of mean keys,
+    centred on the stream's running mean key so the shared bias of all keys does not make everything
+    alike) and the cluster is below its frame cap; text evicted later joins the cluster that was on
+    screen at its time (or waits for its frame to be evicted)."""
+
+    def __init__(self, *args, similarity: float, max_frames: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.similarity, self.max_frames = similarity, max_frames
+        self._open: Unit | None = None
+        self._stream_key_sum: torch.Tensor | None = None
+        self._frames_seen = 0
+        self._pending: list[tuple[torch.Tensor, TokenMeta]] = []
+
+    def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
+        self._frames_seen += 1
+        self._stream_key_sum = mean_key.clone() if self._stream_key_sum is None else self._stream_key_sum + mean_key
+        centre = self._stream_key_sum / self._frames_seen
+        unit = self._open
+        if unit is not None and len(unit.frames) < self.max_frames and unit in self.units:
+            a = (mean_key - centre).flatten()
+            b = (unit.key_sum / len(unit.frames) - centre).flatten()
+            if float(torch.nn.functional.cosine_similarity(a, b, dim=0)) >= self.similarity:
+                unit.parts.append((kv, meta))
+                unit.frames.append(float(meta.time[0]))
+                unit.key_sum += mean_key
+                unit.version += 1
+                self._reps = None
+                self._flush_pending()
+                self._trim()
+                return
+        self._open = self._new_unit(kv, meta, mean_key)
+        self._flush_pending()
+        self._trim()
+
+    def add_text(self, kv: torch.Tensor, meta: TokenMeta) -> None:
+        self._pending.append((kv, meta))
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Attach waiting text to the cluster on screen at its time, once that frame has arrived."""
+        if not self.units:
+            return
+        starts = torch.tensor([u.frames[0] for u in self.units], dtype=torch.float64)
+        newest = self.units[-1].frames[-1]
+        keep: list[tuple[torch.Tensor, TokenMeta]] = []
+        for kv, meta in self._pending:
+            ready = meta.time <= newest
+            if bool((~ready).any()):
+                idx = torch.nonzero(~ready).squeeze(1)
+                keep.append((kv[:, :, :, idx], meta.select(idx)))
+            idx = torch.nonzero(ready).squeeze(1)
+            if not len(idx):
+                continue
+            owner = (torch.searchsorted(starts, meta.time[idx], right=True) - 1).clamp(min=0)
+            for o in owner.unique().tolist():
+                sel = idx[owner == o]
+                unit = self.units[o]
+                unit.parts.append((kv[:, :, :, sel], meta.select(sel)))
+                unit.version += 1
+        self._pending = keep
