@@ -57,6 +57,18 @@ def frame_dims(width: int, height: int, side: int) -> tuple[int, int]:
     return fit(width), fit(height)
 
 
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    return round(frame.rotation / 90) % 4
+
+
+def upright_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """The frame as (height, width, 3) RGB, turned as its display matrix says (counter-clockwise degrees)."""
+    turns = _quarter_turns(frame)
+    w, h = (height, width) if turns % 2 else (width, height)
+    rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def sample_times(duration: float, cfg: VideoConfig) -> np.ndarray:
     """Target times: every 1/fps seconds, spread evenly over the duration when max_frames bites; at least t=0."""
     n = int(math.floor(duration * cfg.fps + 1e-9)) if duration > 0 else 0
@@ -177,10 +189,11 @@ class DecodeMedia:
                        duration: float, t0: float) -> tuple[np.ndarray, np.ndarray]:
         ctx = vs.codec_context
         sar = float(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else 1.0
-        width, height = frame_dims(int(round(ctx.width * sar)), ctx.height, self.video.frame_size)
+        display = (int(round(ctx.width * sar)), ctx.height)
         step = 1.0 / float(vs.average_rate) if vs.average_rate else 0.04
         kept: list[np.ndarray] = []
         times: list[float] = []
+        dims: tuple[int, int] | None = None
         for target in sample_times(duration, self.video):
             got = self._frame_at(container, vs, t0 + float(target), step)
             if got is None:
@@ -188,8 +201,12 @@ class DecodeMedia:
             frame, t = got
             if times and t - t0 <= times[-1]:
                 continue  # two targets inside one frame's span: keep timestamps strictly increasing
-            kept.append(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA"))
+            if dims is None:  # a phone video's display matrix turns it upright: portrait, not landscape
+                upright = display[::-1] if _quarter_turns(frame) % 2 else display
+                dims = frame_dims(*upright, self.video.frame_size)
+            kept.append(upright_rgb(frame, *dims))
             times.append(t - t0)
+        width, height = dims or frame_dims(*display, self.video.frame_size)
         return (np.stack(kept) if kept else np.zeros((0, height, width, 3), np.uint8),
                 np.asarray(times, dtype=np.float64))
 

@@ -69,8 +69,11 @@ def scene_frame(i: int, n: int, fps: float, size: tuple[int, int], scenes: int, 
 
 def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tuple[int, int] = (160, 120),
                audio: bool = True, container: str = "mp4", scenes: int = 3,
-               title: str | None = "corpusflow test video", language: str = "eng") -> Path:
-    """Write a short video with ``scenes`` distinct scenes and a keyframe every second; returns its path."""
+               title: str | None = "corpusflow test video", language: str = "eng", rotation: int = 0) -> Path:
+    """Write a short video with ``scenes`` distinct scenes and a keyframe every second; returns its path.
+
+    ``rotation`` (degrees counter-clockwise) goes into the display matrix, as phones record portrait video.
+    """
     muxer, options, vcodec, acodec, rate = _VIDEO_RECIPES[container]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +85,8 @@ def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tupl
         vs = out.add_stream(vcodec, rate=fps)
         vs.width, vs.height = size
         vs.pix_fmt = "yuv420p"
+        if rotation:
+            vs.set_display_rotation(rotation)
         vs.codec_context.gop_size = fps
         vs.codec_context.options = {"g": str(fps), "keyint_min": str(fps)}
         if vcodec == "libx264":

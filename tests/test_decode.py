@@ -133,3 +133,16 @@ def test_identify_and_decode_read_s3(videos, s3_server, s3_bucket):
     out = DecodeMedia(cfg)(found)
     assert out["error"][0] == ""
     assert len(out["frames"][0]) == 6 and out["has_audio"][0] and len(out["iframe_ts"][0]) >= 5
+
+
+def test_portrait_phone_video_is_turned_upright(tmp_path):
+    """Coded 160×120 with a 90° (counter-clockwise) display matrix is shown 120 wide × 160 high."""
+    video = media.make_video(tmp_path / "phone.mp4", seconds=1.0, audio=False, rotation=90)
+    out = DecodeMedia(config())(batch([video], ["video"]))
+    frames = out["frames"][0]
+    assert frames.shape[1:] == (112, 84, 3)  # portrait, both multiples of 28
+    # at t=0 the white bar is the coded picture's left edge; turned counter-clockwise it is the bottom edge
+    first = frames[0].astype(np.float32)
+    assert first[-3:].mean() > 200 > first[:3].mean()
+    meta = json.loads(out["meta_json"][0])
+    assert (meta["width"], meta["height"]) == (160, 120)
