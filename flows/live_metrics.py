@@ -12,7 +12,8 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-TAGS = ("job", "stage", "accelerator", "kind")
+# "job_id", not "job": Prometheus keeps "job" for the scrape job and would rename ours to "exported_job".
+TAGS = ("job_id", "stage", "accelerator", "kind")
 
 # name -> (metrics/ column summed into it, description)
 COUNTERS = {
@@ -33,7 +34,7 @@ def _metrics():
     counters["corpusflow_stage_runs"] = Counter(
         "corpusflow_stage_runs", description="assets a stage finished (ok or failed)", tag_keys=TAGS)
     price = Gauge("corpusflow_usd_per_hour", description="hourly price applied to an accelerator type's device time",
-                  tag_keys=("job", "accelerator"))
+                  tag_keys=("job_id", "accelerator"))
     return counters, price
 
 
@@ -53,10 +54,10 @@ def record(rows: pa.Table, job_id: str) -> None:
             agg[c] += r[c] or 0.0
         prices[r["accelerator"]] = r["usd_per_hour"]
     for (stage, acc, kind), agg in sums.items():
-        tags = {"job": job_id, "stage": stage, "accelerator": acc, "kind": kind}
+        tags = {"job_id": job_id, "stage": stage, "accelerator": acc, "kind": kind}
         counters["corpusflow_stage_runs"].inc(agg["runs"], tags=tags)
         for name, (col, _) in COUNTERS.items():
             if agg[col] > 0:
                 counters[name].inc(float(agg[col]), tags=tags)
     for acc, usd in prices.items():
-        price.set(float(usd), tags={"job": job_id, "accelerator": acc})
+        price.set(float(usd), tags={"job_id": job_id, "accelerator": acc})
