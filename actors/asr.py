@@ -44,7 +44,7 @@ class AsrResult:
 
 
 class AsrEngine(Protocol):
-    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: JobConfig)``."""
+    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: JobConfig)``; called from one thread at a time."""
 
     def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
         """Transcribe 16 kHz mono float32 ``pcm``; ``language`` forces a code, None detects it."""
@@ -66,9 +66,15 @@ class Transcribe:
         self._language = config.asr.language
         self._accelerator = accelerator()
         self._engine = load_engine(config.profile, config)
+        self._lock = threading.Lock()
 
     def __call__(self, batch: Batch) -> Batch:
-        return run_rows(self.contract, batch, self._row, accelerator=self._accelerator, empty=_columns(AsrResult(""), 0.0))
+        # Serve may call from several threads; engines keep per-call state and one track fills the
+        # device, so batches take turns. Timing inside the lock makes device seconds the seconds a
+        # row held the model, not the seconds it queued for it.
+        with self._lock:
+            return run_rows(self.contract, batch, self._row, accelerator=self._accelerator,
+                            empty=_columns(AsrResult(""), 0.0))
 
     def _row(self, row: dict[str, Any]) -> dict[str, Any]:
         pcm = _checked_pcm(row["pcm"])
@@ -116,8 +122,7 @@ def _spans(spans: list[TimedText], duration: float) -> tuple[np.ndarray, np.ndar
 class WhisperXEngine:
     """whisperX: Silero VAD → batched faster-whisper (CTranslate2) over merged speech chunks → wav2vec2 word alignment.
 
-    One model serves concurrent callers (Ray Serve threads) one track at a time: whisperX's pipeline
-    keeps per-call state (its tokenizer), and one track already fills a batch of speech chunks.
+    Not thread-safe (whisperX's pipeline keeps per-call state, its tokenizer); Transcribe serialises calls.
     """
 
     def __init__(self, profile: ModelsProfile, config: JobConfig) -> None:
@@ -126,7 +131,6 @@ class WhisperXEngine:
         self._device = torch_device()
         self._batch_size = config.asr.batch_size
         self._chunk_s = config.asr.chunk_s
-        self._lock = threading.Lock()
         self._vad = _silero_vad(config.asr.vad_onset, config.asr.vad_offset, config.asr.chunk_s)
         model_dir = resolve(profile.asr, "whisper-ct2", config.model_cache, build_tiny=build_whisper_ct2)
         self._pipeline = whisperx.load_model(
@@ -145,16 +149,14 @@ class WhisperXEngine:
             self._aligner = (model, metadata["dictionary"], metadata["type"])
 
     def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
-        with self._lock:
-            speech = self._vad.speech(pcm)
-            if not speech:
-                return AsrResult("")
-            language = language or self._detect_language(pcm, speech)
-            self._vad.answer_next_with(speech)
-            out = self._pipeline.transcribe(pcm, batch_size=self._batch_size, language=language,
-                                            chunk_size=self._chunk_s)
-            segments = [TimedText(s["start"], s["end"], s["text"]) for s in out["segments"]]
-            aligned = self._align(out["segments"], pcm, language) if self._aligner else None
+        speech = self._vad.speech(pcm)
+        if not speech:
+            return AsrResult("")
+        language = language or self._detect_language(pcm, speech)
+        self._vad.answer_next_with(speech)
+        out = self._pipeline.transcribe(pcm, batch_size=self._batch_size, language=language, chunk_size=self._chunk_s)
+        segments = [TimedText(s["start"], s["end"], s["text"]) for s in out["segments"]]
+        aligned = self._align(out["segments"], pcm, language) if self._aligner else None
         if aligned is None:
             return AsrResult(language, segments)
         return AsrResult(language, *aligned)
@@ -192,9 +194,9 @@ def _compute_type(requested: str, device: str) -> str:
     """'default' → float16 on CUDA, int8 on CPU, or float32 where the device lacks those kernels."""
     import ctranslate2
 
-    supported = ctranslate2.get_supported_compute_types(device)
     if requested != "default":
         return requested
+    supported = ctranslate2.get_supported_compute_types(device)
     preferred = "float16" if device == "cuda" else "int8"
     return preferred if preferred in supported else "float32"
 

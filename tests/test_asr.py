@@ -1,0 +1,151 @@
+"""The ASR stage through its public class, on tiny random Whisper/wav2vec2 models and synthetic audio.
+
+Random weights transcribe noise; what a user relies on is the shape of the answer: every row gets a
+result or an error of its own, silence is not an error, times are sorted and lie inside the audio.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.asr import SAMPLE_RATE, Transcribe
+from contracts.config import JobConfig
+from tests.media import speech_like
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def _talk(*parts: tuple[str, float]) -> np.ndarray:
+    """Speech-like bursts and silences, e.g. ('quiet', 1), ('talk', 3)."""
+    return np.concatenate([speech_like(s, SAMPLE_RATE) if kind == "talk" else _silence(s) for kind, s in parts])
+
+
+def _batch(*pcms: np.ndarray, failed: dict[int, str] | None = None) -> dict[str, np.ndarray]:
+    failed = failed or {}
+    pcm = np.empty(len(pcms), dtype=object)
+    for i, p in enumerate(pcms):
+        pcm[i] = p
+    return {
+        "asset_id": np.asarray([f"asset-{i}" for i in range(len(pcms))]),
+        "pcm": pcm,
+        "error_stage": np.asarray([failed.get(i, ("", ""))[0] for i in range(len(pcms))]),
+        "error": np.asarray([failed.get(i, ("", ""))[1] for i in range(len(pcms))]),
+    }
+
+
+def _config(model_cache: str, **asr: object) -> JobConfig:
+    return JobConfig(corpus="/corpus", out="/out", models="tiny-random", model_cache=model_cache, asr=asr)
+
+
+@pytest.fixture(scope="module")
+def stage(model_cache: str) -> Transcribe:
+    return Transcribe(_config(model_cache))
+
+
+def _assert_times(start: np.ndarray, end: np.ndarray, text: list[str], duration: float) -> None:
+    assert start.dtype == end.dtype == np.float64
+    assert len(start) == len(end) == len(text)
+    assert np.all(np.diff(start) >= 0), "spans are sorted by start"
+    assert np.all(start <= end)
+    assert np.all(start >= 0) and np.all(end <= duration)
+
+
+def test_speech_rows_get_language_and_sorted_segments_inside_the_audio(stage: Transcribe) -> None:
+    long = _talk(("quiet", 1.0), ("talk", 3.0), ("quiet", 2.5), ("talk", 2.0), ("quiet", 1.0))
+    short = _talk(("talk", 2.0))
+    out = stage(_batch(long, short))
+
+    assert "pcm" not in out
+    assert set(Transcribe.contract.writes) | {"asr_wall_s", "asr_device_s", "asr_accel"} <= set(out)
+    assert list(out["error"]) == ["", ""]
+    assert list(out["asset_id"]) == ["asset-0", "asset-1"]
+    for i, pcm in enumerate((long, short)):
+        duration = len(pcm) / SAMPLE_RATE
+        lang = out["language"][i]
+        assert isinstance(lang, str) and 2 <= len(lang) <= 3 and lang.isalpha()
+        assert len(out["seg_start"][i]) >= 1
+        _assert_times(out["seg_start"][i], out["seg_end"][i], out["seg_text"][i], duration)
+        _assert_times(out["word_start"][i], out["word_end"][i], out["word_text"][i], duration)
+        assert out["asr_wall_s"][i] > 0 and out["asr_device_s"][i] > 0
+    assert out["seg_start"][0][0] >= 0.5, "the leading second of silence is not speech"
+
+
+def test_silence_and_missing_audio_track_are_empty_results_not_errors(stage: Transcribe) -> None:
+    out = stage(_batch(_silence(2.0), np.zeros(0, dtype=np.float32)))
+
+    assert list(out["error"]) == ["", ""]
+    assert list(out["language"]) == ["", ""]
+    for col in ("seg_start", "seg_end", "seg_text", "word_start", "word_end", "word_text"):
+        assert [len(v) for v in out[col]] == [0, 0]
+
+
+def test_a_bad_row_fails_alone_and_earlier_failures_pass_through(stage: Transcribe) -> None:
+    nan = _talk(("talk", 1.0))
+    nan[100] = np.nan
+    good = _talk(("talk", 2.0))
+    out = stage(_batch(nan, good.astype(np.float64), np.stack([good, good]), good, _silence(1.0),
+                       failed={4: ("decode", "file is not a media container")}))
+
+    assert list(out["error_stage"]) == ["asr", "asr", "asr", "", "decode"]
+    assert "non-finite" in out["error"][0]
+    assert "float32" in out["error"][1] and "float64" in out["error"][1]
+    assert "1-D" in out["error"][2]
+    assert out["error"][3] == "" and len(out["seg_start"][3]) >= 1
+    assert out["error"][4] == "file is not a media container"
+    for i in (0, 1, 2, 4):
+        assert out["language"][i] == "" and len(out["seg_text"][i]) == 0
+
+
+def test_concurrent_one_row_calls_match_a_batched_call(stage: Transcribe) -> None:
+    """Ray Serve hands one-row batches from several threads at once; answers must not mix."""
+    pcms = [_talk(("talk", 2.0)), _talk(("quiet", 1.0), ("talk", 1.5)), _silence(1.0)]
+    batched = stage(_batch(*pcms))
+    singles: dict[int, dict[str, np.ndarray]] = {}
+
+    def call(i: int) -> None:
+        singles[i] = stage(_batch(pcms[i]))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(pcms))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(pcms)):
+        assert singles[i]["error"][0] == ""
+        assert singles[i]["language"][0] == batched["language"][i]
+        assert singles[i]["seg_text"][0] == batched["seg_text"][i]
+        np.testing.assert_array_equal(singles[i]["seg_start"][0], batched["seg_start"][i])
+
+
+def test_forced_language_reuses_the_cached_models(stage: Transcribe, model_cache: str) -> None:
+    built = sorted(Path(model_cache, "tiny-random").glob("*/.complete"))
+    assert {p.parent.name for p in built} >= {"whisper-ct2", "wav2vec2-align"}
+    stamps = [p.stat().st_mtime_ns for p in built]
+
+    german = Transcribe(_config(model_cache, language="de", align_words=False))
+    out = german(_batch(_talk(("talk", 2.0)), _silence(1.0)))
+
+    assert [p.stat().st_mtime_ns for p in built] == stamps, "second construction must not rebuild the models"
+    assert list(out["language"]) == ["de", ""]
+    assert len(out["seg_start"][0]) >= 1 and len(out["word_start"][0]) == 0
+
+
+def test_unknown_forced_language_is_refused_at_load(model_cache: str) -> None:
+    with pytest.raises(ValueError, match="asr.language 'xx'"):
+        Transcribe(_config(model_cache, language="xx"))
+
+
+def test_equal_length_rows_stacked_into_one_array_are_read_row_by_row(stage: Transcribe) -> None:
+    """Ray Data stacks a tensor column whose rows share a shape into one 2-D array."""
+    talk, quiet = _talk(("talk", 1.5)), _silence(1.5)
+    batch = _batch(talk, quiet)
+    batch["pcm"] = np.stack([talk, quiet])
+    out = stage(batch)
+
+    assert list(out["error"]) == ["", ""]
+    assert len(out["seg_start"][0]) >= 1 and len(out["seg_start"][1]) == 0
