@@ -28,7 +28,7 @@ from contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
 from contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
                                  Cluster, CorpusStats, NodeType, Placement, Plan, PlanOption, Pool, StageForecast,
                                  Target, ThroughputProfile)
-from flows.report import read_table
+from flows.report import money, read_table
 
 VIDEO_EXT = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".m4v", ".ts", ".mts",
              ".3gp", ".ogv"}
@@ -202,6 +202,7 @@ class _Packer:
 
     types: list[NodeType]
     max_workers: int
+    cpus_per_gpu: dict[str, float]  # cores a GPU actor takes per GPU: kept free for GPUs not yet placed
     nodes: list[_Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -217,7 +218,7 @@ class _Packer:
 
     def place(self, accelerator: str, t: Target) -> bool:
         gpu = accelerator != "cpu"
-        fits = [n for n in self.nodes if n.cpus >= t.num_cpus - 1e-9 and n.gpus >= t.num_gpus - 1e-9
+        fits = [n for n in self.nodes if self._cpus_for(n, gpu) >= t.num_cpus - 1e-9 and n.gpus >= t.num_gpus - 1e-9
                 and (n.type.accelerator == accelerator if gpu else True)]
         fits.sort(key=lambda n: n.type.accelerator != "cpu")  # CPU work fills CPU nodes before GPU nodes' spares
         if not fits:
@@ -229,6 +230,12 @@ class _Packer:
         node.cpus -= t.num_cpus
         node.gpus -= t.num_gpus
         return True
+
+    def _cpus_for(self, node: _Node, gpu_actor: bool) -> float:
+        """Cores free for the actor; CPU-only work leaves a GPU node the cores its free GPUs will need."""
+        if gpu_actor:
+            return node.cpus
+        return node.cpus - node.gpus * self.cpus_per_gpu.get(node.type.accelerator, 0.0)
 
     def _open(self, accelerator: str, t: Target) -> Optional[_Node]:
         workers = sum(not n.type.head for n in self.nodes)
@@ -272,7 +279,12 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
                               note=f"{s} may not run on {' or '.join(usable)} (placement or profile)")
         choices[s] = opts
 
-    packer = _Packer([t for t in cluster.node_types if t.accelerator in usable], cluster.max_workers)
+    cpus_per_gpu: dict[str, float] = {}
+    for s, opts in choices.items():
+        for acc, t, _ in opts:
+            if t.num_gpus:
+                cpus_per_gpu[acc] = max(cpus_per_gpu.get(acc, 0.0), t.num_cpus / t.num_gpus)
+    packer = _Packer([t for t in cluster.node_types if t.accelerator in usable], cluster.max_workers, cpus_per_gpu)
     actors: dict[tuple[str, str], int] = {}
 
     def add(stage: str) -> bool:
@@ -406,8 +418,8 @@ def format_plan(plan: Plan) -> str:
         rows.append((f"{t} nodes", [str(o.nodes.get(t, 0)) if o.feasible else "-" for o in plan.options]))
     rows.append(("bottleneck", [o.bottleneck or "-" for o in plan.options]))
     rows.append(("wall time", [_duration(o.wall_s) if o.feasible else "infeasible" for o in plan.options]))
-    rows.append(("cluster cost", [f"${o.cost_usd:,.2f}" if o.feasible else "-" for o in plan.options]))
-    rows.append(("busy device cost", [f"${sum(f.cost_usd for f in o.stages):,.2f}" if o.feasible else "-"
+    rows.append(("cluster cost", [money(o.cost_usd) if o.feasible else "-" for o in plan.options]))
+    rows.append(("busy device cost", [money(sum(f.cost_usd for f in o.stages)) if o.feasible else "-"
                                       for o in plan.options]))
     width0 = max(len(r[0]) for r in rows)
     widths = [max(len(r[1][i]) for r in rows) for i in range(len(plan.options))]
@@ -423,7 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--corpus", required=True, help="local folder or s3://bucket/prefix")
     ap.add_argument("--throughput", default=str(DEFAULT_PROFILE_PATH), help="throughput profile JSON")
     ap.add_argument("--throughput-from", metavar="OUT",
-                    help="measure the profile from the metrics/ table of a finished job instead")
+                    help="rates measured from the metrics/ table of a finished job override the profile's")
     ap.add_argument("--startup-s", type=float, help="override the profile's fixed start-up seconds")
     ap.add_argument("--placement", help="placement YAML (default: contracts.placement.DEFAULT_PLACEMENT)")
     ap.add_argument("--sample", type=int, default=200, help="files probed per kind; the rest is extrapolated")
@@ -431,12 +443,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         cluster = load_cluster(args.cluster)
-        if args.throughput_from:
-            metrics = read_table(args.throughput_from, "metrics")
-            profile = profile_from_metrics(metrics, models="measured", startup_s=args.startup_s or 0.0,
-                                           source=f"measured from {args.throughput_from}/metrics")
-        else:
-            profile = ThroughputProfile.load(args.throughput)
+        profile = ThroughputProfile.load(args.throughput)
+        if args.throughput_from:  # measured rates replace the profile's; stages the job did not run keep them
+            measured = profile_from_metrics(read_table(args.throughput_from, "metrics"), models="measured",
+                                            startup_s=profile.startup_s, source="")
+            rates = {s: {**profile.rates.get(s, {}), **measured.rates.get(s, {})}
+                     for s in {*profile.rates, *measured.rates}}
+            profile = profile.model_copy(update={
+                "rates": rates, "source": f"measured from {args.throughput_from}/metrics, else {profile.source}"})
         if args.startup_s is not None:
             profile = profile.model_copy(update={"startup_s": args.startup_s})
         placement = Placement.load(args.placement) if args.placement else DEFAULT_PLACEMENT

@@ -222,7 +222,8 @@ th:first-child,td:first-child{text-align:left}.kpis{display:flex;flex-wrap:wrap;
 .kpi span{color:#666;font-size:12px}svg{max-width:100%;height:auto}"""
 
 
-def _money(v: Optional[float]) -> str:
+def money(v: Optional[float]) -> str:
+    """US$ readable at any scale: cents for dollars, four decimals for cents, else scientific."""
     if v is None:
         return "–"
     return f"${v:,.2f}" if v >= 1 else f"${v:.4f}" if v >= 0.001 else f"${v:.2e}"
@@ -232,14 +233,15 @@ def render_html(summary: dict[str, Any], assets: pa.Table, out: str) -> str:
     kpis = [("assets", f"{summary['assets']:,}"),
             ("ok / error / skipped", " / ".join(str(summary["status"].get(s, 0)) for s in ("ok", "error", "skipped"))),
             ("video · audio hours", f"{summary['video_hours']:.2f} · {summary['audio_hours']:.2f}"),
-            ("pages", f"{summary['pages']:,}"), ("total cost", _money(summary["cost_usd"])),
-            ("$ / video-hour", _money(summary["usd_per_video_hour"])),
-            ("$ / audio-hour", _money(summary["usd_per_audio_hour"])),
-            ("$ / 1,000 pages", _money(summary["usd_per_page"] and summary["usd_per_page"] * 1000)), ("$ / asset", _money(summary["cost_per_asset_usd"]))]
+            ("pages", f"{summary['pages']:,}"), ("total cost", money(summary["cost_usd"])),
+            ("$ / video-hour", money(summary["usd_per_video_hour"])),
+            ("$ / audio-hour", money(summary["usd_per_audio_hour"])),
+            ("$ / 1,000 pages", money(summary["usd_per_page"] and summary["usd_per_page"] * 1000)),
+            ("$ / asset", money(summary["cost_per_asset_usd"]))]
     kpi_html = "".join(f'<div class="kpi"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for k, v in kpis)
     stage_rows = "".join(
         f"<tr><td>{html.escape(s)}</td><td>{v['rows']}</td><td>{v['wall_s']:.1f}</td><td>{v['device_s']:.1f}</td>"
-        f"<td>{_money(v['cost_usd'])}</td></tr>" for s, v in summary["stages"].items())
+        f"<td>{money(v['cost_usd'])}</td></tr>" for s, v in summary["stages"].items())
     jobs = ", ".join(summary["job_ids"]) or "–"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>corpusflow report — {html.escape(out)}</title>
@@ -279,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_html(summary, assets, args.out), encoding="utf-8")
     json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(f"{summary['assets']} assets, {_money(summary['cost_usd'])}: wrote {html_path} and {json_path}")
+    print(f"{summary['assets']} assets, {money(summary['cost_usd'])}: wrote {html_path} and {json_path}")
     return 0
 
 
