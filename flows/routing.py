@@ -44,13 +44,16 @@ class KindRouted:
         return finish(self.contract, batch, cols, stages, errors)
 
 
-def as_task(stage_cls: type, config: JobConfig, kinds: tuple[str, ...]) -> Callable[[Batch], Batch]:
-    """A plain function for Ray tasks; the stage is built once per worker process and reused."""
+def as_task(stage_cls: type, config: JobConfig, kinds: tuple[str, ...] | None) -> Callable[[Batch], Batch]:
+    """A plain function for Ray tasks; the stage is built once per worker process and reused.
+
+    ``kinds=None`` runs the stage on every row (identify, which decides the kind).
+    """
 
     def run(batch: Batch) -> Batch:
         key = (stage_cls, config.model_dump_json())
         if key not in _INSTANCES:
-            _INSTANCES[key] = KindRouted(stage_cls, config, kinds)
+            _INSTANCES[key] = stage_cls(config) if kinds is None else KindRouted(stage_cls, config, kinds)
         return _INSTANCES[key](batch)
 
     run.__name__ = stage_cls.__name__
