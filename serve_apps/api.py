@@ -36,6 +36,12 @@ _ERRORS = {400: "malformed request or URI", 401: "missing or invalid API key", 4
            504: "deadline passed"}
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut, "description": d} for s, d in _ERRORS.items()}
 
+Upload = Annotated[Optional[UploadFile], File(description="the video, audio or PDF file")]
+Uri = Annotated[Optional[str], Form(max_length=2048, description="s3://bucket/key under an allow-listed prefix")]
+Question = Annotated[str, Form(min_length=1, max_length=2000, description="a question about the video")]
+Deadline = Annotated[Optional[float], Header(alias="X-Request-Timeout", gt=0, le=3600,
+                                             description="seconds; capped at the server's request timeout")]
+
 
 class _Metrics:
     """Prometheus series of this ingress replica (a private registry, so building twice is harmless)."""
@@ -122,10 +128,6 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
-    Upload = Annotated[Optional[UploadFile], File(description="the video, audio or PDF file")]
-    Uri = Annotated[Optional[str], Form(max_length=2048, description="s3://bucket/key under an allow-listed prefix")]
-    Deadline = Annotated[Optional[float], Header(alias="X-Request-Timeout", gt=0, le=3600,
-                                                 description="seconds; capped at the server's request timeout")]
     v1 = f"/{API_VERSION}"
 
     @app.post(f"{v1}/analyze", response_model=AnalyzeOut, responses=RESPONSES, dependencies=[key_doc])
@@ -159,8 +161,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
         return await served("transcribe", x_request_timeout, work)
 
     @app.post(f"{v1}/ask", response_model=AskOut, responses=RESPONSES, dependencies=[key_doc])
-    async def ask(question: Annotated[str, Form(min_length=1, max_length=2000, description="a question about the video")],
-                  file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+    async def ask(question: Question, file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
         """An answer grounded in the video's frames and transcript, with the timestamps it relied on."""
 
         async def work() -> dict[str, Any]:

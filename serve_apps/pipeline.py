@@ -102,7 +102,11 @@ class Pipeline:
         return await self._call("vlm", "run", batch)
 
     async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
-        return await self._call("vlm", "ask", batch, question)
+        """``{answer, timestamps}``; 422 when the VLM cannot answer about this video."""
+        answer = await self._call("vlm", "ask", batch, question)
+        if "error" in answer:
+            raise ApiError(422, f"cannot answer about this video: {answer['error']}")
+        return answer
 
     async def analyze(self, source: Source) -> Batch:
         batch = await self.extract(await self.identify(source), source)

@@ -19,7 +19,7 @@ import numpy as np
 from ray import serve
 
 from contracts.config import JobConfig
-from contracts.stage import Batch, tensor_column
+from contracts.stage import Batch, StageFailure, tensor_column
 
 
 def load_stage(path: str, config: JobConfig) -> Any:
@@ -68,6 +68,18 @@ def _public_uri(out: Batch, batch: Batch) -> Batch:
     return {**out, "uri": batch["uri"]}
 
 
+def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
+    """``Describe.ask``'s inputs from a one-row batch after decode and ASR."""
+    from actors.vlm_prompt import Transcript, VideoMeta
+
+    row = {k: v[0] for k, v in batch.items()}
+    transcript = Transcript(np.asarray(row["seg_start"], np.float64), np.asarray(row["seg_end"], np.float64),
+                            tuple(str(t) for t in row["seg_text"]))
+    meta = VideoMeta(uri=str(row["uri"]), duration_s=float(row["duration_s"]), language=str(row["language"]),
+                     meta_json=str(row["meta_json"]), shot_ts=np.asarray(row["shot_ts"], np.float64))
+    return np.asarray(row["frames"]), np.asarray(row["frame_ts"], np.float64), transcript, meta
+
+
 @serve.deployment
 class StageServer:
     """A stage behind a handle, one request at a time per replica (decode, PDF)."""
@@ -106,8 +118,13 @@ class BatchedStageServer:
         return split(out)
 
     async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
+        """The VLM's grounded answer about the one video in ``batch``, or ``{"error": sentence}``."""
         async with self.lock:
-            return await asyncio.to_thread(self.stage.ask, batch, question)
+            try:
+                answer = await asyncio.to_thread(self.stage.ask, *_ask_inputs(batch), question)
+            except StageFailure as e:
+                return {"error": str(e)}
+        return answer.model_dump()
 
     async def ready(self) -> bool:
         return True

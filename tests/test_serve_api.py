@@ -1,0 +1,257 @@
+"""The online API on a real Ray Serve at 127.0.0.1 with the tiny-random models: every endpoint, every refusal.
+
+One Serve start for the module (minutes of model loading otherwise); requests go through the HTTP
+proxy exactly as a client's would.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import glob
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+
+from contracts.config import VideoConfig
+from contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
+from tests.media import corrupt_copy, make_audio, make_pdf, make_video, truncate_copy
+
+KEY = "test-key-" + "x" * 16
+V1 = ("analyze", "transcribe", "ask")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small(**kw) -> DeploymentSettings:
+    """A deployment that fits many to a 2-core machine: a fraction of a logical CPU, one replica."""
+    return DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1), **kw)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server) -> str:
+    name = "serve-test"
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    video = make_video(d / "clip.mp4", seconds=4, fps=8, size=(96, 72))
+    pdf = make_pdf(d / "doc.pdf", pages=3)
+    return {
+        "video": video, "audio": make_audio(d / "speech.wav", seconds=3), "pdf": pdf,
+        "corrupt": corrupt_copy(video, d / "corrupt.mp4", keep=64),
+        "truncated": truncate_copy(video, d / "truncated.mp4", fraction=0.3),
+        "encrypted": make_pdf(d / "locked.pdf", encrypted=True),
+        "text": _write(d / "notes.txt", b"plain text, not media\n" * 10),
+        "empty": _write(d / "empty.mp4", b""),
+    }
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def api(s3_server, bucket, model_cache):
+    """Base URL of the app on 127.0.0.1, with a 1 MB body limit and one allow-listed S3 prefix."""
+    from ray import serve
+    import ray
+
+    from serve_apps.run_local import start
+
+    settings = ServeConfig(
+        port=free_port(), models="tiny-random", model_cache=model_cache, max_request_mb=1, request_timeout_s=90,
+        overload_status=429, retry_after_s=3, allowed_uri_prefixes=(f"s3://{bucket}/allowed/",),
+        video=VideoConfig(fps=1, max_frames=4, frame_size=56),
+        deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16), decode=small(),
+                                pdf=small(), asr=small(batching=Batching(max_batch_size=4)),
+                                vlm=small(batching=Batching(max_batch_size=4))))
+    url = start(settings, api_key=KEY, num_cpus=4)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the app did not become ready in 240 s")
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def post(api: str, endpoint: str, path: Path | None = None, key: str | None = KEY, timeout: float = 120,
+         **fields) -> requests.Response:
+    files = {"file": (path.name, path.read_bytes())} if path is not None else None
+    headers = {"X-API-Key": key} if key else {}
+    headers.update(fields.pop("headers", {}))
+    return requests.post(f"{api}/v1/{endpoint}", files=files, data=fields or None, headers=headers, timeout=timeout)
+
+
+def test_health_readiness_docs_and_openapi(api):
+    assert requests.get(f"{api}/healthz").json() == {"status": "ok"}
+    ready = requests.get(f"{api}/readyz").json()
+    assert ready == {"ready": True, "stages": {"asr": True, "decode": True, "pdf": True, "vlm": True}}
+    assert "swagger" in requests.get(f"{api}/docs").text.lower()
+    spec = requests.get(f"{api}/openapi.json").json()
+    assert {f"/v1/{e}" for e in V1} <= set(spec["paths"])
+    assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
+
+
+def test_analyze_video_gives_the_batch_table_rows(api, media):
+    r = post(api, "analyze", media["video"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    asset = body["asset"]
+    assert asset["asset_id"] == hashlib.sha256(media["video"].read_bytes()).hexdigest()
+    assert (asset["kind"], asset["status"], asset["error"]) == ("video", "ok", None)
+    assert asset["uri"].startswith("upload://") and asset["uri"].endswith("/clip.mp4")
+    assert 3.5 < asset["duration_s"] < 4.5
+    sources = {(t["source"], t["detail"]) for t in body["timeline"]}
+    assert ("vlm", "chapter") in sources and ("vlm", "keyframe") in sources
+    for t in body["timeline"]:
+        assert 0 <= t["t_start"] <= t["t_end"] <= asset["duration_s"] + 0.5
+    assert body["summary"]["frames_used"] >= 1 and body["summary"]["summary"]
+    assert body["pages"] == []
+
+
+def test_analyze_audio_has_no_summary(api, media):
+    body = post(api, "analyze", media["audio"]).json()
+    assert body["asset"]["kind"] == "audio" and body["asset"]["status"] == "ok"
+    assert body["summary"] is None and body["pages"] == []
+    assert {t["source"] for t in body["timeline"]} <= {"asr"}
+
+
+def test_analyze_pdf_gives_pages(api, media):
+    body = post(api, "analyze", media["pdf"]).json()
+    assert body["asset"]["kind"] == "pdf" and body["asset"]["pages"] == 3
+    assert [p["page"] for p in body["pages"]] == [1, 2, 3]
+    assert "Page 2 of 3" in body["pages"][1]["text"] and body["pages"][0]["images"] == 1
+    assert body["timeline"] == [] and body["summary"] is None
+
+
+def test_analyze_an_allow_listed_s3_object(api, media, bucket, s3_server):
+    boto3.client("s3", endpoint_url=s3_server).upload_file(str(media["pdf"]), bucket, "allowed/doc.pdf")
+    r = post(api, "analyze", uri=f"s3://{bucket}/allowed/doc.pdf")
+    assert r.status_code == 200, r.text
+    assert r.json()["asset"]["uri"] == f"s3://{bucket}/allowed/doc.pdf" and len(r.json()["pages"]) == 3
+    assert post(api, "analyze", uri=f"s3://{bucket}/allowed/missing.pdf").status_code == 404
+
+
+def test_transcribe_audio_and_video(api, media):
+    for kind in ("audio", "video"):
+        r = post(api, "transcribe", media[kind])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["asset"]["kind"] == kind
+        assert isinstance(body["language"], (str, type(None)))
+        for seg in body["segments"] + body["words"]:
+            assert seg["source"] == "asr" and seg["t_start"] <= seg["t_end"] <= body["asset"]["duration_s"] + 0.5
+
+
+def test_ask_answers_with_timestamps_inside_the_video(api, media):
+    r = post(api, "ask", media["video"], question="What colour is the second scene?")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["question"] == "What colour is the second scene?" and isinstance(body["answer"], str)
+    assert all(0 <= t <= body["asset"]["duration_s"] for t in body["timestamps"])
+
+
+def test_concurrent_requests_are_all_answered(api, media):
+    with cf.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: post(api, "transcribe", media["audio"]).status_code, range(6)))
+    assert codes == [200] * 6
+
+
+@pytest.mark.parametrize("endpoint", V1)
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_missing_or_wrong_key_is_401(api, media, endpoint, key):
+    r = post(api, endpoint, media["pdf"], key=key, question="q")
+    assert r.status_code == 401 and r.json()["detail"]
+
+
+def test_body_over_the_limit_is_413(api, tmp_path):
+    big = _write(tmp_path / "big.mp4", os.urandom(1_200_000))
+    assert post(api, "analyze", big).status_code == 413
+
+
+def test_deadline_passed_is_504(api, media):
+    r = post(api, "analyze", media["video"], headers={"X-Request-Timeout": "0.05"})
+    assert r.status_code == 504 and "0.05" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("uri,status", [
+    ("https://example.com/video.mp4", 400), ("http://169.254.169.254/latest/meta-data/", 400),
+    ("/etc/passwd", 400), ("file:///etc/passwd", 400), ("s3://serve-test/allowed/../secret.pdf", 400),
+    ("s3://serve-test/private/doc.pdf", 403), ("s3://another-bucket/allowed/doc.pdf", 403),
+])
+def test_uris_outside_the_allow_list_are_refused(api, uri, status):
+    r = post(api, "analyze", uri=uri)
+    assert r.status_code == status and r.json()["detail"]
+
+
+@pytest.mark.parametrize("name,endpoint,reason", [
+    ("corrupt", "analyze", "malformed"), ("truncated", "analyze", "video"), ("empty", "analyze", "empty"),
+    ("text", "analyze", "unsupported"), ("encrypted", "analyze", "pdf"),
+    ("pdf", "transcribe", "audio or video"), ("audio", "ask", "needs a video"),
+])
+def test_unusable_media_is_422_with_a_reason(api, media, name, endpoint, reason):
+    r = post(api, endpoint, media[name], question="what happens?")
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["detail"].lower()
+
+
+def test_malformed_requests_are_422(api, media, bucket):
+    assert post(api, "analyze").status_code == 422  # neither file nor uri
+    assert post(api, "analyze", media["pdf"], uri=f"s3://{bucket}/allowed/doc.pdf").status_code == 422
+    assert post(api, "ask", media["video"], question="").status_code == 422
+    assert post(api, "ask", media["video"], question="x" * 2001).status_code == 422
+
+
+def test_no_upload_is_left_on_disk(api, media):
+    post(api, "analyze", media["pdf"])
+    post(api, "analyze", media["corrupt"])
+    left = glob.glob(os.path.join(tempfile.gettempdir(), "corpusflow-request-*")) + \
+        glob.glob(os.path.join(tempfile.gettempdir(), "corpusflow-upload-*"))
+    assert left == []
+
+
+def test_metrics_count_requests_by_endpoint_and_status(api, media):
+    post(api, "analyze", media["text"])
+    text = requests.get(f"{api}/metrics").text
+    assert 'corpusflow_requests_total{endpoint="analyze",status="422"}' in text
+    assert "corpusflow_request_seconds_bucket" in text
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error(api, tmp_path):
+    """Property-based requests from the OpenAPI spec (with a valid key): never a 5xx."""
+    exe = str(Path(sys.executable).with_name("schemathesis"))
+    report = tmp_path / "st.json"
+    proc = subprocess.run(
+        [exe, "run", f"{api}/openapi.json", "-H", f"X-API-Key: {KEY}", "--checks", "not_a_server_error",
+         "--max-examples", "25", "--max-time", "120", "--workers", "2", "--request-timeout", "60",
+         "--report", "ndjson", "--report-ndjson-path", str(report), "--seed", "1"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -1,0 +1,115 @@
+"""Overload and autoscaling on a real Ray Serve at 127.0.0.1: 64 clients for 30 s, then quiet.
+
+What a client relies on: under overload every answer is a correct 200 or a 429/503 with Retry-After
+(never a 5xx, never a hang), and replicas are added under load and removed after it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
+from tests.media import make_audio
+from tests.test_serve_api import KEY, free_port
+
+pytestmark = pytest.mark.slow
+
+CLIENTS, SECONDS = 64, 30
+SCALING = ("decode", "asr")
+
+
+def elastic(**kw) -> DeploymentSettings:
+    """1 → 3 replicas within seconds of load, back to 1 a few seconds after it."""
+    return DeploymentSettings(
+        num_cpus=0.2, max_ongoing_requests=2, max_queued_requests=8,
+        autoscaling=Autoscaling(min_replicas=1, max_replicas=3, target_ongoing_requests=1, upscale_delay_s=1,
+                                downscale_delay_s=4, metrics_interval_s=0.5, look_back_period_s=2), **kw)
+
+
+@pytest.fixture(scope="module")
+def app(model_cache):
+    import ray
+    from ray import serve
+
+    from serve_apps.run_local import start
+
+    fixed = DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1))
+    settings = ServeConfig(
+        port=free_port(), model_cache=model_cache, request_timeout_s=20, overload_status=503, retry_after_s=2,
+        deployments=Deployments(api=DeploymentSettings(num_cpus=0.2, max_ongoing_requests=16, max_queued_requests=16),
+                                decode=elastic(), asr=elastic(batching=Batching(max_batch_size=4)),
+                                pdf=fixed, vlm=fixed))
+    url = start(settings, api_key=KEY, num_cpus=4)
+    try:
+        deadline = time.time() + 240
+        while requests.get(f"{url}/readyz", timeout=5).status_code != 200:
+            assert time.time() < deadline, "the app did not become ready in 240 s"
+            time.sleep(1)
+        yield url, serve
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def running(serve) -> dict[str, int]:
+    deployments = serve.status().applications["corpusflow"].deployments
+    return {d: deployments[d].replica_states.get("RUNNING", 0) for d in SCALING}
+
+
+def test_overload_is_refused_cleanly_and_replicas_follow_the_load(app, tmp_path):
+    url, serve = app
+    audio = make_audio(tmp_path / "speech.wav", seconds=2).read_bytes()
+    statuses: Counter[int] = Counter()
+    problems: list[str] = []
+    peak = {d: 1 for d in SCALING}
+    stop = time.time() + SECONDS
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as s:
+            while time.time() < stop:
+                try:
+                    r = s.post(f"{url}/v1/transcribe", files={"file": ("speech.wav", audio)},
+                               headers={"X-API-Key": KEY}, timeout=60)
+                except requests.RequestException as e:
+                    with lock:
+                        problems.append(f"transport: {e}")
+                    continue
+                with lock:
+                    statuses[r.status_code] += 1
+                    if r.status_code == 200:
+                        body = r.json()
+                        if body["asset"]["kind"] != "audio" or not isinstance(body["segments"], list):
+                            problems.append(f"bad body: {body}")
+                    elif r.status_code in (429, 503):
+                        if not r.headers.get("Retry-After"):
+                            problems.append(f"{r.status_code} without Retry-After")
+                        time.sleep(float(r.headers.get("Retry-After") or 1))
+                    else:
+                        problems.append(f"{r.status_code}: {r.text[:200]}")
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    while time.time() < stop:
+        for d, n in running(serve).items():
+            peak[d] = max(peak[d], n)
+        time.sleep(1)
+    for t in threads:
+        t.join(90)
+    print(f"\nload test: {dict(statuses)} in {SECONDS} s from {CLIENTS} clients; peak replicas {peak}")
+    assert not problems, problems[:5]
+    assert statuses[200] > 0 and set(statuses) <= {200, 429, 503}
+    assert max(peak.values()) > 1, f"no deployment scaled up under load: {peak}"
+
+    deadline = time.time() + 90
+    while running(serve) != {d: 1 for d in SCALING}:
+        assert time.time() < deadline, f"replicas did not scale back down: {running(serve)}"
+        time.sleep(1)
+    r = requests.post(f"{url}/v1/transcribe", files={"file": ("speech.wav", audio)}, headers={"X-API-Key": KEY},
+                      timeout=60)
+    assert r.status_code == 200
