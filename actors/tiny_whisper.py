@@ -43,7 +43,7 @@ def _text_vocab() -> tuple[dict[str, int], list[str]]:
     """Bytes plus generated merges of letters and 'Ġ' (space) up to Whisper's 50257 text tokens."""
     vocab = {s: i for i, s in enumerate(_byte_symbols())}
     letters = [*"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "Ġ"]
-    pairs = [(a, b) for a, b in product(letters, letters)]
+    pairs = list(product(letters, letters))
     triples = [(a + b, c) for (a, b), c in product(pairs, letters)]
     merges = []
     for left, right in (*pairs, *triples):
@@ -98,7 +98,7 @@ def build_whisper_hf(dest: Path, seed: int = 0, d_model: int = 64, layers: int =
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_model * 4,
         decoder_ffn_dim=d_model * 4, max_source_positions=1500, max_target_positions=448,
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
-        begin_suppress_tokens=[SPACE_ID, eot], suppress_tokens=[],
+        begin_suppress_tokens=None, suppress_tokens=None,  # generation settings live in generation_config
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
