@@ -121,24 +121,31 @@ def _empty(ax, what: str) -> None:
     ax.set_yticks([])
 
 
+def _time_unit(seconds: float) -> tuple[str, float]:
+    """A unit that keeps a span's numbers readable: seconds, minutes or hours."""
+    return ("s", 1.0) if seconds < 120 else ("min", 60.0) if seconds < 2 * 3600 else ("h", 3600.0)
+
+
 def plot_throughput(assets: pa.Table) -> str:
-    """Assets committed per minute and in total, over the job's time."""
+    """Assets committed per time bin and in total, over the job's time."""
     fig, ax = plt.subplots(figsize=(9, 3.4))
     times = sorted(assets.column("committed_at").to_pylist())
     if not times:
         _empty(ax, "committed assets")
         return _svg(fig)
     t0 = times[0]
-    minutes = [(t - t0).total_seconds() / 60 for t in times]
-    span = max(minutes[-1], 1 / 60)
+    unit, scale = _time_unit((times[-1] - t0).total_seconds())
+    xs = [(t - t0).total_seconds() / scale for t in times]
+    span = max(xs[-1], 1.0)
     bins = max(1, min(60, len(times)))
-    ax.hist(minutes, bins=bins, range=(0, span), color="#9ecae1", label="assets per bin")
-    ax.set_xlabel(f"minutes since first commit ({t0:%Y-%m-%d %H:%M} UTC)")
+    ax.hist(xs, bins=bins, range=(0, span), color="#9ecae1")
+    ax.set_xlim(-0.02 * span, span * 1.02)
+    ax.set_xlabel(f"{unit} since first commit ({t0:%Y-%m-%d %H:%M:%S} UTC)")
     ax.set_ylabel("assets committed per bin")
     ax2 = ax.twinx()
-    ax2.plot(minutes, range(1, len(minutes) + 1), color="#08519c", lw=2, label="total")
+    ax2.step([*xs, span], [*range(1, len(xs) + 1), len(xs)], where="post", color="#08519c", lw=2)
     ax2.set_ylabel("total assets committed")
-    ax2.set_ylim(bottom=0)
+    ax2.set_ylim(0, len(xs) * 1.05)
     ax.set_title("Throughput over time")
     return _svg(fig)
 
@@ -151,15 +158,16 @@ def plot_stages(summary: dict[str, Any]) -> str:
         _empty(ax1, "metrics")
         _empty(ax2, "metrics")
         return _svg(fig)
-    dev_h = [summary["stages"][s]["device_s"] / 3600 for s in stages]
+    unit, scale = _time_unit(max(v["device_s"] for v in summary["stages"].values()))
+    dev = [summary["stages"][s]["device_s"] / scale for s in stages]
     cost = [summary["stages"][s]["cost_usd"] for s in stages]
-    ax1.bar(stages, dev_h, color="#6baed6")
-    ax1.set_ylabel("device hours")
+    ax1.bar(stages, dev, color="#6baed6")
+    ax1.set_ylabel(f"device time ({unit})")
     ax1.set_title("Time per stage")
     ax2.bar(stages, cost, color="#fd8d3c")
     ax2.set_ylabel("US$")
     ax2.set_title("Cost per stage")
-    for ax, vals, fmt in ((ax1, dev_h, "{:.3g} h"), (ax2, cost, "${:.3g}")):
+    for ax, vals, fmt in ((ax1, dev, "{:.3g} " + unit), (ax2, cost, "${:.3g}")):
         for i, v in enumerate(vals):
             ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8)
         ax.tick_params(axis="x", rotation=20)
@@ -243,11 +251,12 @@ def render_html(summary: dict[str, Any], assets: pa.Table, out: str) -> str:
         f"<tr><td>{html.escape(s)}</td><td>{v['rows']}</td><td>{v['wall_s']:.1f}</td><td>{v['device_s']:.1f}</td>"
         f"<td>{money(v['cost_usd'])}</td></tr>" for s, v in summary["stages"].items())
     jobs = ", ".join(summary["job_ids"]) or "–"
+    span = " → ".join(t[:19].replace("T", " ") + " UTC" for t in (summary["first_commit"], summary["last_commit"]) if t)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>corpusflow report — {html.escape(out)}</title>
 <style>{_CSS}</style></head><body>
 <h1>corpusflow report</h1>
-<div class="sub">{html.escape(out)} · jobs {html.escape(jobs)} · commits {html.escape(str(summary['first_commit']))} → {html.escape(str(summary['last_commit']))}</div>
+<div class="sub">{html.escape(out)} · jobs {html.escape(jobs)} · commits {html.escape(span)}</div>
 <div class="kpis">{kpi_html}</div>
 <h2>Throughput over time</h2>{plot_throughput(assets)}
 <h2>Time and cost per stage</h2>{plot_stages(summary)}
