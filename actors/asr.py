@@ -201,7 +201,7 @@ def _compute_type(requested: str, device: str) -> str:
     return preferred if preferred in supported else "float32"
 
 
-def _silero_vad(onset: float, offset: float, chunk_s: float):
+def _silero_vad(onset: float, offset: float, chunk_s: float) -> Any:
     """whisperX's VAD interface around the Silero ONNX model faster-whisper ships (pyannote's needs a download).
 
     Silero's hysteresis is whisperX's: speech starts above ``onset`` and ends below ``offset``; whisperX
