@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -257,7 +257,7 @@ class _Packer:
 
 def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, cluster: Cluster,
                 placement: Placement, profile: ThroughputProfile,
-                prices: dict[str, float] = DEFAULT_USD_PER_HOUR) -> PlanOption:
+                prices: Mapping[str, float] = DEFAULT_USD_PER_HOUR) -> PlanOption:
     """Pools, wall time and cost when only ``accelerators`` (plus CPUs) of the cluster are used.
 
     Every stage with work starts with one actor; then the stage that would finish last gets one more
@@ -302,7 +302,7 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
         fastest = max(r for acc, _, r in choices[stage] if actors.get((stage, acc)))
         return work[stage].units / throughput(stage), work[stage].longest / fastest
 
-    # GPU stages first, so that CPU actors only take GPU nodes' spare CPUs where no CPU node exists.
+    # GPU stages first: their nodes exist before CPU work looks for spare cores.
     for s in sorted(work, key=lambda s: choices[s][0][0] == "cpu"):
         if not add(s):
             return PlanOption(name=name, accelerators=list(accelerators), feasible=False,

@@ -72,15 +72,20 @@ def summarize(assets: pa.Table, metrics: pa.Table) -> dict[str, Any]:
         "assets_per_hour": len(a) / span_s * 3600 if span_s else None,
         "cost_usd": cost_total,
         "cost_per_asset_usd": cost_total / len(a) if a else None,
-        "usd_per_video_hour": cost_kind.get("video", {}).get("cost_usd", 0) / hours["video"] if hours["video"] else None,
-        "usd_per_audio_hour": cost_kind.get("audio", {}).get("cost_usd", 0) / hours["audio"] if hours["audio"] else None,
-        "usd_per_page": cost_kind.get("pdf", {}).get("cost_usd", 0) / pages if pages else None,
+        "usd_per_video_hour": _per(cost_kind, "video", hours["video"]),
+        "usd_per_audio_hour": _per(cost_kind, "audio", hours["audio"]),
+        "usd_per_page": _per(cost_kind, "pdf", pages),
         "usd_per_media_hour_by_kind_accelerator": usd_per_media_hour,
         "stages": {s: v for s, v in sorted(by(lambda r: r["stage"]).items(), key=lambda kv: _stage_order(kv[0]))},
         "accelerators": dict(sorted(by(lambda r: r["accelerator"]).items())),
         "failures": [{"stage": s, "reason": e, "assets": n}
                      for (s, e), n in sorted(failures.items(), key=lambda kv: -kv[1])],
     }
+
+
+def _per(cost_by_kind: dict[str, dict[str, float]], kind: str, amount: float) -> Optional[float]:
+    """US$ spent on assets of ``kind`` per unit of their media (hours, pages); None without any."""
+    return cost_by_kind.get(kind, {}).get("cost_usd", 0.0) / amount if amount else None
 
 
 def _count(rows: list[dict], key: str) -> dict[str, int]:
@@ -222,7 +227,8 @@ def _shorten(text: str, n: int) -> str:
 
 # ------------------------------------------------------------------------------------------------ HTML
 
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1000px;color:#222}
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1000px;
+color:#222}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px}.sub{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}
 th:first-child,td:first-child{text-align:left}.kpis{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
@@ -251,7 +257,8 @@ def render_html(summary: dict[str, Any], assets: pa.Table, out: str) -> str:
         f"<tr><td>{html.escape(s)}</td><td>{v['rows']}</td><td>{v['wall_s']:.1f}</td><td>{v['device_s']:.1f}</td>"
         f"<td>{money(v['cost_usd'])}</td></tr>" for s, v in summary["stages"].items())
     jobs = ", ".join(summary["job_ids"]) or "–"
-    span = " → ".join(t[:19].replace("T", " ") + " UTC" for t in (summary["first_commit"], summary["last_commit"]) if t)
+    span = " → ".join(t[:19].replace("T", " ") + " UTC"
+                      for t in (summary["first_commit"], summary["last_commit"]) if t)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>corpusflow report — {html.escape(out)}</title>
 <style>{_CSS}</style></head><body>

@@ -81,7 +81,8 @@ def test_kuberay_manifest_matches_cluster_yaml(manifest: str) -> None:
         assert (g["minReplicas"], g["maxReplicas"]) == (nt["min_workers"], nt["max_workers"]), name
         assert params["num-cpus"] == str(res["CPU"]), name
         assert params.get("num-gpus", "0") == str(res.get("GPU", 0)), name
-        assert params["metrics-export-port"] == _start_param(CLUSTER["worker_start_ray_commands"], "metrics-export-port")
+        assert params["metrics-export-port"] == _start_param(CLUSTER["worker_start_ray_commands"],
+                                                             "metrics-export-port")
         custom = json.loads(json.loads(params["resources"])) if "resources" in params else {}
         assert custom == {k: v for k, v in res.items() if k not in ("CPU", "GPU")}, name
         assert dict(kv.split("=") for kv in params["labels"].split(",")) == nt["labels"], name
@@ -130,9 +131,11 @@ def test_prometheus_scrapes_where_ray_publishes_targets() -> None:
 def test_grafana_dashboard_queries_only_metrics_and_labels_we_export() -> None:
     dash = json.loads((INFRA / "grafana" / "corpusflow.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    exported = {f"ray_{n}_total" for n in (*live_metrics.COUNTERS, "corpusflow_stage_runs")} | {"ray_corpusflow_usd_per_hour"}
+    exported = ({f"ray_{n}_total" for n in (*live_metrics.COUNTERS, "corpusflow_stage_runs")}
+                | {"ray_corpusflow_usd_per_hour"})
     used = {m for e in exprs for m in re.findall(r"ray_corpusflow_\w+", e)}
     assert used and used <= exported, used - exported
-    labels = {lbl.strip() for e in exprs for grp in re.findall(r"by \(([^)]*)\)", e) for lbl in grp.split(",") if lbl.strip()}
+    groupings = [grp for e in exprs for grp in re.findall(r"by \(([^)]*)\)", e)]
+    labels = {lbl.strip() for grp in groupings for lbl in grp.split(",") if lbl.strip()}
     assert labels <= set(live_metrics.TAGS)
     assert "job_id" in dash["templating"]["list"][1]["query"]["query"]

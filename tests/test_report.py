@@ -49,7 +49,8 @@ def _write_job(out: Path) -> None:
     for aid, kind, stage, dev, acc, media, pages in rows:
         for k, v in (("job_id", "job-1"), ("asset_id", aid), ("kind", kind), ("stage", stage), ("wall_s", dev * 1.1),
                      ("device_s", float(dev)), ("accelerator", acc), ("media_s", media), ("pages", pages),
-                     ("usd_per_hour", DEFAULT_USD_PER_HOUR[acc]), ("cost_usd", cost_usd(dev, acc, DEFAULT_USD_PER_HOUR))):
+                     ("usd_per_hour", DEFAULT_USD_PER_HOUR[acc]),
+                     ("cost_usd", cost_usd(dev, acc, DEFAULT_USD_PER_HOUR))):
             m[k].append(v)
     storage.write_parquet_atomic(conform("metrics", m), str(out / "metrics" / "part-0.parquet"))
 
