@@ -194,3 +194,14 @@ def test_profile_measured_from_a_jobs_metrics_drives_a_local_plan(tmp_path: Path
                       "--throughput-from", str(tmp_path / "out"), "--startup-s", "5"]) == 0
     out = capsys.readouterr().out
     assert "cpu-only" in out and "infeasible" not in out
+
+
+def test_probe_reads_a_corpus_on_s3(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.upload_file(str(make_video(tmp_path / "v.mp4", seconds=2.0, size=(64, 48))), s3_bucket, "c/videos/v.mp4")
+    s3.upload_file(str(make_pdf(tmp_path / "d.pdf", pages=4)), s3_bucket, "c/docs/d.pdf")
+    stats = plan.probe_corpus(f"s3://{s3_bucket}/c")
+    assert (stats.files, stats.video_files, stats.pdf_files, stats.pages) == (2, 1, 1, 4)
+    assert stats.video_s == pytest.approx(2.0, abs=0.1)

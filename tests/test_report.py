@@ -108,3 +108,16 @@ def test_headless_chromium_screenshot_shows_the_plots(job: Path, tmp_path: Path)
     plotted = {(0x6b, 0xae, 0xd6), (0xfd, 0x8d, 0x3c), (0xde, 0x2d, 0x26)}
     seen = {c for n, c in colors if n > 200}
     assert plotted <= seen, f"plot colours missing from the screenshot: {plotted - seen}"
+
+
+def test_reports_on_tables_in_s3(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
+    _write_job(tmp_path / "local")
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    for table in ("assets", "metrics"):
+        s3.upload_file(str(tmp_path / "local" / table / "part-0.parquet"), s3_bucket, f"out/{table}/part-0.parquet")
+    out = f"s3://{s3_bucket}/out"
+    assert report.main([out]) == 2  # nowhere local to write the HTML
+    assert report.main([out, "--html", str(tmp_path / "r.html")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["assets"] == 6
