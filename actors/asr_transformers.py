@@ -57,7 +57,7 @@ class TransformersWhisperEngine:
         self._batch_size = config.asr.batch_size
         self._max_samples = int(config.asr.chunk_s * SAMPLE_RATE)
         self._vad = (config.asr.vad_onset, config.asr.vad_offset)
-        self._fixed = fixed_output_tokens
+        self.fixed_output_tokens = fixed_output_tokens
         path = resolve(profile.asr, "whisper-hf", config.model_cache, build_tiny=build_whisper_hf)
         self._processor = WhisperProcessor.from_pretrained(path)
         self._model = WhisperForConditionalGeneration.from_pretrained(path, dtype=self._dtype)
@@ -94,7 +94,8 @@ class TransformersWhisperEngine:
         if not chunks:
             return AsrResult("")
         language = language or self._detect_language(pcm, chunks[0])
-        lengths = {} if self._fixed is None else {"min_new_tokens": self._fixed, "max_new_tokens": self._fixed}
+        fixed = self.fixed_output_tokens
+        lengths = {} if fixed is None else {"min_new_tokens": fixed, "max_new_tokens": fixed}
         segments: list[TimedText] = []
         for i in range(0, len(chunks), self._batch_size):
             batch = chunks[i:i + self._batch_size]

@@ -17,7 +17,7 @@ import torch
 from actors.streaming.layout import TokenMeta
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
     """One retrievable block: a frame, or a cluster of frames with their co-occurring text."""
 
@@ -63,6 +63,7 @@ class FrameRecall:
         self.layers, self.device = layers, torch.device(device)
         self.token_budget, self.gpu_bytes, self.host_bytes_cap = token_budget, gpu_bytes, host_bytes
         self.units: list[Unit] = []
+        self._host_bytes = 0
         self._next_uid = 0
         self._lru: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lru_bytes = 0
@@ -84,12 +85,13 @@ class FrameRecall:
         unit = Unit(self._next_uid, [(kv, meta)], [float(meta.time[0])], mean_key.clone())
         self._next_uid += 1
         self.units.append(unit)
+        self._host_bytes += unit.host_bytes
         self._reps = None
         return unit
 
     def _trim(self) -> None:
-        while self.units and self.host_bytes() > self.host_bytes_cap:
-            self.units.pop(0)
+        while self.units and self._host_bytes > self.host_bytes_cap:
+            self._host_bytes -= self.units.pop(0).host_bytes
             self._reps = None
 
     # -- a question ------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class FrameRecall:
 
     # -- memory ----------------------------------------------------------------------------------
     def host_bytes(self) -> int:
-        return sum(u.host_bytes for u in self.units)
+        return self._host_bytes
 
     def device_bytes(self) -> int:
         reps = 0 if self._reps is None else self._reps.numel() * self._reps.element_size()
@@ -189,11 +191,12 @@ class ClusterRecall(FrameRecall):
         self._stream_key_sum = mean_key.clone() if self._stream_key_sum is None else self._stream_key_sum + mean_key
         centre = self._stream_key_sum / self._frames_seen
         unit = self._open
-        if unit is not None and len(unit.frames) < self.max_frames and unit in self.units:
+        if unit is not None and len(unit.frames) < self.max_frames and unit is self.units[-1]:
             a = (mean_key - centre).flatten()
             b = (unit.key_sum / len(unit.frames) - centre).flatten()
             if float(torch.nn.functional.cosine_similarity(a, b, dim=0)) >= self.similarity:
                 unit.parts.append((kv, meta))
+                self._host_bytes += kv.numel() * kv.element_size()
                 unit.frames.append(float(meta.time[0]))
                 unit.key_sum += mean_key
                 unit.version += 1
@@ -211,23 +214,28 @@ class ClusterRecall(FrameRecall):
 
     def _flush_pending(self) -> None:
         """Attach waiting text to the cluster on screen at its time, once that frame has arrived."""
-        if not self.units:
+        if not self.units or not self._pending:
             return
-        starts = torch.tensor([u.frames[0] for u in self.units], dtype=torch.float64)
         newest = self.units[-1].frames[-1]
         keep: list[tuple[torch.Tensor, TokenMeta]] = []
         for kv, meta in self._pending:
-            ready = meta.time <= newest
-            if bool((~ready).any()):
-                idx = torch.nonzero(~ready).squeeze(1)
-                keep.append((kv[:, :, :, idx], meta.select(idx)))
-            idx = torch.nonzero(ready).squeeze(1)
-            if not len(idx):
+            if float(meta.time[0]) > newest:  # blocks are time-sorted: nothing in it is ready
+                keep.append((kv, meta))
                 continue
-            owner = (torch.searchsorted(starts, meta.time[idx], right=True) - 1).clamp(min=0)
-            for o in owner.unique().tolist():
-                sel = idx[owner == o]
-                unit = self.units[o]
+            for t in meta.time.unique().tolist():
+                sel = torch.nonzero(meta.time == t).squeeze(1)
+                if t > newest:
+                    keep.append((kv[:, :, :, sel], meta.select(sel)))
+                    continue
+                unit = self._owner(t)
                 unit.parts.append((kv[:, :, :, sel], meta.select(sel)))
                 unit.version += 1
+                self._host_bytes += unit.parts[-1][0].numel() * kv.element_size()
         self._pending = keep
+
+    def _owner(self, t: float) -> Unit:
+        """The cluster on screen at second ``t`` (the newest one starting at or before it)."""
+        for unit in reversed(self.units):
+            if unit.frames[0] <= t:
+                return unit
+        return self.units[0]
