@@ -24,8 +24,8 @@ class StreamConfig(BaseModel):
     recall: Literal["cluster", "frame", "none"] = Field(
         "cluster", description="cluster = Mosaic-style cross-modal clusters; frame = ReKV-style one block per frame")
     recall_tokens: int = Field(4096, ge=0, description="evicted tokens brought back per layer for one question")
-    cluster_similarity: float = Field(0.9, ge=-1, le=1,
-                                      description="cosine of mean keys above which a frame joins the open cluster")
+    cluster_boundary: float = Field(3.0, gt=1, description="a frame whose mean key jumps this many times the "
+                                    "stream's typical frame-to-frame change starts a new cluster")
     cluster_max_frames: int = Field(16, ge=1, description="frames per cluster at most")
     gpu_recall_bytes: int = Field(512 << 20, ge=0, description="device LRU of recalled blocks, bytes")
     offload_bytes: int = Field(16 << 30, ge=0, description="host memory for evicted memory; oldest dropped beyond it")

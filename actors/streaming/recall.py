@@ -9,7 +9,7 @@ stream into a small LRU of recently used blocks; on CPU the copy is a no-op.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -102,10 +102,13 @@ class FrameRecall:
             return []
         reps = self.representatives()[:, layer]  # (units, kv_heads, head_dim)
         scores = torch.einsum("ukd,kd->u", reps, query.float())
-        order = torch.argsort(scores, descending=True)
-        tokens = torch.tensor([u.tokens for u in self.units], device=scores.device)[order]
-        take = order[torch.cumsum(tokens, 0) <= self.token_budget]
-        return sorted(take.tolist())
+        left, take = self.token_budget, []
+        for i in torch.argsort(scores, descending=True).tolist():  # best first; skip what does not fit
+            size = self.units[i].tokens
+            if size <= left:
+                take.append(i)
+                left -= size
+        return sorted(take)
 
     def representatives(self) -> torch.Tensor:
         if self._reps is None:
@@ -173,38 +176,39 @@ class FrameRecall:
 
 
 class ClusterRecall(FrameRecall):
-    """Mosaic-style: a frame joins the open cluster while its keys stay alike (cosine of mean keys,
-    centred on the stream's running mean key so the shared bias of all keys does not make everything
-    alike) and the cluster is below its frame cap; text evicted later joins the cluster that was on
-    screen at its time (or waits for its frame to be evicted)."""
+    """Mosaic-style: a frame joins the open cluster unless its keys jump from the previous frame's by
+    more than ``boundary`` times the stream's typical frame-to-frame change (a shot cut, a planted
+    frame), or the cluster is full. Relative to the typical change, because all keys share a large
+    common component that makes absolute similarities uninformative. Text evicted later joins the
+    cluster that was on screen at its time (or waits for its frame to be evicted)."""
 
-    def __init__(self, *args, similarity: float, max_frames: int, **kwargs):
+    def __init__(self, *args, boundary: float, max_frames: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.similarity, self.max_frames = similarity, max_frames
+        self.boundary, self.max_frames = boundary, max_frames
         self._open: Unit | None = None
-        self._stream_key_sum: torch.Tensor | None = None
-        self._frames_seen = 0
+        self._previous: torch.Tensor | None = None
+        self._jumps: deque[float] = deque(maxlen=64)
         self._pending: list[tuple[torch.Tensor, TokenMeta]] = []
 
     def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
-        self._frames_seen += 1
-        self._stream_key_sum = mean_key.clone() if self._stream_key_sum is None else self._stream_key_sum + mean_key
-        centre = self._stream_key_sum / self._frames_seen
+        flat = mean_key.flatten().float()
+        cut = True
+        if self._previous is not None:
+            jump = float(torch.linalg.vector_norm(flat - self._previous))
+            typical = sorted(self._jumps)[len(self._jumps) // 2] if len(self._jumps) >= 3 else float("inf")
+            cut = jump > self.boundary * typical
+            self._jumps.append(jump)
+        self._previous = flat
         unit = self._open
-        if unit is not None and len(unit.frames) < self.max_frames and unit is self.units[-1]:
-            a = (mean_key - centre).flatten()
-            b = (unit.key_sum / len(unit.frames) - centre).flatten()
-            if float(torch.nn.functional.cosine_similarity(a, b, dim=0)) >= self.similarity:
-                unit.parts.append((kv, meta))
-                self._host_bytes += kv.numel() * kv.element_size()
-                unit.frames.append(float(meta.time[0]))
-                unit.key_sum += mean_key
-                unit.version += 1
-                self._reps = None
-                self._flush_pending()
-                self._trim()
-                return
-        self._open = self._new_unit(kv, meta, mean_key)
+        if not cut and unit is not None and unit is self.units[-1] and len(unit.frames) < self.max_frames:
+            unit.parts.append((kv, meta))
+            self._host_bytes += kv.numel() * kv.element_size()
+            unit.frames.append(float(meta.time[0]))
+            unit.key_sum += mean_key
+            unit.version += 1
+            self._reps = None
+        else:
+            self._open = self._new_unit(kv, meta, mean_key)
         self._flush_pending()
         self._trim()
 

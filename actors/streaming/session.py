@@ -195,7 +195,7 @@ def _make_recall(cfg: StreamConfig, layers: int, device: torch.device) -> FrameR
     if cfg.recall == "frame":
         return FrameRecall(**common)
     if cfg.recall == "cluster":
-        return ClusterRecall(**common, similarity=cfg.cluster_similarity, max_frames=cfg.cluster_max_frames)
+        return ClusterRecall(**common, boundary=cfg.cluster_boundary, max_frames=cfg.cluster_max_frames)
     return None
 
 

@@ -1,0 +1,122 @@
+"""Recall of evicted memory: a question about a planted frame brings back the block holding it,
+for Mosaic-style clusters and the ReKV-style frame baseline; co-occurring text rides along; a
+question leaves the stream untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actors.streaming import SessionClosed, StreamConfig, StreamSession, load_streaming_model
+from actors.streaming.layout import TEXT, VISION, TokenMeta
+from actors.streaming.recall import ClusterRecall, FrameRecall
+
+torch.set_num_threads(1)
+
+LAYERS, KV_HEADS, HEAD_DIM, TOKENS = 3, 2, 16, 6
+PLANTED = (37, 121)
+
+
+def _block(t: float, keys: torch.Tensor, kind: int = VISION, order: int = 0):
+    """Host KV (layers, 2, kv_heads, n, head_dim) + metadata for n tokens at second t."""
+    n = keys.shape[2]
+    kv = torch.stack([keys, torch.randn_like(keys)], dim=1)
+    meta = TokenMeta(torch.zeros(3, n, dtype=torch.long), torch.ones(n, dtype=torch.long),
+                     torch.ones(n, dtype=torch.bool), torch.full((n,), kind, dtype=torch.int8),
+                     torch.full((n,), float(t), dtype=torch.float64), order + torch.arange(n),
+                     torch.full((n,), int(t), dtype=torch.long))
+    return kv, meta
+
+
+def _planted_stream(recall: FrameRecall, seed: int = 0) -> torch.Tensor:
+    """200 s in 10 scenes of alike frames, all sharing a large key bias; two planted frames carry a
+    distinctive direction. Returns that direction per layer (what a question about them asks for)."""
+    g = torch.Generator().manual_seed(seed)
+    bias = 4 * torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g)
+    planted = torch.nn.functional.normalize(torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g), dim=-1)
+    scene = torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g)
+    for t in range(200):
+        if t % 20 == 0:
+            scene = torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g)
+        keys = bias + scene + 0.05 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM, generator=g)
+        if t in PLANTED:
+            keys = keys + 6 * planted
+        kv, meta = _block(t, keys, order=t * 100)
+        recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
+    return planted[:, :, 0]
+
+
+@pytest.mark.parametrize("kind", ["cluster", "frame"])
+def test_question_about_planted_frame_recalls_its_block(kind):
+    common = dict(layers=LAYERS, device="cpu", token_budget=4 * TOKENS, gpu_bytes=1 << 20, host_bytes=1 << 30)
+    recall = (ClusterRecall(**common, boundary=3.0, max_frames=16) if kind == "cluster"
+              else FrameRecall(**common))
+    direction = _planted_stream(recall)
+    for layer in range(LAYERS):
+        picked = recall.select(layer, direction[layer])
+        got = recall.fetch(layer, picked)
+        frames = recall.frames_of(got.units)
+        assert set(PLANTED) <= set(frames), f"layer {layer}: recalled {frames}"
+        assert got.keys.shape == (KV_HEADS, got.meta.order.shape[0], HEAD_DIM)
+        assert bool((torch.diff(got.meta.order) > 0).all()), "recalled blocks come back in stream order"
+    if kind == "cluster":
+        assert len(recall.units) < 40, "alike frames share clusters"
+        planted_units = [u for u in recall.units if set(u.frames) & set(PLANTED)]
+        assert all(len(u.frames) == 1 for u in planted_units), "a distinctive frame starts its own cluster"
+    else:
+        assert len(recall.units) == 200
+
+
+def test_text_joins_the_cluster_on_screen_and_waits_for_its_frame():
+    recall = ClusterRecall(LAYERS, "cpu", token_budget=64, gpu_bytes=1 << 20, host_bytes=1 << 30,
+                           boundary=3.0, max_frames=4)
+    base = torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM)
+    for t in range(3):
+        kv, meta = _block(t, base + 0.01 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM), order=t * 100)
+        recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
+    kv, meta = _block(1, torch.randn(LAYERS, KV_HEADS, 2, HEAD_DIM), kind=TEXT, order=150)
+    recall.add_text(kv, meta)
+    early = _block(5, torch.randn(LAYERS, KV_HEADS, 2, HEAD_DIM), kind=TEXT, order=550)
+    recall.add_text(*early)
+    assert recall.units[0].tokens == 3 * TOKENS + 2, "text of second 1 joined the cluster showing it"
+    kv, meta = _block(5, base + 0.01 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM), order=500)
+    recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
+    assert sum(u.tokens for u in recall.units) == 4 * TOKENS + 4, "text waited for its frame"
+    packed_kv, packed_meta = recall.units[-1].pack(pin=False)
+    assert packed_kv.shape[3] == len(packed_meta) and bool((torch.diff(packed_meta.order) > 0).all())
+
+
+def test_host_memory_for_evicted_blocks_is_capped():
+    one = LAYERS * 2 * KV_HEADS * TOKENS * HEAD_DIM * 4
+    recall = FrameRecall(LAYERS, "cpu", token_budget=64, gpu_bytes=1 << 20, host_bytes=10 * one)
+    _planted_stream(recall)
+    assert recall.host_bytes() <= 10 * one and [u.frames[0] for u in recall.units] == list(range(190, 200))
+
+
+@pytest.fixture(scope="module")
+def tiny(model_cache):
+    return load_streaming_model("tiny-random", model_cache)
+
+
+@pytest.mark.parametrize("kind", ["cluster", "frame"])
+def test_session_answers_from_recalled_memory_and_frees_it(tiny, kind):
+    model, processor = tiny
+    cfg = StreamConfig(fps=2, frame_pixels=56 * 56, vision_window_s=3, sink_tokens=24, text_window=16,
+                       commentary_tokens=2, answer_tokens=3, recall=kind, recall_tokens=60)
+    s = StreamSession(model, processor, cfg)
+    rng = np.random.default_rng(0)
+    for t in range(10):
+        frames = np.full((2, 56, 56, 3), 255 if t == 4 else 40, np.uint8)
+        frames[..., t % 3] += rng.integers(0, 20, (2, 56, 56), dtype=np.uint8)
+        s.push_chunk(frames, float(t))
+    before = (len(s.window), s.window.next_position, s.memory_report()["recall_host_bytes"])
+    answer = s.ask("When did the screen turn white?")
+    assert answer.recalled and set(answer.recalled) <= set(range(7)), "recall draws on evicted frames only"
+    assert answer.timestamps and set(answer.timestamps) <= set(answer.recalled)
+    assert isinstance(answer.text, str)
+    assert (len(s.window), s.window.next_position, s.memory_report()["recall_host_bytes"]) == before
+    assert s.recall.copies > 0 and s.memory_report()["recall_device_bytes"] > 0
+    s.push_chunk(np.zeros((1, 56, 56, 3), np.uint8), 10.0)  # the stream goes on after a question
+    s.close()
+    with pytest.raises(SessionClosed):
+        s.push_chunk(np.zeros((2, 56, 56, 3), np.uint8), 11.0)
