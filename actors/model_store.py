@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,7 +58,9 @@ def resolve(source: str, kind: str, cache_dir: str, build_tiny: Callable[[Path],
     if source == TINY:
         if build_tiny is None:
             raise ValueError(f"no tiny-random builder for {kind}")
-        dest = cache / "tiny-random" / kind
+        # Keyed by the builder's source so a changed builder never reuses an old cache.
+        code = inspect.getsource(sys.modules[build_tiny.__module__]).encode()
+        dest = cache / "tiny-random" / f"{kind}-{hashlib.sha256(code).hexdigest()[:10]}"
         with _node_lock(dest):
             if not (dest / ".complete").exists():
                 dest.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = JobConfig.build(args.config, corpus=args.corpus, out=args.out, models=args.models,
                                  **{"video.fps": args.fps})
+        if args.plan:
+            from flows.plan import load_plan, resources_from_plan
+
+            option = load_plan(args.plan).option(args.option)
+            config = config.model_copy(update={"resources": resources_from_plan(option, config.resources)})
     except ConfigError as e:
         print(f"corpusflow: {e}", file=sys.stderr)
+        return 2
+    except (OSError, KeyError, ValueError) as e:
+        print(f"corpusflow: cannot use plan {args.plan!r}: {e}", file=sys.stderr)
         return 2
     from contracts import storage
     from flows.job import run_job
@@ -49,6 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--config", help="job config YAML (see docs/config.md)")
     run.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
     run.add_argument("--fps", type=float, help="video frames sampled per second (default 0.1)")
+    run.add_argument("--plan", help="size the actor pools from a plan written by `corpusflow plan --json PATH`")
+    run.add_argument("--option", default="mixed", help="which option of the plan to use (default: mixed)")
     run.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
     run.set_defaults(func=_run)
     for name in delegated:

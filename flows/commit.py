@@ -36,8 +36,14 @@ def status_of(kind: str, error: str) -> str:
 
 
 def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: str,
-                   prices: Mapping[str, float]) -> dict[str, pa.Table]:
-    """Every output table's rows for one finished batch, schema-enforced (also used by the online API)."""
+                   prices: Mapping[str, float], shares: Mapping[str, float] | None = None) -> dict[str, pa.Table]:
+    """Every output table's rows for one finished batch, schema-enforced (also used by the online API).
+
+    ``shares`` gives, per stage, how many units of its accelerator one actor or task holds (0.5 GPU,
+    2 CPUs…): a stage's device-seconds are its busy seconds times that share, so cost follows what
+    was reserved.
+    """
+    shares = shares or {}
     cols: dict[str, dict[str, list[Any]]] = {t: {f: [] for f in TABLES[t].names} for t in TABLES}
 
     def add(table: str, **row: Any) -> None:
@@ -60,7 +66,7 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
             if wall is None or math.isnan(float(wall)):
                 continue
             accel = str(batch[f"{stage}_accel"][i]) or "cpu"
-            device_s = float(batch[f"{stage}_device_s"][i])
+            device_s = float(batch[f"{stage}_device_s"][i]) * shares.get(stage, 1.0)
             media_s = duration if stage in ("decode", "asr", "vlm") else None
             add("metrics", job_id=job_id, asset_id=aid, kind=kind, stage=stage, wall_s=float(wall),
                 device_s=device_s, accelerator=accel, media_s=media_s,

@@ -89,9 +89,10 @@ def _drop_done(done_ref) -> Callable[[Batch], Batch]:
 
 def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     fingerprint = config.fingerprint()
+    shares = {stage: (r.num_gpus or r.num_cpus) for stage, r in config.resources}
 
     def commit_batch(batch: Batch) -> Batch:
-        tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour)
+        tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
         commit(tables, config.out, f"{fingerprint}-{batch_key(batch)}.parquet")
         try:
             from flows.live_metrics import record
