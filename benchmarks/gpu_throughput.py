@@ -1,0 +1,730 @@
+"""Side-by-side GPU throughput: a naive per-video loop, Ray's ray.data.llm vLLM processor, corpusflow's pipeline.
+
+One script, one corpus, one GPU (run on the lent H200; see docs/bench_gpu.md for the command):
+
+1. generates N long videos with speech (PyAV: tiny picture at 1 fps, 16 kHz audio looped from a
+   speech clip with random offsets, so no two videos share a frame or a second of audio);
+2. writes real-size checkpoints with random weights (Qwen2.5-VL-7B-Instruct's and Whisper
+   large-v3's architectures) so every contender goes through its real loading code;
+3. measures a bf16 matmul peak on this GPU (the MFU denominator);
+4. runs the contenders, each doing identical work: every VLM answer is exactly --vlm-tokens tokens
+   and every 30-s ASR chunk exactly --asr-tokens tokens (EOS ignored, no schema; random weights
+   would otherwise stop at arbitrary points):
+   - naive_transformers: for each video, decode → transcribe → Describe, one video at a time
+     (the paper's loop), transformers engine, batch of one;
+   - corpusflow_transformers / corpusflow_vllm: corpusflow's stages on Ray Data (identify and
+     decode as CPU tasks, ASR actor and VLM actor sharing the GPU), with either VLM engine; the
+     vllm one is flows/vllm_stage.py (Ray's processor wrapped with our prompt and validation);
+   - ray_data_llm: Ray's vLLM processor as documented (one engine on the whole GPU), fed the
+     same prompts as corpusflow_vllm (frames decoded and transcripts from corpusflow's ASR);
+     VLM work only, so compare its prompt tokens/s and frames/s, not its video-hours.
+Engine start-up (weights load, compile, CUDA graphs) is reported apart and left out of GPU time:
+it is paid once per actor per job. For the pipelines, ASR work done while the VLM engine was still
+starting is added back to GPU time, so overlapping with start-up earns nothing.
+
+Results go to ``--out``/gpu_throughput.json after every contender; a rerun skips contenders already
+in that file (a lease's commands are limited to 10 minutes). ``--cpu-smoke`` runs the same code on
+CPU with the tiny-random models, minutes of video, and skips vLLM when it is not installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONTENDERS = ("corpusflow_vllm", "ray_data_llm", "naive_transformers", "corpusflow_transformers")
+SR = 16000
+SHOT_S = 10.0  # a new picture every 10 s, so frames sampled at 0.1 fps differ
+
+
+# -- the corpus ------------------------------------------------------------------------------------
+
+def _load_clip(path: str) -> np.ndarray:
+    import av
+
+    with av.open(path) as c:
+        rs = av.AudioResampler(format="flt", layout="mono", rate=SR)
+        pcm = [f.to_ndarray().reshape(-1) for fr in c.decode(c.streams.audio[0]) for f in rs.resample(fr)]
+    return np.concatenate(pcm).astype(np.float32)
+
+
+def _make_video(args: tuple[str, float, int, str]) -> str:
+    """One video: 64×64 picture at 1 fps (a new random scene every 10 s, noise on every frame) and speech."""
+    import av
+
+    path, seconds, seed, clip_path = args
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    clip = _load_clip(clip_path)
+    tmp = path + ".partial.mkv"
+    with av.open(tmp, "w") as out:
+        vs = out.add_stream("libx264", rate=1)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        vs.gop_size = int(SHOT_S)
+        aus = out.add_stream("flac", rate=SR, layout="mono")
+        n_frames = int(seconds)
+        scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        for i in range(n_frames):
+            if i % int(SHOT_S) == 0:
+                scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = np.kron(scene, np.ones((8, 8, 1), dtype=np.uint8))
+            img = np.clip(img.astype(np.int16) + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        total, pos, step = int(seconds * SR), 0, SR * 10
+        while pos < total:  # speech in 10-s pieces from random places of the clip, with pauses
+            n = min(step, total - pos)
+            start = int(rng.integers(0, max(1, len(clip) - n)))
+            piece = clip[start:start + n] * float(rng.uniform(0.6, 1.0))
+            if len(piece) < n:
+                piece = np.pad(piece, (0, n - len(piece)))
+            frame = av.AudioFrame.from_ndarray((piece * 32767).astype(np.int16).reshape(1, -1), format="s16",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = SR, pos
+            for p in aus.encode(frame):
+                out.mux(p)
+            pos += n
+        for p in aus.encode():
+            out.mux(p)
+    os.replace(tmp, path)
+    return path
+
+
+def make_corpus(folder: Path, videos: int, minutes: float, clip: str) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(folder / f"talk_{i:02d}.mkv"), minutes * 60, 1000 + i, clip) for i in range(videos)]
+    with ProcessPoolExecutor(max_workers=min(videos, os.cpu_count() or 1)) as pool:
+        return list(pool.map(_make_video, jobs))
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+QWEN25_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                         num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                         max_position_embeddings=128000, torch_dtype="bfloat16", max_window_layers=28)
+QWEN25_VL_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                           fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=3584)
+
+
+def make_qwen7b(dest: Path) -> str:
+    """Qwen2.5-VL-7B-Instruct's architecture with random bf16 weights, our byte-level tokenizer, 448² frames."""
+    import torch
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    from actors.tiny_qwen import _write_tokenizer, config_dict
+
+    if (dest / ".complete").exists():
+        return str(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    ids = _write_tokenizer(dest)
+    cfg = config_dict(ids)
+    cfg.update(QWEN25_VL_7B_TEXT)
+    cfg["rope_scaling"]["mrope_section"] = [16, 24, 24]
+    cfg["vision_config"].update(QWEN25_VL_7B_VISION)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    (dest / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "pad_token_id": ids["<|endoftext|>"], "do_sample": False}))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(dest), dtype=torch.bfloat16)
+    model.save_pretrained(dest)
+    del model
+    torch.cuda.empty_cache()
+    (dest / ".complete").touch()
+    return str(dest)
+
+
+def make_whisper_large_v3(dest: Path) -> str:
+    """Whisper large-v3's architecture (1280 wide, 32+32 layers, 20 heads, 128 mels) with random weights."""
+    import torch
+
+    from actors.tiny_whisper import build_whisper_hf
+
+    if not (dest / ".complete").exists():
+        with torch.device("cuda"):
+            build_whisper_hf(dest, d_model=1280, layers=32, heads=20)
+        torch.cuda.empty_cache()
+        (dest / ".complete").touch()
+    return str(dest)
+
+
+def write_profile(work: Path, smoke: bool, vlm: str, asr: str) -> str:
+    """A models profile file: our engines with this benchmark's engine shape for the H200."""
+    import yaml
+
+    if smoke:
+        opts = {"default": {"dtype": "float32", "max_model_len": 4096, "max_frames": 8, "max_num_seqs": 4}}
+    else:
+        shape = {"dtype": "bfloat16", "max_model_len": 65536, "max_frames": 128, "max_num_seqs": 16,
+                 "gpu_memory_utilization": 0.9, "attn_implementation": "sdpa"}
+        opts = {"H200": shape, "H100": shape, "default": shape}
+    profile = {"name": "bench", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
+               "vlm_engine": "transformers", "engine_options": opts}
+    path = work / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return str(path)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+class GpuSampler:
+    """GPU utilisation and memory in use (all processes), sampled by NVML every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.util: list[float] = []
+        self.mem: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuSampler":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no GPU (CPU smoke): nothing to sample
+            return self
+
+        def loop() -> None:
+            while not self._stop.wait(0.2):
+                self.util.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                self.mem.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30)
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def figures(self, since: int = 0) -> dict[str, float | None]:
+        u = self.util[since:]
+        return {"gpu_util_mean_pct": round(float(np.mean(u)), 1) if u else None,
+                "gpu_mem_peak_gib": round(max(self.mem), 1) if self.mem else None}
+
+
+def matmul_peak_tflops() -> float | None:
+    """Median bf16 8192³ matmul rate on random data (CUDA events, 3 warm-ups, 20 timed)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    times = []
+    for i in range(23):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    return round(2 * n ** 3 / float(np.median(times)) / 1e12, 1)
+
+
+def ctranslate2_cuda() -> str:
+    """Whether CTranslate2 (faster-whisper, whisperX) can run a model on this GPU, in words."""
+    try:
+        import tempfile
+
+        import ctranslate2
+
+        from actors.tiny_whisper import build_whisper_ct2
+
+        if ctranslate2.get_cuda_device_count() < 1:
+            return "ctranslate2 sees no CUDA device"
+        with tempfile.TemporaryDirectory() as d:
+            build_whisper_ct2(Path(d))
+            model = ctranslate2.models.Whisper(d, device="cuda", compute_type="float16")
+            feats = ctranslate2.StorageView.from_array(np.zeros((1, 128, 3000), np.float32))
+            model.encode(feats)
+        return f"ctranslate2 {ctranslate2.__version__} ran a Whisper encoder on CUDA"
+    except Exception as e:  # noqa: BLE001 - the answer is the message
+        return f"ctranslate2 cannot run on CUDA here: {type(e).__name__}: {e}"
+
+
+def vit_flops_per_patch(vision: dict) -> float:
+    d, f, depth = vision["hidden_size"], vision["intermediate_size"], vision["depth"]
+    return 2.0 * depth * (4 * d * d + 3 * d * f)
+
+
+def llm_flops(text: dict, tokens: int) -> float:
+    """Prefill FLOPs of one prompt: weight matmuls plus causal attention (QK and AV)."""
+    d, f, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+    kv = d // text["num_attention_heads"] * text["num_key_value_heads"]
+    per_token = 2.0 * layers * (2 * d * d + 2 * d * kv + 3 * d * f)
+    return per_token * tokens + 2.0 * layers * d * tokens * tokens  # 4·d·n²/2 per layer
+
+
+class Work:
+    """What one contender did: media seconds, prompt tokens, frames, FLOPs, and its GPU time."""
+
+    def __init__(self, model_dir: str) -> None:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        self.text, self.vision = {**cfg, **cfg.get("text_config", {})}, cfg["vision_config"]
+        self.video_s = self.audio_s = 0.0
+        self.prompt_tokens = self.frames = self.vlm_requests = 0
+        self.flops = 0.0
+
+    def add_request(self, frames: int, frame_hw: tuple[int, int], text_tokens: int) -> None:
+        patches = (frame_hw[0] // 14) * (frame_hw[1] // 14)
+        vision_tokens = frames * (patches // 4 + 2)
+        tokens = vision_tokens + text_tokens
+        self.prompt_tokens += tokens
+        self.frames += frames
+        self.vlm_requests += 1
+        self.flops += frames * patches * vit_flops_per_patch(self.vision) + llm_flops(self.text, tokens)
+
+
+def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: float, peak: float | None,
+            sampler: dict, extra: dict | None = None) -> dict:
+    hours = work.video_s / 3600
+    out = {
+        "videos_h": round(hours, 3), "wall_s": round(wall_s, 1), "startup_s": round(startup_s, 1),
+        "gpu_s": round(gpu_s, 1),
+        "video_h_per_gpu_h": round(hours / (gpu_s / 3600), 2) if gpu_s > 0 else None,
+        "video_h_per_gpu_h_with_startup": round(hours / ((gpu_s + startup_s) / 3600), 2) if gpu_s > 0 else None,
+        "vlm_requests": work.vlm_requests, "prompt_tokens": work.prompt_tokens, "frames": work.frames,
+        "prompt_tokens_per_s": round(work.prompt_tokens / gpu_s, 1) if gpu_s > 0 else None,
+        "frames_per_s": round(work.frames / gpu_s, 2) if gpu_s > 0 else None,
+        "asr_realtime_factor": round(work.audio_s / asr_s, 1) if asr_s > 0 else None,
+        "prefill_pflop": round(work.flops / 1e15, 2),
+        "prefill_mfu_pct": round(100 * work.flops / gpu_s / (peak * 1e12), 1) if peak and gpu_s > 0 else None,
+        **sampler,
+    }
+    out.update(extra or {})
+    return out
+
+
+# -- prompts (token accounting) ------------------------------------------------------------------
+
+def describe_text_tokens(row: dict, config) -> int:
+    """Text tokens of Describe's single-context prompt for this row (the byte tokenizer: one per byte)."""
+    from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
+
+    meta = VideoMeta(uri=str(row["uri"]), duration_s=float(row["duration_s"]), language=str(row["language"]),
+                     meta_json=str(row["meta_json"]), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
+    tr = Transcript(np.asarray(row["seg_start"]), np.asarray(row["seg_end"]), tuple(str(t) for t in row["seg_text"]))
+    text = user_text(meta, transcript_text(tr, config.vlm.max_transcript_chars), DESCRIBE_TASK)
+    labels = int(row["frames_used"]) * len("[t=1234.5s]")
+    return len(SYSTEM.encode()) + len(text.encode()) + labels + 32
+
+
+def request_text_tokens(messages: list[dict]) -> tuple[int, int]:
+    """(text tokens, images) of chat messages built by flows/vllm_stage.build_request."""
+    text = images = 0
+    for m in messages:
+        for part in m["content"]:
+            if part.get("type") == "text":
+                text += len(str(part["text"]).encode())
+            else:
+                images += 1
+    return text + 32, images
+
+
+# -- contenders ------------------------------------------------------------------------------------
+
+def fixed_transformers_engine(config, tokens: int):
+    """Our transformers VLM engine whose model always generates exactly ``tokens`` tokens, unconstrained."""
+    from actors.vlm_engine import TransformersEngine
+
+    engine = TransformersEngine(config.profile, config.model_cache)
+    inner = engine._model.generate
+
+    def generate(**kw: Any):
+        kw.pop("logits_processor", None)
+        kw.update(max_new_tokens=tokens, min_new_tokens=tokens)
+        return inner(**kw)
+    engine._model.generate = generate
+    return engine
+
+
+def bench_stages(config, vlm_tokens: int, asr_tokens: int, vllm: bool):
+    """Transcribe and Describe subclasses with fixed-length engines that stamp when they are ready and done."""
+    from actors.asr import Transcribe
+    from actors.asr_transformers import TransformersWhisperEngine
+    from actors.vlm import Describe
+
+    class FixedTranscribe(Transcribe):
+        def __init__(self, cfg) -> None:
+            super().__init__(cfg)
+            assert isinstance(self._engine, TransformersWhisperEngine), "the benchmark profile names transformers ASR"
+            self._engine.fixed_output_tokens = asr_tokens
+            self.ready = time.time()
+
+        def __call__(self, batch):
+            t0 = time.time()
+            out = super().__call__(batch)
+            out["bench_asr_ready"] = np.full(len(out["error"]), self.ready)
+            out["bench_asr_span"] = np.asarray([[t0, time.time()]] * len(out["error"]), dtype=np.float64)
+            return out
+
+    class FixedDescribe(Describe):
+        def __init__(self, cfg) -> None:
+            if vllm:
+                from actors.vllm_engine import VllmEngine
+                engine = VllmEngine(cfg.profile, cfg.model_cache, fixed_output_tokens=True)
+            else:
+                engine = fixed_transformers_engine(cfg, vlm_tokens)
+            super().__init__(cfg, engine=engine)
+            self.ready = time.time()
+
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            out["bench_vlm_ready"] = np.full(len(out["error"]), self.ready)
+            return out
+
+    return FixedTranscribe, FixedDescribe
+
+
+def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int) -> dict:
+    """The paper's loop: one video at a time, decode → transcribe → describe, GPU held throughout."""
+    from actors.decode import DecodeMedia
+    from actors.identify import Identify
+
+    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens, vllm=False)
+    with GpuSampler() as gpu:
+        t0 = time.time()
+        identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), \
+            FixedDescribe(config)
+        t_ready = time.time()
+        mark = len(gpu.util)
+        asr_s = 0.0
+        for uri in corpus:
+            batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
+                     "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
+            batch = vlm(asr(decode(identify(batch))))
+            row = {k: v[0] for k, v in batch.items()}
+            _count_row(row, work, config)
+            asr_s += float(row["asr_wall_s"])
+        t_end = time.time()
+    return figures(work, t_end - t_ready, t_ready - t0, t_end - t0, asr_s, peak, gpu.figures(mark),
+                   {"errors": _errors_note(work)})
+
+
+def _count_row(row: dict, work: Work, config) -> None:
+    frames_hw = (config.video.frame_size, config.video.frame_size)
+    work.video_s += float(row["duration_s"])
+    work.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+    if row.get("vlm_engine"):
+        work.add_request(int(row["frames_used"]), frames_hw, describe_text_tokens(row, config))
+    work.errors = getattr(work, "errors", []) + ([f"{row['error_stage']}: {row['error'][:160]}"]
+                                                  if row["error"] else [])
+
+
+def _errors_note(work: Work) -> list[str]:
+    """Row errors, deduplicated: with fixed-length decoding the VLM's text is not JSON, which is expected."""
+    return sorted(set(getattr(work, "errors", [])))
+
+
+def _pipeline_source(corpus: list[str]):
+    import pyarrow as pa
+    import ray
+
+    from flows.job import _start_columns
+
+    table = pa.table({"uri": corpus, "bytes": pa.array([os.path.getsize(u) for u in corpus], pa.int64())})
+    ds = ray.data.from_arrow(table).repartition(len(corpus))
+    return ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
+
+
+def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
+                 engine: str, gpu_share_asr: float, smoke: bool, keep_rows: Path | None = None) -> dict:
+    """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from actors.decode import DecodeMedia
+    from actors.identify import Identify
+    from flows.routing import KindRouted, as_task
+
+    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens, vllm=False)
+    gpus = 0 if smoke else 1
+    with GpuSampler() as gpu:
+        t0 = time.time()
+        ds = _pipeline_source(corpus)
+        ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", batch_size=1, num_cpus=1)
+        ds = ds.map_batches(as_task(DecodeMedia, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
+        ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedTranscribe, config, ("video",)),
+                            batch_format="numpy", batch_size=1, num_cpus=1, num_gpus=gpus * gpu_share_asr,
+                            compute=ActorPoolStrategy(size=1))
+        if engine == "vllm":
+            from flows.vllm_stage import describe_with_vllm
+
+            ds = describe_with_vllm(ds, config, fixed_output_tokens=True)
+        else:
+            ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedDescribe, config, ("video",)),
+                                batch_format="numpy", batch_size=4, num_cpus=1,
+                                num_gpus=gpus * (1 - gpu_share_asr), compute=ActorPoolStrategy(size=1))
+        rows = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            now = time.time()
+            for i in range(len(batch["error"])):
+                rows.append({**{k: v[i] for k, v in batch.items()}, "bench_end": now})
+        t_end = time.time()
+    asr_ready = max(float(r.get("bench_asr_ready", t0)) for r in rows)
+    if engine == "vllm":  # a request entered the engine only once it was ready
+        vlm_ready = min(float(r["bench_end"]) - float(r["vlm_device_s"]) for r in rows)
+    else:
+        vlm_ready = max(float(r.get("bench_vlm_ready", t0)) for r in rows)
+    ready = max(asr_ready, vlm_ready)
+    spans = [r["bench_asr_span"] for r in rows if "bench_asr_span" in r]
+    asr_before_ready = sum(max(0.0, min(float(b), ready) - float(a)) for a, b in spans)
+    asr_s = sum(float(b) - float(a) for a, b in spans)
+    for r in rows:
+        if engine == "vllm":
+            _count_vllm_row(r, work, config)
+        else:
+            _count_row(r, work, config)
+    if keep_rows is not None:
+        _save_transcripts(rows, keep_rows)
+    gpu_s = (t_end - ready) + asr_before_ready
+    return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(),
+                   {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": _errors_note(work)})
+
+
+def _count_vllm_row(row: dict, work: Work, config) -> None:
+    """Token accounting for a row of flows/vllm_stage: rebuild its prompt text (cheap) and count bytes."""
+    work.video_s += float(row["duration_s"])
+    work.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+    if row.get("vlm_engine"):
+        text_tokens = _vllm_text_tokens(row, config)
+        work.add_request(int(row["frames_used"]), (config.video.frame_size,) * 2, text_tokens)
+    work.errors = getattr(work, "errors", []) + ([f"{row['error_stage']}: {row['error'][:160]}"]
+                                                  if row["error"] else [])
+
+
+def _vllm_text_tokens(row: dict, config) -> int:
+    from flows.vllm_stage import build_request
+
+    side = config.video.frame_size
+    n = int(row["frames_used"])
+    fake = {**row, "frames": np.zeros((n, side, side, 3), np.uint8),
+            "frame_ts": np.arange(n, dtype=np.float64) * (1 / config.video.fps)}
+    return request_text_tokens(build_request(fake, config)["messages"])[0]
+
+
+def _save_transcripts(rows: list[dict], path: Path) -> None:
+    """What ray_data_llm needs to build the same prompts: each video's ASR output."""
+    keep = ("uri", "language", "seg_start", "seg_end", "seg_text")
+    data = [{k: (np.asarray(r[k]).tolist() if k != "uri" and k != "language" else str(r[k])) for k in keep}
+            for r in rows]
+    path.write_text(json.dumps(data))
+
+
+def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int,
+                     transcripts: Path) -> dict:
+    """Ray's processor as its documentation shows it, on the prompts corpusflow_vllm built (VLM work only)."""
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from actors.decode import DecodeMedia
+    from actors.identify import Identify
+    from actors.vllm_engine import engine_kwargs, model_path, sampling_params
+    from flows.vllm_stage import build_request
+
+    by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
+    identify, decode = Identify(config), DecodeMedia(config)
+    prompts = []
+    for uri in corpus:  # decoding here is preparation, not timed: this contender is the VLM alone
+        batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
+                 "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
+        row = {k: v[0] for k, v in decode(identify(batch)).items()}
+        t = by_uri[uri]
+        row.update(language=t["language"], seg_start=np.asarray(t["seg_start"], dtype=np.float64),
+                   seg_end=np.asarray(t["seg_end"], dtype=np.float64), seg_text=list(t["seg_text"]))
+        req = build_request(row, config)
+        text_tokens, images = request_text_tokens(req["messages"])
+        work.video_s += float(row["duration_s"])
+        work.add_request(images, (config.video.frame_size,) * 2, text_tokens)
+        prompts.append({"messages": req["messages"]})
+    opts = config.profile.options_for("H200")
+    processor = build_processor(
+        vLLMEngineProcessorConfig(model_source=model_path(config.profile, config.model_cache),
+                                  engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=1,
+                                  prepare_multimodal_stage=True),
+        preprocess=lambda row: {**row, "sampling_params": sampling_params(vlm_tokens, None, True)},
+        postprocess=lambda row: {"n_in": row["num_input_tokens"], "n_out": row["num_generated_tokens"],
+                                 "llm_s": row["time_taken_llm"], "end": time.time()})
+    with GpuSampler() as gpu:
+        t0 = time.time()
+        out = processor(ray.data.from_items(prompts)).take_all()
+        t_end = time.time()
+    ready = min(r["end"] - r["llm_s"] for r in out)
+    measured = sum(int(r["n_in"]) for r in out)
+    return figures(work, t_end - ready, ready - t0, t_end - t0, 0.0, peak, gpu.figures(),
+                   {"vllm_prompt_tokens": measured, "output_tokens": sum(int(r["n_out"]) for r in out)})
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    import torch
+
+    info = {"host_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            pass
+    for pkg in ("vllm", "ray", "transformers", "av"):
+        try:
+            info[pkg] = __import__(pkg).__version__
+        except ImportError:
+            info[pkg] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for gpu_throughput.json")
+    p.add_argument("--work", default="/tmp/cfbench", help="folder for the corpus, checkpoints and Ray spill")
+    p.add_argument("--speech-clip", required=True, help="any audio file with speech (looped into the videos)")
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--naive-videos", type=int, default=0, help="videos the naive loop runs (0: all); it is a rate")
+    p.add_argument("--vlm-tokens", type=int, default=256)
+    p.add_argument("--asr-tokens", type=int, default=96)
+    p.add_argument("--asr-batch", type=int, default=32, help="ASR chunks per batch in corpusflow's pipeline")
+    p.add_argument("--asr-gpu-share", type=float, default=0.2)
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny-random models, minutes of video, on CPU")
+    a = p.parse_args(argv)
+
+    from contracts.config import JobConfig
+
+    smoke = a.cpu_smoke
+    if smoke:
+        a.videos, a.minutes = min(a.videos, 2), min(a.minutes, 1.5)
+    work_dir, out_dir = Path(a.work), Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / "gpu_throughput.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {"contenders": {}}
+
+    def save() -> None:
+        result_path.write_text(json.dumps(result, indent=1))
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        t = time.time()
+        value = fn()
+        print(f"[bench] {name}: {time.time() - t:.1f} s", flush=True)
+        return value
+
+    result["machine"] = machine()
+    if "ctranslate2_cuda" not in result:
+        result["ctranslate2_cuda"] = None if smoke else step("ctranslate2", ctranslate2_cuda)
+    peak = result.get("bf16_matmul_peak_tflops") or step("matmul peak", matmul_peak_tflops)
+    result["bf16_matmul_peak_tflops"] = peak
+    corpus = step("corpus", lambda: make_corpus(work_dir / "corpus", a.videos, a.minutes, a.speech_clip))
+    if smoke:
+        vlm_dir = asr_dir = "tiny-random"
+    else:
+        vlm_dir = step("qwen2.5-vl-7b weights", lambda: make_qwen7b(work_dir / "models" / "qwen2.5-vl-7b"))
+        asr_dir = step("whisper-large-v3 weights", lambda: make_whisper_large_v3(work_dir / "models" / "whisper-large-v3"))
+    profile = write_profile(work_dir, smoke, vlm_dir, asr_dir)
+    base = dict(corpus=str(work_dir / "corpus"), out=str(work_dir / "tables"), models=profile,
+                model_cache=str(work_dir / "cache"))
+    naive_cfg = JobConfig.build(**base, **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens,
+                                           "asr.align_words": False})
+    flow_cfg = JobConfig.build(**base, **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens,
+                                          "asr.align_words": False, "asr.batch_size": a.asr_batch})
+    model_dir = str(Path(work_dir / "cache" / "tiny-random" / "qwen2_5_vl")) if smoke else vlm_dir
+    if smoke:
+        from actors.vllm_engine import model_path
+        model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)
+    result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "fps_sampled": flow_cfg.video.fps,
+                       "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
+                       "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
+                       "asr_batch_pipeline": a.asr_batch, "vlm_engine_shape": flow_cfg.profile.options_for("H200")
+                       .model_dump(), "prefix_caching": "vLLM default (on); no two requests share frames"}
+    save()
+
+    have_vllm = importlib_util_find("vllm")
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), num_gpus=0 if smoke else 1, include_dashboard=False, log_to_driver=True,
+             _temp_dir=str(work_dir / "ray"), runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                 filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}})
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    transcripts = work_dir / "transcripts.json"
+    for name in a.contenders.split(","):
+        if name in result["contenders"]:
+            print(f"[bench] {name}: already measured, skipped", flush=True)
+            continue
+        if "vllm" in name or name == "ray_data_llm":
+            if not have_vllm:
+                result["contenders"][name] = {"skipped": "vllm is not installed here"}
+                continue
+        work = Work(model_dir)
+        if name == "naive_transformers":
+            subset = corpus[:a.naive_videos] if a.naive_videos else corpus
+            fig = step(name, lambda: run_naive(naive_cfg, subset, work, peak, a.vlm_tokens, a.asr_tokens))
+        elif name == "ray_data_llm":
+            if not transcripts.exists():
+                result["contenders"][name] = {"skipped": "needs corpusflow_vllm's transcripts first"}
+                continue
+            fig = step(name, lambda: run_ray_data_llm(flow_cfg, corpus, work, peak, a.vlm_tokens, transcripts))
+        else:
+            engine = "vllm" if name == "corpusflow_vllm" else "transformers"
+            cfg = flow_cfg if engine == "transformers" else JobConfig.build(
+                **base, **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False,
+                           "asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share,
+                           "resources.vlm.accelerator_type": None})
+            fig = step(name, lambda: run_pipeline(cfg, corpus, work, peak, a.vlm_tokens, a.asr_tokens, engine,
+                                                  a.asr_gpu_share, smoke,
+                                                  keep_rows=transcripts if engine == "vllm" else None))
+        result["contenders"][name] = fig
+        save()
+    ray.shutdown()
+    print_table(result)
+    return 0
+
+
+def importlib_util_find(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def print_table(result: dict) -> None:
+    cols = ("video_h_per_gpu_h", "prompt_tokens_per_s", "frames_per_s", "asr_realtime_factor", "gpu_util_mean_pct",
+            "gpu_mem_peak_gib", "prefill_mfu_pct", "gpu_s", "startup_s")
+    print("contender".ljust(26) + "".join(c[:14].rjust(15) for c in cols))
+    for name, fig in result["contenders"].items():
+        if "skipped" in fig:
+            print(name.ljust(26) + "  skipped: " + fig["skipped"])
+            continue
+        print(name.ljust(26) + "".join(str(fig.get(c)).rjust(15) for c in cols))
+    print(f"bf16 matmul peak: {result.get('bf16_matmul_peak_tflops')} TFLOP/s; {result.get('ctranslate2_cuda')}")
+
+
+if __name__ == "__main__":  # vLLM's engine process re-imports this module: nothing may run on import
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Describe for ``vlm_engine: vllm`` in a batch job: Ray's ``ray.data.llm`` vLLM processor, wrapped.
+
+Ray's processor brings what a batch job wants from vLLM — an autoscaling pool of GPU engine
+actors, several batches in flight per engine, CPU stages for image parsing, chat template and
+tokenisation — so this module does not re-implement any of it. It supplies what is ours: the
+prompt (evenly spread frames, each after its timestamp, then metadata, the timestamped transcript
+and the task; actors/vlm_prompt.py), the schema that constrains the answer (actors/vlm_answer.py)
+and the validation of the answer into the same columns as :class:`actors.vlm.Describe`.
+
+Differences from Describe: the transcript is thinned (every k-th segment, over the whole video) to
+fit one context instead of switching to overlapping windows, and an invalid answer is recorded,
+not re-asked. Frames travel to the processor as JPEG data URLs (strings), vLLM's documented
+multimodal chat input, so rows stay Arrow-native.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from actors.vlm import Describe, _even
+from actors.vlm_answer import AnswerError, schema_for, validate
+from actors.vlm_engine import frame_label
+from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
+from actors.vllm_engine import engine_kwargs, model_path, sampling_params
+from contracts.config import JobConfig
+from contracts.stage import StageFailure
+
+# Qwen2.5-VL: 14-px patches merged 2×2, so one token per 28×28 pixels, plus vision start/end tokens.
+_PIXELS_PER_TOKEN = 28
+_TOKENS_AROUND_IMAGE = 2
+# Chat-template tokens around the messages.
+_TEMPLATE_TOKENS = 64
+_JPEG_QUALITY = 95
+_KEEP = "_cf_columns"  # names of the row's own columns, carried through the processor
+
+
+def _data_url(frame: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=_JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _budget_frames(frames: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the frames to show: evenly spread, as many as the token budget allows (at least one)."""
+    h, w = frames.shape[1:3]
+    per_frame = (h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + _TOKENS_AROUND_IMAGE + 16  # + label
+    return _even(len(frames), max(1, budget // per_frame))
+
+
+def build_request(row: dict[str, Any], config: JobConfig) -> dict[str, Any]:
+    """Chat messages (frames as images after their timestamps, then the text) and sampling params.
+
+    Token counts are bounded by UTF-8 bytes (a byte-level BPE never spends more tokens than bytes),
+    so the prompt fits ``max_model_len`` without a tokenizer here.
+    """
+    opts = config.profile.options_for(_accelerator(config))
+    frames = np.asarray(row["frames"])
+    ts = np.asarray(row["frame_ts"], dtype=np.float64)
+    if frames.ndim != 4 or len(frames) == 0 or len(frames) != len(ts):
+        raise StageFailure("no frames were sampled from this video, so there is nothing to describe")
+    duration = float(row["duration_s"]) if np.isfinite(row["duration_s"]) and row["duration_s"] > 0 else float(ts.max())
+    meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
+                     meta_json=str(row["meta_json"] or ""), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
+    transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64), np.asarray(row["seg_end"], dtype=np.float64),
+                            tuple(str(t) for t in row["seg_text"]))
+    budget = opts.max_model_len - config.vlm.max_new_tokens - _TEMPLATE_TOKENS - len(SYSTEM.encode())
+    bare = user_text(meta, "", DESCRIBE_TASK)
+    sel = _even(len(frames), opts.max_frames)
+    sel = sel[_budget_frames(frames[sel], budget - len(bare.encode()))]
+    h, w = frames.shape[1:3]
+    room = budget - len(bare.encode()) - len(sel) * ((h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + 16)
+    chars = min(config.vlm.max_transcript_chars, max(room, 0))
+    text = transcript_text(transcript, chars)
+    while len(text.encode()) > room and text:
+        chars //= 2
+        text = transcript_text(transcript, chars)
+    content: list[dict] = []
+    for i in sel:
+        content += [{"type": "text", "text": frame_label(ts[i])},
+                    {"type": "image_url", "image_url": {"url": _data_url(frames[i])}}]
+    content.append({"type": "text", "text": user_text(meta, text, DESCRIBE_TASK)})
+    shown = ts[sel]
+    return {"messages": [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+                         {"role": "user", "content": content}],
+            "shown_ts": shown, "duration": duration,
+            "schema": schema_for(shown, config.vlm.max_new_tokens)}
+
+
+def _accelerator(config: JobConfig) -> str:
+    """The GPU type the engine actors are placed on (the job's vlm resources), else this process's."""
+    from actors.device import accelerator
+
+    return config.resources.vlm.accelerator_type or accelerator()
+
+
+class _Prompt:
+    """Processor preprocess: our row → Ray's request columns, keeping our columns (frames dropped)."""
+
+    def __init__(self, config: JobConfig, fixed_output_tokens: bool):
+        self.config, self.fixed = config, fixed_output_tokens
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in row.items() if k not in Describe.contract.drops}
+        limit = self.config.vlm.max_new_tokens
+        failed = ""
+        if not row["error"]:
+            try:
+                req = build_request(row, self.config)
+            except StageFailure as e:
+                failed = str(e)
+        if row["error"] or failed:  # one token of no consequence keeps the row in the stream
+            req = {"messages": [{"role": "user", "content": [{"type": "text", "text": "-"}]}], "shown_ts": np.zeros(0), "duration": 0.0,
+                   "schema": {"type": "string"}}
+            limit = 1
+        sampling = sampling_params(limit, req["schema"], self.fixed)
+        if "structured_outputs" in sampling:  # vLLM wants the schema as JSON text through Arrow
+            sampling["structured_outputs"] = {"json": json.dumps(req["schema"])}
+        return {**kept, _KEEP: json.dumps(sorted(kept)), "_cf_failed": failed, "_cf_t0": time.time(),
+                "_cf_shown_ts": req["shown_ts"], "_cf_duration": req["duration"],
+                "messages": req["messages"], "sampling_params": sampling}
+
+
+def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
+    """Processor output row → our columns plus Describe's, with the answer validated."""
+    out = {k: row[k] for k in json.loads(row[_KEEP])}
+    raw = str(row.get("generated_text") or "")
+    shown = np.asarray(row["_cf_shown_ts"], dtype=np.float64)
+    error = "" if out["error"] else (row.get("_cf_failed") or "")
+    if not out["error"] and not error and row.get("__inference_error__"):
+        error = f"the vllm engine failed: {row['__inference_error__']}"
+    answer = None
+    if not out["error"] and not error:
+        try:
+            answer = validate(raw, shown, float(row["_cf_duration"]))
+        except AnswerError as e:
+            error = f"the VLM gave no valid answer in 1 attempt(s): {e}"
+    if error:
+        out["error_stage"], out["error"] = Describe.contract.name, error
+    wall = time.time() - float(row["_cf_t0"])
+    ran = not out["error"] or error.startswith("the VLM")
+    chapters = answer.chapters if answer else []
+    keyframes = answer.keyframes if answer else []
+    out.update({
+        "summary": answer.summary if answer else "",
+        "chapter_start": np.asarray([c.start_s for c in chapters], dtype=np.float64),
+        "chapter_end": np.asarray([c.end_s for c in chapters], dtype=np.float64),
+        "chapter_title": [c.title for c in chapters],
+        "keyframe_ts": np.asarray([k.t_s for k in keyframes], dtype=np.float64),
+        "keyframe_caption": [k.caption for k in keyframes],
+        "vlm_raw": raw if ran else "", "vlm_model": model_id if ran else "", "vlm_engine": "vllm" if ran else "",
+        "vlm_attempts": int(ran), "vlm_windows": int(ran), "frames_used": len(shown) if ran else 0,
+        "vlm_wall_s": wall, "vlm_device_s": float(row.get("time_taken_llm") or 0.0) if ran else 0.0,
+        "vlm_accel": accel,
+    })
+    return out
+
+
+def processor_config(config: JobConfig, batch_size: int = 16, max_concurrent_batches: int = 4):
+    """Ray's vLLM processor config: our engine shape for the vlm actors' GPU type, images parsed on CPUs."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    profile, res = config.profile, config.resources.vlm
+    # A share of a GPU (the ASR actor holding the rest) is asked for as one bundle; else Ray's default, one GPU.
+    share = {"bundles": [{"CPU": res.num_cpus, "GPU": res.num_gpus}]} if res.num_gpus else None
+    return vLLMEngineProcessorConfig(
+        model_source=model_path(profile, config.model_cache),
+        engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
+        batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
+        concurrency=(res.min_actors, res.max_actors), accelerator_type=res.accelerator_type,
+        placement_group_config=share, prepare_multimodal_stage=True, should_continue_on_error=True,
+    )
+
+
+def describe_with_vllm(ds, config: JobConfig, fixed_output_tokens: bool = False, batch_size: int = 16,
+                       max_concurrent_batches: int = 4):
+    """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
+
+    ``fixed_output_tokens`` is for benchmarks (see actors.vllm_engine.sampling_params).
+    """
+    from ray.data.llm import build_processor
+
+    accel = _accelerator(config)
+    processor = build_processor(processor_config(config, batch_size, max_concurrent_batches),
+                                preprocess=_Prompt(config, fixed_output_tokens))
+    model_id = config.profile.vlm
+    return processor(ds).map(lambda row: _answer(row, model_id, accel))

@@ -1,0 +1,193 @@
+"""The GPU path: vLLM engine and its Ray Data stage, the transformers Whisper engine.
+
+Tests without the ``gpu`` marker run anywhere (prompt budgets, answer columns, chunking, the CPU
+Whisper engine); ``gpu`` ones need CUDA (and vLLM where they say so) and are skipped elsewhere.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from actors.asr_transformers import merge_speech
+from actors.vlm import Describe
+from actors.vlm_answer import schema_for
+from contracts.config import QWEN25_VL_7B, JobConfig
+from tests.media import speech_like
+
+SR = 16000
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm")
+
+
+def _config(tmp_path, model_cache, **overrides) -> JobConfig:
+    return JobConfig.build(corpus=str(tmp_path), out=str(tmp_path / "out"), model_cache=model_cache, **overrides)
+
+
+def _video_row(n_frames: int = 12, side: int = 56, segments: int = 40, error: str = "") -> dict:
+    rng = np.random.default_rng(0)
+    ts = np.arange(n_frames) * 10.0
+    return {
+        "asset_id": "a1", "uri": "/corpus/talk.mp4", "kind": "video", "duration_s": n_frames * 10.0,
+        "meta_json": json.dumps({"title": "Phase II results"}), "language": "en",
+        "frames": rng.integers(0, 255, (n_frames, side, side, 3), dtype=np.uint8), "frame_ts": ts,
+        "shot_ts": np.asarray([30.0]), "seg_start": np.arange(segments) * 3.0, "seg_end": np.arange(segments) * 3.0 + 3,
+        "seg_text": [f"segment {i} about the primary endpoint and adverse events" for i in range(segments)],
+        "error_stage": "asr" if error else "", "error": error,
+    }
+
+
+# -- everywhere -----------------------------------------------------------------------------------
+
+def test_speech_is_merged_into_chunks_that_fit_whispers_window():
+    max_samples = 30 * SR
+    regions = [(0, 10 * SR), (12 * SR, 25 * SR), (26 * SR, 40 * SR), (41 * SR, 140 * SR)]
+    chunks = merge_speech(regions, max_samples)
+    assert all(b - a <= max_samples for a, b in chunks)
+    assert chunks[0] == (0, 25 * SR)  # neighbours joined while they fit
+    covered = sum(b - a for a, b in chunks)
+    assert covered >= sum(b - a for a, b in regions)  # no speech left out
+    assert chunks[-1][1] == 140 * SR  # the long region is cut, not truncated
+
+
+def test_vllm_engine_shape_follows_the_gpu_type():
+    from actors.vllm_engine import engine_kwargs
+
+    a10g = engine_kwargs(QWEN25_VL_7B.options_for("A10G"))
+    h200 = engine_kwargs(QWEN25_VL_7B.options_for("H200"))
+    assert a10g["max_model_len"] < h200["max_model_len"]
+    assert a10g["limit_mm_per_prompt"]["image"] < h200["limit_mm_per_prompt"]["image"]
+    assert h200["max_num_seqs"] > a10g["max_num_seqs"]
+    assert h200["structured_outputs_config"]["disable_any_whitespace"] is True
+
+
+def test_fixed_length_sampling_has_no_schema_and_ignores_eos():
+    from actors.vllm_engine import sampling_params
+
+    constrained = sampling_params(128, {"type": "object"})
+    fixed = sampling_params(128, {"type": "object"}, fixed_output_tokens=True)
+    assert constrained["structured_outputs"] == {"json": {"type": "object"}}
+    assert fixed == {"temperature": 0.0, "max_tokens": 128, "min_tokens": 128, "ignore_eos": True}
+
+
+def test_vllm_prompt_fits_the_context_by_thinning_the_transcript(tmp_path, model_cache):
+    from flows.vllm_stage import build_request
+
+    config = _config(tmp_path, model_cache, **{"vlm.max_new_tokens": 512})
+    row = _video_row(n_frames=12, segments=2000)  # far more transcript than fits 4096 tokens
+    req = build_request(row, config)
+    user = req["messages"][1]["content"]
+    images = [p for p in user if p["type"] == "image_url"]
+    text_bytes = sum(len(p["text"].encode()) for m in req["messages"] for p in m["content"] if p["type"] == "text")
+    vision = len(images) * ((56 // 28) ** 2 + 2)
+    assert len(images) == 8  # tiny-random's frame budget, spread over the video
+    assert req["shown_ts"][0] == 0.0 and req["shown_ts"][-1] == 110.0
+    assert text_bytes + vision + 512 <= 4096
+    kept = [int(w) for w in user[-1]["text"].replace("segment ", "segment# ").split() if w.isdigit()]
+    assert 0 in kept and max(kept) > 1500  # thinned over the whole video, not cut after its start
+    assert user[0]["text"] == "[t=0.0s]"
+
+
+def test_vllm_answers_become_describes_columns(tmp_path, model_cache):
+    from flows.vllm_stage import _KEEP, _answer
+
+    ts = np.arange(8) * 10.0
+    answer = {"summary": "A talk.", "chapters": [{"start_s": 0.0, "end_s": 70.0, "title": "All"}],
+              "keyframes": [{"t_s": 30.0, "caption": "slide"}]}
+    base = {k: v for k, v in _video_row().items() if k != "frames"}
+    common = {_KEEP: json.dumps(sorted(base)), "_cf_failed": "", "_cf_t0": 0.0, "_cf_shown_ts": ts,
+              "_cf_duration": 120.0, "time_taken_llm": 0.5}
+    good = _answer({**base, **common, "generated_text": json.dumps(answer)}, "m", "H200")
+    bad = _answer({**base, **common, "generated_text": '{"summary": "cut'}, "m", "H200")
+    upstream = _answer({**base, **common, "error_stage": "asr", "error": "no audio", "generated_text": ""}, "m", "H200")
+    for row in (good, bad, upstream):
+        assert set(Describe.contract.writes) | set(Describe.contract.metric_columns) <= set(row)
+        assert "messages" not in row and "frames" not in row
+    assert good["error"] == "" and good["summary"] == "A talk." and list(good["keyframe_ts"]) == [30.0]
+    assert bad["error_stage"] == "vlm" and "not valid JSON" in bad["error"] and bad["vlm_raw"].startswith("{")
+    assert upstream["error_stage"] == "asr" and upstream["error"] == "no audio" and upstream["vlm_engine"] == ""
+
+
+def test_transformers_whisper_transcribes_speech_chunks_on_cpu(tmp_path, model_cache):
+    from actors.asr_transformers import TransformersWhisperEngine
+
+    config = _config(tmp_path, model_cache, **{"asr.language": "en"})
+    engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=4)
+    silence = np.zeros(5 * SR, dtype=np.float32)
+    assert engine.transcribe(silence, None).segments == []
+    assert engine.transcribe(silence, None).language == ""
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@needs_vllm
+def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp_path, model_cache):
+    from transformers import AutoProcessor
+
+    from actors.vllm_engine import VllmEngine, model_path
+    from actors.vlm_answer import validate
+    from actors.vlm_engine import VlmRequest, messages
+
+    config = _config(tmp_path, model_cache)
+    engine = VllmEngine(config.profile, model_cache)
+    row = _video_row(n_frames=4)
+    req = VlmRequest(row["frames"], row["frame_ts"], "system", "describe", schema_for(row["frame_ts"], 256), 256)
+    [raw] = engine.generate([req])
+    validate(raw, row["frame_ts"], 40.0)  # constrained decoding: parses even from random weights
+    processor = AutoProcessor.from_pretrained(model_path(config.profile, model_cache))
+    text = processor.apply_chat_template(messages(req), tokenize=False, add_generation_prompt=True)
+    full = processor(text=[text], images=list(row["frames"]), return_tensors="np")["input_ids"].shape[1]
+    assert engine.count_tokens(req) == full
+
+
+@pytest.mark.gpu
+@needs_vllm
+def test_describe_runs_on_the_vllm_engine(tmp_path, model_cache):
+    from actors.vllm_engine import VllmEngine
+
+    config = _config(tmp_path, model_cache)
+    stage = Describe(config, engine=VllmEngine(config.profile, model_cache))
+    row = _video_row(n_frames=6, segments=5)
+    out = stage({k: _cell_column(v) for k, v in row.items()})
+    assert out["error"][0] == "", out["error"][0]
+    assert out["vlm_engine"][0] == "vllm" and out["summary"][0]
+
+
+@pytest.mark.gpu
+@needs_vllm
+def test_ray_data_vllm_stage_describes_and_passes_failed_rows_through(tmp_path, model_cache):
+    import ray
+
+    from flows.vllm_stage import describe_with_vllm
+
+    config = _config(tmp_path, model_cache)
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        rows = [_video_row(n_frames=6, segments=5), {**_video_row(n_frames=6), "asset_id": "a2", "error_stage": "asr",
+                                                      "error": "no audio track"}]
+        out = sorted(describe_with_vllm(ray.data.from_items(rows), config).take_all(), key=lambda r: r["asset_id"])
+    finally:
+        ray.shutdown()
+    assert out[0]["error"] == "", out[0]["error"]
+    assert out[0]["vlm_engine"] == "vllm" and out[0]["frames_used"] == 6
+    assert out[1]["error"] == "no audio track" and out[1]["summary"] == ""
+
+
+@pytest.mark.gpu
+def test_transformers_whisper_runs_on_cuda(tmp_path, model_cache):
+    from actors.asr_transformers import TransformersWhisperEngine
+
+    config = _config(tmp_path, model_cache)
+    engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=8)
+    result = engine.transcribe(speech_like(40.0, SR), "en")
+    assert engine._model.device.type == "cuda"
+    assert result.language == "en"
+    assert all(0 <= s.start < s.end <= 40.0 for s in result.segments)
+
+
+def _cell_column(value):
+    out = np.empty(1, dtype=object)
+    out[0] = value
+    return out
