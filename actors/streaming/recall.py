@@ -189,6 +189,7 @@ class ClusterRecall(FrameRecall):
         self._previous: torch.Tensor | None = None
         self._jumps: deque[float] = deque(maxlen=64)
         self._pending: list[tuple[torch.Tensor, TokenMeta]] = []
+        self._text_time = float("-inf")  # newest text received: clusters before it are complete
 
     def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
         flat = mean_key.flatten().float()
@@ -210,11 +211,24 @@ class ClusterRecall(FrameRecall):
         else:
             self._open = self._new_unit(kv, meta, mean_key)
         self._flush_pending()
+        self._pack_settled()
         self._trim()
 
     def add_text(self, kv: torch.Tensor, meta: TokenMeta) -> None:
         self._pending.append((kv, meta))
+        self._text_time = max(self._text_time, float(meta.time.max()))
         self._flush_pending()
+        self._pack_settled()
+
+    def _pack_settled(self) -> None:
+        """Pack clusters no frame or text can join any more into one contiguous block now, so a
+        question never pays for it."""
+        for unit in reversed(self.units[:-1]):
+            if unit.frames[-1] >= self._text_time:
+                continue
+            if len(unit.parts) == 1:
+                break
+            unit.pack(self.cuda)
 
     def _flush_pending(self) -> None:
         """Attach waiting text to the cluster on screen at its time, once that frame has arrived."""

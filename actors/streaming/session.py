@@ -103,8 +103,6 @@ class StreamSession:
         """Answer from sinks + the recent window + the evicted blocks that best match the question.
         The question and its answer do not enter the stream's memory."""
         self._check_open()
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # evicted blocks have reached the host
         with torch.inference_mode():
             q = Question(self.window, self.recall, self._rope, self.cfg.answer_tokens)
             piece = self.encoder.text(QUESTION_PROMPT.format(question=question), ids=self._pending)

@@ -135,7 +135,7 @@ class StreamWindow:
     def _to_host(self, idx: torch.Tensor) -> torch.Tensor:
         kv = torch.stack([torch.stack([self._k[l][:, idx], self._v[l][:, idx]]) for l in range(self.layers)])
         host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=self.pinned)
-        host.copy_(kv, non_blocking=self.pinned)  # same stream as the compaction that follows: ordered
+        host.copy_(kv)  # synchronous: at the end of a step the device is idle, and the host may pack it at once
         return host
 
     # -- memory ----------------------------------------------------------------------------------
