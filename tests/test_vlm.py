@@ -182,3 +182,27 @@ def test_vllm_engine_without_vllm_says_what_to_do(tmp_path):
     profile = ModelsProfile(name="p", asr="tiny-random", vlm="tiny-random", vlm_engine="vllm")
     with pytest.raises(EngineUnavailable, match="vllm package is not installed"):
         load_engine(profile, str(tmp_path))
+
+
+@pytest.mark.gpu
+def test_on_gpu_the_engine_runs_bf16_with_the_devices_attention_kernel(tmp_path, model_cache):
+    import torch
+
+    from actors.device import accelerator
+
+    profile = ModelsProfile(name="tiny-gpu", asr="tiny-random", vlm="tiny-random", engine_options={
+        "default": {"dtype": "auto", "max_model_len": 4096, "max_frames": 8}})
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+    stage = Describe(JobConfig(corpus=str(tmp_path), out=str(tmp_path / "out"), models=str(path),
+                               model_cache=model_cache, vlm={"max_new_tokens": MAX_NEW}))
+    flash = importlib.util.find_spec("flash_attn") is not None
+    assert stage.engine.attn_implementation == attention_for(accelerator(), "auto", flash)
+
+    rows = [_video(8, 112, seed=s) for s in range(3)]
+    out = stage(_batch(rows))
+
+    assert next(stage.engine._model.parameters()).dtype == torch.bfloat16
+    assert list(out["error"]) == [""] * 3 and set(out["vlm_accel"]) == {accelerator()}
+    for i, row in enumerate(rows):
+        assert set(out["keyframe_ts"][i]) <= set(grid(row["frame_ts"]))
