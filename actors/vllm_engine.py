@@ -25,8 +25,13 @@ _TINY_GPU_MEMORY = 0.2
 
 
 def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
-    """vLLM engine arguments for one accelerator type's options (``ModelsProfile.options_for``)."""
+    """vLLM engine arguments for one accelerator type's options (``ModelsProfile.options_for``).
+
+    ``tiny`` (the tiny-random model of the tests) skips compilation and CUDA graphs, which would
+    take longer than everything the tests run.
+    """
     return {
+        "enforce_eager": tiny,
         "dtype": opts.dtype,
         "max_model_len": opts.max_model_len,
         "gpu_memory_utilization": min(opts.gpu_memory_utilization, _TINY_GPU_MEMORY) if tiny

@@ -10,7 +10,8 @@ and the validation of the answer into the same columns as :class:`actors.vlm.Des
 Differences from Describe: the transcript is thinned (every k-th segment, over the whole video) to
 fit one context instead of switching to overlapping windows, and an invalid answer is recorded,
 not re-asked. Frames travel to the processor as JPEG data URLs (strings), vLLM's documented
-multimodal chat input, so rows stay Arrow-native.
+multimodal chat input, so rows stay Arrow-native (JPEG at quality 95: the engine sees the frames
+slightly changed, unlike the in-process engines).
 """
 from __future__ import annotations
 
@@ -174,7 +175,10 @@ def processor_config(config: JobConfig, batch_size: int = 16, max_concurrent_bat
         engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
         batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
         concurrency=(res.min_actors, res.max_actors), accelerator_type=res.accelerator_type,
-        placement_group_config=share, prepare_multimodal_stage=True, should_continue_on_error=True,
+        placement_group_config=share, should_continue_on_error=True,
+        # "openai" keeps each image where it is in the message, after its timestamp; Ray's default
+        # ("string") would move every image in front of all the text.
+        prepare_multimodal_stage={"enabled": True, "chat_template_content_format": "openai"},
     )
 
 
