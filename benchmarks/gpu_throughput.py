@@ -229,6 +229,25 @@ class GpuSampler:
                 "gpu_mem_peak_gib": round(max(self.mem), 1) if self.mem else None}
 
 
+def release_gpu(timeout_s: float = 90.0) -> None:
+    """Free this process's cached GPU memory and wait until finished actors have left the GPU."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_available():
+        return
+    torch.cuda.empty_cache()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        free, total = torch.cuda.mem_get_info()
+        if free > 0.9 * total:
+            return
+        time.sleep(2)
+    print(f"[bench] warning: only {free / 2**30:.0f} GiB of the GPU is free", flush=True)
+
+
 def matmul_peak_tflops() -> float | None:
     """Median bf16 8192³ matmul rate on random data (CUDA events, 3 warm-ups, 20 timed)."""
     import torch
@@ -658,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         vlm_dir = step("qwen2.5-vl-7b weights", lambda: make_qwen7b(work_dir / "models" / "qwen2.5-vl-7b"))
         asr_dir = step("whisper-large-v3 weights", lambda: make_whisper_large_v3(work_dir / "models" / "whisper-large-v3"))
+    release_gpu()  # the checkpoints were written from this process's GPU memory
     base = dict(corpus=str(work_dir / "corpus"), out=str(work_dir / "tables"), model_cache=str(work_dir / "cache"),
                 **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False})
     naive_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "transformers"))
@@ -713,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   keep_rows=transcripts if engine == "vllm" else None))
         result["contenders"][name] = fig
         save()
+        release_gpu()
     ray.shutdown()
     print_table(result)
     return 0
