@@ -62,12 +62,20 @@ class _Video:
     final: _Job | None = None
 
 
-
 def _even(n: int, k: int) -> np.ndarray:
     """Indices of ``min(n, k)`` items spread evenly over ``n``, first and last included."""
     if n <= k:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
+
+
+def _frames_and_times(frames: np.ndarray, frame_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    frames, ts = np.asarray(frames), np.asarray(frame_ts, dtype=np.float64)
+    if frames.ndim != 4 or len(frames) == 0:
+        raise StageFailure("no frames were sampled from this video, so there is nothing to look at")
+    if len(frames) != len(ts):
+        raise StageFailure(f"{len(frames)} frames but {len(ts)} frame timestamps were sampled")
+    return frames, ts
 
 
 def _failure(job: _Job, where: str) -> str:
@@ -133,14 +141,9 @@ class Describe:
 
     def _plan(self, row: dict[str, Any]) -> _Video:
         t0 = time.perf_counter()
-        frames = np.asarray(row["frames"])
-        ts = np.asarray(row["frame_ts"], dtype=np.float64)
-        if frames.ndim != 4 or len(frames) == 0:
-            raise StageFailure("no frames were sampled from this video, so there is nothing to describe")
-        if len(frames) != len(ts):
-            raise StageFailure(f"{len(frames)} frames but {len(ts)} frame timestamps were sampled")
-        duration = float(row["duration_s"]) if np.isfinite(row["duration_s"]) and row["duration_s"] > 0 \
-            else float(ts.max())
+        frames, ts = _frames_and_times(row["frames"], row["frame_ts"])
+        known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
+        duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
         meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
                          meta_json=str(row["meta_json"] or ""),
                          shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
@@ -305,9 +308,7 @@ class Describe:
     def ask(self, frames: np.ndarray, frame_ts: np.ndarray, transcript: Transcript, meta: VideoMeta,
             question: str) -> AskAnswer:
         """Answer a question about one video, citing frame times; raises StageFailure when it cannot."""
-        frame_ts = np.asarray(frame_ts, dtype=np.float64)
-        if len(frames) == 0:
-            raise StageFailure("no frames were sampled from this video, so there is nothing to look at")
+        frames, frame_ts = _frames_and_times(frames, frame_ts)
         sel, make = _even(len(frames), self.engine.max_frames), None
         while make is None and len(sel):
             schema = ask_schema_for(frame_ts[sel], self._answer_chars)

@@ -87,7 +87,8 @@ class TransformersEngine:
         self.max_model_len = opts.max_model_len
         self._batch = opts.max_num_seqs
         self._device = "cpu" if accel == "cpu" else "cuda"
-        dtype = {"auto": torch.float32 if accel == "cpu" else torch.bfloat16, "bfloat16": torch.bfloat16,
+        gpu_half = torch.bfloat16 if accel != "cpu" and torch.cuda.is_bf16_supported() else torch.float16
+        dtype = {"auto": torch.float32 if accel == "cpu" else gpu_half, "bfloat16": torch.bfloat16,
                  "float16": torch.float16, "float32": torch.float32}[opts.dtype]
         self.attn_implementation = attention_for(accel, opts.attn_implementation,
                                                  importlib.util.find_spec("flash_attn") is not None)
