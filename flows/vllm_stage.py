@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.vlm import Describe, _even
+from actors.vlm import Describe, _even, _frames_and_times
 from actors.vlm_answer import AnswerError, schema_for, validate
 from actors.vlm_engine import frame_label
 from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
@@ -59,14 +59,13 @@ def build_request(row: dict[str, Any], config: JobConfig) -> dict[str, Any]:
     """Chat messages (frames as images after their timestamps, then the text) and sampling params.
 
     Token counts are bounded by UTF-8 bytes (a byte-level BPE never spends more tokens than bytes),
-    so the prompt fits ``max_model_len`` without a tokenizer here.
+    so the prompt fits ``max_model_len`` without a tokenizer here; for the same reason the answer's
+    schema gets one character per new token (Describe measures the tokenizer and allows more).
     """
     opts = config.profile.options_for(_accelerator(config))
-    frames = np.asarray(row["frames"])
-    ts = np.asarray(row["frame_ts"], dtype=np.float64)
-    if frames.ndim != 4 or len(frames) == 0 or len(frames) != len(ts):
-        raise StageFailure("no frames were sampled from this video, so there is nothing to describe")
-    duration = float(row["duration_s"]) if np.isfinite(row["duration_s"]) and row["duration_s"] > 0 else float(ts.max())
+    frames, ts = _frames_and_times(row["frames"], row["frame_ts"])
+    known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
+    duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
     meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
                      meta_json=str(row["meta_json"] or ""), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
     transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64), np.asarray(row["seg_end"], dtype=np.float64),
