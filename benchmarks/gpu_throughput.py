@@ -708,7 +708,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     transcripts = work_dir / "transcripts.json"
-    for name in a.contenders.split(","):
+    names = [n for n in a.contenders.split(",") if n]
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown:
+        p.error(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
+    for name in names:
         if name in result["contenders"]:
             print(f"[bench] {name}: already measured, skipped", flush=True)
             continue
