@@ -500,7 +500,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
             ds = describe_with_vllm(ds, config, fixed_output_tokens=True)
         else:
             ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedDescribe, config, ("video",)),
-                                batch_format="numpy", batch_size=4, num_cpus=1,
+                                batch_format="numpy", batch_size=1, num_cpus=1,
                                 num_gpus=gpus * (1 - gpu_share_asr), compute=ActorPoolStrategy(size=1))
         rows = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -162,8 +162,12 @@ def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
     return out
 
 
-def processor_config(config: JobConfig, batch_size: int = 16, max_concurrent_batches: int = 4):
-    """Ray's vLLM processor config: our engine shape for the vlm actors' GPU type, images parsed on CPUs."""
+def processor_config(config: JobConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
+    """Ray's vLLM processor config: our engine shape for the vlm actors' GPU type, images parsed on CPUs.
+
+    A row is a whole video's prompt (tens of thousands of tokens), so batches are small and many are
+    in flight: the engine fills its sequences without waiting for a dozen videos to be transcribed.
+    """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     profile, res = config.profile, config.resources.vlm
@@ -181,8 +185,8 @@ def processor_config(config: JobConfig, batch_size: int = 16, max_concurrent_bat
     )
 
 
-def describe_with_vllm(ds, config: JobConfig, fixed_output_tokens: bool = False, batch_size: int = 16,
-                       max_concurrent_batches: int = 4):
+def describe_with_vllm(ds, config: JobConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
+                       max_concurrent_batches: int = 8):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
     ``fixed_output_tokens`` is for benchmarks (see actors.vllm_engine.sampling_params).
