@@ -48,7 +48,7 @@ QWEN25_VL_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, n
 
 def load_model(kind: str, device: str, work: Path):
     """(model, processor): ``tiny`` (tiny-random) or ``7b`` (Qwen2.5-VL-7B architecture, dummy bf16)."""
-    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from actors.streaming import load_streaming_model
     from actors.streaming.attention import use_stream_attention
@@ -62,10 +62,11 @@ def load_model(kind: str, device: str, work: Path):
     cfg.update(QWEN25_VL_7B_TEXT)
     cfg["rope_scaling"]["mrope_section"] = [16, 24, 24]
     cfg["vision_config"].update(QWEN25_VL_7B_VISION)
+    (folder / "config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
-            Qwen2_5_VLConfig(**cfg), dtype=torch.bfloat16, attn_implementation="sdpa")
+            AutoConfig.from_pretrained(folder), dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
     use_stream_attention(model)
     return model, AutoProcessor.from_pretrained(folder)
@@ -297,8 +298,7 @@ def recall_bench(model, processor, cfg: StreamConfig, side: int, seconds: int, p
             query = by_time[float(p)].key_sum.to(centre.dtype) - centre  # (layers, kv_heads, head_dim)
             for rep in range(repeats):
                 if rep == 0:
-                    store._lru.clear()
-                    store._lru_bytes = 0
+                    store.drop_device_copies()
                 sync(device)
                 t0 = time.perf_counter()
                 for layer in range(layers):

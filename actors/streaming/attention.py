@@ -44,12 +44,16 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
     """Queries (1, heads, q, d) over keys/values (kv_heads, n, d) whose last q entries are the
     queries' own tokens (causal among themselves); returns (1, q, heads, d) like HF attention."""
     q, n = query.shape[2], keys.shape[1]
-    mask = None
-    if q > 1:
-        mask = torch.ones(q, n, dtype=torch.bool, device=query.device)
-        mask[:, n - q:] = torch.tril(mask[:, n - q:])
-    out = F.scaled_dot_product_attention(query, keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask,
-                                         scale=scaling, enable_gqa=True)
+    if q == 1:  # decoding: no mask, so SDPA's fused kernels can share kv heads themselves
+        out = F.scaled_dot_product_attention(query, keys.unsqueeze(0), values.unsqueeze(0), scale=scaling,
+                                             enable_gqa=True)
+        return out.transpose(1, 2).contiguous()
+    mask = torch.ones(q, n, dtype=torch.bool, device=query.device)
+    mask[:, n - q:] = torch.tril(mask[:, n - q:])
+    group = query.shape[1] // keys.shape[0]  # with a mask, fused kernels want kv heads repeated (as HF does)
+    out = F.scaled_dot_product_attention(query, keys.repeat_interleave(group, 0).unsqueeze(0),
+                                         values.repeat_interleave(group, 0).unsqueeze(0), attn_mask=mask,
+                                         scale=scaling)
     return out.transpose(1, 2).contiguous()
 
 

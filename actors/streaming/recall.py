@@ -154,6 +154,11 @@ class FrameRecall:
             self._lru_bytes -= 2 * k.numel() * k.element_size()
         return pair
 
+    def drop_device_copies(self) -> None:
+        """Empty the device LRU (the next question copies everything it needs again)."""
+        self._lru.clear()
+        self._lru_bytes = 0
+
     def _device_meta(self, unit: Unit) -> TokenMeta:
         key = (unit.uid, unit.version)
         if key not in self._meta:
