@@ -11,7 +11,15 @@ from actors.streaming.layout import SINK, TEXT, VISION, TokenMeta
 from actors.streaming.recall import ClusterRecall
 from actors.streaming.window import StreamWindow
 
-torch.set_num_threads(1)  # tiny tensors: threads only add contention on shared CI cores
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: extra threads only add contention on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 8
 

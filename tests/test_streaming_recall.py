@@ -10,8 +10,17 @@ import torch
 from actors.streaming import SessionClosed, StreamConfig, StreamSession, load_streaming_model
 from actors.streaming.layout import TEXT, VISION, TokenMeta
 from actors.streaming.recall import ClusterRecall, FrameRecall
+from tests.test_streaming_cache import assert_contiguous
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: extra threads only add contention on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 LAYERS, KV_HEADS, HEAD_DIM, TOKENS = 3, 2, 16, 6
 PLANTED = (37, 121)
@@ -110,7 +119,13 @@ def test_session_answers_from_recalled_memory_and_frees_it(tiny, kind):
         frames[..., t % 3] += rng.integers(0, 20, (2, 56, 56), dtype=np.uint8)
         s.push_chunk(frames, float(t))
     before = (len(s.window), s.window.next_position, s.memory_report()["recall_host_bytes"])
+    questions = []
+    run = s._run
+    s._run = lambda piece, stream: (questions.append(stream), run(piece, stream))[1]
     answer = s.ask("When did the screen turn white?")
+    s._run = run
+    for layer in questions[0].layers:  # sinks + recalled + recent, laid out contiguously
+        assert_contiguous(layer["meta"], layer["pos"])
     assert answer.recalled and set(answer.recalled) <= set(range(7)), "recall draws on evicted frames only"
     assert answer.timestamps and set(answer.timestamps) <= set(answer.recalled)
     assert isinstance(answer.text, str)

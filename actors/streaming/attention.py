@@ -118,4 +118,4 @@ class Question:
         cos, sin = self.rope(pos)
         state["k"][:, :n] = rotate(keys, cos, sin)
         state["v"][:, :n] = values
-        state["n"], state["start"] = n, start
+        state["n"], state["start"], state["meta"], state["pos"] = n, start, meta, pos
