@@ -58,11 +58,14 @@ class StreamSession:
         grids = math.ceil(self.frames_per_chunk / processor.video_processor.temporal_patch_size)
         chunk_vision = grids * (cfg.frame_pixels // PIXELS_PER_TOKEN) + 2  # + vision_start/end
         vision_tokens = math.ceil(cfg.vision_window_s) * chunk_vision
-        piece = chunk_vision + 16 + cfg.commentary_tokens  # one chunk's prompt in flight
+        prompt = len(processor.tokenizer.encode(CHUNK_PROMPT.format(video="") + "\n", add_special_tokens=False))
+        piece = chunk_vision + prompt + 2 + cfg.commentary_tokens  # one round in flight (+ last round's end)
+        system = self.encoder.text(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>\n")
         kv_heads, head_dim = text.num_key_value_heads, text.hidden_size // text.num_attention_heads
         self.window = StreamWindow(text.num_hidden_layers, kv_heads, head_dim, self.dtype, self.device,
                                    self._rope, cfg.vision_window_s, vision_tokens, cfg.text_window,
-                                   bound_tokens=cfg.sink_tokens + cfg.text_window + vision_tokens + piece)
+                                   bound_tokens=cfg.sink_tokens + cfg.text_window + vision_tokens
+                                   + max(piece, len(system)))
         self.recall = _make_recall(cfg, text.num_hidden_layers, self.device)
         self._masks = {kind: None for kind in set(text.layer_types)}  # our attention builds its own
         self._banned = torch.tensor(self.tokens.vision_only, device=self.device)
@@ -71,7 +74,8 @@ class StreamSession:
         self._pending: list[int] = []  # decided tokens not yet in the cache (end of the last round)
         self.closed = False
         with torch.inference_mode():
-            self._forward(self.encoder.text(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>\n"), 0.0)
+            self._forward(system, 0.0)
+            self._evict(0.0)
 
     # -- the public API --------------------------------------------------------------------------
     def push_chunk(self, frames: np.ndarray, t: float) -> list[Commentary]:
@@ -136,7 +140,8 @@ class StreamSession:
         return self.window.memory_bytes() + (self.recall.device_bytes() if self.recall else 0)
 
     def memory_report(self) -> dict[str, int]:
-        return {"window_tokens": len(self.window), "bound_tokens": self.window.bound_tokens,
+        return {"window_tokens": len(self.window), "capacity_tokens": self.window.capacity,
+                "bound_tokens": self.window.bound_tokens,
                 "next_position": self.window.next_position, "window_bytes": self.window.memory_bytes(),
                 "recall_device_bytes": self.recall.device_bytes() if self.recall else 0,
                 "recall_host_bytes": self.recall.host_bytes() if self.recall else 0,

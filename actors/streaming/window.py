@@ -51,6 +51,11 @@ class StreamWindow:
     def __len__(self) -> int:
         return len(self.meta)
 
+    @property
+    def capacity(self) -> int:
+        """Tokens the device buffers can hold; never above ``bound_tokens`` for in-bound streams."""
+        return self._cap
+
     # -- the forward path ------------------------------------------------------------------------
     def plan(self, new: TokenMeta) -> torch.Tensor:
         """Positions of ``new`` tokens appended now; call before the forward that writes them."""
