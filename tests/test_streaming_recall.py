@@ -63,6 +63,7 @@ def test_question_about_planted_frame_recalls_its_block(kind):
     direction = _planted_stream(recall)
     for layer in range(LAYERS):
         picked = recall.select(layer, direction[layer])
+        assert sum(recall.units[i].tokens for i in picked) <= 4 * TOKENS, "the token budget holds"
         got = recall.fetch(layer, picked)
         frames = recall.frames_of(got.units)
         assert set(PLANTED) <= set(frames), f"layer {layer}: recalled {frames}"

@@ -26,6 +26,7 @@ class Unit:
     frames: list[float] = field(default_factory=list)  # stream seconds of its frames
     key_sum: torch.Tensor | None = None  # device (layers, kv_heads, head_dim) sum of its frames' mean keys
     version: int = 0  # bumps whenever parts change, so stale device copies are never reused
+    device_meta: TokenMeta | None = None  # metadata of the packed block on the device, once recalled
 
     @property
     def tokens(self) -> int:
@@ -43,6 +44,7 @@ class Unit:
             order = torch.argsort(meta.order)
             kv, meta = kv[:, :, :, order].contiguous(), meta.select(order)
             self.parts = [(kv.pin_memory() if pin else kv, meta)]
+            self.device_meta = None
         return self.parts[0]
 
 
@@ -67,8 +69,8 @@ class FrameRecall:
         self._next_uid = 0
         self._lru: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lru_bytes = 0
-        self._meta: dict[tuple[int, int], TokenMeta] = {}
         self._reps: torch.Tensor | None = None  # (units, layers, kv_heads, head_dim), rebuilt when stale
+        self._sizes: torch.Tensor | None = None  # (units,) tokens per unit, rebuilt with _reps
         self.cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self.cuda else None
         self.copies = 0  # host→device block copies issued (for benchmarks)
@@ -101,10 +103,14 @@ class FrameRecall:
         if not self.units or self.token_budget <= 0:
             return []
         reps = self.representatives()[:, layer]  # (units, kv_heads, head_dim)
-        scores = torch.einsum("ukd,kd->u", reps, query.float())
-        left, take = self.token_budget, []
-        for i in torch.argsort(scores, descending=True).tolist():  # best first; skip what does not fit
-            size = self.units[i].tokens
+        order = torch.argsort(torch.einsum("ukd,kd->u", reps, query.float()), descending=True)
+        sizes = self._sizes[order]
+        fits = int((torch.cumsum(sizes, 0) <= self.token_budget).sum())  # the best ones that fit, at once
+        take = order[:fits].tolist()
+        left, smallest = self.token_budget - int(sizes[:fits].sum()), int(sizes.min())
+        for i, size in zip(order[fits:].tolist(), sizes[fits:].tolist()):  # then skip what does not fit
+            if left < smallest:
+                break
             if size <= left:
                 take.append(i)
                 left -= size
@@ -113,6 +119,7 @@ class FrameRecall:
     def representatives(self) -> torch.Tensor:
         if self._reps is None:
             self._reps = torch.stack([u.key_sum / len(u.frames) for u in self.units]).to(self.device)
+            self._sizes = torch.tensor([u.tokens for u in self.units], device=self.device)
         return self._reps
 
     def fetch(self, layer: int, picked: list[int]) -> Recalled | None:
@@ -125,7 +132,9 @@ class FrameRecall:
             k, v = self._device_block(unit, layer)
             keys.append(k)
             values.append(v)
-            metas.append(self._device_meta(unit))
+            if unit.device_meta is None:
+                unit.device_meta = unit.pack(self.cuda)[1].to(self.device)
+            metas.append(unit.device_meta)
         if self._side is not None:
             torch.cuda.current_stream(self.device).wait_stream(self._side)
         return Recalled(torch.cat(keys, 1), torch.cat(values, 1), TokenMeta.cat(metas),
@@ -159,13 +168,6 @@ class FrameRecall:
         self._lru.clear()
         self._lru_bytes = 0
 
-    def _device_meta(self, unit: Unit) -> TokenMeta:
-        key = (unit.uid, unit.version)
-        if key not in self._meta:
-            self._meta = {k: m for k, m in self._meta.items() if k[0] != unit.uid}
-            self._meta[key] = unit.pack(self.cuda)[1].to(self.device)
-        return self._meta[key]
-
     def frames_of(self, uids: list[int]) -> list[float]:
         by_uid = {u.uid: u for u in self.units}
         return sorted(t for uid in uids if uid in by_uid for t in by_uid[uid].frames)
@@ -177,7 +179,8 @@ class FrameRecall:
     def device_bytes(self) -> int:
         reps = 0 if self._reps is None else self._reps.numel() * self._reps.element_size()
         sums = sum(u.key_sum.numel() * u.key_sum.element_size() for u in self.units)
-        return self._lru_bytes + reps + sums
+        metas = sum(len(u.device_meta) * 58 for u in self.units if u.device_meta is not None)  # TokenMeta row
+        return self._lru_bytes + reps + sums + metas
 
 
 class ClusterRecall(FrameRecall):
@@ -253,6 +256,7 @@ class ClusterRecall(FrameRecall):
                 unit = self._owner(t)
                 unit.parts.append((kv[:, :, :, sel], meta.select(sel)))
                 unit.version += 1
+                self._reps = None
                 self._host_bytes += unit.parts[-1][0].numel() * kv.element_size()
         self._pending = keep
 
