@@ -243,13 +243,13 @@ def run_ours(model, processor, cfg: StreamConfig, stream: SyntheticStream, secon
     rows, start = [], time.perf_counter()
     for t in range(seconds):
         t0 = time.perf_counter()
-        order = session._order
+        said = session.tokens_generated
         session.push_chunk(stream.frames(t), float(t))
         sync(device)
         report = session.memory_report()
-        rows.append({**_row(t, time.perf_counter() - t0, 0, device, session.memory_bytes(), report["window_tokens"]),
-                     "host_bytes": report["recall_host_bytes"], "position": report["next_position"],
-                     "fed_tokens": session._order - order})
+        rows.append({**_row(t, time.perf_counter() - t0, session.tokens_generated - said, device,
+                            session.memory_bytes(), report["window_tokens"]),
+                     "host_bytes": report["recall_host_bytes"], "position": report["next_position"]})
         if time.perf_counter() - start > max_wall:
             break
     return {"rows": rows}, session

@@ -78,7 +78,7 @@ def test_window_stays_bounded_over_10000_seconds():
         for layer in range(LAYERS):
             k = torch.randn(KV_HEADS, len(meta), HEAD_DIM)
             w.write(layer, k, torch.randn_like(k), k)
-        w.commit(meta, pos)
+        w.commit()
         order, segment = order + len(meta), int(meta.segment.max()) + 1
         sink_left -= int((meta.kind == SINK).sum())
         gone = w.evict(float(t))

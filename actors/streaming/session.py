@@ -73,6 +73,7 @@ class StreamSession:
         self._sink_left = cfg.sink_tokens
         self._pending: list[int] = []  # decided tokens not yet in the cache (end of the last round)
         self.closed = False
+        self.tokens_generated = 0  # commentary tokens decided so far (a throughput metric)
         with torch.inference_mode():
             self._forward(system, 0.0)
             self._evict(0.0)
@@ -94,6 +95,7 @@ class StreamSession:
                 if token == self.tokens.im_end:
                     break
                 said.append(token)
+                self.tokens_generated += 1
                 if len(said) == self.cfg.commentary_tokens:
                     self._pending = [token, self.tokens.im_end]
                     break
@@ -159,9 +161,9 @@ class StreamSession:
         meta = piece.meta(t, self._order, self._segment, self._sink_left)
         pos = self.window.plan(meta)
         logits = self._run(piece, StreamStep(self.window, pos))
-        self.window.commit(meta, pos)
+        self.window.commit()
         self._order += len(piece)
-        self._segment = int(meta.segment.max()) + 1 if len(piece) else self._segment
+        self._segment += int(meta.first.sum())
         self._sink_left -= int((meta.kind == SINK).sum())
         return logits
 

@@ -42,7 +42,8 @@ class StreamWindow:
         self.bound_tokens = bound_tokens  # most tokens held at any moment (window + one piece in flight)
         self.meta = TokenMeta.empty(self.device)
         self._pos = torch.zeros(3, 0, dtype=torch.long, device=self.device)
-        self.next_position = self._planned_next = 0
+        self.next_position = 0
+        self._planned: tuple[TokenMeta, torch.Tensor, int] | None = None  # the forward in flight
         self._cap = 0
         self._k = self._kr = self._v = [torch.empty(0)] * layers
         self._rotated = [0] * layers  # per layer: how many leading tokens have valid rotated keys
@@ -59,7 +60,9 @@ class StreamWindow:
     # -- the forward path ------------------------------------------------------------------------
     def plan(self, new: TokenMeta) -> torch.Tensor:
         """Positions of ``new`` tokens appended now; call before the forward that writes them."""
-        pos, self._planned_next = positions(new.to(self.device), self.next_position)
+        new = new.to(self.device)
+        pos, after = positions(new, self.next_position)
+        self._planned = (new, pos, after)
         self._ensure(len(self) + len(new))
         return pos
 
@@ -73,11 +76,12 @@ class StreamWindow:
         self._v[layer][:, n:n + q] = values
         return self._kr[layer][:, :n + q], self._v[layer][:, :n + q]
 
-    def commit(self, new: TokenMeta, pos: torch.Tensor) -> None:
-        """The forward wrote every layer: the new tokens are now part of the window."""
-        self.meta = TokenMeta.cat([self.meta, new.to(self.device)])
+    def commit(self) -> None:
+        """The planned forward wrote every layer: its tokens are now part of the window."""
+        new, pos, self.next_position = self._planned
+        self._planned = None
+        self.meta = TokenMeta.cat([self.meta, new])
         self._pos = torch.cat([self._pos, pos], dim=1)
-        self.next_position = self._planned_next
         self._rotated = [len(self)] * self.layers
 
     def keys(self, layer: int) -> torch.Tensor:
