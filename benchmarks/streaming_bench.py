@@ -103,6 +103,24 @@ def device_bytes(device: str, fallback: int) -> int:
 
 # -- contenders ------------------------------------------------------------------------------------
 
+class Recorder:
+    """One contender's rows; saved every ``every_s`` of wall time, so a command killed at its time
+    limit keeps what it measured. ``add`` says whether the contender may go on."""
+
+    def __init__(self, max_wall: float, save=lambda: None, every_s: float = 20.0):
+        self.rows: list[dict] = []
+        self.max_wall, self.save, self.every_s = max_wall, save, every_s
+        self.start = self.saved = time.perf_counter()
+
+    def add(self, row: dict) -> bool:
+        self.rows.append(row)
+        now = time.perf_counter()
+        if now - self.saved > self.every_s:
+            self.save()
+            self.saved = now
+        return now - self.start <= self.max_wall
+
+
 class Greedy:
     """Greedy commentary that never emits vision markers (shared by the HF-cache contenders)."""
 
@@ -143,14 +161,14 @@ def _cache_bytes(cache) -> int:
 
 
 def run_full(model, processor, cfg: StreamConfig, stream: SyntheticStream, seconds: int, device: str,
-             max_wall: float) -> dict:
+             rec: Recorder) -> dict:
     """Every token kept in the HF DynamicCache; positions as the model assigns them, never reset."""
     from transformers import DynamicCache
 
     enc = PieceEncoder(model, processor, cfg.fps, cfg.frame_pixels)
     greedy = Greedy(model, enc, device, cfg.commentary_tokens)
     cache = DynamicCache(config=model.config.get_text_config())
-    rows, oom, start = [], None, time.perf_counter()
+    oom = None
     with torch.inference_mode():
         system = enc.text(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>\n")
         _, nxt = greedy.run(system.input_ids, system.local, cache, {}, decode=False)
@@ -165,15 +183,15 @@ def run_full(model, processor, cfg: StreamConfig, stream: SyntheticStream, secon
                 oom = t
                 break
             pending = greedy.close
-            rows.append(_row(t, time.perf_counter() - t0, len(said), device, _cache_bytes(cache), cache.get_seq_length()))
-            if time.perf_counter() - start > max_wall:
+            if not rec.add(_row(t, time.perf_counter() - t0, len(said), device, _cache_bytes(cache),
+                                cache.get_seq_length())):
                 break
     del cache
-    return {"rows": rows, "oom_at_s": oom}
+    return {"oom_at_s": oom}
 
 
 def run_sliding(model, processor, cfg: StreamConfig, stream: SyntheticStream, seconds: int, device: str,
-                max_wall: float) -> dict:
+                rec: Recorder) -> dict:
     """Each second: the system prompt and the last W seconds (frames and their commentary) are
     encoded from scratch — vision tower and prefill — then the commentary is decoded."""
     from transformers import DynamicCache
@@ -182,7 +200,6 @@ def run_sliding(model, processor, cfg: StreamConfig, stream: SyntheticStream, se
     greedy = Greedy(model, enc, device, cfg.commentary_tokens)
     system = enc.text(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>\n")
     window: deque[tuple] = deque(maxlen=max(1, math.ceil(cfg.vision_window_s)))
-    rows, start = [], time.perf_counter()
     with torch.inference_mode():
         for t in range(seconds):
             t0 = time.perf_counter()
@@ -203,11 +220,11 @@ def run_sliding(model, processor, cfg: StreamConfig, stream: SyntheticStream, se
             said, _ = greedy.run(ids, pos[:, 0], cache, vision)
             window[-1][1] = said
             sync(device)
-            rows.append(_row(t, time.perf_counter() - t0, len(said), device, _cache_bytes(cache), cache.get_seq_length()))
+            row = _row(t, time.perf_counter() - t0, len(said), device, _cache_bytes(cache), cache.get_seq_length())
             del cache
-            if time.perf_counter() - start > max_wall:
+            if not rec.add(row):
                 break
-    return {"rows": rows}
+    return {}
 
 
 class Tee:
@@ -236,23 +253,21 @@ class Tee:
 
 
 def run_ours(model, processor, cfg: StreamConfig, stream: SyntheticStream, seconds: int, device: str,
-             max_wall: float, both_stores: bool = False) -> tuple[dict, StreamSession]:
+             rec: Recorder, both_stores: bool = False) -> StreamSession:
     session = StreamSession(model, processor, cfg)
     if both_stores:
         session.recall = Tee(session.recall, _store("cluster", cfg, model, device))
-    rows, start = [], time.perf_counter()
     for t in range(seconds):
         t0 = time.perf_counter()
         said = session.tokens_generated
         session.push_chunk(stream.frames(t), float(t))
         sync(device)
         report = session.memory_report()
-        rows.append({**_row(t, time.perf_counter() - t0, session.tokens_generated - said, device,
-                            session.memory_bytes(), report["window_tokens"]),
-                     "host_bytes": report["recall_host_bytes"], "position": report["next_position"]})
-        if time.perf_counter() - start > max_wall:
+        if not rec.add({**_row(t, time.perf_counter() - t0, session.tokens_generated - said, device,
+                                session.memory_bytes(), report["window_tokens"]),
+                        "host_bytes": report["recall_host_bytes"], "position": report["next_position"]}):
             break
-    return {"rows": rows}, session
+    return session
 
 
 def _store(kind: str, cfg: StreamConfig, model, device: str) -> FrameRecall:
@@ -271,9 +286,9 @@ def sustained_fps(model, processor, base: StreamConfig, side: int, fps_list: lis
     out = {}
     for fps in fps_list:
         cfg = base.model_copy(update={"fps": fps, "recall": "none"})
-        res, session = run_ours(model, processor, cfg, SyntheticStream(side, fps, []), seconds, device, 1e9)
-        session.close()
-        steady = [r["latency_s"] for r in res["rows"][min(len(res["rows"]) - 1, int(cfg.vision_window_s) + 2):]]
+        rec = Recorder(float("inf"))
+        run_ours(model, processor, cfg, SyntheticStream(side, fps, []), seconds, device, rec).close()
+        steady = [r["latency_s"] for r in rec.rows[min(len(rec.rows) - 1, int(cfg.vision_window_s) + 2):]]
         out[str(fps)] = {"p50_s": float(np.percentile(steady, 50)), "p95_s": float(np.percentile(steady, 95)),
                          "realtime": float(np.percentile(steady, 95)) <= 1.0}
     real = [float(f) for f, r in out.items() if r["realtime"]]
@@ -284,8 +299,8 @@ def recall_bench(model, processor, cfg: StreamConfig, side: int, seconds: int, p
                  repeats: int = 3) -> dict:
     """Planted-frame recall and retrieval latency, cluster vs frame, on one stream's evicted memory."""
     cfg = cfg.model_copy(update={"recall": "frame"})
-    _, session = run_ours(model, processor, cfg, SyntheticStream(side, cfg.fps, planted), seconds, device, 1e9,
-                          both_stores=True)
+    session = run_ours(model, processor, cfg, SyntheticStream(side, cfg.fps, planted), seconds, device,
+                       Recorder(float("inf")), both_stores=True)
     frame_store, cluster_store = session.recall.stores
     layers = frame_store.layers
     centre = frame_store.representatives().mean(0)
@@ -374,19 +389,25 @@ def summarize(results: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny-random model on CPU")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="tiny-random model on CPU, small frames and short sweeps (explicit flags still win)")
     ap.add_argument("--minutes", type=float, default=60.0, help="stream length for the latency/memory contenders")
     ap.add_argument("--modes", default="ours,sliding,full")
     ap.add_argument("--fps", type=float, default=2.0)
-    ap.add_argument("--side", type=int, default=448, help="frame side in pixels (frames are square)")
-    ap.add_argument("--commentary-tokens", type=int, default=20)
+    ap.add_argument("--side", type=int, help="frame side in pixels, frames are square (448; smoke 56)")
+    ap.add_argument("--commentary-tokens", type=int, help="max commentary tokens per second (20; smoke 4)")
     ap.add_argument("--max-wall-s", type=float, default=480.0, help="wall-clock cap per contender")
-    ap.add_argument("--fps-sweep", default="2,4,8")
-    ap.add_argument("--fps-seconds", type=int, default=60)
-    ap.add_argument("--recall-minutes", type=float, default=10.0)
+    ap.add_argument("--fps-sweep", help="fps values for the sustained-fps sweep (2,4,8; smoke 2,4)")
+    ap.add_argument("--fps-seconds", type=int, help="stream seconds per sweep point (60; smoke 25)")
+    ap.add_argument("--recall-minutes", type=float, help="stream length for the recall part (10; smoke 2)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: modes,fps,recall")
-    ap.add_argument("--out", default="bench_out/streaming")
+    ap.add_argument("--out", default="out/streaming_bench", help="folder for streaming_bench.json and plots")
     args = ap.parse_args()
+    defaults = dict(side=56, commentary_tokens=4, fps_sweep="2,4", fps_seconds=25, recall_minutes=2.0) \
+        if args.cpu_smoke else dict(side=448, commentary_tokens=20, fps_sweep="2,4,8", fps_seconds=60, recall_minutes=10.0)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
     if device == "cpu":
@@ -396,7 +417,7 @@ def main() -> None:
     model, processor = load_model("tiny" if device == "cpu" else "7b", device, out)
     cfg = StreamConfig(fps=args.fps, frame_pixels=args.side * args.side, commentary_tokens=args.commentary_tokens)
     seconds = int(args.minutes * 60)
-    planted = list(range(37, int(args.recall_minutes * 60) - 30, 53))
+    planted = list(range(37, max(38, int(args.recall_minutes * 60) - 30), 53))  # evicted before the questions
     results = {"config": {"model": "tiny-random" if device == "cpu" else "qwen2.5-vl-7b (dummy bf16)",
                           "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                           "fps": args.fps, "side": args.side, "minutes": args.minutes,
@@ -409,13 +430,14 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             stream = SyntheticStream(args.side, args.fps, planted)
+            rec = Recorder(args.max_wall_s, lambda: path.write_text(json.dumps(results, indent=1)))
+            results["modes"][mode] = {"rows": rec.rows}
             if mode == "ours":
-                res, session = run_ours(model, processor, cfg, stream, seconds, device, args.max_wall_s)
-                session.close()
+                run_ours(model, processor, cfg, stream, seconds, device, rec).close()
             else:
-                res = {"full": run_full, "sliding": run_sliding}[mode](
-                    model, processor, cfg, stream, seconds, device, args.max_wall_s)
-            results["modes"][mode] = res
+                extra = {"full": run_full, "sliding": run_sliding}[mode](model, processor, cfg, stream, seconds,
+                                                                          device, rec)
+                results["modes"][mode].update(extra)
             results["summary"] = summarize(results)
             path.write_text(json.dumps(results, indent=1))
             print(mode, json.dumps(results["summary"][mode]), flush=True)
