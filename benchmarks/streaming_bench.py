@@ -18,7 +18,9 @@ question's query set to what a question about a planted frame would point at —
 key, centred on the stream's mean key — and both stores answer it from the same evicted memory;
 latency is measured for that retrieval (cold and warm device LRU) and for a full ``ask``.
 
-Results: ``--out``/streaming_bench.json (rewritten after every contender) and PNG plots.
+Results: ``--out``/streaming_bench.json (saved while running; a later run into the same folder
+replaces only the parts it runs, so each part can be its own command) and PNG plots of all
+contenders in the file.
 """
 from __future__ import annotations
 
@@ -418,11 +420,11 @@ def main() -> None:
     cfg = StreamConfig(fps=args.fps, frame_pixels=args.side * args.side, commentary_tokens=args.commentary_tokens)
     seconds = int(args.minutes * 60)
     planted = list(range(37, max(38, int(args.recall_minutes * 60) - 30), 53))  # evicted before the questions
-    results = {"config": {"model": "tiny-random" if device == "cpu" else "qwen2.5-vl-7b (dummy bf16)",
-                          "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                          "fps": args.fps, "side": args.side, "minutes": args.minutes,
-                          "stream": cfg.model_dump()}, "modes": {}}
     path = out / "streaming_bench.json"
+    results = json.loads(path.read_text()) if path.exists() else {"modes": {}}  # parts of earlier runs stay
+    results["config"] = {"model": "tiny-random" if device == "cpu" else "qwen2.5-vl-7b (dummy bf16)",
+                         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+                         "fps": args.fps, "side": args.side, "minutes": args.minutes, "stream": cfg.model_dump()}
     skip = set(filter(None, args.skip.split(",")))
     if "modes" not in skip:
         for mode in filter(None, args.modes.split(",")):
