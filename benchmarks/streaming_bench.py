@@ -402,11 +402,13 @@ def main() -> None:
     ap.add_argument("--fps-sweep", help="fps values for the sustained-fps sweep (2,4,8; smoke 2,4)")
     ap.add_argument("--fps-seconds", type=int, help="stream seconds per sweep point (60; smoke 25)")
     ap.add_argument("--recall-minutes", type=float, help="stream length for the recall part (10; smoke 2)")
+    ap.add_argument("--recall-tokens", type=int, help="tokens recalled per layer and question (4096; smoke 48)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: modes,fps,recall")
     ap.add_argument("--out", default="out/streaming_bench", help="folder for streaming_bench.json and plots")
     args = ap.parse_args()
-    defaults = dict(side=56, commentary_tokens=4, fps_sweep="2,4", fps_seconds=25, recall_minutes=2.0) \
-        if args.cpu_smoke else dict(side=448, commentary_tokens=20, fps_sweep="2,4,8", fps_seconds=60, recall_minutes=10.0)
+    defaults = dict(side=56, commentary_tokens=4, fps_sweep="2,4", fps_seconds=25, recall_minutes=2.0,
+                    recall_tokens=48) if args.cpu_smoke else \
+        dict(side=448, commentary_tokens=20, fps_sweep="2,4,8", fps_seconds=60, recall_minutes=10.0, recall_tokens=4096)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -417,7 +419,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_model("tiny" if device == "cpu" else "7b", device, out)
-    cfg = StreamConfig(fps=args.fps, frame_pixels=args.side * args.side, commentary_tokens=args.commentary_tokens)
+    cfg = StreamConfig(fps=args.fps, frame_pixels=args.side * args.side, commentary_tokens=args.commentary_tokens,
+                       recall_tokens=args.recall_tokens)
     seconds = int(args.minutes * 60)
     planted = list(range(37, max(38, int(args.recall_minutes * 60) - 30), 53))  # evicted before the questions
     path = out / "streaming_bench.json"
