@@ -47,6 +47,7 @@ class StreamWindow:
         self._cap = 0
         self._k = self._kr = self._v = [torch.empty(0)] * layers
         self._rotated = [0] * layers  # per layer: how many leading tokens have valid rotated keys
+        self._tables: tuple[int, int, torch.Tensor, torch.Tensor] | None = None  # RoPE tables shared by layers
         self.pinned = self.device.type == "cuda"
 
     def __len__(self) -> int:
@@ -128,6 +129,7 @@ class StreamWindow:
         self.meta = meta.select(keep)
         self._pos, self.next_position = positions(self.meta)
         self._rotated = [0] * self.layers
+        self._tables = None
         return out
 
     def _offload(self, drop: torch.Tensor, frame_segments: list[int]) -> Evicted:
@@ -172,6 +174,8 @@ class StreamWindow:
         """Rotate the retained keys at the current layout's positions (only after an eviction)."""
         done, n = self._rotated[layer], len(self)
         if done < n:
-            cos, sin = self.rope(self._pos[:, done:n])
+            if self._tables is None or self._tables[:2] != (done, n):
+                self._tables = (done, n, *self.rope(self._pos[:, done:n]))
+            _, _, cos, sin = self._tables
             self._kr[layer][:, done:n] = rotate(self._k[layer][:, done:n], cos, sin)
             self._rotated[layer] = n
