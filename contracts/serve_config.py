@@ -126,6 +126,12 @@ class ServeConfig(_Strict):
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 2**20)
 
+    @property
+    def min_cpus(self) -> float:
+        """Logical CPUs the app holds at its minimum replica counts (what a cluster must offer to start it)."""
+        return sum(d.num_cpus * d.autoscaling.min_replicas
+                   for d in (getattr(self.deployments, n) for n in DEPLOYMENTS))
+
     def job_config(self) -> JobConfig:
         """The stage configuration; corpus/out are unused online, so they name a placeholder folder."""
         return JobConfig(corpus="online", out="online", models=self.models, video=self.video, asr=self.asr,

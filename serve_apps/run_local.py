@@ -7,6 +7,7 @@ so a fresh clone answers requests, while the API still never runs unauthenticate
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import signal
@@ -26,7 +27,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--api-key", help="accept this key (default: $CORPUSFLOW_API_KEYS, else a generated one)")
     p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
-    p.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: the cores, or what the replicas reserve if more)")
     return p.parse_args(list(argv))
 
 
@@ -39,6 +40,8 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
     from serve_apps.app import APP_NAME, build_app
 
     env = {settings.api_keys_env: api_key} if api_key else {}
+    if address is None and num_cpus is None:  # a laptop still starts every replica (logical CPUs, shared cores)
+        num_cpus = math.ceil(max(os.cpu_count() or 1, settings.min_cpus))
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
              runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True)
     serve.start(http_options={"host": settings.host, "port": settings.port,

@@ -83,3 +83,18 @@ def test_deploy_config_is_valid_for_serve_and_for_us():
     settings = ServeConfig.model_validate(app["args"])
     assert settings.deployments.asr.batching.max_batch_size > 1
     assert app_builder(app["args"]) is not None  # binds every deployment without starting Ray
+
+
+def test_serve_command_refuses_a_bad_config_before_starting_ray(tmp_path, capsys):
+    from serve_apps.run_local import main
+
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("deployments: {vlm: {max_ongoing_requests: 0}}\n")
+    assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "deployments.vlm.max_ongoing_requests" in capsys.readouterr().err
+
+
+def test_min_cpus_counts_every_warm_replica():
+    s = ServeConfig.load(None, deployments={"asr": {"num_cpus": 2, "autoscaling": {"min_replicas": 3, "max_replicas": 4}}})
+    d = s.deployments
+    assert s.min_cpus == d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.vlm.num_cpus
