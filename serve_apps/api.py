@@ -20,6 +20,7 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
 from fastapi import FastAPI, File, Form, Header, Request, Security, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contracts.serve_config import ServeConfig
@@ -43,16 +44,40 @@ Deadline = Annotated[Optional[float], Header(alias="X-Request-Timeout", gt=0, le
                                              description="seconds; capped at the server's request timeout")]
 
 
-class _Metrics:
-    """Prometheus series of this ingress replica (a private registry, so building twice is harmless)."""
+class RequestMetrics:
+    """Prometheus series of this ingress replica, for every response including 401, 413 and 422.
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("corpusflow_requests", "API requests by endpoint and status",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("corpusflow_request_seconds", "API request latency", ["endpoint"],
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
-        self.in_flight = Gauge("corpusflow_requests_in_flight", "API requests being served", registry=self.registry)
+    ASGI middleware outermost, so refusals made before a route runs are counted too; paths outside
+    the API's own routes share one label, so random URLs cannot blow up the series count.
+    """
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry, routes: frozenset[str]):
+        self.app, self.routes = app, routes
+        self.requests = Counter("corpusflow_requests", "API requests by route and status",
+                                ["route", "status"], registry=registry)
+        self.latency = Histogram("corpusflow_request_seconds", "API request latency", ["route"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=registry)
+        self.in_flight = Gauge("corpusflow_requests_in_flight", "API requests being served", registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status, t0 = 500, time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.in_flight.dec()
+            self.requests.labels(route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - t0)
 
 
 def _safe_name(name: Optional[str]) -> str:
@@ -90,7 +115,7 @@ def _write(path: str, data: bytes) -> None:
 def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
     """The FastAPI app; raises ConfigError when no API key is configured (it fails closed)."""
     digests = load_api_keys(settings.api_keys_env, settings.api_keys_file)
-    metrics = _Metrics()
+    registry = CollectorRegistry()
     fingerprint = settings.job_config().fingerprint()
     prices = settings.job_config().usd_per_hour
     app = FastAPI(title="corpusflow", version=API_VERSION, max_body_size=settings.max_request_bytes,
@@ -106,27 +131,17 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
     def tables(batch: Batch) -> dict[str, list[dict[str, Any]]]:
         return {t: tbl.to_pylist() for t, tbl in rows_for_batch(batch, fingerprint, "online", prices).items()}
 
-    async def served(endpoint: str, timeout_s: Optional[float], work: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``work`` under the deadline and count it; a replica never dies of a request."""
+    async def served(timeout_s: Optional[float], work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work`` under the deadline; any failure is an answer, a replica never dies of a request."""
         deadline = min(timeout_s or settings.request_timeout_s, settings.request_timeout_s)
-        t0, status = time.perf_counter(), 500
-        metrics.in_flight.inc()
         try:
-            result = await asyncio.wait_for(work(), deadline)
-            status = 200
-            return result
+            return await asyncio.wait_for(work(), deadline)
         except asyncio.TimeoutError:
-            status = 504
             raise ApiError(504, f"no answer within {deadline:g} s") from None
-        except ApiError as e:
-            status = e.status
+        except ApiError:
             raise
         except Exception as e:  # noqa: BLE001 - reported to the client, the replica keeps serving
             raise ApiError(500, f"internal error: {type(e).__name__}: {e}") from e
-        finally:
-            metrics.in_flight.dec()
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
     v1 = f"/{API_VERSION}"
 
@@ -140,7 +155,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
             return {"asset": rows["assets"][0], "timeline": rows["timeline"],
                     "summary": rows["summaries"][0] if rows["summaries"] else None, "pages": rows["pages"]}
 
-        return await served("analyze", x_request_timeout, work)
+        return await served(x_request_timeout, work)
 
     @app.post(f"{v1}/transcribe", response_model=TranscribeOut, responses=RESPONSES, dependencies=[key_doc])
     async def transcribe(file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
@@ -158,7 +173,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
                     "segments": [r for r in asr if r["detail"] == "segment"],
                     "words": [r for r in asr if r["detail"] == "word"]}
 
-        return await served("transcribe", x_request_timeout, work)
+        return await served(x_request_timeout, work)
 
     @app.post(f"{v1}/ask", response_model=AskOut, responses=RESPONSES, dependencies=[key_doc])
     async def ask(question: Question, file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
@@ -173,7 +188,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
                 answer = await pipeline.ask(batch, question)
             return {"asset": tables(batch)["assets"][0], "question": question, **answer}
 
-        return await served("ask", x_request_timeout, work)
+        return await served(x_request_timeout, work)
 
     @app.get("/healthz", responses={200: {"description": "the ingress is alive"}})
     async def healthz() -> dict[str, str]:
@@ -188,8 +203,10 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         """Prometheus exposition of this ingress replica's request counters and latency histogram."""
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    app.add_middleware(RequestMetrics, registry=registry, routes=routes)  # added last: runs first
     return app
 
 
