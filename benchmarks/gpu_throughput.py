@@ -475,7 +475,7 @@ def _pipeline_source(corpus: list[str]):
 
 
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
-                 engine: str, gpu_share_asr: float, smoke: bool, keep_rows: Path | None = None) -> dict:
+                 engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None) -> dict:
     """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -492,8 +492,8 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", batch_size=1, num_cpus=1)
         ds = ds.map_batches(as_task(DecodeMedia, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
         ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedTranscribe, config, ("video",)),
-                            batch_format="numpy", batch_size=1, num_cpus=1, num_gpus=gpus * gpu_share_asr,
-                            compute=ActorPoolStrategy(size=1))
+                            batch_format="numpy", batch_size=1, num_cpus=1,
+                            num_gpus=gpus * gpu_share_asr / asr_actors, compute=ActorPoolStrategy(size=asr_actors))
         if engine == "vllm":
             from flows.vllm_stage import describe_with_vllm
 
@@ -592,7 +592,7 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
     opts = config.profile.options_for("H200")
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=model_path(config.profile, config.model_cache),
-                                  engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=1,
+                                  engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=1, log_engine_metrics=False,
                                   prepare_multimodal_stage={"enabled": True,  # images stay after their labels
                                                             "chat_template_content_format": "openai"}),
         preprocess=lambda row: {**row, "sampling_params": sampling_params(vlm_tokens, None, True)},
@@ -642,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vlm-tokens", type=int, default=256)
     p.add_argument("--asr-tokens", type=int, default=96)
     p.add_argument("--asr-batch", type=int, default=32, help="ASR chunks per batch in corpusflow's pipeline")
-    p.add_argument("--asr-gpu-share", type=float, default=0.2)
+    p.add_argument("--asr-gpu-share", type=float, default=0.2, help="GPU share of all ASR actors together")
+    p.add_argument("--asr-actors", type=int, default=3, help="ASR actors in corpusflow's pipeline (VAD runs on CPU)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-random models, minutes of video, on CPU")
     a = p.parse_args(argv)
@@ -691,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "fps_sampled": flow_cfg.video.fps,
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
-                       "asr_batch_pipeline": a.asr_batch, "asr_gpu_share_pipeline": a.asr_gpu_share,
+                       "asr_batch_pipeline": a.asr_batch, "asr_gpu_share_pipeline": a.asr_gpu_share, "asr_actors_pipeline": a.asr_actors,
                        "vlm_engine_shape": {"vllm": vllm_cfg.profile.options_for("H200").model_dump(),
                                             "transformers": flow_cfg.profile.options_for("H200").model_dump()},
                        "prefix_caching": "vLLM default (on); no two requests share frames"}
@@ -733,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = "vllm" if name == "corpusflow_vllm" else "transformers"
             cfg = vllm_cfg if engine == "vllm" else flow_cfg
             fig = step(name, lambda: run_pipeline(cfg, corpus, work, peak, a.vlm_tokens, a.asr_tokens, engine,
-                                                  a.asr_gpu_share, smoke,
+                                                  a.asr_gpu_share, a.asr_actors, smoke,
                                                   keep_rows=transcripts if engine == "vllm" else None))
         result["contenders"][name] = fig
         save()

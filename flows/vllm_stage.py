@@ -178,7 +178,7 @@ def processor_config(config: JobConfig, batch_size: int = 2, max_concurrent_batc
         engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
         batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
         concurrency=(res.min_actors, res.max_actors), accelerator_type=res.accelerator_type,
-        placement_group_config=share, should_continue_on_error=True,
+        placement_group_config=share, should_continue_on_error=True, log_engine_metrics=False,
         # "openai" keeps each image where it is in the message, after its timestamp; Ray's default
         # ("string") would move every image in front of all the text.
         prepare_multimodal_stage={"enabled": True, "chat_template_content_format": "openai"},
