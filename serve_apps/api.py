@@ -7,6 +7,7 @@ client may shorten the deadline with ``X-Request-Timeout`` but never extend it p
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -20,8 +21,8 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
 from fastapi import FastAPI, File, Form, Header, Request, Security, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.serve_config import ServeConfig
 from contracts.stage import Batch
@@ -31,6 +32,7 @@ from serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
 from serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
 
 API_VERSION = "v1"
+log = logging.getLogger("ray.serve")
 _ERRORS = {400: "malformed request or URI", 401: "missing or invalid API key", 403: "URI outside the allow-list",
            404: "URI names no object", 413: "request body too large", 422: "unusable input or parameters",
            429: "over capacity; see Retry-After", 503: "over capacity or starting; see Retry-After",
@@ -140,8 +142,10 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
             raise ApiError(504, f"no answer within {deadline:g} s") from None
         except ApiError:
             raise
-        except Exception as e:  # noqa: BLE001 - reported to the client, the replica keeps serving
-            raise ApiError(500, f"internal error: {type(e).__name__}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - logged here, answered as 500; the replica keeps serving
+            incident = uuid.uuid4().hex[:12]
+            log.exception("request failed (incident %s)", incident)
+            raise ApiError(500, f"internal error (incident {incident}); the server log has the details") from e
 
     v1 = f"/{API_VERSION}"
 
