@@ -84,6 +84,26 @@ class Deployments(_Strict):
     vlm: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
 
 
+class StreamingSettings(_Strict):
+    """The live-video WebSocket ``/v1/stream``: one streaming model per replica, a bounded number of sessions."""
+
+    enabled: bool = Field(True, description="serve /v1/stream (its deployment holds one streaming VLM per replica)")
+    model: Optional[str] = Field(None, description="Qwen2.5-VL source for streaming; None = the models profile's vlm")
+    max_sessions_per_replica: int = Field(4, ge=1, description="live streams per replica; more are refused (503/close 1013)")
+    session: dict[str, Any] = Field(default_factory=dict, description="StreamConfig overrides (fps, frame_pixels, "
+                                    "vision_window_s, sink_tokens, text_window, commentary_tokens, recall, ...)")
+    allowed_video_prefixes: tuple[str, ...] = Field(
+        (), description="s3://bucket/prefix/ locations a client may ask the server to play; empty = none")
+    idle_timeout_s: float = Field(300.0, gt=0, description="a session with no message for this long is closed")
+    max_message_mb: float = Field(16.0, gt=0, description="largest WebSocket message (frames included)")
+    deployment: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=32)
+
+    @field_validator("allowed_video_prefixes")
+    @classmethod
+    def _s3_prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_s3_prefixes(v)
+
+
 class ServeConfig(_Strict):
     """Everything the online endpoint needs; what the stages see is :meth:`job_config`."""
 
@@ -104,6 +124,7 @@ class ServeConfig(_Strict):
     allowed_uri_prefixes: tuple[str, ...] = Field(
         (), description="s3://bucket/prefix/ locations a request may name; empty = uploads only")
     deployments: Deployments = Deployments()
+    streaming: StreamingSettings = StreamingSettings()
 
     @field_validator("models")
     @classmethod
@@ -114,13 +135,7 @@ class ServeConfig(_Strict):
     @field_validator("allowed_uri_prefixes")
     @classmethod
     def _s3_prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for p in v:
-            bucket = p[len("s3://"):].split("/", 1)[0] if p.startswith("s3://") else ""
-            if not bucket or ".." in p.split("/"):
-                raise ValueError(f"{p!r}: allowed prefixes are s3://bucket[/prefix] locations")
-            out.append(p.rstrip("/") + "/")  # a prefix ends at a folder boundary: s3://b/a never admits s3://b/ab
-        return tuple(out)
+        return _check_s3_prefixes(v)
 
     @property
     def max_request_bytes(self) -> int:
@@ -156,3 +171,13 @@ class ServeConfig(_Strict):
         except ValidationError as e:
             lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
             raise ConfigError("invalid serve config:\n" + "\n".join(lines)) from None
+
+
+def _check_s3_prefixes(v: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for p in v:
+        bucket = p[len("s3://"):].split("/", 1)[0] if p.startswith("s3://") else ""
+        if not bucket or ".." in p.split("/"):
+            raise ValueError(f"{p!r}: allowed prefixes are s3://bucket[/prefix] locations")
+        out.append(p.rstrip("/") + "/")  # a prefix ends at a folder boundary: s3://b/a never admits s3://b/ab
+    return tuple(out)
