@@ -22,6 +22,7 @@ from fastapi import FastAPI, File, Form, Header, Request, Security, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.serve_config import ServeConfig
@@ -30,6 +31,7 @@ from flows.commit import rows_for_batch
 from serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
 from serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
 from serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
+from serve_apps.streaming import add_stream_route
 
 API_VERSION = "v1"
 log = logging.getLogger("ray.serve")
@@ -114,8 +116,9 @@ def _write(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
-    """The FastAPI app; raises ConfigError when no API key is configured (it fails closed)."""
+def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[DeploymentHandle] = None) -> FastAPI:
+    """The FastAPI app (with the ``/v1/stream`` WebSocket when ``stream`` is given); raises ConfigError
+    when no API key is configured (it fails closed)."""
     digests = load_api_keys(settings.api_keys_env, settings.api_keys_file)
     registry = CollectorRegistry()
     fingerprint = settings.job_config().fingerprint()
@@ -208,6 +211,9 @@ def build_api(settings: ServeConfig, pipeline: Pipeline) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         """Prometheus exposition of this ingress replica's request counters and latency histogram."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if stream is not None:
+        add_stream_route(app, settings, stream, digests)
 
     routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
     app.add_middleware(RequestMetrics, registry=registry, routes=routes)  # added last: runs first

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI
 from ray import serve
@@ -17,6 +17,7 @@ from contracts.serve_config import ServeConfig
 from serve_apps.api import build_api
 from serve_apps.pipeline import Pipeline
 from serve_apps.stages import BatchedStageServer, StageServer
+from serve_apps.streaming import StreamServer
 
 APP_NAME = "corpusflow"
 STAGES = {"decode": "actors.decode.DecodeMedia", "pdf": "actors.pdf.ExtractPdf",
@@ -30,12 +31,13 @@ class Ingress:
     """HTTP front door: checks, routes and answers; the stage deployments do the heavy work."""
 
     def __init__(self, settings: dict[str, Any], decode: DeploymentHandle, pdf: DeploymentHandle,
-                 asr: DeploymentHandle, vlm: DeploymentHandle):
+                 asr: DeploymentHandle, vlm: DeploymentHandle, stream: Optional[DeploymentHandle] = None):
         self.settings = ServeConfig.model_validate(settings)
         self.pipeline = Pipeline(self.settings, {"decode": decode, "pdf": pdf, "asr": asr, "vlm": vlm})
+        self.stream = stream
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.settings, self.pipeline)
+        return build_api(self.settings, self.pipeline, self.stream)
 
 
 def build_app(settings: ServeConfig) -> Application:
@@ -49,6 +51,12 @@ def build_app(settings: ServeConfig) -> Application:
             bound[name] = dep.bind(stage, job, d.batching.max_batch_size, d.batching.batch_wait_timeout_s)
         else:
             bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job)
+    if settings.streaming.enabled:
+        from actors.streaming import StreamConfig
+
+        StreamConfig.model_validate(settings.streaming.session)  # a bad override fails here, not in a replica loop
+        bound["stream"] = StreamServer.options(name="stream", **settings.streaming.deployment.serve_options()).bind(
+            settings.model_dump(mode="json"))
     api = settings.deployments.api
     overload = BackpressureConfig(status_code=settings.overload_status, retry_after_s=settings.retry_after_s)
     return Ingress.options(name="api", backpressure_config=overload, **api.serve_options()).bind(
