@@ -85,7 +85,7 @@ class StreamServer:
         await self._reap_idle()
         bound = self.settings.max_sessions_per_replica
         if len(self.sessions) >= bound:
-            return {"refused": f"this replica already serves its {bound} live streams; retry later"}
+            return {"refused": f"this replica is at its limit of {bound} live stream(s); retry later"}
         from actors.streaming import StreamSession
 
         async with self.compute:
