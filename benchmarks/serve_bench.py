@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import sys
@@ -94,7 +95,8 @@ def make_inputs(folder: Path) -> dict[str, tuple[str, bytes]]:
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"Online API, {result['models']} models on {result['device']}; one replica per deployment, "
              f"`@serve.batch` max {result['max_batch_size']}; {result['seconds_per_level']} s per level, "
-             "closed-loop clients; ratio = throughput / one-at-a-time throughput.", "",
+             "closed-loop clients; ratio = throughput / one-at-a-time throughput; 1-min load average "
+             f"{result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after.", "",
              "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for endpoint, rows in result["levels"].items():
@@ -136,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "models": args.models, "device": f"{accelerator()} ({platform.processor() or platform.machine()}, "
                                                  f"{ray.cluster_resources().get('CPU', 0):g} logical CPUs)",
                 "max_batch_size": args.max_batch, "seconds_per_level": args.seconds,
-                "inputs": {}, "levels": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "inputs": {}, "levels": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average_before": os.getloadavg()[0]}  # other tenants' load skews CPU numbers
             for endpoint in args.endpoints.split(","):
                 name, data = inputs[endpoint]
                 result["inputs"][endpoint] = f"{name} ({len(data) // 1024} KB, 8 s)"
@@ -146,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     row = run_level(url, endpoint, name, data, c, args.seconds)
                     print(json.dumps(row), flush=True)
                     result["levels"][endpoint].append(row)
+        result["load_average_after"] = os.getloadavg()[0]
     finally:
         serve.shutdown()
         ray.shutdown()
