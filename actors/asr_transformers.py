@@ -80,7 +80,7 @@ class TransformersWhisperEngine:
 
     def _features(self, pcm: np.ndarray, chunks: list[tuple[int, int]]):
         feats = self._processor.feature_extractor([pcm[a:b] for a, b in chunks], sampling_rate=SAMPLE_RATE,
-                                                  return_tensors="pt")["input_features"]
+                                                  return_tensors="pt", device=self._device)["input_features"]
         return feats.to(self._device, self._dtype)
 
     def _detect_language(self, pcm: np.ndarray, chunk: tuple[int, int]) -> str:
