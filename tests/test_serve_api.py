@@ -81,7 +81,8 @@ def api(s3_server, bucket, model_cache):
         overload_status=429, retry_after_s=3, allowed_uri_prefixes=(f"s3://{bucket}/allowed/",),
         video=VideoConfig(fps=1, max_frames=4, frame_size=56),
         deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16), decode=small(),
-                                pdf=small(), asr=small(batching=Batching(max_batch_size=4)),
+                                pdf=small(max_ongoing_requests=1, max_queued_requests=1),
+                                asr=small(batching=Batching(max_batch_size=4)),
                                 vlm=small(batching=Batching(max_batch_size=4))))
     url = start(settings, api_key=KEY, num_cpus=4)
     try:
@@ -182,6 +183,18 @@ def test_concurrent_requests_are_all_answered(api, media):
     with cf.ThreadPoolExecutor(6) as pool:
         codes = list(pool.map(lambda _: post(api, "transcribe", media["audio"]).status_code, range(6)))
     assert codes == [200] * 6
+
+
+def test_a_full_stage_queue_is_429_with_retry_after(api, tmp_path):
+    """The PDF stage takes one request and queues one; a burst beyond that is refused, not buffered."""
+    pdf = make_pdf(tmp_path / "long.pdf", pages=150)
+    with cf.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: post(api, "analyze", pdf), range(12)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) == {200, 429}, codes
+    refused = [r for r in answers if r.status_code == 429]
+    assert all(r.headers["Retry-After"] == "3" and "capacity" in r.json()["detail"] for r in refused)
+    assert all(len(r.json()["pages"]) == 150 for r in answers if r.status_code == 200)
 
 
 @pytest.mark.parametrize("endpoint", V1)
