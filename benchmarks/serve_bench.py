@@ -26,7 +26,8 @@ import numpy as np
 import requests
 
 from contracts.config import VideoConfig
-from contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
+from contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
+                                     StreamingSettings)
 
 KEY = "bench-" + "k" * 24
 
@@ -48,7 +49,8 @@ def bench_settings(models: str, model_cache: str, max_batch: int) -> ServeConfig
                                                        autoscaling=one),
                                 decode=DeploymentSettings(**stage), pdf=DeploymentSettings(**stage),
                                 asr=DeploymentSettings(**stage, batching=batching),
-                                vlm=DeploymentSettings(**stage, batching=batching)))
+                                vlm=DeploymentSettings(**stage, batching=batching)),
+        streaming=StreamingSettings(enabled=False))  # /v1/stream has its own benchmark
 
 
 def run_level(url: str, endpoint: str, name: str, data: bytes, clients: int, seconds: float) -> dict[str, Any]:

@@ -144,8 +144,10 @@ class ServeConfig(_Strict):
     @property
     def min_cpus(self) -> float:
         """Logical CPUs the app holds at its minimum replica counts (what a cluster must offer to start it)."""
-        return sum(d.num_cpus * d.autoscaling.min_replicas
-                   for d in (getattr(self.deployments, n) for n in DEPLOYMENTS))
+        warm = [getattr(self.deployments, n) for n in DEPLOYMENTS]
+        if self.streaming.enabled:
+            warm.append(self.streaming.deployment)
+        return sum(d.num_cpus * d.autoscaling.min_replicas for d in warm)
 
     def job_config(self) -> JobConfig:
         """The stage configuration; corpus/out are unused online, so they name a placeholder folder."""

@@ -97,4 +97,6 @@ def test_serve_command_refuses_a_bad_config_before_starting_ray(tmp_path, capsys
 def test_min_cpus_counts_every_warm_replica():
     s = ServeConfig.load(None, deployments={"asr": {"num_cpus": 2, "autoscaling": {"min_replicas": 3, "max_replicas": 4}}})
     d = s.deployments
-    assert s.min_cpus == d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.vlm.num_cpus
+    stages = d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.vlm.num_cpus
+    assert s.min_cpus == stages + s.streaming.deployment.num_cpus
+    assert ServeConfig.load(None, deployments=s.deployments.model_dump(), streaming={"enabled": False}).min_cpus == stages

@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 import requests
 
-from contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
+from contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
+                                     StreamingSettings)
 from tests.media import make_audio
 from tests.test_serve_api import KEY, free_port
 
@@ -42,7 +43,8 @@ def app(model_cache):
         port=free_port(), model_cache=model_cache, request_timeout_s=20, overload_status=503, retry_after_s=2,
         deployments=Deployments(api=DeploymentSettings(num_cpus=0.2, max_ongoing_requests=16, max_queued_requests=16),
                                 decode=elastic(), asr=elastic(batching=Batching(max_batch_size=4)),
-                                pdf=fixed, vlm=fixed))
+                                pdf=fixed, vlm=fixed),
+        streaming=StreamingSettings(enabled=False))
     url = start(settings, api_key=KEY, num_cpus=4)
     try:
         deadline = time.time() + 240
