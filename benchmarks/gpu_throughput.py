@@ -29,6 +29,7 @@ CPU with the tiny-random models, minutes of video, and skips vLLM when it is not
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -311,6 +312,7 @@ class Work:
         self.video_s = self.audio_s = 0.0
         self.prompt_tokens = self.frames = self.vlm_requests = 0
         self.flops = 0.0
+        self.errors: set[str] = set()
 
     def add_request(self, frames: int, frame_hw: tuple[int, int], text_tokens: int) -> None:
         patches = (frame_hw[0] // 14) * (frame_hw[1] // 14)
@@ -385,7 +387,7 @@ def fixed_transformers_engine(config, tokens: int):
     return engine
 
 
-def bench_stages(config, vlm_tokens: int, asr_tokens: int, vllm: bool):
+def bench_stages(config, vlm_tokens: int, asr_tokens: int):
     """Transcribe and Describe subclasses with fixed-length engines that stamp when they are ready and done."""
     from actors.asr import Transcribe
     from actors.asr_transformers import TransformersWhisperEngine
@@ -407,12 +409,7 @@ def bench_stages(config, vlm_tokens: int, asr_tokens: int, vllm: bool):
 
     class FixedDescribe(Describe):
         def __init__(self, cfg) -> None:
-            if vllm:
-                from actors.vllm_engine import VllmEngine
-                engine = VllmEngine(cfg.profile, cfg.model_cache, fixed_output_tokens=True)
-            else:
-                engine = fixed_transformers_engine(cfg, vlm_tokens)
-            super().__init__(cfg, engine=engine)
+            super().__init__(cfg, engine=fixed_transformers_engine(cfg, vlm_tokens))
             self.ready = time.time()
 
         def __call__(self, batch):
@@ -428,7 +425,7 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
     from actors.decode import DecodeMedia
     from actors.identify import Identify
 
-    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens, vllm=False)
+    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     with GpuSampler() as gpu:
         t0 = time.time()
         identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), \
@@ -445,7 +442,7 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
             asr_s += float(row["asr_wall_s"])
         t_end = time.time()
     return figures(work, t_end - t_ready, t_ready - t0, t_end - t0, asr_s, peak, gpu.figures(mark),
-                   {"errors": _errors_note(work)})
+                   {"errors": sorted(work.errors)})
 
 
 def _count_row(row: dict, work: Work, config) -> None:
@@ -454,13 +451,13 @@ def _count_row(row: dict, work: Work, config) -> None:
     work.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
     if row.get("vlm_engine"):
         work.add_request(int(row["frames_used"]), frames_hw, describe_text_tokens(row, config))
-    work.errors = getattr(work, "errors", []) + ([f"{row['error_stage']}: {row['error'][:160]}"]
-                                                  if row["error"] else [])
+    _note_error(row, work)
 
 
-def _errors_note(work: Work) -> list[str]:
+def _note_error(row: dict, work: Work) -> None:
     """Row errors, deduplicated: with fixed-length decoding the VLM's text is not JSON, which is expected."""
-    return sorted(set(getattr(work, "errors", [])))
+    if row["error"]:
+        work.errors.add(f"{row['error_stage']}: {row['error'][:160]}")
 
 
 def _pipeline_source(corpus: list[str]):
@@ -484,7 +481,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     from actors.identify import Identify
     from flows.routing import KindRouted, as_task
 
-    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens, vllm=False)
+    FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     gpus = 0 if smoke else 1
     with GpuSampler() as gpu:
         t0 = time.time()
@@ -526,7 +523,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         _save_transcripts(rows, keep_rows)
     gpu_s = (t_end - ready) + asr_before_ready
     return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(),
-                   {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": _errors_note(work)})
+                   {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": sorted(work.errors)})
 
 
 def union_s(spans: list[tuple[float, float]]) -> float:
@@ -546,8 +543,7 @@ def _count_vllm_row(row: dict, work: Work, config) -> None:
     if row.get("vlm_engine"):
         text_tokens = _vllm_text_tokens(row, config)
         work.add_request(int(row["frames_used"]), (config.video.frame_size,) * 2, text_tokens)
-    work.errors = getattr(work, "errors", []) + ([f"{row['error_stage']}: {row['error'][:160]}"]
-                                                  if row["error"] else [])
+    _note_error(row, work)
 
 
 def _vllm_text_tokens(row: dict, config) -> int:
@@ -695,10 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm"),
                                **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share})
-    model_dir = str(Path(work_dir / "cache" / "tiny-random" / "qwen2_5_vl")) if smoke else vlm_dir
-    if smoke:
-        from actors.vllm_engine import model_path
-        model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)
+    from actors.vllm_engine import model_path
+
+    model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)  # builds tiny-random when smoking
     result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "fps_sampled": flow_cfg.video.fps,
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
@@ -708,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                        "prefix_caching": "vLLM default (on); no two requests share frames"}
     save()
 
-    have_vllm = importlib_util_find("vllm")
+    have_vllm = importlib.util.find_spec("vllm") is not None
     import ray
 
     # Logical CPUs are accounting: each actor holds one, so small machines need headroom for the tasks.
@@ -752,12 +747,6 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     print_table(result)
     return 0
-
-
-def importlib_util_find(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def print_table(result: dict) -> None:
