@@ -21,7 +21,7 @@ from actors.vlm_engine import VlmRequest, messages
 from contracts.config import ModelsProfile, VlmEngineOptions
 
 # Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
-_TINY_GPU_MEMORY = 0.2
+_TINY_GPU_MEMORY = 0.1
 
 
 def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:

@@ -121,17 +121,26 @@ def test_transformers_whisper_transcribes_speech_chunks_on_cpu(tmp_path, model_c
 
 # -- on a GPU ---------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def vllm_engine(model_cache):
+    """One tiny vLLM engine for the module: each holds a share of the GPU until its process ends."""
+    from actors.vllm_engine import VllmEngine
+
+    config = JobConfig.build(corpus="/tmp", out="/tmp/out", model_cache=model_cache)
+    return VllmEngine(config.profile, model_cache)
+
+
 @pytest.mark.gpu
 @needs_vllm
-def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp_path, model_cache):
+def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp_path, model_cache, vllm_engine):
     from transformers import AutoProcessor
 
-    from actors.vllm_engine import VllmEngine, model_path
+    from actors.vllm_engine import model_path
     from actors.vlm_answer import validate
     from actors.vlm_engine import VlmRequest, messages
 
     config = _config(tmp_path, model_cache)
-    engine = VllmEngine(config.profile, model_cache)
+    engine = vllm_engine
     row = _video_row(n_frames=4)
     req = VlmRequest(row["frames"], row["frame_ts"], "system", "describe", schema_for(row["frame_ts"], 256), 256)
     [raw] = engine.generate([req])
@@ -144,11 +153,9 @@ def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp
 
 @pytest.mark.gpu
 @needs_vllm
-def test_describe_runs_on_the_vllm_engine(tmp_path, model_cache):
-    from actors.vllm_engine import VllmEngine
-
+def test_describe_runs_on_the_vllm_engine(tmp_path, model_cache, vllm_engine):
     config = _config(tmp_path, model_cache)
-    stage = Describe(config, engine=VllmEngine(config.profile, model_cache))
+    stage = Describe(config, engine=vllm_engine)
     row = _video_row(n_frames=6, segments=5)
     out = stage({k: _cell_column(v) for k, v in row.items()})
     assert out["error"][0] == "", out["error"][0]
