@@ -16,7 +16,7 @@ import numpy as np
 from actors.device import accelerator, torch_device
 from actors.model_store import resolve
 from actors.tiny_whisper import build_wav2vec2, build_whisper_ct2
-from contracts.config import JobConfig, ModelsProfile
+from contracts.config import StageConfig, ModelsProfile
 from contracts.stage import Batch, StageContract, StageFailure, run_rows
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class AsrResult:
 
 
 class AsrEngine(Protocol):
-    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: JobConfig)``; called from one thread at a time."""
+    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: StageConfig)``; called from one thread at a time."""
 
     def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
         """Transcribe 16 kHz mono float32 ``pcm``; ``language`` forces a code, None detects it."""
@@ -62,7 +62,7 @@ class Transcribe:
         drops=("pcm",),
     )
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(self, config: StageConfig) -> None:
         self._language = config.asr.language
         self._accelerator = accelerator()
         self._engine = load_engine(config.profile, config)
@@ -83,7 +83,7 @@ class Transcribe:
         return _columns(result, duration)
 
 
-def load_engine(profile: ModelsProfile, config: JobConfig) -> AsrEngine:
+def load_engine(profile: ModelsProfile, config: StageConfig) -> AsrEngine:
     """The engine the profile names; the transformers one is imported only when asked for."""
     if profile.asr_engine == "transformers":
         from actors.asr_transformers import TransformersWhisperEngine
@@ -125,7 +125,7 @@ class WhisperXEngine:
     Not thread-safe (whisperX's pipeline keeps per-call state, its tokenizer); Transcribe serialises calls.
     """
 
-    def __init__(self, profile: ModelsProfile, config: JobConfig) -> None:
+    def __init__(self, profile: ModelsProfile, config: StageConfig) -> None:
         import whisperx
 
         self._device = torch_device()

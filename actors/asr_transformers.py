@@ -17,7 +17,7 @@ from actors.asr import SAMPLE_RATE, AsrResult, TimedText
 from actors.device import torch_device
 from actors.model_store import resolve
 from actors.tiny_whisper import build_whisper_hf
-from contracts.config import JobConfig, ModelsProfile
+from contracts.config import StageConfig, ModelsProfile
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class TransformersWhisperEngine:
     ignored), so that runs compare equal work whatever a random-weight model would emit.
     """
 
-    def __init__(self, profile: ModelsProfile, config: JobConfig, fixed_output_tokens: int | None = None) -> None:
+    def __init__(self, profile: ModelsProfile, config: StageConfig, fixed_output_tokens: int | None = None) -> None:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 

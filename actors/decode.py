@@ -17,7 +17,7 @@ import av.error
 import numpy as np
 
 from contracts import storage
-from contracts.config import JobConfig, VideoConfig
+from contracts.config import StageConfig, VideoConfig
 from contracts.stage import Batch, StageContract, StageFailure, run_rows
 
 PCM_RATE = 16000
@@ -124,7 +124,7 @@ class DecodeMedia:
                 "shot_ts": "tensor[float64]", "iframe_ts": "tensor[float64]", "pcm": "tensor[float32]",
                 "has_audio": "bool"})
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: StageConfig):
         self.video = config.video
         self.frames_decoded = 0  # video frames decoded so far by this instance: sampling cost, for tests and metrics
 

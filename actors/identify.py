@@ -16,7 +16,7 @@ import av.error
 
 from actors.decode import open_media, picture_streams
 from contracts import storage
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import Batch, StageContract, finish
 
 CHUNK = 4 << 20
@@ -147,7 +147,7 @@ class Identify:
     contract = StageContract(name="identify", reads=("uri", "bytes"),
                              writes={"asset_id": "str", "kind": "str", "format": "str"})
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: StageConfig):
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:

@@ -12,7 +12,7 @@ import numpy as np
 import pymupdf
 
 from contracts import storage
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import Batch, StageContract, StageFailure, run_rows
 
 _EOF_MARKER = b"%%EOF"
@@ -54,7 +54,7 @@ class ExtractPdf:
                              writes={"pages": "int64", "page_text": "list[str]", "page_images": "tensor[int32]",
                                      "pdf_meta_json": "str"})
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: StageConfig):
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:

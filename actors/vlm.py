@@ -23,7 +23,7 @@ from actors.vlm_answer import AnswerError, AskAnswer, VideoAnswer, ask_schema_fo
 from actors.vlm_engine import VlmEngine, VlmRequest, load_engine
 from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, ask_task, final_task, retry_note, \
     transcript_text, user_text, window_task
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import Batch, StageContract, StageFailure, finish
 
 # Prompt tokens held back for the note a retry adds, so a retried prompt still fits the context.
@@ -100,7 +100,7 @@ class Describe:
         drops=("frames",),
     )
 
-    def __init__(self, config: JobConfig, engine: VlmEngine | None = None):
+    def __init__(self, config: StageConfig, engine: VlmEngine | None = None):
         self.config = config.vlm
         self.engine = engine or load_engine(config.profile, config.model_cache)
         self.accelerator = accelerator()

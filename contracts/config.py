@@ -149,9 +149,13 @@ class ConfigError(ValueError):
     """A job config a person must fix; the message says what and where."""
 
 
-class JobConfig(_Strict):
-    corpus: str = Field(description="local folder or s3://bucket/prefix to read")
-    out: str = Field(description="local folder or s3://bucket/prefix to write the tables to")
+class StageConfig(_Strict):
+    """What the stage classes need: models, sampling, ASR/VLM settings, resources, prices.
+
+    The batch job (:class:`JobConfig`) and the online API (contracts/serve_config.py) both hand one to
+    the same stage classes.
+    """
+
     models: str = Field("tiny-random", description="built-in profile name or a profile YAML file")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
@@ -160,18 +164,6 @@ class JobConfig(_Strict):
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
                                            description="on-demand price per accelerator type and per CPU core")
     model_cache: str = Field("~/.cache/corpusflow/models", description="per-node folder for synced and generated models")
-
-    @field_validator("corpus", "out")
-    @classmethod
-    def _location(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("must not be empty")
-        if "://" in v and not v.startswith(("s3://", "file://")):
-            raise ValueError(f"{v!r}: use a local folder or s3://bucket/prefix")
-        if v.startswith("s3://") and len(v) <= len("s3://"):
-            raise ValueError(f"{v!r}: name a bucket")
-        return v
 
     @field_validator("models")
     @classmethod
@@ -189,6 +181,25 @@ class JobConfig(_Strict):
                  "video": self.video.model_dump(mode="json"), "asr": self.asr.model_dump(mode="json"),
                  "vlm": self.vlm.model_dump(mode="json")}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class JobConfig(StageConfig):
+    """A batch job: the stage settings plus where the corpus is and where the tables go."""
+
+    corpus: str = Field(description="local folder or s3://bucket/prefix to read")
+    out: str = Field(description="local folder or s3://bucket/prefix to write the tables to")
+
+    @field_validator("corpus", "out")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        if "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError(f"{v!r}: use a local folder or s3://bucket/prefix")
+        if v.startswith("s3://") and len(v) <= len("s3://"):
+            raise ValueError(f"{v!r}: name a bucket")
+        return v
 
     @classmethod
     def build(cls, config_file: Optional[str] = None, **overrides: Any) -> "JobConfig":

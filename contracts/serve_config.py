@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contracts.config import AsrConfig, ConfigError, JobConfig, VideoConfig, VlmConfig, load_profile
+from contracts.config import AsrConfig, ConfigError, StageConfig, VideoConfig, VlmConfig, load_profile
 
 DEPLOYMENTS = ("api", "decode", "pdf", "asr", "vlm")
 
@@ -105,7 +105,7 @@ class StreamingSettings(_Strict):
 
 
 class ServeConfig(_Strict):
-    """Everything the online endpoint needs; what the stages see is :meth:`job_config`."""
+    """Everything the online endpoint needs; what the stages see is :meth:`stage_config`."""
 
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
     port: int = Field(8000, ge=1, le=65535)
@@ -149,10 +149,10 @@ class ServeConfig(_Strict):
             warm.append(self.streaming.deployment)
         return sum(d.num_cpus * d.autoscaling.min_replicas for d in warm)
 
-    def job_config(self) -> JobConfig:
-        """The stage configuration; corpus/out are unused online, so they name a placeholder folder."""
-        return JobConfig(corpus="online", out="online", models=self.models, video=self.video, asr=self.asr,
-                         vlm=self.vlm, model_cache=self.model_cache)
+    def stage_config(self) -> StageConfig:
+        """What the stage classes see: the same settings type the batch job hands them."""
+        return StageConfig(models=self.models, video=self.video, asr=self.asr, vlm=self.vlm,
+                           model_cache=self.model_cache)
 
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides: Any) -> "ServeConfig":

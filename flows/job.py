@@ -22,7 +22,8 @@ import pyarrow as pa
 from contracts import storage
 from contracts.config import JobConfig, StageResources
 from contracts.stage import Batch
-from flows.commit import STAGES, batch_key, commit, committed_keys, remove_orphans, rows_for_batch, status_of
+from contracts.rows import STAGES, rows_for_batch, status_of
+from flows.commit import batch_key, commit, committed_keys, remove_orphans
 from flows.routing import KindRouted, as_task
 
 MEDIA = ("video", "audio")

@@ -22,18 +22,10 @@ import pyarrow as pa  # noqa: E402
 
 from contracts import storage  # noqa: E402
 from contracts.placement import STAGES  # noqa: E402
-from contracts.schemas import TABLES  # noqa: E402
+from flows.commit import read_table  # noqa: E402
 
 _COLORS = {"cpu": "#8c8c8c", "A10G": "#2b8cbe", "H100": "#e6550d", "H200": "#a63603", "A100": "#31a354",
            "L4": "#756bb1"}
-
-
-def read_table(out: str, table: str) -> pa.Table:
-    """Every committed Parquet file of ``OUT/<table>/`` as one table (empty with the schema if none)."""
-    uri = storage.join(out, table)
-    parts = [storage.read_parquet(storage.join(uri, n)) for n in storage.list_parquet(uri)]
-    schema = TABLES[table]
-    return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import Batch, empty_value, finish
 
 _INSTANCES: dict[tuple[type, str], Any] = {}
@@ -18,7 +18,7 @@ _INSTANCES: dict[tuple[type, str], Any] = {}
 class KindRouted:
     """Wrap a stage class so it runs on rows whose ``kind`` is in ``kinds`` and that have not failed."""
 
-    def __init__(self, stage_cls: type, config: JobConfig, kinds: tuple[str, ...]):
+    def __init__(self, stage_cls: type, config: StageConfig, kinds: tuple[str, ...]):
         self.stage = stage_cls(config)
         self.contract = stage_cls.contract
         self.kinds = kinds
@@ -44,7 +44,7 @@ class KindRouted:
         return finish(self.contract, batch, cols, stages, errors)
 
 
-def as_task(stage_cls: type, config: JobConfig, kinds: tuple[str, ...] | None) -> Callable[[Batch], Batch]:
+def as_task(stage_cls: type, config: StageConfig, kinds: tuple[str, ...] | None) -> Callable[[Batch], Batch]:
     """A plain function for Ray tasks; the stage is built once per worker process and reused.
 
     ``kinds=None`` runs the stage on every row (identify, which decides the kind).

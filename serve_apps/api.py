@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.serve_config import ServeConfig
 from contracts.stage import Batch
-from flows.commit import rows_for_batch
+from contracts.rows import rows_for_batch
 from serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
 from serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
 from serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
@@ -121,8 +121,8 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
     when no API key is configured (it fails closed)."""
     digests = load_api_keys(settings.api_keys_env, settings.api_keys_file)
     registry = CollectorRegistry()
-    fingerprint = settings.job_config().fingerprint()
-    prices = settings.job_config().usd_per_hour
+    fingerprint = settings.stage_config().fingerprint()
+    prices = settings.stage_config().usd_per_hour
     app = FastAPI(title="corpusflow", version=API_VERSION, max_body_size=settings.max_request_bytes,
                   description="Video, audio and PDF analysis with the same stages and row shapes as the batch tables.")
     app.add_middleware(RequireApiKey, header=settings.api_key_header, digests=digests)

@@ -42,7 +42,7 @@ class Ingress:
 
 def build_app(settings: ServeConfig) -> Application:
     """The bound application: every deployment's resources, queues and autoscaling from ``settings``."""
-    job = settings.job_config().model_dump(mode="json")
+    job = settings.stage_config().model_dump(mode="json")
     bound: dict[str, Any] = {}
     for name, stage in STAGES.items():
         d = getattr(settings.deployments, name)

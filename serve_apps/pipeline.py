@@ -56,7 +56,7 @@ class Pipeline:
 
     def __init__(self, settings: ServeConfig, handles: dict[str, DeploymentHandle]):
         self.settings = settings
-        self.identifier = load_stage("actors.identify.Identify", settings.job_config())
+        self.identifier = load_stage("actors.identify.Identify", settings.stage_config())
         self.handles = handles
         self.overload_headers = {"Retry-After": str(settings.retry_after_s)}
 

@@ -18,11 +18,11 @@ from typing import Any, Optional
 import numpy as np
 from ray import serve
 
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import Batch, StageFailure, tensor_column
 
 
-def load_stage(path: str, config: JobConfig) -> Any:
+def load_stage(path: str, config: StageConfig) -> Any:
     """An instance of the stage class named ``module.Class`` (e.g. ``actors.asr.Transcribe``)."""
     module, name = path.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)(config)
@@ -85,7 +85,7 @@ class StageServer:
     """A stage behind a handle, one request at a time per replica (decode, PDF)."""
 
     def __init__(self, stage: str, config: dict[str, Any]):
-        self.stage = load_stage(stage, JobConfig.model_validate(config))
+        self.stage = load_stage(stage, StageConfig.model_validate(config))
         self.lock = asyncio.Lock()
 
     async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
@@ -103,7 +103,7 @@ class BatchedStageServer:
     """A stage whose concurrent requests are gathered into one call (ASR, VLM); also serves ``ask``."""
 
     def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
-        self.stage = load_stage(stage, JobConfig.model_validate(config))
+        self.stage = load_stage(stage, StageConfig.model_validate(config))
         self.lock = asyncio.Lock()
         self._gather.set_max_batch_size(max_batch_size)
         self._gather.set_batch_wait_timeout_s(batch_wait_timeout_s)

@@ -6,7 +6,8 @@ import pytest
 from contracts import storage
 from contracts.schemas import SchemaError, conform
 from contracts.stage import list_column, tensor_column
-from flows.commit import batch_key, commit, committed_keys, read_table, remove_orphans, rows_for_batch
+from contracts.rows import rows_for_batch
+from flows.commit import batch_key, commit, committed_keys, read_table, remove_orphans
 
 PRICES = {"cpu": 0.05, "H100": 6.88}
 
