@@ -143,10 +143,17 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
 
 
 def init_ray(address: Optional[str]) -> None:
-    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage."""
+    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage.
+
+    Under ``ray job submit`` (``RAY_ADDRESS`` set, code shipped by ``--working-dir``) it joins that
+    cluster as it is.
+    """
     import ray
 
     if ray.is_initialized():
+        return
+    if not address and os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
         return
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "TRANSFORMERS_"))}}
     if address:
