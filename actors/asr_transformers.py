@@ -17,7 +17,7 @@ from actors.asr import SAMPLE_RATE, AsrResult, TimedText
 from actors.device import torch_device
 from actors.model_store import resolve
 from actors.tiny_whisper import build_whisper_hf
-from contracts.config import StageConfig, ModelsProfile
+from contracts.config import ModelsProfile, StageConfig
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from actors.vlm_answer import AnswerError, schema_for, validate
 from actors.vlm_engine import frame_label
 from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
 from actors.vllm_engine import engine_kwargs, model_path, sampling_params
-from contracts.config import JobConfig
+from contracts.config import StageConfig
 from contracts.stage import StageFailure
 
 # Qwen2.5-VL: 14-px patches merged 2×2, so one token per 28×28 pixels, plus vision start/end tokens.
@@ -55,7 +55,7 @@ def _budget_frames(frames: np.ndarray, budget: int) -> np.ndarray:
     return _even(len(frames), max(1, budget // per_frame))
 
 
-def build_request(row: dict[str, Any], config: JobConfig) -> dict[str, Any]:
+def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
     """Chat messages (frames as images after their timestamps, then the text) and sampling params.
 
     Token counts are bounded by UTF-8 bytes (a byte-level BPE never spends more tokens than bytes),
@@ -93,7 +93,7 @@ def build_request(row: dict[str, Any], config: JobConfig) -> dict[str, Any]:
             "schema": schema_for(shown, config.vlm.max_new_tokens)}
 
 
-def _accelerator(config: JobConfig) -> str:
+def _accelerator(config: StageConfig) -> str:
     """The GPU type the engine actors are placed on (the job's vlm resources), else this process's."""
     from actors.device import accelerator
 
@@ -103,7 +103,7 @@ def _accelerator(config: JobConfig) -> str:
 class _Prompt:
     """Processor preprocess: our row → Ray's request columns, keeping our columns (frames dropped)."""
 
-    def __init__(self, config: JobConfig, fixed_output_tokens: bool):
+    def __init__(self, config: StageConfig, fixed_output_tokens: bool):
         self.config, self.fixed = config, fixed_output_tokens
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
     return out
 
 
-def processor_config(config: JobConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
+def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
     """Ray's vLLM processor config: our engine shape for the vlm actors' GPU type, images parsed on CPUs.
 
     A row is a whole video's prompt (tens of thousands of tokens), so batches are small and many are
@@ -185,7 +185,7 @@ def processor_config(config: JobConfig, batch_size: int = 2, max_concurrent_batc
     )
 
 
-def describe_with_vllm(ds, config: JobConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
+def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
                        max_concurrent_batches: int = 8):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
