@@ -155,7 +155,7 @@ def finish(contract: StageContract, batch: Batch, out_cols: Mapping[str, list[An
            stages: list[str], errors: list[str]) -> Batch:
     """Assemble the output batch: pass-through columns, written columns, errors; drop what it drops."""
     n = len(errors)
-    out: Batch = {k: v for k, v in batch.items() if k not in contract.drops}
+    out: Batch = {k: _as_lists(v) for k, v in batch.items() if k not in contract.drops}
     for c, values in out_cols.items():
         kind = {**contract.writes, **contract.metric_columns}[c]
         if kind.startswith("tensor["):
@@ -171,6 +171,20 @@ def finish(contract: StageContract, batch: Batch, out_cols: Mapping[str, list[An
     out["error"] = np.asarray(errors, dtype=str) if n else np.asarray([], dtype="U1")
     contract.check_output(out, n)
     return out
+
+
+def _as_lists(column: np.ndarray) -> np.ndarray:
+    """Turn list<string> cells that Ray handed over as object ndarrays back into Python lists.
+
+    Passed through as ndarrays, Ray would mistake them for tensors of Python objects and pickle the
+    column; as lists of str they convert to Arrow list<string> again.
+    """
+    if column.dtype != object or not len(column):
+        return column
+    first = column[0]
+    if isinstance(first, np.ndarray) and first.dtype.kind in "OUS":
+        return list_column([[str(x) for x in cell] for cell in column])
+    return column
 
 
 class StageFailure(Exception):

@@ -114,8 +114,12 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     return commit_batch
 
 
-def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str):
-    """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated)."""
+def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
+                  commit_rows: bool = True):
+    """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
+
+    ``commit_rows=False`` stops before the commit step, exposing the stages' columns.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -139,6 +143,8 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
         ds = ds.map_batches(KindRouted, fn_constructor_args=(stage_cls, config, kinds), batch_format="numpy",
                             compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
                             **_remote_args(res))
+    if not commit_rows:
+        return ds
     return ds.map_batches(_committer(config, job_id), batch_format="numpy", **_remote_args(r.commit))
 
 

@@ -96,6 +96,23 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     assert read_table(str(out), "assets").num_rows == 10
 
 
+def test_stage_columns_are_arrow_native(corpus, tmp_path, model_cache):
+    """Frames, PCM, segments and pages cross the stages as Arrow types, never pickled objects."""
+    from contracts.config import JobConfig
+    from flows.job import build_dataset, init_ray
+
+    config = JobConfig.build(_config(tmp_path, model_cache), corpus=str(corpus), out=str(tmp_path / "o"))
+    init_ray(None)
+    ds = build_dataset(config, storage.list_files(str(corpus)), set(), "schema-check", commit_rows=False)
+    schema = ds.materialize().schema()
+    kinds = {n: str(t) for n, t in zip(schema.names, schema.types)}
+    assert not [n for n, t in kinds.items() if "object" in t.lower() or "pickle" in t.lower()], kinds
+    # Arrow types an all-empty list column list<null>; it unifies with list<string>.
+    assert kinds["seg_text"] in ("list<item: string>", "list<item: null>")
+    assert kinds["page_text"] == "list<item: string>"
+    assert "Tensor" in kinds["chapter_start"] and "frames" not in kinds and "pcm" not in kinds
+
+
 def test_a_killed_job_rerun_completes_without_loss_or_duplicates(corpus, tmp_path, model_cache):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "flows", "run", str(corpus), "--out", str(out),
