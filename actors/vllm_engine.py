@@ -30,7 +30,9 @@ def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
     ``tiny`` (the tiny-random model of the tests) skips compilation and CUDA graphs, which would
     take longer than everything the tests run.
     """
+    sized = {"kv_cache_memory_bytes": opts.kv_cache_memory_bytes} if opts.kv_cache_memory_bytes else {}
     return {
+        **sized,
         "enforce_eager": tiny,
         "dtype": opts.dtype,
         "max_model_len": opts.max_model_len,

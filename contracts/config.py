@@ -32,6 +32,9 @@ class VlmEngineOptions(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take")
     max_frames: int = Field(64, ge=1, description="frame budget of one VLM context on this device")
     max_num_seqs: int = Field(8, ge=1, description="vLLM: concurrent sequences")
+    kv_cache_memory_bytes: Optional[int] = Field(
+        None, gt=0, description="vLLM: KV cache size; set it when other actors share the GPU (their memory "
+        "changes while vLLM profiles, and gpu_memory_utilization then fails its start-up check)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="transformers attention kernel; auto picks per GPU and what is installed")
 
@@ -40,7 +43,8 @@ class ModelsProfile(_Strict):
     """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, or ``tiny-random``."""
 
     name: str
-    asr: str = Field(description="Whisper converted to CTranslate2 (faster-whisper format)")
+    asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
+                                 "a transformers checkpoint for asr_engine=transformers")
     align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
     asr_engine: Literal["whisperx", "transformers"] = Field(

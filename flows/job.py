@@ -139,10 +139,17 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
         ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     ds = ds.map_batches(as_task(DecodeMedia, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
     ds = ds.map_batches(as_task(ExtractPdf, config, ("pdf",)), batch_format="numpy", **_remote_args(r.pdf))
-    for stage_cls, kinds, res in ((Transcribe, MEDIA, r.asr), (Describe, ("video",), r.vlm)):
+    stages = [(Transcribe, MEDIA, r.asr)]
+    if config.profile.vlm_engine == "transformers":
+        stages.append((Describe, ("video",), r.vlm))
+    for stage_cls, kinds, res in stages:
         ds = ds.map_batches(KindRouted, fn_constructor_args=(stage_cls, config, kinds), batch_format="numpy",
                             compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
                             **_remote_args(res))
+    if config.profile.vlm_engine == "vllm":
+        from flows.vllm_stage import describe_with_vllm  # Ray's ray.data.llm processor, wrapped
+
+        ds = describe_with_vllm(ds, config)
     if not commit_rows:
         return ds
     return ds.map_batches(_committer(config, job_id), batch_format="numpy", **_remote_args(r.commit))

@@ -110,12 +110,13 @@ class _Prompt:
         kept = {k: v for k, v in row.items() if k not in Describe.contract.drops}
         limit = self.config.vlm.max_new_tokens
         failed = ""
-        if not row["error"]:
+        live = not row["error"] and row["kind"] == "video"  # audio and PDF rows share the stream
+        if live:
             try:
                 req = build_request(row, self.config)
             except StageFailure as e:
                 failed = str(e)
-        if row["error"] or failed:  # one token of no consequence keeps the row in the stream
+        if not live or failed:  # one token of no consequence keeps the row in the stream
             req = {"messages": [{"role": "user", "content": [{"type": "text", "text": "-"}]}], "shown_ts": np.zeros(0), "duration": 0.0,
                    "schema": {"type": "string"}}
             limit = 1
@@ -130,6 +131,8 @@ class _Prompt:
 def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
     """Processor output row → our columns plus Describe's, with the answer validated."""
     out = {k: row[k] for k in json.loads(row[_KEEP])}
+    if out["kind"] != "video" and not out["error"]:
+        return {**out, **_not_described(accel)}
     raw = str(row.get("generated_text") or "")
     shown = np.asarray(row["_cf_shown_ts"], dtype=np.float64)
     error = "" if out["error"] else (row.get("_cf_failed") or "")
@@ -160,6 +163,14 @@ def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
         "vlm_accel": accel,
     })
     return out
+
+
+def _not_described(accel: str) -> dict[str, Any]:
+    """Describe's columns for a row that is not a video: empty, and no metrics row (NaN time)."""
+    return {"summary": "", "chapter_start": np.zeros(0), "chapter_end": np.zeros(0), "chapter_title": [],
+            "keyframe_ts": np.zeros(0), "keyframe_caption": [], "vlm_raw": "", "vlm_model": "", "vlm_engine": "",
+            "vlm_attempts": 0, "vlm_windows": 0, "frames_used": 0, "vlm_wall_s": float("nan"),
+            "vlm_device_s": float("nan"), "vlm_accel": ""}
 
 
 def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
