@@ -1,6 +1,6 @@
 """Side-by-side GPU throughput: a naive per-video loop, Ray's ray.data.llm vLLM processor, corpusflow's pipeline.
 
-One script, one corpus, one GPU (run on the lent H200; see docs/bench_gpu.md for the command):
+One script, one corpus, one GPU (run on the lent H200; see docs/benchmarks.md for the command):
 
 1. generates N long videos with speech (PyAV: tiny picture at 1 fps, 16 kHz audio looped from a
    speech clip with random offsets, so no two videos share a frame or a second of audio);
