@@ -12,13 +12,7 @@ from actors.streaming.recall import ClusterRecall
 from actors.streaming.window import StreamWindow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only add contention on shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 8
@@ -74,7 +68,7 @@ def test_window_stays_bounded_over_10000_seconds():
     sizes, positions, mem = [], [], set()
     for t in range(10_000):
         meta = _second(t, order, segment, sink_left)
-        pos = w.plan(meta)
+        w.plan(meta)
         for layer in range(LAYERS):
             k = torch.randn(KV_HEADS, len(meta), HEAD_DIM)
             w.write(layer, k, torch.randn_like(k), k)

@@ -13,13 +13,7 @@ from actors.streaming.recall import ClusterRecall, FrameRecall
 from tests.test_streaming_cache import assert_contiguous
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only add contention on shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LAYERS, KV_HEADS, HEAD_DIM, TOKENS = 3, 2, 16, 6
