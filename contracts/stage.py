@@ -112,10 +112,6 @@ def empty_value(kind: str) -> Any:
     return {"str": "", "int64": 0, "int32": 0, "float64": float("nan"), "bool": False, "list[str]": []}[kind]
 
 
-def failed(batch: Mapping[str, np.ndarray], i: int) -> bool:
-    return bool(batch["error"][i])
-
-
 def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]], dict[str, Any]],
              accelerator: str = "cpu", empty: Mapping[str, Any] | None = None) -> Batch:
     """Apply ``fn`` to each row that has not failed; catch a row's exception into its error columns.
