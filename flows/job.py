@@ -199,7 +199,8 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     init_ray(address)
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray's per-operator bars help at a terminal; in logs our one line per committed file is enough.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     stage_s: dict[str, float] = defaultdict(float)
     statuses: Counter = Counter()
     kinds: Counter = Counter()
