@@ -143,7 +143,9 @@ class StageResources(_Strict):
 class Resources(_Strict):
     identify: StageResources = StageResources(num_cpus=1, batch_size=4)
     decode: StageResources = StageResources(num_cpus=1)
-    asr: StageResources = StageResources(num_cpus=1)
+    # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the
+    # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)
+    asr: StageResources = StageResources(num_cpus=2)
     vlm: StageResources = StageResources(num_cpus=1)
     pdf: StageResources = StageResources(num_cpus=1, batch_size=4)
     commit: StageResources = StageResources(num_cpus=0.5, batch_size=8)
