@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ from actors.device import accelerator, torch_device
 from actors.model_store import resolve
 from actors.tiny_whisper import build_wav2vec2, build_whisper_ct2
 from contracts.config import StageConfig, ModelsProfile
-from contracts.stage import Batch, StageContract, StageFailure, run_rows
+from contracts.stage import Batch, StageContract, StageFailure, finish
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,21 @@ class AsrResult:
 
 
 class AsrEngine(Protocol):
-    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: StageConfig)``; called from one thread at a time."""
+    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: StageConfig)``; called from one thread at a time.
+
+    An engine that can decode several tracks together also offers ``transcribe_many(pcms, language)
+    -> list[AsrResult]`` (one result per track, in order); see :func:`transcribe_many`.
+    """
 
     def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
         """Transcribe 16 kHz mono float32 ``pcm``; ``language`` forces a code, None detects it."""
         ...
+
+
+def transcribe_many(engine: AsrEngine, pcms: list[np.ndarray], language: str | None) -> list[AsrResult]:
+    """The engine's ``transcribe_many`` where it has one, else its tracks one after another."""
+    many = getattr(engine, "transcribe_many", None)
+    return many(pcms, language) if many else [engine.transcribe(pcm, language) for pcm in pcms]
 
 
 class Transcribe:
@@ -69,18 +80,65 @@ class Transcribe:
         self._lock = threading.Lock()
 
     def __call__(self, batch: Batch) -> Batch:
-        # Serve may call from several threads; engines keep per-call state and one track fills the
+        # Serve may call from several threads; engines keep per-call state and one batch fills the
         # device, so batches take turns. Timing inside the lock makes device seconds the seconds a
         # row held the model, not the seconds it queued for it.
         with self._lock:
-            return run_rows(self.contract, batch, self._row, accelerator=self._accelerator,
-                            empty=_columns(AsrResult(""), 0.0))
+            n = self.contract.check_input(batch)
+            errors, stages = list(batch["error"]), list(batch["error_stage"])
+            pcms: dict[int, np.ndarray] = {}
+            for i in range(n):
+                if not errors[i]:
+                    try:
+                        pcms[i] = _checked_pcm(batch["pcm"][i])
+                    except StageFailure as e:
+                        stages[i], errors[i] = self.contract.name, str(e)
+            heard, seconds = self._hear(pcms)
+            out: dict[str, list[Any]] = {c: [] for c in (*self.contract.writes, *self.contract.metric_columns)}
+            for i in range(n):
+                got = heard.get(i)
+                if isinstance(got, Exception):
+                    stages[i], errors[i] = self.contract.name, _message(got)
+                values = _columns(got if isinstance(got, AsrResult) else AsrResult(""),
+                                  len(pcms[i]) / SAMPLE_RATE if i in pcms else 0.0)
+                for c in self.contract.writes:
+                    out[c].append(values[c])
+                out[f"{self.contract.name}_wall_s"].append(seconds.get(i, 0.0))
+                out[f"{self.contract.name}_device_s"].append(seconds.get(i, 0.0))
+                out[f"{self.contract.name}_accel"].append(self._accelerator)
+            return finish(self.contract, batch, out, stages, errors)
 
-    def _row(self, row: dict[str, Any]) -> dict[str, Any]:
-        pcm = _checked_pcm(row["pcm"])
-        duration = len(pcm) / SAMPLE_RATE
-        result = self._engine.transcribe(pcm, self._language) if len(pcm) else AsrResult("")
-        return _columns(result, duration)
+    def _hear(self, pcms: dict[int, np.ndarray]) -> tuple[dict[int, AsrResult | Exception], dict[int, float]]:
+        """Every row's result (or exception) and its model seconds, rows keyed by batch index.
+
+        All audible rows go to the engine together, so it can decode their speech in shared batches;
+        each row is charged a share of that time in proportion to its length. If the shared call
+        fails, the rows are retried one by one so that a failure lands on the row that caused it.
+        """
+        heard: dict[int, AsrResult | Exception] = {i: AsrResult("") for i in pcms}
+        audible = {i: pcm for i, pcm in pcms.items() if len(pcm)}
+        if not audible:
+            return heard, {}
+        t0 = time.perf_counter()
+        try:
+            heard.update(zip(audible, transcribe_many(self._engine, list(audible.values()), self._language)))
+            failed = False
+        except Exception as e:  # noqa: BLE001 - retried row by row below
+            log.warning("transcribing %d rows together failed (%s: %s); retrying them one by one",
+                        len(audible), type(e).__name__, e)
+            failed = True
+        spent = time.perf_counter() - t0
+        total = sum(len(pcm) for pcm in audible.values())
+        seconds = {i: spent * len(pcm) / total for i, pcm in audible.items()}
+        if failed:
+            for i, pcm in audible.items():
+                t0 = time.perf_counter()
+                try:
+                    heard[i] = self._engine.transcribe(pcm, self._language)
+                except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
+                    heard[i] = e
+                seconds[i] += time.perf_counter() - t0
+        return heard, seconds
 
 
 def load_engine(profile: ModelsProfile, config: StageConfig) -> AsrEngine:
@@ -102,6 +160,11 @@ def _checked_pcm(pcm: Any) -> np.ndarray:
     return pcm
 
 
+def _message(e: Exception) -> str:
+    """What a failed row's ``error`` says: a StageFailure's own sentence, else the exception and its type."""
+    return str(e) if isinstance(e, StageFailure) else f"{type(e).__name__}: {e}"
+
+
 def _columns(result: AsrResult, duration: float) -> dict[str, Any]:
     """Sorted spans clamped to [0, duration], as the contract's columns."""
     segs, words = _spans(result.segments, duration), _spans(result.words, duration)
@@ -119,10 +182,22 @@ def _spans(spans: list[TimedText], duration: float) -> tuple[np.ndarray, np.ndar
             [k[2] for k in kept])
 
 
+@dataclass
+class _Track:
+    """One track on its way through shared decoding: its language, VAD chunks (whisperX's dicts, in seconds) and their texts."""
+
+    pcm: np.ndarray
+    language: str
+    chunks: list[dict]
+    texts: list[str] = field(default_factory=list)
+
+
 class WhisperXEngine:
     """whisperX: Silero VAD → batched faster-whisper (CTranslate2) over merged speech chunks → wav2vec2 word alignment.
 
-    Not thread-safe (whisperX's pipeline keeps per-call state, its tokenizer); Transcribe serialises calls.
+    The chunks of all tracks handed over together share decoder batches (whisperX alone batches only
+    within one track), so concurrent short requests fill the batch a long file would.
+    Not thread-safe (whisperX's model keeps per-call state); Transcribe serialises calls.
     """
 
     def __init__(self, profile: ModelsProfile, config: StageConfig) -> None:
@@ -130,14 +205,13 @@ class WhisperXEngine:
 
         self._device = torch_device()
         self._batch_size = config.asr.batch_size
-        self._chunk_s = config.asr.chunk_s
-        self._vad = _silero_vad(config.asr.vad_onset, config.asr.vad_offset, config.asr.chunk_s)
+        self._vad = _SileroVad(config.asr.vad_onset, config.asr.vad_offset, config.asr.chunk_s)
         model_dir = resolve(profile.asr, "whisper-ct2", config.model_cache, build_tiny=build_whisper_ct2)
+        # whisperX's own transcribe() is not used (it batches one track); the VAD given here only
+        # keeps load_model from loading pyannote's, which needs a download.
         self._pipeline = whisperx.load_model(
             model_dir, self._device, compute_type=_compute_type(config.asr.compute_type, self._device),
-            vad_model=self._vad, language=None, threads=max(1, int(config.resources.asr.num_cpus)),
-            vad_options={"chunk_size": config.asr.chunk_s, "vad_onset": config.asr.vad_onset,
-                         "vad_offset": config.asr.vad_offset})
+            vad_model=self._vad, language=None, threads=max(1, int(config.resources.asr.num_cpus)))
         forced = config.asr.language
         if forced is not None and forced not in self._pipeline.model.supported_languages:
             raise ValueError(f"asr.language {forced!r} is not a language this Whisper model knows "
@@ -149,17 +223,58 @@ class WhisperXEngine:
             self._aligner = (model, metadata["dictionary"], metadata["type"])
 
     def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
+        return self.transcribe_many([pcm], language)[0]
+
+    def transcribe_many(self, pcms: list[np.ndarray], language: str | None) -> list[AsrResult]:
+        """VAD and language per track, the speech chunks of all tracks decoded together, alignment per track."""
+        tracks = [self._track(pcm, language) for pcm in pcms]
+        self._decode(tracks)
+        return [self._result(t) for t in tracks]
+
+    def _track(self, pcm: np.ndarray, language: str | None) -> _Track:
         speech = self._vad.speech(pcm)
         if not speech:
-            return AsrResult("")
-        language = language or self._detect_language(pcm, speech)
-        self._vad.answer_next_with(speech)
-        out = self._pipeline.transcribe(pcm, batch_size=self._batch_size, language=language, chunk_size=self._chunk_s)
-        segments = [TimedText(s["start"], s["end"], s["text"]) for s in out["segments"]]
-        aligned = self._align(out["segments"], pcm, language) if self._aligner else None
+            return _Track(pcm, "", [])
+        return _Track(pcm, language or self._detect_language(pcm, speech), self._vad.chunks(speech))
+
+    def _decode(self, tracks: list[_Track]) -> None:
+        """Fill each track's ``texts``: all chunks through whisperX's batched decoder, ``batch_size`` at a time.
+
+        A batch shares one prompt, and the prompt carries the language token, so chunks are batched
+        per language. Each chunk is padded to Whisper's 30 s window on its own, as whisperX does.
+        """
+        import torch
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._pipeline.model
+        by_language: dict[str, list[tuple[_Track, int]]] = {}
+        for t in tracks:
+            t.texts = [""] * len(t.chunks)
+            if t.chunks:
+                by_language.setdefault(t.language, []).extend((t, k) for k in range(len(t.chunks)))
+        for language, chunks in by_language.items():
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+            for b in range(0, len(chunks), self._batch_size):
+                part = chunks[b:b + self._batch_size]
+                features = torch.stack([self._features(t.pcm, t.chunks[k]) for t, k in part])
+                for (t, k), text in zip(part, model.generate_segment_batched(features, tokenizer, self._pipeline.options)):
+                    t.texts[k] = text
+
+    def _features(self, pcm: np.ndarray, chunk: dict) -> Any:
+        """whisperX's log-mel features of one chunk (its own preprocessing step)."""
+        samples = pcm[int(chunk["start"] * SAMPLE_RATE):int(chunk["end"] * SAMPLE_RATE)]
+        return self._pipeline.preprocess({"inputs": samples})["inputs"]
+
+    def _result(self, t: _Track) -> AsrResult:
+        if not t.chunks:
+            return AsrResult(t.language)
+        # whisperX's segment shape: one segment per chunk, times rounded to the millisecond
+        segments = [{"text": text, "start": round(c["start"], 3), "end": round(c["end"], 3)}
+                    for c, text in zip(t.chunks, t.texts)]
+        aligned = self._align(segments, t.pcm, t.language) if self._aligner else None
         if aligned is None:
-            return AsrResult(language, segments)
-        return AsrResult(language, *aligned)
+            return AsrResult(t.language, [TimedText(s["start"], s["end"], s["text"]) for s in segments])
+        return AsrResult(t.language, *aligned)
 
     def _detect_language(self, pcm: np.ndarray, speech: list) -> str:
         """Language of the first 30 s of speech (not of the first 30 s of the file, which may be music)."""
@@ -201,42 +316,29 @@ def _compute_type(requested: str, device: str) -> str:
     return preferred if preferred in supported else "float32"
 
 
-def _silero_vad(onset: float, offset: float, chunk_s: float) -> Any:
-    """whisperX's VAD interface around the Silero ONNX model faster-whisper ships (pyannote's needs a download).
+class _SileroVad:
+    """Speech regions from the Silero ONNX model faster-whisper ships (pyannote's, whisperX's default, needs a download).
 
-    Silero's hysteresis is whisperX's: speech starts above ``onset`` and ends below ``offset``; whisperX
-    then merges speech regions into chunks of at most ``chunk_s`` seconds.
+    Silero's hysteresis is whisperX's: speech starts above ``onset`` and ends below ``offset``;
+    whisperX's merge then joins speech regions into chunks of at most ``chunk_s`` seconds.
     """
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-    from whisperx.diarize import Segment
-    from whisperx.vads import Vad
 
-    class SileroOnnxVad(Vad):
-        def __init__(self) -> None:
-            super().__init__(onset)
-            self._options = VadOptions(threshold=onset, neg_threshold=offset, max_speech_duration_s=chunk_s)
-            self._next: list[Segment] | None = None
+    def __init__(self, onset: float, offset: float, chunk_s: float) -> None:
+        from faster_whisper.vad import VadOptions
 
-        def speech(self, pcm: np.ndarray) -> list[Segment]:
-            """Speech regions in seconds."""
-            stamps = get_speech_timestamps(pcm, self._options, sampling_rate=SAMPLE_RATE)
-            return [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "UNKNOWN") for s in stamps]
+        self._options = VadOptions(threshold=onset, neg_threshold=offset, max_speech_duration_s=chunk_s)
+        self._chunk_s = chunk_s
 
-        def answer_next_with(self, speech: list[Segment]) -> None:
-            """The engine already ran VAD on this track; whisperX's own call gets that answer instead of a rerun."""
-            self._next = speech
+    def speech(self, pcm: np.ndarray) -> list[Any]:
+        """Speech regions in seconds (whisperX segments)."""
+        from faster_whisper.vad import get_speech_timestamps
+        from whisperx.diarize import Segment
 
-        def __call__(self, audio: dict, **kwargs: Any) -> list[Segment]:
-            speech, self._next = self._next, None
-            return speech if speech is not None else self.speech(audio["waveform"])
+        stamps = get_speech_timestamps(pcm, self._options, sampling_rate=SAMPLE_RATE)
+        return [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "UNKNOWN") for s in stamps]
 
-        @staticmethod
-        def preprocess_audio(audio: np.ndarray) -> np.ndarray:
-            return audio
+    def chunks(self, speech: list[Any]) -> list[dict]:
+        """Non-empty ``speech`` merged into whisperX chunks (``{"start", "end", ...}`` in seconds)."""
+        from whisperx.vads import Vad
 
-        @staticmethod
-        def merge_chunks(segments: list[Segment], chunk_size: float, onset: float = 0.5,
-                         offset: float | None = None) -> list[dict]:
-            return Vad.merge_chunks(segments, chunk_size, onset, offset) if segments else []
-
-    return SileroOnnxVad()
+        return Vad.merge_chunks(speech, self._chunk_s, onset=self._options.threshold, offset=None)

@@ -149,3 +149,38 @@ def test_equal_length_rows_stacked_into_one_array_are_read_row_by_row(stage: Tra
 
     assert list(out["error"]) == ["", ""]
     assert len(out["seg_start"][0]) >= 1 and len(out["seg_start"][1]) == 0
+
+
+def test_a_multi_row_batch_decodes_its_rows_together_and_gives_each_its_answer_alone(
+        stage: Transcribe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve gathers concurrent requests into one batch; their speech chunks share decoder batches.
+
+    Every row still gets exactly the language and segments it gets when transcribed on its own.
+    """
+    from whisperx.asr import WhisperModel
+
+    calls: list[int] = []
+    decode = WhisperModel.generate_segment_batched
+
+    def counted(self: WhisperModel, features: object, *args: object, **kwargs: object) -> list[str]:
+        calls.append(len(features))
+        return decode(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperModel, "generate_segment_batched", counted)
+    pcms = [_talk(("talk", 2.0)), _talk(("quiet", 1.0), ("talk", 1.5)), _silence(1.0),
+            _talk(("talk", 1.0), ("quiet", 0.5), ("talk", 2.5)), _talk(("quiet", 0.3), ("talk", 3.0))]
+    alone = [stage(_batch(p)) for p in pcms]
+    alone_calls, alone_chunks = len(calls), sum(calls)
+    calls.clear()
+    together = stage(_batch(*pcms))
+
+    languages = {str(lang) for lang in together["language"] if lang}
+    assert len(calls) == len(languages) < alone_calls, "one decoder call per language for the whole batch"
+    assert sum(calls) == alone_chunks, "each speech chunk is decoded once"
+    for i, single in enumerate(alone):
+        assert together["error"][i] == single["error"][0] == ""
+        assert together["language"][i] == single["language"][0]
+        assert together["seg_text"][i] == single["seg_text"][0]
+        np.testing.assert_array_equal(together["seg_start"][i], single["seg_start"][0])
+        np.testing.assert_array_equal(together["seg_end"][i], single["seg_end"][0])
+    assert np.all(together["asr_device_s"] > 0), "every row is charged its share of the model time"
