@@ -184,3 +184,23 @@ def test_a_multi_row_batch_decodes_its_rows_together_and_gives_each_its_answer_a
         np.testing.assert_array_equal(together["seg_start"][i], single["seg_start"][0])
         np.testing.assert_array_equal(together["seg_end"][i], single["seg_end"][0])
     assert np.all(together["asr_device_s"] > 0), "every row is charged its share of the model time"
+
+
+def test_an_engine_failure_on_one_row_of_a_shared_batch_fails_that_row_alone(
+        stage: Transcribe, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faster_whisper.vad
+
+    cursed = _talk(("talk", 1.25))
+    stamps = faster_whisper.vad.get_speech_timestamps
+
+    def vad(pcm: np.ndarray, *args: object, **kwargs: object) -> list[dict]:
+        if len(pcm) == len(cursed):
+            raise RuntimeError("VAD model crashed")
+        return stamps(pcm, *args, **kwargs)
+
+    monkeypatch.setattr(faster_whisper.vad, "get_speech_timestamps", vad)
+    out = stage(_batch(_talk(("talk", 2.0)), cursed, _silence(1.0)))
+
+    assert list(out["error_stage"]) == ["", "asr", ""]
+    assert out["error"][1] == "RuntimeError: VAD model crashed"
+    assert len(out["seg_start"][0]) >= 1 and len(out["seg_start"][1]) == 0
