@@ -103,8 +103,10 @@ class Transcribe:
                                   len(pcms[i]) / SAMPLE_RATE if i in pcms else 0.0)
                 for c in self.contract.writes:
                     out[c].append(values[c])
-                out[f"{self.contract.name}_wall_s"].append(seconds.get(i, 0.0))
-                out[f"{self.contract.name}_device_s"].append(seconds.get(i, 0.0))
+                # A row that failed upstream never reached the model: no time, so no metrics row.
+                spent = float("nan") if batch["error"][i] else seconds.get(i, 0.0)
+                out[f"{self.contract.name}_wall_s"].append(spent)
+                out[f"{self.contract.name}_device_s"].append(spent)
                 out[f"{self.contract.name}_accel"].append(self._accelerator)
             return finish(self.contract, batch, out, stages, errors)
 

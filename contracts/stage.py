@@ -137,7 +137,8 @@ def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]
             except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
                 stages[i], errors[i] = contract.name, f"{type(e).__name__}: {e}"
         values = values if values is not None else empty
-        wall = time.perf_counter() - t0
+        # A row that failed upstream was not processed here: NaN keeps it out of the metrics table.
+        wall = time.perf_counter() - t0 if not batch["error"][i] else float("nan")
         for c in contract.writes:
             out_cols[c].append(values[c])
         if contract.metrics:
