@@ -24,6 +24,7 @@ from contracts.config import JobConfig, StageResources
 from contracts.stage import Batch
 from contracts.rows import STAGES, rows_for_batch, status_of
 from flows.commit import batch_key, commit, committed_keys, remove_orphans
+from flows.live_metrics import record as record_live
 from flows.routing import KindRouted, as_task
 
 MEDIA = ("video", "audio")
@@ -95,12 +96,7 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     def commit_batch(batch: Batch) -> Batch:
         tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
         commit(tables, config.out, f"{fingerprint}-{batch_key(batch)}.parquet")
-        try:
-            from flows.live_metrics import record
-        except ImportError:
-            record = None
-        if record is not None:
-            record(tables["metrics"], job_id)
+        record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
         out["status"] = np.array([status_of(k, e) for k, e in zip(batch["kind"], batch["error"])], dtype=object)
