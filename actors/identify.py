@@ -8,7 +8,6 @@ to see whether a real video stream (not cover art) is inside.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -17,7 +16,7 @@ import av.error
 from actors.decode import open_media, picture_streams
 from contracts import storage
 from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, finish
+from contracts.stage import Batch, StageContract, StageFailure, run_rows
 
 CHUNK = 4 << 20
 HEAD = 64 << 10
@@ -141,6 +140,9 @@ def _extension(uri: str) -> str:
     return PurePosixPath(uri).suffix.lower().lstrip(".")
 
 
+_UNKNOWN = {"asset_id": "", "kind": "other", "format": "unknown"}
+
+
 class Identify:
     """Every row → asset_id (sha256 of its bytes), kind (video|audio|pdf|other) and format, from content."""
 
@@ -151,27 +153,16 @@ class Identify:
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:
-        """Like :func:`run_rows`, except that a failed row keeps its asset_id: the assets table needs one."""
-        n = self.contract.check_input(batch)
-        cols: dict[str, list[Any]] = {c: [] for c in (*self.contract.writes, *self.contract.metric_columns)}
-        stages, errors = list(batch["error_stage"]), list(batch["error"])
-        for i in range(n):
-            t0 = time.perf_counter()
-            values = {"asset_id": "", "kind": "other", "format": "unknown"}
-            if not errors[i]:
-                try:
-                    values, failure = self._identify(str(batch["uri"][i]))
-                except (OSError, av.error.FFmpegError) as e:
-                    failure = f"file could not be read: {e}"
-                if failure:
-                    stages[i], errors[i] = self.contract.name, failure
-            wall = time.perf_counter() - t0
-            for c in self.contract.writes:
-                cols[c].append(values[c])
-            cols[f"{self.contract.name}_wall_s"].append(wall)
-            cols[f"{self.contract.name}_device_s"].append(wall)
-            cols[f"{self.contract.name}_accel"].append("cpu")
-        return finish(self.contract, batch, cols, stages, errors)
+        return run_rows(self.contract, batch, self._row, empty=_UNKNOWN)
+
+    def _row(self, row: dict[str, Any]) -> dict[str, str]:
+        try:
+            values, failure = self._identify(str(row["uri"]))
+        except (OSError, av.error.FFmpegError) as e:
+            raise StageFailure(f"file could not be read: {e}") from e
+        if failure:
+            raise StageFailure(failure, values=values)  # keeps the asset_id: the assets table needs one
+        return values
 
     def _identify(self, uri: str) -> tuple[dict[str, str], str]:
         """(values, error sentence or ""): one streamed read for the hash, the head sniffed on the way."""

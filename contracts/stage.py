@@ -134,6 +134,7 @@ def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]
                 values = fn(row)
             except StageFailure as e:
                 stages[i], errors[i] = contract.name, str(e)
+                values = {**empty, **e.values}
             except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
                 stages[i], errors[i] = contract.name, f"{type(e).__name__}: {e}"
         values = values if values is not None else empty
@@ -185,4 +186,12 @@ def _as_lists(column: np.ndarray) -> np.ndarray:
 
 
 class StageFailure(Exception):
-    """A row-level failure with a message a person understands (e.g. 'PDF is password-protected')."""
+    """A row-level failure with a message a person understands (e.g. 'PDF is password-protected').
+
+    ``values`` are columns the stage could still fill for the failed row (identify keeps the file's
+    hash, which the assets table needs even for a file it cannot read as media).
+    """
+
+    def __init__(self, message: str, values: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.values = dict(values or {})
