@@ -62,14 +62,15 @@ class _Video:
     final: _Job | None = None
 
 
-def _even(n: int, k: int) -> np.ndarray:
+def even_indices(n: int, k: int) -> np.ndarray:
     """Indices of ``min(n, k)`` items spread evenly over ``n``, first and last included."""
     if n <= k:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
 
 
-def _frames_and_times(frames: np.ndarray, frame_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def frames_and_times(frames: np.ndarray, frame_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A row's frames as one (n, H, W, 3) array with float timestamps; a row without frames fails."""
     frames, ts = np.asarray(frames), np.asarray(frame_ts, dtype=np.float64)
     if frames.ndim != 4 or len(frames) == 0:
         raise StageFailure("no frames were sampled from this video, so there is nothing to look at")
@@ -141,7 +142,7 @@ class Describe:
 
     def _plan(self, row: dict[str, Any]) -> _Video:
         t0 = time.perf_counter()
-        frames, ts = _frames_and_times(row["frames"], row["frame_ts"])
+        frames, ts = frames_and_times(row["frames"], row["frame_ts"])
         known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
         duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
         meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
@@ -149,7 +150,7 @@ class Describe:
                          shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
         transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64),
                                 np.asarray(row["seg_end"], dtype=np.float64), tuple(str(t) for t in row["seg_text"]))
-        sel = _even(len(frames), self.engine.max_frames)
+        sel = even_indices(len(frames), self.engine.max_frames)
         make = self._fit(frames[sel], ts[sel], meta, transcript, DESCRIBE_TASK,
                          schema_for(ts[sel], self._answer_chars), thin=False)
         if make is not None:
@@ -308,13 +309,13 @@ class Describe:
     def ask(self, frames: np.ndarray, frame_ts: np.ndarray, transcript: Transcript, meta: VideoMeta,
             question: str) -> AskAnswer:
         """Answer a question about one video, citing frame times; raises StageFailure when it cannot."""
-        frames, frame_ts = _frames_and_times(frames, frame_ts)
-        sel, make = _even(len(frames), self.engine.max_frames), None
+        frames, frame_ts = frames_and_times(frames, frame_ts)
+        sel, make = even_indices(len(frames), self.engine.max_frames), None
         while make is None and len(sel):
             schema = ask_schema_for(frame_ts[sel], self._answer_chars)
             make = self._fit(frames[sel], frame_ts[sel], meta, transcript, ask_task(question), schema, thin=True)
             if make is None:  # fewer frames, still spread over the whole video
-                sel = sel[_even(len(sel), len(sel) * 3 // 4)] if len(sel) > 1 else sel[:0]
+                sel = sel[even_indices(len(sel), len(sel) * 3 // 4)] if len(sel) > 1 else sel[:0]
         if make is None:
             raise StageFailure(f"the question does not fit the model's context of {self.engine.max_model_len} tokens")
         job = self._job(make, lambda raw, s=frame_ts[sel]: validate_ask(raw, s, meta.duration_s))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.vlm import Describe, _even, _frames_and_times
+from actors.vlm import Describe, even_indices, frames_and_times
 from actors.vlm_answer import AnswerError, schema_for, validate
 from actors.vlm_engine import frame_label
 from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
@@ -52,7 +52,7 @@ def _budget_frames(frames: np.ndarray, budget: int) -> np.ndarray:
     """Indices of the frames to show: evenly spread, as many as the token budget allows (at least one)."""
     h, w = frames.shape[1:3]
     per_frame = (h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + _TOKENS_AROUND_IMAGE + 16  # + label
-    return _even(len(frames), max(1, budget // per_frame))
+    return even_indices(len(frames), max(1, budget // per_frame))
 
 
 def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
     schema gets one character per new token (Describe measures the tokenizer and allows more).
     """
     opts = config.profile.options_for(_accelerator(config))
-    frames, ts = _frames_and_times(row["frames"], row["frame_ts"])
+    frames, ts = frames_and_times(row["frames"], row["frame_ts"])
     known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
     duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
     meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
@@ -72,7 +72,7 @@ def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
                             tuple(str(t) for t in row["seg_text"]))
     budget = opts.max_model_len - config.vlm.max_new_tokens - _TEMPLATE_TOKENS - len(SYSTEM.encode())
     bare = user_text(meta, "", DESCRIBE_TASK)
-    sel = _even(len(frames), opts.max_frames)
+    sel = even_indices(len(frames), opts.max_frames)
     sel = sel[_budget_frames(frames[sel], budget - len(bare.encode()))]
     h, w = frames.shape[1:3]
     room = budget - len(bare.encode()) - len(sel) * ((h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + 16)
