@@ -69,6 +69,18 @@ def even_indices(n: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
 
 
+def video_inputs(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, VideoMeta, Transcript]:
+    """A decoded, transcribed row → (frames, timestamps, metadata, transcript) for a prompt."""
+    frames, ts = frames_and_times(row["frames"], row["frame_ts"])
+    known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
+    duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
+    meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
+                     meta_json=str(row["meta_json"] or ""), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
+    transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64),
+                            np.asarray(row["seg_end"], dtype=np.float64), tuple(str(t) for t in row["seg_text"]))
+    return frames, ts, meta, transcript
+
+
 def frames_and_times(frames: np.ndarray, frame_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A row's frames as one (n, H, W, 3) array with float timestamps; a row without frames fails."""
     frames, ts = np.asarray(frames), np.asarray(frame_ts, dtype=np.float64)
@@ -142,14 +154,8 @@ class Describe:
 
     def _plan(self, row: dict[str, Any]) -> _Video:
         t0 = time.perf_counter()
-        frames, ts = frames_and_times(row["frames"], row["frame_ts"])
-        known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
-        duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
-        meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
-                         meta_json=str(row["meta_json"] or ""),
-                         shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
-        transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64),
-                                np.asarray(row["seg_end"], dtype=np.float64), tuple(str(t) for t in row["seg_text"]))
+        frames, ts, meta, transcript = video_inputs(row)
+        duration = meta.duration_s
         sel = even_indices(len(frames), self.engine.max_frames)
         make = self._fit(frames[sel], ts[sel], meta, transcript, DESCRIBE_TASK,
                          schema_for(ts[sel], self._answer_chars), thin=False)

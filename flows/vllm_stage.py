@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from actors.vlm import Describe, even_indices, frames_and_times
+from actors.vlm import Describe, even_indices, video_inputs
 from actors.vlm_answer import AnswerError, schema_for, validate
 from actors.vlm_engine import frame_label
-from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
+from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, transcript_text, user_text
 from actors.vllm_engine import engine_kwargs, model_path, sampling_params
 from contracts.config import StageConfig
 from contracts.stage import StageFailure
@@ -63,13 +63,8 @@ def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
     schema gets one character per new token (Describe measures the tokenizer and allows more).
     """
     opts = config.profile.options_for(_accelerator(config))
-    frames, ts = frames_and_times(row["frames"], row["frame_ts"])
-    known = row["duration_s"] is not None and np.isfinite(row["duration_s"]) and row["duration_s"] > 0
-    duration = float(row["duration_s"]) if known else float(ts.max())  # the container may not say
-    meta = VideoMeta(uri=str(row["uri"]), duration_s=duration, language=str(row["language"] or ""),
-                     meta_json=str(row["meta_json"] or ""), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
-    transcript = Transcript(np.asarray(row["seg_start"], dtype=np.float64), np.asarray(row["seg_end"], dtype=np.float64),
-                            tuple(str(t) for t in row["seg_text"]))
+    frames, ts, meta, transcript = video_inputs(row)
+    duration = meta.duration_s
     budget = opts.max_model_len - config.vlm.max_new_tokens - _TEMPLATE_TOKENS - len(SYSTEM.encode())
     bare = user_text(meta, "", DESCRIBE_TASK)
     sel = even_indices(len(frames), opts.max_frames)

@@ -70,14 +70,9 @@ def _public_uri(out: Batch, batch: Batch) -> Batch:
 
 def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
     """``Describe.ask``'s inputs from a one-row batch after decode and ASR."""
-    from actors.vlm_prompt import Transcript, VideoMeta
+    from actors.vlm import video_inputs
 
-    row = {k: v[0] for k, v in batch.items()}
-    transcript = Transcript(np.asarray(row["seg_start"], np.float64), np.asarray(row["seg_end"], np.float64),
-                            tuple(str(t) for t in row["seg_text"]))
-    meta = VideoMeta(uri=str(row["uri"]), duration_s=float(row["duration_s"]), language=str(row["language"]),
-                     meta_json=str(row["meta_json"]), shot_ts=np.asarray(row["shot_ts"], np.float64))
-    return np.asarray(row["frames"]), np.asarray(row["frame_ts"], np.float64), transcript, meta
+    return video_inputs({k: v[0] for k, v in batch.items()})
 
 
 @serve.deployment
