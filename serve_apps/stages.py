@@ -72,7 +72,8 @@ def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
     """``Describe.ask``'s inputs from a one-row batch after decode and ASR."""
     from actors.vlm import video_inputs
 
-    return video_inputs({k: v[0] for k, v in batch.items()})
+    frames, ts, meta, transcript = video_inputs({k: v[0] for k, v in batch.items()})
+    return frames, ts, transcript, meta
 
 
 @serve.deployment
