@@ -29,7 +29,8 @@ class VlmEngineOptions(_Strict):
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
     max_model_len: int = Field(32768, ge=512, description="context length in tokens the engine is built for")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take "
+                                          "(with kv_cache_memory_bytes set: only the share that must be free at start-up)")
     max_frames: int = Field(64, ge=1, description="frame budget of one VLM context on this device")
     max_num_seqs: int = Field(8, ge=1, description="vLLM: concurrent sequences")
     kv_cache_memory_bytes: Optional[int] = Field(
