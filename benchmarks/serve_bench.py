@@ -378,6 +378,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+# What the replicas import in GPU mode; checked before minutes go into checkpoints (module names).
+GPU_MODE_MODULES = ("fastapi", "prometheus_client", "av", "pymupdf", "faster_whisper", "onnxruntime", "xgrammar",
+                    "transformers", "yaml")
+
+
+def missing_modules() -> list[str]:
+    import importlib.util
+
+    return [m for m in GPU_MODE_MODULES if importlib.util.find_spec(m) is None]
+
+
 def wait_ready(url: str, timeout_s: float) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -408,6 +419,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stages: dict[str, str] = {}
     tmp = tempfile.TemporaryDirectory()
     if args.gpu:
+        missing = missing_modules()
+        if missing:  # the PDF replica alone needs pymupdf, and one failed replica fails the whole app
+            raise SystemExit(f"GPU mode needs these modules, missing here: {', '.join(missing)}")
         inputs, words = gpu_inputs(Path(args.work), max(levels), args.video_seconds, args.speech_clip)
         settings = gpu_plan(args, *gpu_models(args))
         stages = FIXED_STAGES
