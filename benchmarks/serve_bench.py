@@ -450,7 +450,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with mock.patch.dict(app.STAGES, stages):  # GPU mode: the fixed-length subclasses of the same stages
             url = start(settings, api_key=KEY, num_cpus=args.num_cpus)
         wait_ready(url, args.ready_timeout_s)
-        print(f"[bench] app ready {time.time() - t_start:.0f} s after start", flush=True)
+        result["setup"]["app_ready_s"] = round(time.time() - t_start, 1)  # checkpoints, media and replicas
+        print(f"[bench] app ready {result['setup']['app_ready_s']:.0f} s after start", flush=True)
         result["device"] = (f"{accelerator()} ({ray.cluster_resources().get('CPU', 0):g} logical CPUs, "
                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs in Ray)")
         result["machine"] = machine_info()
