@@ -22,8 +22,11 @@ client sends its own video (``--video-seconds`` of speech from ``--speech-clip``
 upscaled to ``--frame-size`` by decode, a distinct seed per client). ``--cpu-smoke`` runs this
 same path on CPU with tiny-random models::
 
-    python -m benchmarks.serve_bench --gpu --speech-clip speech.flac --num-cpus 16 --seconds 25 \\
-        --out $OUT/serve_h200.json --markdown $OUT/serve_h200.md
+    python -m benchmarks.serve_bench --gpu --speech-clip speech.flac --num-cpus 16 --endpoints analyze,transcribe \\
+        --seconds 20 --budget-s 400 --out $OUT/serve_h200.json --markdown $OUT/serve_h200.md
+
+The transformers Whisper engine decodes the requests of a gathered ASR batch one after another (it
+has no ``transcribe_many``), so on the GPU ASR shows little batching gain and caps /v1/analyze.
 """
 from __future__ import annotations
 
