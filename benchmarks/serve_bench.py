@@ -1,35 +1,61 @@
 """Online API throughput and latency against client concurrency, one-at-a-time baseline in the same run.
 
-Starts the app on 127.0.0.1 (one replica per deployment, so the gain at higher concurrency comes
-from online batching and stage pipelining, not from more replicas), then for each endpoint and each
-concurrency level runs closed-loop clients for a fixed time and records requests/s and p50/p99
-latency of the successful requests, plus the ratio to concurrency 1.
+Starts the app on 127.0.0.1 through ``serve_apps.run_local.start`` (one replica per model
+deployment, so the gain at higher concurrency comes from online batching and stage pipelining, not
+from more replicas), then for each endpoint and each concurrency level warms up at that level, runs
+closed-loop clients for a fixed time (``--repeats`` times) and records requests/s and p50/p99
+latency of the successful requests, plus the ratio to concurrency 1. Results are rewritten after
+every level, so a run cut short keeps what it measured.
+
+CPU mode (default): tiny-random models, the real stages (schema-constrained answers), one 8-s
+speech WAV and one 8-s MP4 shared by all clients::
 
     python -m benchmarks.serve_bench --models tiny-random --seconds 20 --out benchmarks/results/serve_cpu_tiny.json
+
+GPU mode (``--gpu``): real-size architectures with random weights (Qwen2.5-VL-7B bf16, Whisper
+large-v3 fp16, written as checkpoints to ``--work`` first, by gpu_throughput.py's builders), both
+on transformers engines, ASR and VLM sharing one GPU (``--asr-gpu``/``--vlm-gpu`` shares). Every
+request does the same work: the VLM answers exactly ``--vlm-tokens`` tokens and Whisper decodes
+exactly ``--asr-tokens`` per 30-s chunk (benchmarks/serve_fixed.py; random weights would stop
+anywhere), so answers are not JSON and /v1/analyze rows carry that error (200 all the same). Each
+client sends its own video (``--video-seconds`` of speech from ``--speech-clip``, 64×64 at 1 fps
+upscaled to ``--frame-size`` by decode, a distinct seed per client). ``--cpu-smoke`` runs this
+same path on CPU with tiny-random models::
+
+    python -m benchmarks.serve_bench --gpu --speech-clip speech.flac --num-cpus 16 --endpoints analyze,transcribe \\
+        --seconds 20 --budget-s 400 --out $OUT/serve_h200.json --markdown $OUT/serve_h200.md
+
+The transformers Whisper engine decodes the requests of a gathered ASR batch one after another (it
+has no ``transcribe_many``), so on the GPU ASR shows little batching gain and caps /v1/analyze.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import socket
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
+from unittest import mock
 
 import numpy as np
 import requests
 
-from contracts.config import VideoConfig
+from contracts.config import AsrConfig, VideoConfig, VlmConfig
 from contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
                                      StreamingSettings)
 
 KEY = "bench-" + "k" * 24
+REPO = Path(__file__).resolve().parents[1]
+FIXED_STAGES = {"asr": "benchmarks.serve_fixed.FixedTranscribe", "vlm": "benchmarks.serve_fixed.FixedDescribe"}
+
+Input = tuple[str, bytes]
 
 
 def _free_port() -> int:
@@ -38,130 +64,421 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_settings(models: str, model_cache: str, max_batch: int) -> ServeConfig:
+def bench_settings(models: str, model_cache: str, max_batch: int, *, gpu: bool = False, asr_gpu: float = 0.0,
+                   vlm_gpu: float = 0.0, video: VideoConfig = VideoConfig(fps=1, max_frames=8)) -> ServeConfig:
+    """The app's config: one replica per deployment (decode: two in GPU mode, so CPU work never caps the GPU).
+
+    GPU mode's fixed-length answers never parse, so it asks once (no retries: one engine call per request).
+    """
     one = Autoscaling(min_replicas=1, max_replicas=1)
-    stage = dict(num_cpus=0.25, max_ongoing_requests=32, max_queued_requests=64, autoscaling=one)
+    cpus = 1.0 if gpu else 0.25
+    stage = dict(num_cpus=cpus, max_ongoing_requests=32, max_queued_requests=64, autoscaling=one)
     batching = Batching(max_batch_size=max_batch, batch_wait_timeout_s=0.05)
+    decode = {**stage, "autoscaling": Autoscaling(min_replicas=2, max_replicas=2)} if gpu else stage
+    vlm = VlmConfig(retries=0) if gpu else VlmConfig()
     return ServeConfig(
-        port=_free_port(), models=models, model_cache=model_cache, request_timeout_s=300,
-        video=VideoConfig(fps=1, max_frames=8),
-        deployments=Deployments(api=DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=64,
+        port=_free_port(), models=models, model_cache=model_cache, request_timeout_s=300, video=video, vlm=vlm,
+        asr=AsrConfig(align_words=False, batch_size=32) if gpu else AsrConfig(),
+        deployments=Deployments(api=DeploymentSettings(num_cpus=cpus, max_ongoing_requests=64, max_queued_requests=64,
                                                        autoscaling=one),
-                                decode=DeploymentSettings(**stage), pdf=DeploymentSettings(**stage),
-                                asr=DeploymentSettings(**stage, batching=batching),
-                                vlm=DeploymentSettings(**stage, batching=batching)),
+                                decode=DeploymentSettings(**decode), pdf=DeploymentSettings(**{**stage, "num_cpus": 0.25}),
+                                asr=DeploymentSettings(**stage, num_gpus=asr_gpu, batching=batching),
+                                vlm=DeploymentSettings(**stage, num_gpus=vlm_gpu, batching=batching)),
         streaming=StreamingSettings(enabled=False))  # /v1/stream has its own benchmark
 
 
-def run_level(url: str, endpoint: str, name: str, data: bytes, clients: int, seconds: float) -> dict[str, Any]:
-    """Closed loop: each client sends its next request when the previous one is answered."""
+def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: int, smoke: bool) -> str:
+    """A models profile file for GPU mode: transformers engines, a whole @serve.batch in one generate call.
+
+    ``max_num_seqs`` (the transformers engine's batch) equals the Serve batch, so gathered requests
+    share each weight read; bf16 with SDPA on the GPU, float32 tiny models when smoking on CPU.
+    """
+    import yaml
+
+    if smoke:
+        shape = {"dtype": "float32", "max_model_len": 4096, "max_frames": max_frames, "max_num_seqs": max_batch}
+    else:
+        shape = {"dtype": "bfloat16", "max_model_len": 16384, "max_frames": max_frames, "max_num_seqs": max_batch,
+                 "attn_implementation": "sdpa"}
+    profile = {"name": "serve-bench", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
+               "vlm_engine": "transformers", "engine_options": {"default": shape}}
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "profile_serve.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return str(path)
+
+
+def gpu_plan(args: argparse.Namespace, vlm: str, asr: str) -> ServeConfig:
+    """GPU mode's ServeConfig from the arguments and the checkpoint folders (no model is loaded)."""
+    smoke = args.cpu_smoke
+    profile = serve_profile(Path(args.work), vlm, asr, args.max_batch, args.max_frames, smoke)
+    video = VideoConfig(fps=args.fps, max_frames=args.max_frames, frame_size=args.frame_size)
+    return bench_settings(profile, str(Path(args.work) / "cache"), args.max_batch, gpu=True,
+                          asr_gpu=0.0 if smoke else args.asr_gpu, vlm_gpu=0.0 if smoke else args.vlm_gpu,
+                          video=video)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+class GpuMemory:
+    """Peak GPU memory in use on device 0 (all processes: the replicas hold it), sampled every 0.2 s.
+
+    NVML (nvidia-ml-py) when importable, else torch's device-wide ``mem_get_info``; nothing on CPU.
+    """
+
+    def __init__(self) -> None:
+        self.read = self._reader()
+        self.peak_gib: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @staticmethod
+    def _reader() -> Optional[Callable[[], float]]:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            return lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
+        except Exception:  # noqa: BLE001 - no NVML: try torch
+            pass
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+
+        def used() -> float:
+            free, total = torch.cuda.mem_get_info()
+            return (total - free) / 2**30
+        return used
+
+    @contextmanager
+    def level(self) -> Iterator[None]:
+        """Sample while the block runs; ``peak_gib`` is the block's peak."""
+        self.peak_gib = None
+        if self.read is None:
+            yield
+            return
+        self._stop.clear()
+        samples: list[float] = [self.read()]
+
+        def loop() -> None:
+            while not self._stop.wait(0.2):
+                samples.append(self.read())
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.peak_gib = round(max(samples), 1)
+
+
+def run_level(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seconds: float) -> dict[str, Any]:
+    """Closed loop: client k sends ``inputs[k % len(inputs)]`` again as soon as its previous answer is in."""
     latencies: list[float] = []
-    codes: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
+    row_errors: Counter[str] = Counter()
     lock = threading.Lock()
     start = time.perf_counter()
     stop = start + seconds
 
-    def client() -> None:
+    def client(k: int) -> None:
+        name, data = inputs[k % len(inputs)]
         with requests.Session() as s:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = s.post(f"{url}/v1/{endpoint}", files={"file": (name, data)}, headers={"X-API-Key": KEY},
-                           timeout=600)
+                try:
+                    r = s.post(f"{url}/v1/{endpoint}", files={"file": (name, data)}, headers={"X-API-Key": KEY},
+                               timeout=600)
+                    code = str(r.status_code)
+                    row_error = _row_error(r) if code == "200" else ""
+                except requests.RequestException as e:  # counted, not fatal: the level still ends on time
+                    code, row_error = f"transport:{type(e).__name__}", ""
                 dt = time.perf_counter() - t0
                 with lock:
-                    codes[r.status_code] += 1
-                    if r.status_code == 200:
+                    codes[code] += 1
+                    if code == "200":
                         latencies.append(dt)
+                    if row_error:
+                        row_errors[row_error] += 1
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    lat = np.asarray(latencies)
-    return {"endpoint": endpoint, "concurrency": clients, "wall_s": round(wall, 2), "ok": int(codes[200]),
-            "statuses": {str(k): v for k, v in sorted(codes.items())},
-            "throughput_rps": round(len(lat) / wall, 3),
+    return {"wall_s": wall, "latencies": latencies, "codes": codes, "row_errors": row_errors}
+
+
+def _row_error(response: requests.Response) -> str:
+    """A 200 answer's row-level failure (``stage: sentence``), '' when the row is clean.
+
+    Counted apart from the statuses: a stage failure (e.g. out of GPU memory) still answers 200.
+    """
+    asset = response.json().get("asset") or {}
+    return f"{asset.get('error_stage')}: {str(asset.get('error'))[:100]}" if asset.get("error") else ""
+
+
+def measure(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seconds: float, warmup_s: float,
+            repeats: int) -> dict[str, Any]:
+    """One level: a discarded warm-up at this concurrency, then ``repeats`` timed runs.
+
+    Throughput is the median of the runs; p50/p99 pool the successful requests of all runs.
+    """
+    if warmup_s > 0:
+        run_level(url, endpoint, inputs, clients, warmup_s)  # fills the batches and queues before timing
+    runs = [run_level(url, endpoint, inputs, clients, seconds) for _ in range(repeats)]
+    lat = np.asarray([x for r in runs for x in r["latencies"]])
+    codes: Counter[str] = sum((r["codes"] for r in runs), Counter())
+    row_errors: Counter[str] = sum((r["row_errors"] for r in runs), Counter())
+    rps = [len(r["latencies"]) / r["wall_s"] for r in runs]
+    return {"endpoint": endpoint, "concurrency": clients, "repeats": repeats,
+            "wall_s": round(sum(r["wall_s"] for r in runs), 2), "ok": int(codes["200"]),
+            "statuses": dict(sorted(codes.items())), "row_errors": dict(row_errors.most_common()),
+            "throughput_rps": round(float(np.median(rps)), 3), "runs_rps": [round(x, 3) for x in rps],
             "p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
             "p99_s": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
 
 
-def make_inputs(folder: Path) -> dict[str, tuple[str, bytes]]:
+# -- inputs ----------------------------------------------------------------------------------------
+
+def cpu_inputs(folder: Path) -> tuple[dict[str, list[Input]], dict[str, str]]:
+    """One 8-s speech WAV and one 8-s MP4, shared by every client (what the CPU table has always measured)."""
     from tests.media import make_audio, make_video
 
-    return {"transcribe": ("speech.wav", make_audio(folder / "speech.wav", seconds=8).read_bytes()),
-            "analyze": ("clip.mp4", make_video(folder / "clip.mp4", seconds=8, fps=10).read_bytes())}
+    wav = make_audio(folder / "speech.wav", seconds=8).read_bytes()
+    mp4 = make_video(folder / "clip.mp4", seconds=8, fps=10).read_bytes()
+    return ({"transcribe": [("speech.wav", wav)], "analyze": [("clip.mp4", mp4)]},
+            {"transcribe": f"speech.wav ({len(wav) // 1024} KB, 8 s)", "analyze": f"clip.mp4 ({len(mp4) // 1024} KB, 8 s)"})
 
+
+def gpu_inputs(work: Path, clients: int, seconds: float, clip: str) -> tuple[dict[str, list[Input]], dict[str, str]]:
+    """One distinct video with speech per client (gpu_throughput's generator, a seed each), for every endpoint."""
+    from benchmarks.gpu_throughput import make_corpus
+
+    paths = make_corpus(work / f"serve_media_{seconds:g}s", clients, seconds / 60, clip)
+    videos = [(Path(p).name, Path(p).read_bytes()) for p in paths]
+    kb = sum(len(d) for _, d in videos) // len(videos) // 1024
+    words = f"{len(videos)} distinct MKV videos, {seconds:g} s each (~{kb} KB: H.264 64×64 1 fps, FLAC speech)"
+    return {"transcribe": videos, "analyze": videos}, {"transcribe": words, "analyze": words}
+
+
+def gpu_models(args: argparse.Namespace) -> tuple[str, str]:
+    """(VLM, ASR) model sources: checkpoints with random weights written once to ``--work``, or tiny-random."""
+    if args.cpu_smoke:
+        return "tiny-random", "tiny-random"
+    from benchmarks.gpu_throughput import make_qwen7b, make_whisper_large_v3, release_gpu
+
+    t = time.time()
+    vlm = make_qwen7b(Path(args.work) / "models" / "qwen2.5-vl-7b")
+    asr = make_whisper_large_v3(Path(args.work) / "models" / "whisper-large-v3")
+    release_gpu()  # the checkpoints were written from this process's GPU memory
+    print(f"[bench] checkpoints ready in {time.time() - t:.0f} s", flush=True)
+    return vlm, asr
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, GPU and package versions (read from metadata: importing vLLM here would cost seconds and memory)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    info: dict[str, Any] = {"host_cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                            "python": platform.python_version(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    for pkg in ("torch", "transformers", "ray", "fastapi", "av", "nvidia-ml-py"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+# -- output ----------------------------------------------------------------------------------------
 
 def to_markdown(result: dict[str, Any]) -> str:
-    lines = [f"Online API, {result['models']} models on {result['device']}; one replica per deployment, "
-             f"`@serve.batch` max {result['max_batch_size']}; {result['seconds_per_level']} s per level, "
-             "closed-loop clients; ratio = throughput / one-at-a-time throughput; 1-min load average "
-             f"{result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after.", "",
-             "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    mode = result["setup"]
+    lines = [f"Online API, {result['models']} models on {result['device']}; one replica per model deployment, "
+             f"`@serve.batch` max {result['max_batch_size']}; {result['seconds_per_level']} s per level × "
+             f"{mode['repeats']} after a {mode['warmup_s']} s warm-up at the same concurrency, closed-loop clients; "
+             f"ratio = throughput / one-at-a-time throughput; 1-min load average "
+             f"{result['load_average_before']:.1f} before, {result.get('load_average_after', float('nan')):.1f} after.",
+             "", "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses | GPU mem peak GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for endpoint, rows in result["levels"].items():
-        base = rows[0]["throughput_rps"] or float("nan")
+        base = rows[0]["throughput_rps"] if rows and rows[0]["concurrency"] == 1 else None
         for r in rows:
+            ratio = f"{r['throughput_rps'] / base:.2f}x" if base else "–"
             lines.append(f"| {endpoint} | {result['inputs'][endpoint]} | {r['concurrency']} | {r['throughput_rps']:.2f} "
-                         f"| {r['throughput_rps'] / base:.2f}x | {r['p50_s']} | {r['p99_s']} | {r['statuses']} |")
+                         f"| {ratio} | {r['p50_s']} | {r['p99_s']} | {r['statuses']} | {r.get('gpu_mem_peak_gib') or '–'} |")
+    errors = {e: Counter() for e in result["levels"]}
+    for endpoint, rows in result["levels"].items():
+        for r in rows:
+            errors[endpoint].update(r["row_errors"])
+    for endpoint, seen in errors.items():
+        if seen:
+            lines.append(f"\nRow errors in 200 answers, {endpoint}: " + "; ".join(f"{n} × {e}" for e, n in seen.most_common()))
+    if result.get("skipped"):
+        lines.append("\nSkipped (time budget): " + ", ".join(result["skipped"]))
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def save(result: dict[str, Any], out: str, markdown: Optional[str]) -> str:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    table = to_markdown(result)
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(table)
+    return table
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="tiny-random")
+    p.add_argument("--models", default="tiny-random", help="CPU mode's models profile")
     p.add_argument("--model-cache", default="~/.cache/corpusflow/models")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--endpoints", default="transcribe,analyze")
-    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--seconds", type=float, default=20, help="timed seconds per level and repeat")
+    p.add_argument("--warmup-s", type=float, default=3, help="discarded closed-loop seconds before each level")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per level (throughput: their median)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--num-cpus", type=float, default=4, help="logical CPUs of the local Ray")
+    p.add_argument("--budget-s", type=float, default=0, help="skip levels that would end past this many seconds "
+                                                             "after start (0: no limit)")
     p.add_argument("--out", default="benchmarks/results/serve_cpu_tiny.json")
     p.add_argument("--markdown", help="also write the table here")
+    g = p.add_argument_group("GPU mode")
+    g.add_argument("--gpu", action="store_true", help="real-size dummy-weight models on one GPU, fixed output lengths")
+    g.add_argument("--cpu-smoke", action="store_true", help="with --gpu: the same path on CPU, tiny-random models")
+    g.add_argument("--work", default="/tmp/cfbench", help="folder for checkpoints, media and the profile")
+    g.add_argument("--speech-clip", help="any audio file with speech (looped into the videos); needed with --gpu")
+    g.add_argument("--video-seconds", type=float, default=60)
+    g.add_argument("--fps", type=float, default=0.25, help="frames sampled per second of video")
+    g.add_argument("--max-frames", type=int, default=16, help="frames per VLM request")
+    g.add_argument("--frame-size", type=int, default=448)
+    g.add_argument("--vlm-tokens", type=int, default=128, help="tokens every VLM answer has")
+    g.add_argument("--asr-tokens", type=int, default=32, help="tokens every 30-s ASR chunk has")
+    g.add_argument("--vlm-gpu", type=float, default=0.6, help="GPU share of the VLM replica")
+    g.add_argument("--asr-gpu", type=float, default=0.3, help="GPU share of the ASR replica")
+    g.add_argument("--ready-timeout-s", type=float, default=300, help="give up if the app is not ready by then")
     args = p.parse_args(argv)
+    if args.gpu and not args.speech_clip:
+        p.error("--gpu needs --speech-clip")
+    if args.cpu_smoke and not args.gpu:
+        p.error("--cpu-smoke goes with --gpu")
+    unknown = set(args.endpoints.split(",")) - {"transcribe", "analyze"}
+    if unknown:
+        p.error(f"unknown endpoints {sorted(unknown)}")
+    return args
 
+
+# What the replicas import in GPU mode; checked before minutes go into checkpoints (module names).
+GPU_MODE_MODULES = ("fastapi", "prometheus_client", "av", "pymupdf", "faster_whisper", "onnxruntime", "xgrammar",
+                    "transformers", "yaml")
+
+
+def missing_modules() -> list[str]:
+    import importlib.util
+
+    return [m for m in GPU_MODE_MODULES if importlib.util.find_spec(m) is None]
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    from ray import serve
+
+    raise SystemExit(f"the app was not ready within {timeout_s:g} s: {serve.status()}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    t_start = time.time()
     import ray
     from ray import serve
 
     from actors.device import accelerator
+    from benchmarks.serve_fixed import ASR_TOKENS_ENV, VLM_TOKENS_ENV
+    from serve_apps import app
     from serve_apps.run_local import start
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    settings = bench_settings(args.models, args.model_cache, args.max_batch)
-    url = start(settings, api_key=KEY, num_cpus=args.num_cpus)
+    endpoints = args.endpoints.split(",")
+    stages: dict[str, str] = {}
+    tmp = tempfile.TemporaryDirectory()
+    if args.gpu:
+        missing = missing_modules()
+        if missing:  # the PDF replica alone needs pymupdf, and one failed replica fails the whole app
+            raise SystemExit(f"GPU mode needs these modules, missing here: {', '.join(missing)}")
+        inputs, words = gpu_inputs(Path(args.work), max(levels), args.video_seconds, args.speech_clip)
+        settings = gpu_plan(args, *gpu_models(args))
+        stages = FIXED_STAGES
+        # Replicas inherit the driver's environment: the fixed ASR length, and this checkout on the path.
+        os.environ.update({ASR_TOKENS_ENV: str(args.asr_tokens), VLM_TOKENS_ENV: str(args.vlm_tokens)})
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # generate() warns on every fixed-length call
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        models = "Qwen2.5-VL-7B + Whisper large-v3 (random weights)" if not args.cpu_smoke else "tiny-random"
+    else:
+        inputs, words = cpu_inputs(Path(tmp.name))
+        settings = bench_settings(args.models, args.model_cache, args.max_batch)
+        models = args.models
+    gpu_mem = GpuMemory()
+    result: dict[str, Any] = {
+        "models": models, "max_batch_size": args.max_batch, "seconds_per_level": args.seconds,
+        "inputs": {e: words[e] for e in endpoints}, "levels": {}, "skipped": [],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "setup": {"mode": ("gpu-cpu-smoke" if args.cpu_smoke else "gpu") if args.gpu else "cpu",
+                  "warmup_s": args.warmup_s, "repeats": args.repeats, "concurrency": levels,
+                  "video": settings.video.model_dump(), "stages": {**app.STAGES, **stages},
+                  "deployments": {n: getattr(settings.deployments, n).serve_options() for n in ("api", "decode", "asr", "vlm")}}}
+    if args.gpu:
+        result["setup"].update(vlm_output_tokens=args.vlm_tokens, asr_output_tokens_per_chunk=args.asr_tokens,
+                               engine_options=settings.stage_config().profile.options_for("default").model_dump())
     try:
-        while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
-            time.sleep(1)
-        with tempfile.TemporaryDirectory() as tmp:
-            inputs = make_inputs(Path(tmp))
-            result: dict[str, Any] = {
-                "models": args.models, "device": f"{accelerator()} ({platform.processor() or platform.machine()}, "
-                                                 f"{ray.cluster_resources().get('CPU', 0):g} logical CPUs)",
-                "max_batch_size": args.max_batch, "seconds_per_level": args.seconds,
-                "inputs": {}, "levels": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "load_average_before": os.getloadavg()[0]}  # other tenants' load skews CPU numbers
-            for endpoint in args.endpoints.split(","):
-                name, data = inputs[endpoint]
-                result["inputs"][endpoint] = f"{name} ({len(data) // 1024} KB, 8 s)"
-                run_level(url, endpoint, name, data, 2, 3)  # warm-up: first calls pay lazy initialisation
-                result["levels"][endpoint] = []
-                for c in levels:
-                    row = run_level(url, endpoint, name, data, c, args.seconds)
-                    print(json.dumps(row), flush=True)
-                    result["levels"][endpoint].append(row)
+        with mock.patch.dict(app.STAGES, stages):  # GPU mode: the fixed-length subclasses of the same stages
+            url = start(settings, api_key=KEY, num_cpus=args.num_cpus)
+        wait_ready(url, args.ready_timeout_s)
+        result["setup"]["app_ready_s"] = round(time.time() - t_start, 1)  # checkpoints, media and replicas
+        print(f"[bench] app ready {result['setup']['app_ready_s']:.0f} s after start", flush=True)
+        result["device"] = (f"{accelerator()} ({ray.cluster_resources().get('CPU', 0):g} logical CPUs, "
+                            f"{ray.cluster_resources().get('GPU', 0):g} GPUs in Ray)")
+        result["machine"] = machine_info()
+        result["load_average_before"] = os.getloadavg()[0]  # other tenants' load skews CPU numbers
+        for endpoint in endpoints:
+            rows = result["levels"].setdefault(endpoint, [])
+            for c in levels:
+                # a level runs its warm-up and repeats, plus the requests still in flight at the end
+                if args.budget_s and time.time() - t_start + args.warmup_s + args.repeats * args.seconds > args.budget_s:
+                    result["skipped"].append(f"{endpoint} at {c} clients")
+                    continue
+                with gpu_mem.level():
+                    row = measure(url, endpoint, inputs[endpoint], c, args.seconds, args.warmup_s, args.repeats)
+                row["gpu_mem_peak_gib"] = gpu_mem.peak_gib
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                save(result, args.out, args.markdown)
         result["load_average_after"] = os.getloadavg()[0]
     finally:
+        result["total_s"] = round(time.time() - t_start, 1)
         serve.shutdown()
         ray.shutdown()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    table = to_markdown(result)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
+        tmp.cleanup()
+    print(save(result, args.out, args.markdown))
     return 0
 
 

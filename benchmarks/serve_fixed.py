@@ -1,0 +1,40 @@
+"""Fixed-length ASR and VLM stages for the GPU run of benchmarks/serve_bench.py (bench-only).
+
+Random weights stop at arbitrary points, so without this two concurrency levels would not do the
+same work. These subclasses of the real stages decode exactly N tokens per request (EOS ignored, no
+JSON schema, as gpu_throughput.py's batch benchmark does): every VLM answer
+``$CORPUSFLOW_BENCH_VLM_TOKENS``, every ASR chunk ``$CORPUSFLOW_BENCH_ASR_TOKENS``. The bench sets
+both before Ray starts, so replicas inherit them (a stage constructor only receives the StageConfig,
+and ``vlm.max_new_tokens`` must stay large enough for Describe's answer-budget check). The VLM's answers are
+therefore not JSON and each analyzed row carries that error: expected in this mode, and the request
+still answers 200 like any row-level failure.
+"""
+from __future__ import annotations
+
+import os
+
+from actors.asr import Transcribe
+from actors.asr_transformers import TransformersWhisperEngine
+from actors.vlm import Describe
+from benchmarks.gpu_throughput import fixed_transformers_engine
+from contracts.config import StageConfig
+
+ASR_TOKENS_ENV = "CORPUSFLOW_BENCH_ASR_TOKENS"
+VLM_TOKENS_ENV = "CORPUSFLOW_BENCH_VLM_TOKENS"
+
+
+class FixedTranscribe(Transcribe):
+    """Transcribe whose transformers Whisper decodes exactly ``$CORPUSFLOW_BENCH_ASR_TOKENS`` tokens per chunk."""
+
+    def __init__(self, config: StageConfig) -> None:
+        super().__init__(config)
+        if not isinstance(self._engine, TransformersWhisperEngine):
+            raise TypeError("the fixed-length benchmark needs asr_engine: transformers in its models profile")
+        self._engine.fixed_output_tokens = int(os.environ[ASR_TOKENS_ENV])
+
+
+class FixedDescribe(Describe):
+    """Describe on the transformers engine, every answer exactly ``$CORPUSFLOW_BENCH_VLM_TOKENS`` tokens, unconstrained."""
+
+    def __init__(self, config: StageConfig) -> None:
+        super().__init__(config, engine=fixed_transformers_engine(config, int(os.environ[VLM_TOKENS_ENV])))
