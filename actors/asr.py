@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -44,29 +44,43 @@ class AsrResult:
     words: list[TimedText] = field(default_factory=list)
 
 
-class AsrEngine(Protocol):
-    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: StageConfig)``; called from one thread at a time.
+@dataclass(frozen=True)
+class SpeechTrack:
+    """One track to transcribe: its 16 kHz mono float32 samples and the speech chunks to decode.
 
-    An engine that can decode several tracks together also offers ``transcribe_many(pcms, language)
-    -> list[AsrResult]`` (one result per track, in order); see :func:`transcribe_many`.
+    ``chunks`` are (start_s, end_s) on the track's time axis, as actors/speech.py:DetectSpeech
+    merged them (each at most ``asr.chunk_s`` long); none means nothing to decode.
     """
 
-    def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
-        """Transcribe 16 kHz mono float32 ``pcm``; ``language`` forces a code, None detects it."""
+    pcm: np.ndarray
+    chunks: list[tuple[float, float]]
+
+    def samples(self, chunk: tuple[float, float]) -> np.ndarray:
+        return self.pcm[round(chunk[0] * SAMPLE_RATE):round(chunk[1] * SAMPLE_RATE)]
+
+    def language_probe(self) -> np.ndarray:
+        """The first 30 s of speech, where the language is detected (not the file's first 30 s, which may be music)."""
+        joined = np.concatenate([self.samples(c) for c in self.chunks])
+        return joined[:int(LANGUAGE_PROBE_S * SAMPLE_RATE)]
+
+
+class AsrEngine(Protocol):
+    """One loaded ASR model. Built as ``Engine(profile: ModelsProfile, config: StageConfig)``; called from one thread at a time."""
+
+    def transcribe_many(self, tracks: list[SpeechTrack], language: str | None) -> list[AsrResult]:
+        """One result per track, in order; ``language`` forces a code, None detects it per track.
+
+        The chunks of all tracks share decoder batches, so concurrent short requests fill the batch a
+        long file would; each track's result is the one it gets when transcribed alone.
+        """
         ...
 
 
-def transcribe_many(engine: AsrEngine, pcms: list[np.ndarray], language: str | None) -> list[AsrResult]:
-    """The engine's ``transcribe_many`` where it has one, else its tracks one after another."""
-    many = getattr(engine, "transcribe_many", None)
-    return many(pcms, language) if many else [engine.transcribe(pcm, language) for pcm in pcms]
-
-
 class Transcribe:
-    """Ray Data / Serve stage: 16 kHz mono ``pcm`` → language, segments and words on the media's time axis."""
+    """Ray Data / Serve stage: ``pcm`` and its speech chunks → language, segments and words on the media's time axis."""
 
     contract = StageContract(
-        name="asr", reads=("asset_id", "pcm"),
+        name="asr", reads=("asset_id", "pcm", "speech_start_s", "speech_end_s"),
         writes={"language": "str", "seg_start": "tensor[float64]", "seg_end": "tensor[float64]",
                 "seg_text": "list[str]", "word_start": "tensor[float64]", "word_end": "tensor[float64]",
                 "word_text": "list[str]"},
@@ -86,21 +100,21 @@ class Transcribe:
         with self._lock:
             n = self.contract.check_input(batch)
             errors, stages = list(batch["error"]), list(batch["error_stage"])
-            pcms: dict[int, np.ndarray] = {}
+            tracks: dict[int, SpeechTrack] = {}
             for i in range(n):
                 if not errors[i]:
                     try:
-                        pcms[i] = _checked_pcm(batch["pcm"][i])
+                        tracks[i] = _checked_track(batch["pcm"][i], batch["speech_start_s"][i], batch["speech_end_s"][i])
                     except StageFailure as e:
                         stages[i], errors[i] = self.contract.name, str(e)
-            heard, seconds = self._hear(pcms)
+            heard, seconds = self._hear(tracks)
             out: dict[str, list[Any]] = {c: [] for c in (*self.contract.writes, *self.contract.metric_columns)}
             for i in range(n):
                 got = heard.get(i)
                 if isinstance(got, Exception):
                     stages[i], errors[i] = self.contract.name, _message(got)
                 values = _columns(got if isinstance(got, AsrResult) else AsrResult(""),
-                                  len(pcms[i]) / SAMPLE_RATE if i in pcms else 0.0)
+                                  len(tracks[i].pcm) / SAMPLE_RATE if i in tracks else 0.0)
                 for c in self.contract.writes:
                     out[c].append(values[c])
                 # A row that failed upstream never reached the model: no time, so no metrics row.
@@ -110,33 +124,34 @@ class Transcribe:
                 out[f"{self.contract.name}_accel"].append(self._accelerator)
             return finish(self.contract, batch, out, stages, errors)
 
-    def _hear(self, pcms: dict[int, np.ndarray]) -> tuple[dict[int, AsrResult | Exception], dict[int, float]]:
+    def _hear(self, tracks: dict[int, SpeechTrack]) -> tuple[dict[int, AsrResult | Exception], dict[int, float]]:
         """Every row's result (or exception) and its model seconds, rows keyed by batch index.
 
-        All audible rows go to the engine together, so it can decode their speech in shared batches;
-        each row is charged a share of that time in proportion to its length. If the shared call
+        All rows with speech go to the engine together, so it can decode their chunks in shared
+        batches; each row is charged a share of that time in proportion to its chunks (each is
+        padded to Whisper's 30 s window, so chunks, not seconds, are the work). If the shared call
         fails, the rows are retried one by one so that a failure lands on the row that caused it.
         """
-        heard: dict[int, AsrResult | Exception] = {i: AsrResult("") for i in pcms}
-        audible = {i: pcm for i, pcm in pcms.items() if len(pcm)}
-        if not audible:
+        heard: dict[int, AsrResult | Exception] = {i: AsrResult("") for i in tracks}
+        speaking = {i: t for i, t in tracks.items() if t.chunks}
+        if not speaking:
             return heard, {}
         t0 = time.perf_counter()
         try:
-            heard.update(zip(audible, transcribe_many(self._engine, list(audible.values()), self._language)))
+            heard.update(zip(speaking, self._engine.transcribe_many(list(speaking.values()), self._language)))
             failed = False
         except Exception as e:  # noqa: BLE001 - retried row by row below
             log.warning("transcribing %d rows together failed (%s: %s); retrying them one by one",
-                        len(audible), type(e).__name__, e)
+                        len(speaking), type(e).__name__, e)
             failed = True
         spent = time.perf_counter() - t0
-        total = sum(len(pcm) for pcm in audible.values())
-        seconds = {i: spent * len(pcm) / total for i, pcm in audible.items()}
+        total = sum(len(t.chunks) for t in speaking.values())
+        seconds = {i: spent * len(t.chunks) / total for i, t in speaking.items()}
         if failed:
-            for i, pcm in audible.items():
+            for i, t in speaking.items():
                 t0 = time.perf_counter()
                 try:
-                    heard[i] = self._engine.transcribe(pcm, self._language)
+                    heard[i] = self._engine.transcribe_many([t], self._language)[0]
                 except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
                     heard[i] = e
                 seconds[i] += time.perf_counter() - t0
@@ -151,7 +166,7 @@ def load_engine(profile: ModelsProfile, config: StageConfig) -> AsrEngine:
     return WhisperXEngine(profile, config)
 
 
-def _checked_pcm(pcm: Any) -> np.ndarray:
+def checked_pcm(pcm: Any) -> np.ndarray:
     """The row's samples, or a StageFailure saying why they cannot be audio."""
     if not isinstance(pcm, np.ndarray) or pcm.ndim != 1 or pcm.dtype != np.float32:
         got = f"{pcm.dtype} array of shape {pcm.shape}" if isinstance(pcm, np.ndarray) else type(pcm).__name__
@@ -160,6 +175,18 @@ def _checked_pcm(pcm: Any) -> np.ndarray:
     if bad:
         raise StageFailure(f"audio holds {bad} non-finite samples (NaN or infinity); the decoded track is corrupt")
     return pcm
+
+
+def _checked_track(pcm: Any, starts: Any, ends: Any) -> SpeechTrack:
+    """The row's samples and speech chunks, or a StageFailure saying what is wrong with them."""
+    pcm = checked_pcm(pcm)
+    starts, ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+    duration = len(pcm) / SAMPLE_RATE
+    if starts.ndim != 1 or starts.shape != ends.shape or not np.all(np.isfinite(starts) & np.isfinite(ends)) \
+            or np.any(starts < 0) or np.any(ends <= starts) or np.any(ends > duration + 1 / SAMPLE_RATE):
+        raise StageFailure(f"speech chunks (speech_start_s/speech_end_s) must be finite, non-empty spans inside "
+                           f"the {duration:.3f} s of audio; got {len(starts)} starts and {len(ends)} ends")
+    return SpeechTrack(pcm, [(float(a), float(b)) for a, b in zip(starts, ends)])
 
 
 def _message(e: Exception) -> str:
@@ -185,17 +212,38 @@ def _spans(spans: list[TimedText], duration: float) -> tuple[np.ndarray, np.ndar
 
 
 @dataclass
-class _Track:
-    """One track on its way through shared decoding: its language, VAD chunks (whisperX's dicts, in seconds) and their texts."""
+class Decoding:
+    """One track on its way through an engine's shared decoding: the track, its language, its chunks' texts."""
 
-    pcm: np.ndarray
+    track: SpeechTrack
     language: str
-    chunks: list[dict]
     texts: list[str] = field(default_factory=list)
 
 
+def chunk_batches(work: list[Decoding], batch_size: int) -> Iterator[tuple[str, list[tuple[Decoding, int]]]]:
+    """Every chunk of every track as decoder batches ``(language, [(track, chunk index), ...])``.
+
+    A batch shares one prompt and the prompt carries the language token, so a batch holds one
+    language. Batches are as few as ``batch_size`` allows and balanced (67 chunks at 64 → 34 + 33,
+    not 64 + 3), so no batch pays full price for a few chunks. Resets each track's ``texts``.
+    """
+    by_language: dict[str, list[tuple[Decoding, int]]] = {}
+    for d in work:
+        d.texts = [""] * len(d.track.chunks)
+        if d.track.chunks:
+            by_language.setdefault(d.language, []).extend((d, k) for k in range(len(d.track.chunks)))
+    for language, chunks in by_language.items():
+        n = -(-len(chunks) // batch_size)
+        size, extra = divmod(len(chunks), n)
+        start = 0
+        for b in range(n):
+            end = start + size + (b < extra)
+            yield language, chunks[start:end]
+            start = end
+
+
 class WhisperXEngine:
-    """whisperX: Silero VAD → batched faster-whisper (CTranslate2) over merged speech chunks → wav2vec2 word alignment.
+    """whisperX: batched faster-whisper (CTranslate2) over the speech chunks → wav2vec2 word alignment.
 
     The chunks of all tracks handed over together share decoder batches (whisperX alone batches only
     within one track), so concurrent short requests fill the batch a long file would.
@@ -207,13 +255,13 @@ class WhisperXEngine:
 
         self._device = torch_device()
         self._batch_size = config.asr.batch_size
-        self._vad = _SileroVad(config.asr.vad_onset, config.asr.vad_offset, config.asr.chunk_s)
         model_dir = resolve(profile.asr, "whisper-ct2", config.model_cache, build_tiny=build_whisper_ct2)
-        # whisperX's own transcribe() is not used (it batches one track); the VAD given here only
-        # keeps load_model from loading pyannote's, which needs a download.
+        # whisperX's own transcribe() (VAD + merge + decode of one track) is not used: speech
+        # detection is actors/speech.py. Any VAD object here only keeps load_model from loading
+        # pyannote's, which needs a download.
         self._pipeline = whisperx.load_model(
             model_dir, self._device, compute_type=_compute_type(config.asr.compute_type, self._device),
-            vad_model=self._vad, language=None, threads=max(1, int(config.resources.asr.num_cpus)))
+            vad_model=_NO_VAD, language=None, threads=max(1, int(config.resources.asr.num_cpus)))
         forced = config.asr.language
         if forced is not None and forced not in self._pipeline.model.supported_languages:
             raise ValueError(f"asr.language {forced!r} is not a language this Whisper model knows "
@@ -224,64 +272,42 @@ class WhisperXEngine:
             model, metadata = whisperx.load_align_model("en", self._device, model_name=align_dir)
             self._aligner = (model, metadata["dictionary"], metadata["type"])
 
-    def transcribe(self, pcm: np.ndarray, language: str | None) -> AsrResult:
-        return self.transcribe_many([pcm], language)[0]
+    def transcribe_many(self, tracks: list[SpeechTrack], language: str | None) -> list[AsrResult]:
+        """Language per track, the speech chunks of all tracks decoded together, alignment per track."""
+        work = [Decoding(t, (language or self._pipeline.detect_language(t.language_probe())) if t.chunks else "")
+                for t in tracks]
+        self._decode(work)
+        return [self._result(d) for d in work]
 
-    def transcribe_many(self, pcms: list[np.ndarray], language: str | None) -> list[AsrResult]:
-        """VAD and language per track, the speech chunks of all tracks decoded together, alignment per track."""
-        tracks = [self._track(pcm, language) for pcm in pcms]
-        self._decode(tracks)
-        return [self._result(t) for t in tracks]
+    def _decode(self, work: list[Decoding]) -> None:
+        """Fill each track's ``texts`` through whisperX's batched decoder (see :func:`chunk_batches`).
 
-    def _track(self, pcm: np.ndarray, language: str | None) -> _Track:
-        speech = self._vad.speech(pcm)
-        if not speech:
-            return _Track(pcm, "", [])
-        return _Track(pcm, language or self._detect_language(pcm, speech), self._vad.chunks(speech))
-
-    def _decode(self, tracks: list[_Track]) -> None:
-        """Fill each track's ``texts``: all chunks through whisperX's batched decoder, ``batch_size`` at a time.
-
-        A batch shares one prompt, and the prompt carries the language token, so chunks are batched
-        per language. Each chunk is padded to Whisper's 30 s window on its own, as whisperX does.
+        Each chunk is padded to Whisper's 30 s window on its own, as whisperX does.
         """
         import torch
         from faster_whisper.tokenizer import Tokenizer
 
         model = self._pipeline.model
-        by_language: dict[str, list[tuple[_Track, int]]] = {}
-        for t in tracks:
-            t.texts = [""] * len(t.chunks)
-            if t.chunks:
-                by_language.setdefault(t.language, []).extend((t, k) for k in range(len(t.chunks)))
-        for language, chunks in by_language.items():
+        for language, part in chunk_batches(work, self._batch_size):
             tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-            for b in range(0, len(chunks), self._batch_size):
-                part = chunks[b:b + self._batch_size]
-                features = torch.stack([self._features(t.pcm, t.chunks[k]) for t, k in part])
-                for (t, k), text in zip(part, model.generate_segment_batched(features, tokenizer, self._pipeline.options)):
-                    t.texts[k] = text
+            features = torch.stack([self._features(d.track.samples(d.track.chunks[k])) for d, k in part])
+            for (d, k), text in zip(part, model.generate_segment_batched(features, tokenizer, self._pipeline.options)):
+                d.texts[k] = text
 
-    def _features(self, pcm: np.ndarray, chunk: dict) -> Any:
+    def _features(self, samples: np.ndarray) -> Any:
         """whisperX's log-mel features of one chunk (its own preprocessing step)."""
-        samples = pcm[int(chunk["start"] * SAMPLE_RATE):int(chunk["end"] * SAMPLE_RATE)]
         return self._pipeline.preprocess({"inputs": samples})["inputs"]
 
-    def _result(self, t: _Track) -> AsrResult:
-        if not t.chunks:
-            return AsrResult(t.language)
+    def _result(self, d: Decoding) -> AsrResult:
+        if not d.track.chunks:
+            return AsrResult(d.language)
         # whisperX's segment shape: one segment per chunk, times rounded to the millisecond
-        segments = [{"text": text, "start": round(c["start"], 3), "end": round(c["end"], 3)}
-                    for c, text in zip(t.chunks, t.texts)]
-        aligned = self._align(segments, t.pcm, t.language) if self._aligner else None
+        segments = [{"text": text, "start": round(a, 3), "end": round(b, 3)}
+                    for (a, b), text in zip(d.track.chunks, d.texts)]
+        aligned = self._align(segments, d.track.pcm, d.language) if self._aligner else None
         if aligned is None:
-            return AsrResult(t.language, [TimedText(s["start"], s["end"], s["text"]) for s in segments])
-        return AsrResult(t.language, *aligned)
-
-    def _detect_language(self, pcm: np.ndarray, speech: list) -> str:
-        """Language of the first 30 s of speech (not of the first 30 s of the file, which may be music)."""
-        probe = np.concatenate([pcm[int(s.start * SAMPLE_RATE):int(s.end * SAMPLE_RATE)] for s in speech])
-        return self._pipeline.detect_language(probe[:int(LANGUAGE_PROBE_S * SAMPLE_RATE)])
+            return AsrResult(d.language, [TimedText(s["start"], s["end"], s["text"]) for s in segments])
+        return AsrResult(d.language, *aligned)
 
     def _align(self, segments: list[dict], pcm: np.ndarray, language: str
                ) -> tuple[list[TimedText], list[TimedText]] | None:
@@ -307,6 +333,9 @@ class WhisperXEngine:
         return segs, words
 
 
+_NO_VAD = object()  # see WhisperXEngine.__init__
+
+
 def _compute_type(requested: str, device: str) -> str:
     """'default' → float16 on CUDA, int8 on CPU, or float32 where the device lacks those kernels."""
     import ctranslate2
@@ -316,31 +345,3 @@ def _compute_type(requested: str, device: str) -> str:
     supported = ctranslate2.get_supported_compute_types(device)
     preferred = "float16" if device == "cuda" else "int8"
     return preferred if preferred in supported else "float32"
-
-
-class _SileroVad:
-    """Speech regions from the Silero ONNX model faster-whisper ships (pyannote's, whisperX's default, needs a download).
-
-    Silero's hysteresis is whisperX's: speech starts above ``onset`` and ends below ``offset``;
-    whisperX's merge then joins speech regions into chunks of at most ``chunk_s`` seconds.
-    """
-
-    def __init__(self, onset: float, offset: float, chunk_s: float) -> None:
-        from faster_whisper.vad import VadOptions
-
-        self._options = VadOptions(threshold=onset, neg_threshold=offset, max_speech_duration_s=chunk_s)
-        self._chunk_s = chunk_s
-
-    def speech(self, pcm: np.ndarray) -> list[Any]:
-        """Speech regions in seconds (whisperX segments)."""
-        from faster_whisper.vad import get_speech_timestamps
-        from whisperx.diarize import Segment
-
-        stamps = get_speech_timestamps(pcm, self._options, sampling_rate=SAMPLE_RATE)
-        return [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "UNKNOWN") for s in stamps]
-
-    def chunks(self, speech: list[Any]) -> list[dict]:
-        """Non-empty ``speech`` merged into whisperX chunks (``{"start", "end", ...}`` in seconds)."""
-        from whisperx.vads import Vad
-
-        return Vad.merge_chunks(speech, self._chunk_s, onset=self._options.threshold, offset=None)

@@ -425,22 +425,23 @@ def bench_stages(config, vlm_tokens: int, asr_tokens: int):
 
 
 def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int) -> dict:
-    """The paper's loop: one video at a time, decode → transcribe → describe, GPU held throughout."""
+    """The paper's loop: one video at a time, decode → speech → transcribe → describe, GPU held throughout."""
     from actors.decode import DecodeMedia
     from actors.identify import Identify
+    from actors.speech import DetectSpeech
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     with GpuSampler() as gpu:
         t0 = time.time()
-        identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), \
-            FixedDescribe(config)
+        identify, decode, speech, asr, vlm = Identify(config), DecodeMedia(config), DetectSpeech(config), \
+            FixedTranscribe(config), FixedDescribe(config)
         t_ready = time.time()
         mark = len(gpu.util)
         asr_s = 0.0
         for uri in corpus:
             batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
                      "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-            batch = vlm(asr(decode(identify(batch))))
+            batch = vlm(asr(speech(decode(identify(batch)))))
             row = {k: v[0] for k, v in batch.items()}
             _count_row(row, work, config)
             asr_s += float(row["asr_wall_s"])
@@ -483,6 +484,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
 
     from actors.decode import DecodeMedia
     from actors.identify import Identify
+    from actors.speech import DetectSpeech
     from flows.routing import KindRouted, as_task
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
@@ -492,6 +494,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         ds = _pipeline_source(corpus)
         ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", batch_size=1, num_cpus=1)
         ds = ds.map_batches(as_task(DecodeMedia, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
+        ds = ds.map_batches(as_task(DetectSpeech, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
         ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedTranscribe, config, ("video",)),
                             batch_format="numpy", batch_size=1, num_cpus=1,
                             num_gpus=gpus * gpu_share_asr / asr_actors, compute=ActorPoolStrategy(size=asr_actors))

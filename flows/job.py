@@ -1,7 +1,7 @@
 """The corpus job: one Ray Data stream from listing to committed Parquet tables.
 
 list → identify (hash + sniff by content) → drop what this config already committed → decode media
-(tasks) / extract PDFs (tasks) → ASR actor pool → VLM actor pool → commit (tasks). Videos, audio and
+and detect speech (tasks) / extract PDFs (tasks) → ASR actor pool → VLM actor pool → commit (tasks). Videos, audio and
 PDFs flow interleaved in one stream; each stage routes to its kinds (flows/routing.py). Frames and
 PCM travel as Arrow tensor columns; objects are fetched inside the stages that read them.
 """
@@ -123,6 +123,7 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
     from actors.decode import DecodeMedia
     from actors.identify import Identify
     from actors.pdf import ExtractPdf
+    from actors.speech import DetectSpeech
     from actors.vlm import Describe
 
     r = config.resources
@@ -134,6 +135,9 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
     if done:
         ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     ds = ds.map_batches(as_task(DecodeMedia, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
+    # Decode's resources, so Ray fuses speech detection (CPU VAD) into decode's tasks: the ASR actors
+    # then spend their GPU share decoding chunks, and PCM is not shipped between the two.
+    ds = ds.map_batches(as_task(DetectSpeech, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
     ds = ds.map_batches(as_task(ExtractPdf, config, ("pdf",)), batch_format="numpy", **_remote_args(r.pdf))
     stages = [(Transcribe, MEDIA, r.asr)]
     if config.profile.vlm_engine == "transformers":

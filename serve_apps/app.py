@@ -23,6 +23,9 @@ APP_NAME = "corpusflow"
 STAGES = {"decode": "actors.decode.DecodeMedia", "pdf": "actors.pdf.ExtractPdf",
           "asr": "actors.asr.Transcribe", "vlm": "actors.vlm.Describe"}
 BATCHED = ("asr", "vlm")
+# Stages a deployment runs right after its own on the same replica: speech detection is CPU work,
+# so it runs where decoding does instead of holding the ASR replicas' GPU share.
+THEN = {"decode": ("actors.speech.DetectSpeech",)}
 
 
 @serve.deployment
@@ -50,7 +53,7 @@ def build_app(settings: ServeConfig) -> Application:
             dep = BatchedStageServer.options(name=name, **d.serve_options())
             bound[name] = dep.bind(stage, job, d.batching.max_batch_size, d.batching.batch_wait_timeout_s)
         else:
-            bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job)
+            bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job, THEN.get(name, ()))
     if settings.streaming.enabled:
         from actors.streaming import StreamConfig
 

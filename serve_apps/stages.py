@@ -78,17 +78,27 @@ def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
 
 @serve.deployment
 class StageServer:
-    """A stage behind a handle, one request at a time per replica (decode, PDF)."""
+    """A stage behind a handle, one request at a time per replica (decode, PDF).
 
-    def __init__(self, stage: str, config: dict[str, Any]):
-        self.stage = load_stage(stage, StageConfig.model_validate(config))
+    ``then`` names stages run right after it on the same replica (decode is followed by speech
+    detection), so their CPU work stays off the replicas that hold GPUs.
+    """
+
+    def __init__(self, stage: str, config: dict[str, Any], then: tuple[str, ...] = ()):
+        stage_config = StageConfig.model_validate(config)
+        self.stages = [load_stage(path, stage_config) for path in (stage, *then)]
         self.lock = asyncio.Lock()
 
     async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
         async with self.lock:  # stages are not re-entrant; the event loop stays free for health checks
             with _Local(batch, payload) as local:
-                out = await asyncio.to_thread(self.stage, local)
+                out = await asyncio.to_thread(self._run, local)
         return _public_uri(out, batch)
+
+    def _run(self, batch: Batch) -> Batch:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
 
     async def ready(self) -> bool:
         return True

@@ -1,5 +1,7 @@
 """The ASR stage through its public class, on tiny random Whisper/wav2vec2 models and synthetic audio.
 
+Batches carry the speech chunks DetectSpeech (actors/speech.py) found, as in the job and in Serve.
+
 Random weights transcribe noise; what a user relies on is the shape of the answer: every row gets a
 result or an error of its own, silence is not an error, times are sorted and lie inside the audio.
 """
@@ -11,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.asr import SAMPLE_RATE, Transcribe
+from actors.asr import SAMPLE_RATE, SpeechTrack, Transcribe
+from actors.speech import DetectSpeech
 from contracts.config import JobConfig
 from tests.media import speech_like
 
@@ -25,17 +28,21 @@ def _talk(*parts: tuple[str, float]) -> np.ndarray:
     return np.concatenate([speech_like(s, SAMPLE_RATE) if kind == "talk" else _silence(s) for kind, s in parts])
 
 
+_DETECT = DetectSpeech(JobConfig(corpus="/corpus", out="/out"))
+
+
 def _batch(*pcms: np.ndarray, failed: dict[int, str] | None = None) -> dict[str, np.ndarray]:
+    """ASR's input: the rows' samples and the speech chunks DetectSpeech found in them."""
     failed = failed or {}
     pcm = np.empty(len(pcms), dtype=object)
     for i, p in enumerate(pcms):
         pcm[i] = p
-    return {
+    return _DETECT({
         "asset_id": np.asarray([f"asset-{i}" for i in range(len(pcms))]),
         "pcm": pcm,
         "error_stage": np.asarray([failed.get(i, ("", ""))[0] for i in range(len(pcms))]),
         "error": np.asarray([failed.get(i, ("", ""))[1] for i in range(len(pcms))]),
-    }
+    })
 
 
 def _config(model_cache: str, **asr: object) -> JobConfig:
@@ -85,19 +92,23 @@ def test_silence_and_missing_audio_track_are_empty_results_not_errors(stage: Tra
 
 
 def test_a_bad_row_fails_alone_and_earlier_failures_pass_through(stage: Transcribe) -> None:
-    nan = _talk(("talk", 1.0))
-    nan[100] = np.nan
     good = _talk(("talk", 2.0))
-    out = stage(_batch(nan, good.astype(np.float64), np.stack([good, good]), good, _silence(1.0),
-                       failed={4: ("decode", "file is not a media container")}))
+    batch = _batch(good, good, good, good, _silence(1.0), good,
+                   failed={4: ("decode", "file is not a media container")})
+    nan = good.copy()
+    nan[100] = np.nan
+    batch["pcm"][0], batch["pcm"][1], batch["pcm"][2] = nan, good.astype(np.float64), np.stack([good, good])
+    batch["speech_end_s"][5] = batch["speech_end_s"][5] + 60.0  # chunks from some other, longer track
+    out = stage(batch)
 
-    assert list(out["error_stage"]) == ["asr", "asr", "asr", "", "decode"]
+    assert list(out["error_stage"]) == ["asr", "asr", "asr", "", "decode", "asr"]
     assert "non-finite" in out["error"][0]
     assert "float32" in out["error"][1] and "float64" in out["error"][1]
     assert "1-D" in out["error"][2]
     assert out["error"][3] == "" and len(out["seg_start"][3]) >= 1
     assert out["error"][4] == "file is not a media container"
-    for i in (0, 1, 2, 4):
+    assert "inside the 2.000 s of audio" in out["error"][5]
+    for i in (0, 1, 2, 4, 5):
         assert out["language"][i] == "" and len(out["seg_text"][i]) == 0
 
 
@@ -183,24 +194,23 @@ def test_a_multi_row_batch_decodes_its_rows_together_and_gives_each_its_answer_a
         assert together["seg_text"][i] == single["seg_text"][0]
         np.testing.assert_array_equal(together["seg_start"][i], single["seg_start"][0])
         np.testing.assert_array_equal(together["seg_end"][i], single["seg_end"][0])
-    assert np.all(together["asr_device_s"] > 0), "every row is charged its share of the model time"
+    assert np.all(together["asr_device_s"][[0, 1, 3, 4]] > 0), "every row is charged its share of the model time"
+    assert together["asr_device_s"][2] == 0, "silence never reaches the model"
 
 
 def test_an_engine_failure_on_one_row_of_a_shared_batch_fails_that_row_alone(
         stage: Transcribe, monkeypatch: pytest.MonkeyPatch) -> None:
-    import faster_whisper.vad
-
     cursed = _talk(("talk", 1.25))
-    stamps = faster_whisper.vad.get_speech_timestamps
+    probe = SpeechTrack.language_probe
 
-    def vad(pcm: np.ndarray, *args: object, **kwargs: object) -> list[dict]:
-        if len(pcm) == len(cursed):
-            raise RuntimeError("VAD model crashed")
-        return stamps(pcm, *args, **kwargs)
+    def detect(track: SpeechTrack) -> np.ndarray:
+        if len(track.pcm) == len(cursed):
+            raise RuntimeError("language detection crashed")
+        return probe(track)
 
-    monkeypatch.setattr(faster_whisper.vad, "get_speech_timestamps", vad)
+    monkeypatch.setattr(SpeechTrack, "language_probe", detect)
     out = stage(_batch(_talk(("talk", 2.0)), cursed, _silence(1.0)))
 
     assert list(out["error_stage"]) == ["", "asr", ""]
-    assert out["error"][1] == "RuntimeError: VAD model crashed"
+    assert out["error"][1] == "RuntimeError: language detection crashed"
     assert len(out["seg_start"][0]) >= 1 and len(out["seg_start"][1]) == 0

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from actors.asr_transformers import merge_speech
+from actors.asr import Decoding, SpeechTrack, chunk_batches
 from actors.vlm import Describe
 from actors.vlm_answer import schema_for
 from contracts.config import QWEN25_VL_7B, JobConfig
@@ -40,15 +40,16 @@ def _video_row(n_frames: int = 12, side: int = 56, segments: int = 40, error: st
 
 # -- everywhere -----------------------------------------------------------------------------------
 
-def test_speech_is_merged_into_chunks_that_fit_whispers_window():
-    max_samples = 30 * SR
-    regions = [(0, 10 * SR), (12 * SR, 25 * SR), (26 * SR, 40 * SR), (41 * SR, 140 * SR)]
-    chunks = merge_speech(regions, max_samples)
-    assert all(b - a <= max_samples for a, b in chunks)
-    assert chunks[0] == (0, 25 * SR)  # neighbours joined while they fit
-    covered = sum(b - a for a, b in chunks)
-    assert covered >= sum(b - a for a, b in regions)  # no speech left out
-    assert chunks[-1][1] == 140 * SR  # the long region is cut, not truncated
+def test_decoder_batches_hold_one_language_and_are_balanced():
+    def track(chunks: int) -> SpeechTrack:
+        return SpeechTrack(np.zeros(SR, np.float32), [(0.0, 1.0)] * chunks)
+
+    work = [Decoding(track(40), "en"), Decoding(track(0), ""), Decoding(track(27), "en"), Decoding(track(5), "de")]
+    batches = list(chunk_batches(work, 64))
+    assert [(lang, len(part)) for lang, part in batches] == [("en", 34), ("en", 33), ("de", 5)]
+    assert all(d.language == lang for lang, part in batches for d, _ in part)
+    assert sorted((id(d), k) for _, part in batches for d, k in part) == sorted(
+        (id(d), k) for d in work for k in range(len(d.track.chunks))), "every chunk once"
 
 
 def test_vllm_engine_shape_follows_the_gpu_type():
@@ -109,14 +110,32 @@ def test_vllm_answers_become_describes_columns(tmp_path, model_cache):
     assert upstream["error_stage"] == "asr" and upstream["error"] == "no audio" and upstream["vlm_engine"] == ""
 
 
-def test_transformers_whisper_transcribes_speech_chunks_on_cpu(tmp_path, model_cache):
+def test_transformers_whisper_decodes_all_rows_chunks_together_and_each_as_alone_on_cpu(
+        tmp_path, model_cache, one_torch_thread):
     from actors.asr_transformers import TransformersWhisperEngine
 
-    config = _config(tmp_path, model_cache, **{"asr.language": "en"})
-    engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=4)
-    silence = np.zeros(5 * SR, dtype=np.float32)
-    assert engine.transcribe(silence, None).segments == []
-    assert engine.transcribe(silence, None).language == ""
+    config = _config(tmp_path, model_cache, **{"asr.batch_size": 4})
+    engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=3)
+    sizes: list[int] = []
+    generate = engine._model.generate
+
+    def counted(features, **kw):
+        sizes.append(len(features))
+        return generate(features, **kw)
+
+    engine._model.generate = counted
+    talk = speech_like(8.0, SR)
+    tracks = [SpeechTrack(talk, [(0.0, 1.5), (2.0, 3.0), (4.0, 6.5)]), SpeechTrack(np.zeros(SR, np.float32), []),
+              SpeechTrack(talk[:5 * SR], [(0.5, 2.0), (3.0, 5.0)]), SpeechTrack(talk, [(1.0, 2.0), (6.0, 8.0)])]
+    together = engine.transcribe_many(tracks, "en")
+    assert sizes == [4, 3], "7 chunks in batches of 4: 4 + 3, one generate call each"
+    alone = [engine.transcribe_many([t], "en")[0] for t in tracks]
+    assert together == alone
+    assert together[1].language == "" and together[1].segments == []
+    assert [(s.start, s.end) for s in together[0].segments] == tracks[0].chunks
+    detected = engine.transcribe_many(tracks[2:], None)
+    assert detected == [engine.transcribe_many([t], None)[0] for t in tracks[2:]]
+    assert all(len(r.language) >= 2 for r in detected), "the language is detected per track"
 
 
 # -- on a GPU ---------------------------------------------------------------------------------------
@@ -188,7 +207,7 @@ def test_transformers_whisper_runs_on_cuda(tmp_path, model_cache):
 
     config = _config(tmp_path, model_cache)
     engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=8)
-    result = engine.transcribe(speech_like(40.0, SR), "en")
+    result = engine.transcribe_many([SpeechTrack(speech_like(40.0, SR), [(0.0, 30.0), (30.0, 40.0)])], "en")[0]
     assert engine._model.device.type == "cuda"
     assert result.language == "en"
     assert all(0 <= s.start < s.end <= 40.0 for s in result.segments)
