@@ -15,7 +15,7 @@ import pyarrow as pa
 from contracts.cost import cost_usd, usd_per_hour
 from contracts.schemas import TABLES, conform
 
-STAGES = ("identify", "decode", "pdf", "asr", "vlm")
+STAGES = ("identify", "decode", "speech", "pdf", "asr", "vlm")
 
 
 def _opt(value: Any) -> Any:
@@ -60,7 +60,7 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
                 continue
             accel = str(batch[f"{stage}_accel"][i]) or "cpu"
             device_s = float(batch[f"{stage}_device_s"][i]) * shares.get(stage, 1.0)
-            media_s = duration if stage in ("decode", "asr", "vlm") else None
+            media_s = duration if stage in ("decode", "speech", "asr", "vlm") else None
             add("metrics", job_id=job_id, asset_id=aid, kind=kind, stage=stage, wall_s=float(wall),
                 device_s=device_s, accelerator=accel, media_s=media_s,
                 pages=pages if stage == "pdf" else None, usd_per_hour=usd_per_hour(accel, prices),

@@ -92,6 +92,7 @@ def _drop_done(done_ref) -> Callable[[Batch], Batch]:
 def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     fingerprint = config.fingerprint()
     shares = {stage: (r.num_gpus or r.num_cpus) for stage, r in config.resources}
+    shares["speech"] = shares["decode"]  # speech detection runs inside the decode tasks, on their reservation
 
     def commit_batch(batch: Batch) -> Batch:
         tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
