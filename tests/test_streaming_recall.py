@@ -86,8 +86,9 @@ def test_text_joins_the_cluster_on_screen_and_waits_for_its_frame():
     kv, meta = _block(5, base + 0.01 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM), order=500)
     recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
     assert sum(u.tokens for u in recall.units) == 4 * TOKENS + 4, "text waited for its frame"
-    packed_kv, packed_meta = recall.units[-1].pack(pin=False)
-    assert packed_kv.shape[3] == len(packed_meta) and bool((torch.diff(packed_meta.order) > 0).all())
+    got = recall.fetch(0, [len(recall.units) - 1])
+    assert got.keys.shape[1] == got.values.shape[1] == len(got.meta) == recall.units[-1].tokens
+    assert bool((torch.diff(got.meta.order) > 0).all()), "a cluster's frames and text come back in stream order"
 
 
 def test_host_memory_for_evicted_blocks_is_capped():
