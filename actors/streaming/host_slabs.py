@@ -23,6 +23,7 @@ from actors.streaming.layout import TokenMeta
 
 SLAB_BYTES = 128 << 20  # a power of two: torch's pinned allocator rounds every request up to one
 SLABS_PER_CAP = 64  # smaller caps get smaller slabs, so partly used slabs stay a small share of the cap
+SLAB_TOKENS = 4096  # and small models smaller ones (a 7B model reaches SLAB_BYTES first)
 
 
 @dataclass(eq=False)
@@ -140,7 +141,8 @@ class HostSlabs:
 
     def _shape(self, rows: torch.Tensor) -> None:
         self._token_bytes = rows[:, 0].numel() * rows.element_size()
-        self.slab_bytes = max(self._token_bytes, min(SLAB_BYTES, self.cap_bytes // SLABS_PER_CAP))
+        self.slab_bytes = max(self._token_bytes, min(SLAB_BYTES, self.cap_bytes // SLABS_PER_CAP,
+                                                     SLAB_TOKENS * self._token_bytes))
         per_slab = self.slab_bytes // self._token_bytes
         shape, dtype = (rows.shape[0], per_slab, *rows.shape[2:]), rows.dtype
         self._view = lambda mem: mem[:per_slab * self._token_bytes].view(dtype).view(shape)

@@ -197,7 +197,7 @@ class FrameRecall:
 
     # -- memory ----------------------------------------------------------------------------------
     def host_bytes(self) -> int:
-        """Host bytes of the evicted rows kept (never above the cap once a frame has been added)."""
+        """Host bytes of the evicted rows kept: at most the cap after every add (oldest units go first)."""
         return self._host.used_bytes
 
     def host_reserved_bytes(self) -> int:
