@@ -282,8 +282,8 @@ def warm_up(model, processor, cfg: StreamConfig, side: int, device: str, seconds
             after_full_s: int = 8, limit_s: int = 600) -> int:
     """Run and discard a stream of ``seconds``, or by default until the window is full — vision and
     text windows at their bounds, so every second evicts both — and ``after_full_s`` more. Until
-    then each second brings a context length not seen before (kernels picked and allocator blocks
-    made for it) and the first evictions; run before the measured stream, minute 1 holds none of
+    then each second brings context lengths not seen before (and whatever is cached per shape is
+    made for them) and the first evictions; run before the measured stream, minute 1 holds none of
     that. Returns the seconds run."""
     session = StreamSession(model, processor, cfg)
     stream = SyntheticStream(side, cfg.fps, [], seed=1)

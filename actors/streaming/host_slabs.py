@@ -91,6 +91,7 @@ class HostSlabs:
     def __init__(self, cap_bytes: int, pin: bool):
         self.cap_bytes, self.pin = cap_bytes, pin
         self.slab_bytes = 0  # fixed by the first write: a slab holds at least one token
+        self._token_bytes = 0  # one token's row over all layers, fixed by the first write
         self.used_bytes = 0  # bytes of rows written and not released
         self.slabs = 0  # slabs allocated so far (the spare included)
         self._view = None  # slab memory (uint8) -> rows view; set by the first write
