@@ -119,6 +119,7 @@ def test_positions_contiguous_after_every_eviction_with_the_model(tiny):
         assert s.window_frames() == [float(x) for x in range(max(0, t - 2), t + 1)]
     report = s.memory_report()
     assert report["recall_units"] >= 1 and report["recall_host_bytes"] > 0
+    assert report["recall_host_reserved_bytes"] >= report["recall_host_bytes"]
     assert s.memory_bytes() == report["window_bytes"] + report["recall_device_bytes"]
 
 

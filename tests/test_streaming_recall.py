@@ -86,8 +86,9 @@ def test_text_joins_the_cluster_on_screen_and_waits_for_its_frame():
     kv, meta = _block(5, base + 0.01 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM), order=500)
     recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
     assert sum(u.tokens for u in recall.units) == 4 * TOKENS + 4, "text waited for its frame"
-    packed_kv, packed_meta = recall.units[-1].pack(pin=False)
-    assert packed_kv.shape[3] == len(packed_meta) and bool((torch.diff(packed_meta.order) > 0).all())
+    got = recall.fetch(0, [len(recall.units) - 1])
+    assert got.keys.shape[1] == got.values.shape[1] == len(got.meta) == recall.units[-1].tokens
+    assert bool((torch.diff(got.meta.order) > 0).all()), "a cluster's frames and text come back in stream order"
 
 
 def test_host_memory_for_evicted_blocks_is_capped():
@@ -130,3 +131,70 @@ def test_session_answers_from_recalled_memory_and_frees_it(tiny, kind):
     s.close()
     with pytest.raises(SessionClosed):
         s.push_chunk(np.zeros((2, 56, 56, 3), np.uint8), 11.0)
+
+
+def _stream_with_text(recall: FrameRecall, seconds: int, each=lambda t: None,
+                      device: str = "cpu") -> dict[int, torch.Tensor]:
+    """Frames in 20-s scenes, and each second's 1-3 text tokens evicted 4 s after its frame, as a
+    session does (KV on ``device``, metadata on the host); ``each(t)`` after every second. Returns
+    every token's KV (layers, 2, kv_heads, head_dim) by its stream order."""
+    g = torch.Generator().manual_seed(0)
+    bias = 4 * torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g)
+    by_order: dict[int, torch.Tensor] = {}
+
+    def keep(kv: torch.Tensor, meta: TokenMeta) -> None:
+        for i, o in enumerate(meta.order.tolist()):
+            by_order[o] = kv[:, :, :, i].clone()
+
+    for t in range(seconds):
+        if t % 20 == 0:
+            scene = torch.randn(LAYERS, KV_HEADS, 1, HEAD_DIM, generator=g)
+        kv, meta = _block(t, bias + scene + 0.05 * torch.randn(LAYERS, KV_HEADS, TOKENS, HEAD_DIM, generator=g),
+                          order=t * 100)
+        keep(kv, meta)
+        kv = kv.to(device)
+        recall.add_frame(kv, meta, kv[:, 0].float().mean(2))
+        if t >= 4:
+            text = _block(t - 4, torch.randn(LAYERS, KV_HEADS, 1 + t % 3, HEAD_DIM, generator=g), kind=TEXT,
+                          order=(t - 4) * 100 + 50)
+            keep(*text)
+            recall.add_text(text[0].to(device), text[1])
+        each(t)
+    return by_order
+
+
+@pytest.mark.parametrize("kind", ["cluster", "frame"])
+def test_host_memory_stays_within_the_cap_and_stops_growing_once_it_is_reached(kind):
+    """Over a long stream the evicted rows never exceed offload_bytes, the host memory held for them
+    stays within a few percent of it, and once the cap is reached old memory is reused: no further
+    host allocation (on CUDA: no page-locking on the step path)."""
+    one = LAYERS * 2 * KV_HEADS * TOKENS * HEAD_DIM * 4
+    cap = 300 * one
+    common = dict(layers=LAYERS, device="cpu", token_budget=64, gpu_bytes=1 << 20, host_bytes=cap)
+    recall = ClusterRecall(**common, boundary=3.0, max_frames=16) if kind == "cluster" else FrameRecall(**common)
+    used, reserved = [], []
+    _stream_with_text(recall, 2000, lambda t: (used.append(recall.host_bytes()),
+                                               reserved.append(recall.host_reserved_bytes())))
+    full = next(t for t, u in enumerate(used) if u > 0.9 * cap)
+    assert max(used) <= cap and min(used[full:]) > 0.9 * cap, "the cap holds, and is used"
+    assert max(reserved) <= 1.1 * cap, "partly used slabs are a small share of the cap"
+    assert reserved[-1] == reserved[full + 100], "no host allocation once the cap has been reached"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_recalled_blocks_hold_exactly_the_evicted_kv_in_stream_order(device):
+    """Clusters whose frames and text span several slabs, after the oldest were dropped for the cap:
+    every recalled layer is the evicted KV itself, token by token, in stream order; on CUDA the host
+    rows it is copied from are pinned (asynchronous copies)."""
+    one = LAYERS * 2 * KV_HEADS * TOKENS * HEAD_DIM * 4
+    recall = ClusterRecall(LAYERS, device, token_budget=10**6, gpu_bytes=1 << 30, host_bytes=150 * one,
+                           boundary=3.0, max_frames=16)
+    by_order = _stream_with_text(recall, 200, device=device)
+    assert recall.units[0].frames[0] > 0, "the oldest clusters were dropped"
+    assert any(u.text.tokens and len(u.vision.extents) > 1 for u in recall.units), "clusters span slabs"
+    assert recall.units[0].extents[0].layer(0).is_pinned() == (device == "cuda")
+    for layer in range(LAYERS):
+        got = recall.fetch(layer, list(range(len(recall.units))))
+        assert bool((torch.diff(got.meta.order) > 0).all())
+        want = torch.stack([by_order[o][layer] for o in got.meta.order.tolist()], dim=2)  # (2, kv_heads, n, d)
+        assert torch.equal(got.keys.cpu(), want[0]) and torch.equal(got.values.cpu(), want[1])

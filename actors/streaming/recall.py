@@ -3,17 +3,21 @@
 Two strategies behind one interface. :class:`FrameRecall` is the ReKV baseline: one block per frame,
 its mean key as representative, top blocks per layer. :class:`ClusterRecall` is Mosaic-style: runs of
 consecutive frames whose keys are alike form one cluster, the text spoken/written while they were on
-screen joins it, and a cluster moves as one contiguous block — fewer, larger copies and fewer
-representatives to score. Blocks selected for a question are copied to the device on a side CUDA
-stream into a small LRU of recently used blocks; on CPU the copy is a no-op.
+screen joins it, and a cluster moves as one block — fewer, larger copies and fewer representatives
+to score. A cluster's rows lie in host slabs (:mod:`actors.streaming.host_slabs`): its frames one
+after another, its text likewise, so a layer of it comes back in a few contiguous copies. Blocks
+selected for a question are copied to the device on a side CUDA stream, put in stream order there,
+and kept in a small LRU of recently used blocks.
 """
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from actors.streaming.host_slabs import Extent, HostSlabs, Run, slice_rows
 from actors.streaming.layout import TokenMeta
 
 
@@ -22,30 +26,42 @@ class Unit:
     """One retrievable block: a frame, or a cluster of frames with their co-occurring text."""
 
     uid: int
-    parts: list[tuple[torch.Tensor, TokenMeta]]  # host kv (layers, 2, kv_heads, n, head_dim), meta
-    frames: list[float] = field(default_factory=list)  # stream seconds of its frames
-    key_sum: torch.Tensor | None = None  # device (layers, kv_heads, head_dim) sum of its frames' mean keys
-    version: int = 0  # bumps whenever parts change, so stale device copies are never reused
-    device_meta: TokenMeta | None = None  # metadata of the packed block on the device, once recalled
+    vision: Run  # the frames' rows in the host slabs
+    frames: list[float]  # stream seconds of its frames
+    key_sum: torch.Tensor  # device (layers, kv_heads, head_dim) sum of its frames' mean keys
+    text: Run = field(default_factory=Run)  # the co-occurring text's rows
+    version: int = 0  # bumps whenever rows are added, so stale device copies are never reused
+    _device: tuple[TokenMeta, torch.Tensor | None] | None = field(default=None, init=False, repr=False)
 
     @property
     def tokens(self) -> int:
-        return sum(len(m) for _, m in self.parts)
+        return self.vision.tokens + self.text.tokens
 
     @property
-    def host_bytes(self) -> int:
-        return sum(kv.numel() * kv.element_size() for kv, _ in self.parts)
+    def extents(self) -> list[Extent]:
+        """Host rows in the order a device copy lays them out: frames, then text."""
+        return self.vision.extents + self.text.extents
 
-    def pack(self, pin: bool) -> tuple[torch.Tensor, TokenMeta]:
-        """One contiguous host block in stream order (merging parts added since the last pack)."""
-        if len(self.parts) > 1:
-            kv = torch.cat([p[0] for p in self.parts], dim=3)
-            meta = TokenMeta.cat([p[1] for p in self.parts])
+    def add(self, run: Run, extents: list[Extent], meta: TokenMeta) -> None:
+        run.add(extents, meta)
+        self.version += 1
+        self._device = None
+
+    def on_device(self, device: torch.device) -> tuple[TokenMeta, torch.Tensor | None]:
+        """The unit's metadata in stream order on the device, and the permutation that puts its
+        copied rows (frames, then text) in that order (None when they already are)."""
+        if self._device is None:
+            meta = TokenMeta.cat(self.vision.metas + self.text.metas)
             order = torch.argsort(meta.order)
-            kv, meta = kv[:, :, :, order].contiguous(), meta.select(order)
-            self.parts = [(kv.pin_memory() if pin else kv, meta)]
-            self.device_meta = None
-        return self.parts[0]
+            ordered = bool((torch.diff(meta.order) > 0).all())
+            self._device = (meta.select(order).to(device), None if ordered else order.to(device))
+        return self._device
+
+    def device_bytes(self) -> int:
+        if self._device is None:
+            return 0
+        meta, order = self._device
+        return len(meta) * 58 + (0 if order is None else order.numel() * 8)  # a TokenMeta row is 58 bytes
 
 
 @dataclass
@@ -65,35 +81,37 @@ class FrameRecall:
         self.layers, self.device = layers, torch.device(device)
         self.token_budget, self.gpu_bytes, self.host_bytes_cap = token_budget, gpu_bytes, host_bytes
         self.units: list[Unit] = []
-        self._host_bytes = 0
+        self.cuda = self.device.type == "cuda"
+        self._host = HostSlabs(host_bytes, pin=self.cuda)  # async device copies need pinned memory
         self._next_uid = 0
         self._lru: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lru_bytes = 0
         self._reps: torch.Tensor | None = None  # (units, layers, kv_heads, head_dim), rebuilt when stale
         self._sizes: torch.Tensor | None = None  # (units,) tokens per unit, rebuilt with _reps
-        self.cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self.cuda else None
-        self.copies = 0  # host→device block copies issued (for benchmarks)
+        self.copies = 0  # host→device copies issued, one per extent of each recalled block (for benchmarks)
 
     # -- filling ---------------------------------------------------------------------------------
     def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
-        self._new_unit(kv, meta, mean_key)
+        """Keep an evicted frame: kv (layers, 2, kv_heads, n, head_dim) on its device, host meta,
+        and its mean pre-RoPE key per layer and head (layers, kv_heads, head_dim)."""
+        self._new_unit(self._host.write("vision", kv), meta, mean_key)
         self._trim()
 
     def add_text(self, kv: torch.Tensor, meta: TokenMeta) -> None:
         """ReKV keeps vision only."""
 
-    def _new_unit(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> Unit:
-        unit = Unit(self._next_uid, [(kv, meta)], [float(meta.time[0])], mean_key.clone())
+    def _new_unit(self, extents: list[Extent], meta: TokenMeta, mean_key: torch.Tensor) -> Unit:
+        unit = Unit(self._next_uid, Run(extents, [meta]), [float(meta.time[0])], mean_key.clone())
         self._next_uid += 1
         self.units.append(unit)
-        self._host_bytes += unit.host_bytes
         self._reps = None
         return unit
 
     def _trim(self) -> None:
-        while self.units and self._host_bytes > self.host_bytes_cap:
-            self._host_bytes -= self.units.pop(0).host_bytes
+        """Drop the oldest units while the host holds more than the cap."""
+        while self.units and self._host.used_bytes > self.host_bytes_cap:
+            self._host.release(self.units.pop(0).extents)
             self._reps = None
 
     # -- a question ------------------------------------------------------------------------------
@@ -129,12 +147,10 @@ class FrameRecall:
         keys, values, metas = [], [], []
         for i in picked:
             unit = self.units[i]
+            metas.append(unit.on_device(self.device)[0])
             k, v = self._device_block(unit, layer)
             keys.append(k)
             values.append(v)
-            if unit.device_meta is None:
-                unit.device_meta = unit.pack(self.cuda)[1].to(self.device)
-            metas.append(unit.device_meta)
         if self._side is not None:
             torch.cuda.current_stream(self.device).wait_stream(self._side)
         return Recalled(torch.cat(keys, 1), torch.cat(values, 1), TokenMeta.cat(metas),
@@ -145,19 +161,26 @@ class FrameRecall:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        kv, _ = unit.pack(self.cuda)
-        src = kv[layer]  # (2, kv_heads, n, head_dim), contiguous in the packed block
-        if self._side is None:
-            dev = src.to(self.device)
-        else:
-            self._side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._side):
-                dev = src.to(self.device, non_blocking=True)
-            dev.record_stream(torch.cuda.current_stream(self.device))
-        self.copies += 1
-        pair = (dev[0], dev[1])
+        order = unit.on_device(self.device)[1]
+        parts = [e.layer(layer) for e in unit.extents]  # host (n_i, 2, kv_heads, head_dim), pinned on CUDA
+        current = torch.cuda.current_stream(self.device) if self._side is not None else None
+        if self._side is not None:
+            self._side.wait_stream(current)  # rows written to the host on the current stream have landed
+        with torch.cuda.stream(self._side) if self._side is not None else nullcontext():
+            rows = torch.empty((unit.tokens, *parts[0].shape[1:]), dtype=parts[0].dtype, device=self.device)
+            at = 0
+            for part in parts:
+                rows[at:at + len(part)].copy_(part, non_blocking=True)
+                at += len(part)
+            if order is not None:
+                rows = rows[order]
+            block = rows.permute(1, 2, 0, 3).contiguous()  # (2, kv_heads, n, head_dim) in stream order
+        if current is not None:
+            block.record_stream(current)
+        self.copies += len(parts)
+        pair = (block[0], block[1])
         self._lru[key] = pair
-        self._lru_bytes += dev.numel() * dev.element_size()
+        self._lru_bytes += block.numel() * block.element_size()
         while self._lru_bytes > self.gpu_bytes and len(self._lru) > 1:
             _, (k, v) = self._lru.popitem(last=False)
             self._lru_bytes -= 2 * k.numel() * k.element_size()
@@ -174,13 +197,17 @@ class FrameRecall:
 
     # -- memory ----------------------------------------------------------------------------------
     def host_bytes(self) -> int:
-        return self._host_bytes
+        """Host bytes of the evicted rows kept: at most the cap after every add (oldest units go first)."""
+        return self._host.used_bytes
+
+    def host_reserved_bytes(self) -> int:
+        """Host memory held for them: slabs in use or free (pinned on CUDA)."""
+        return self._host.reserved_bytes()
 
     def device_bytes(self) -> int:
         reps = 0 if self._reps is None else self._reps.numel() * self._reps.element_size()
         sums = sum(u.key_sum.numel() * u.key_sum.element_size() for u in self.units)
-        metas = sum(len(u.device_meta) * 58 for u in self.units if u.device_meta is not None)  # TokenMeta row
-        return self._lru_bytes + reps + sums + metas
+        return self._lru_bytes + reps + sums + sum(u.device_bytes() for u in self.units)
 
 
 class ClusterRecall(FrameRecall):
@@ -196,8 +223,7 @@ class ClusterRecall(FrameRecall):
         self._open: Unit | None = None
         self._previous: torch.Tensor | None = None
         self._jumps: deque[float] = deque(maxlen=64)
-        self._pending: list[tuple[torch.Tensor, TokenMeta]] = []
-        self._text_time = float("-inf")  # newest text received: clusters before it are complete
+        self._pending: list[tuple[list[Extent], TokenMeta]] = []  # text on the host, waiting for its frame
 
     def add_frame(self, kv: torch.Tensor, meta: TokenMeta, mean_key: torch.Tensor) -> None:
         flat = mean_key.flatten().float()
@@ -208,56 +234,45 @@ class ClusterRecall(FrameRecall):
             cut = jump > self.boundary * typical
             self._jumps.append(jump)
         self._previous = flat
+        extents = self._host.write("vision", kv)
         unit = self._open
-        if not cut and unit is not None and unit is self.units[-1] and len(unit.frames) < self.max_frames:
-            unit.parts.append((kv, meta))
-            self._host_bytes += kv.numel() * kv.element_size()
+        if not cut and unit is not None and self.units and unit is self.units[-1] \
+                and len(unit.frames) < self.max_frames:
+            unit.add(unit.vision, extents, meta)
             unit.frames.append(float(meta.time[0]))
             unit.key_sum += mean_key
-            unit.version += 1
             self._reps = None
         else:
-            self._open = self._new_unit(kv, meta, mean_key)
+            self._open = self._new_unit(extents, meta, mean_key)
         self._flush_pending()
-        self._pack_settled()
         self._trim()
 
     def add_text(self, kv: torch.Tensor, meta: TokenMeta) -> None:
-        self._pending.append((kv, meta))
-        self._text_time = max(self._text_time, float(meta.time.max()))
+        self._pending.append((self._host.write("text", kv), meta))
         self._flush_pending()
-        self._pack_settled()
-
-    def _pack_settled(self) -> None:
-        """Pack clusters no frame or text can join any more into one contiguous block now, so a
-        question never pays for it."""
-        for unit in reversed(self.units[:-1]):
-            if unit.frames[-1] >= self._text_time:
-                continue
-            if len(unit.parts) == 1:
-                break
-            unit.pack(self.cuda)
+        self._trim()
 
     def _flush_pending(self) -> None:
         """Attach waiting text to the cluster on screen at its time, once that frame has arrived."""
         if not self.units or not self._pending:
             return
         newest = self.units[-1].frames[-1]
-        keep: list[tuple[torch.Tensor, TokenMeta]] = []
-        for kv, meta in self._pending:
+        keep: list[tuple[list[Extent], TokenMeta]] = []
+        for extents, meta in self._pending:
             if float(meta.time[0]) > newest:  # blocks are time-sorted: nothing in it is ready
-                keep.append((kv, meta))
+                keep.append((extents, meta))
                 continue
-            for t in meta.time.unique().tolist():
-                sel = torch.nonzero(meta.time == t).squeeze(1)
+            seconds, counts = torch.unique_consecutive(meta.time, return_counts=True)
+            start = 0
+            for t, n in zip(seconds.tolist(), counts.tolist()):
+                rows, piece = slice_rows(extents, start, start + n), meta.select(torch.arange(start, start + n))
+                start += n
                 if t > newest:
-                    keep.append((kv[:, :, :, sel], meta.select(sel)))
+                    keep.append((rows, piece))
                     continue
                 unit = self._owner(t)
-                unit.parts.append((kv[:, :, :, sel], meta.select(sel)))
-                unit.version += 1
+                unit.add(unit.text, rows, piece)
                 self._reps = None
-                self._host_bytes += unit.parts[-1][0].numel() * kv.element_size()
         self._pending = keep
 
     def _owner(self, t: float) -> Unit:

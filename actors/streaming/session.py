@@ -147,6 +147,7 @@ class StreamSession:
                 "next_position": self.window.next_position, "window_bytes": self.window.memory_bytes(),
                 "recall_device_bytes": self.recall.device_bytes() if self.recall else 0,
                 "recall_host_bytes": self.recall.host_bytes() if self.recall else 0,
+                "recall_host_reserved_bytes": self.recall.host_reserved_bytes() if self.recall else 0,
                 "recall_units": len(self.recall.units) if self.recall else 0}
 
     def close(self) -> None:

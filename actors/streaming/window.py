@@ -26,10 +26,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class Evicted:
-    """What left the window: one KV block per frame, and the text tokens (one block), on the host."""
+    """What left the window: one KV block per frame, and the text tokens (one block). The KV stays on
+    the window's device (a copy, so compaction cannot touch it): recall decides where it goes on the host."""
 
-    frames: list[tuple[torch.Tensor, TokenMeta, torch.Tensor]]  # host kv (layers, 2, kv_heads, n, head_dim),
-    # meta, and the frame's mean pre-RoPE key per layer and head (layers, kv_heads, head_dim) on the device
+    frames: list[tuple[torch.Tensor, TokenMeta, torch.Tensor]]  # kv (layers, 2, kv_heads, n, head_dim),
+    # host meta, and the frame's mean pre-RoPE key per layer and head (layers, kv_heads, head_dim)
     text: tuple[torch.Tensor, TokenMeta] | None
 
 
@@ -48,7 +49,6 @@ class StreamWindow:
         self._k = self._kr = self._v = [torch.empty(0)] * layers
         self._rotated = [0] * layers  # per layer: how many leading tokens have valid rotated keys
         self._tables: tuple[int, int, torch.Tensor, torch.Tensor] | None = None  # RoPE tables shared by layers
-        self.pinned = self.device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -97,7 +97,7 @@ class StreamWindow:
     # -- eviction --------------------------------------------------------------------------------
     def evict(self, now: float) -> Evicted:
         """Drop frames older than the vision window (or beyond its token bound) and text beyond the
-        text window; re-lay the rest out contiguously. Returns what left, copied to the host."""
+        text window; re-lay the rest out contiguously. Returns what left."""
         meta = self.meta
         vision = meta.kind == VISION
         drop = torch.zeros(len(meta), dtype=torch.bool, device=self.device)
@@ -138,16 +138,13 @@ class StreamWindow:
         for seg in frame_segments:
             idx = torch.nonzero(meta.segment == seg).squeeze(1)
             mean_key = torch.stack([self._k[l][:, idx].float().mean(1) for l in range(self.layers)])
-            frames.append((self._to_host(idx), meta.select(idx).to("cpu"), mean_key))
+            frames.append((self._gather(idx), meta.select(idx).to("cpu"), mean_key))
         text_idx = torch.nonzero(drop & (meta.kind == TEXT)).squeeze(1)
-        text = (self._to_host(text_idx), meta.select(text_idx).to("cpu")) if len(text_idx) else None
+        text = (self._gather(text_idx), meta.select(text_idx).to("cpu")) if len(text_idx) else None
         return Evicted(frames, text)
 
-    def _to_host(self, idx: torch.Tensor) -> torch.Tensor:
-        kv = torch.stack([torch.stack([self._k[l][:, idx], self._v[l][:, idx]]) for l in range(self.layers)])
-        host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=self.pinned)
-        host.copy_(kv)  # synchronous: at the end of a step the device is idle, and the host may pack it at once
-        return host
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.stack([self._k[l][:, idx], self._v[l][:, idx]]) for l in range(self.layers)])
 
     # -- memory ----------------------------------------------------------------------------------
     def memory_bytes(self) -> int:
