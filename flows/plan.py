@@ -378,6 +378,10 @@ def profile_from_metrics(metrics: pa.Table, models: str, startup_s: float, sourc
             if stage == "vlm":
                 sel = sel.filter(pc.equal(sel["kind"], "video"))
             wall = pc.sum(sel["wall_s"]).as_py() or 0.0
+            if stage == "decode":  # speech detection runs inside the decode tasks: its seconds are theirs
+                speech = metrics.filter(pc.and_(pc.equal(metrics["stage"], "speech"),
+                                                pc.equal(metrics["accelerator"], acc)))
+                wall += pc.sum(speech["wall_s"]).as_py() or 0.0
             unit = UNITS[stage]
             units = (sel.num_rows if unit == "file" else pc.sum(sel["pages"]).as_py() if unit == "page"
                      else pc.sum(sel["media_s"]).as_py()) or 0

@@ -173,7 +173,8 @@ def test_cli_prints_the_options_and_writes_json(tmp_path: Path, capsys) -> None:
 
 
 def test_profile_measured_from_a_jobs_metrics_drives_a_local_plan(tmp_path: Path, capsys) -> None:
-    rows = [("v", "video", "decode", 2.0, 60.0, None), ("v", "video", "asr", 6.0, 60.0, None),
+    rows = [("v", "video", "decode", 2.0, 60.0, None), ("v", "video", "speech", 1.0, 60.0, None),
+            ("v", "video", "asr", 6.0, 60.0, None),
             ("v", "video", "vlm", 12.0, 60.0, None), ("a", "audio", "asr", 3.0, 30.0, None),
             ("d", "pdf", "pdf", 0.5, None, 5), ("v", "video", "identify", 0.1, None, None)]
     cols = {k: [] for k in ("job_id", "asset_id", "kind", "stage", "wall_s", "device_s", "accelerator", "media_s",
@@ -193,6 +194,7 @@ def test_profile_measured_from_a_jobs_metrics_drives_a_local_plan(tmp_path: Path
     # The assets file of the same name is what commits the metrics rows.
     storage.write_parquet_atomic(conform("assets", assets), str(tmp_path / "out" / "assets" / "m.parquet"))
     profile = plan.profile_from_metrics(plan.read_table(str(tmp_path / "out"), "metrics"), "tiny", 5.0, "test")
+    assert profile.rates["decode"]["cpu"] == pytest.approx(60 / 3)  # speech detection runs in decode's tasks
     assert profile.rates["asr"]["cpu"] == pytest.approx(90 / 9)
     assert profile.rates["vlm"]["cpu"] == pytest.approx(5.0)
     assert profile.rates["pdf"]["cpu"] == pytest.approx(10.0)
