@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -235,7 +236,7 @@ def _row_error(response: requests.Response) -> str:
     return f"{asset.get('error_stage')}: {str(asset.get('error'))[:100]}" if asset.get("error") else ""
 
 
-# Totals of one stage's batch histograms: batches, summed sizes and seconds, cumulative count per size bucket.
+# One stage's batch totals: batches, summed sizes and busy seconds, cumulative count per size bucket.
 BatchTotals = dict[str, Any]
 # The bench's Ray exports replica metrics every second (Ray's default: 10 s), so a level's deltas settle fast.
 METRICS_INTERVAL_ENV = "RAY_metrics_report_interval_ms"
@@ -249,16 +250,16 @@ def ray_metrics_urls() -> list[str]:
 
 
 def read_batch_totals(urls: Sequence[str]) -> dict[str, BatchTotals]:
-    """Per stage, the batch histograms (serve_apps/batch_metrics.py) summed over every replica and node."""
+    """Per stage, the batch metrics (serve_apps/batch_metrics.py) summed over every replica and node."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serve_apps.batch_metrics import BATCH_SECONDS, BATCH_SIZE
+    from serve_apps.batch_metrics import BATCH_SIZE, BUSY_SECONDS
 
-    size, seconds = f"ray_{BATCH_SIZE}", f"ray_{BATCH_SECONDS}"
+    size, busy = f"ray_{BATCH_SIZE}", f"ray_{BUSY_SECONDS}"
     totals: dict[str, BatchTotals] = {}
     for url in urls:
         for family in text_string_to_metric_families(requests.get(url, timeout=10).text):
-            if family.name not in (size, seconds):
+            if family.name not in (size, busy):
                 continue
             for s in family.samples:
                 t = totals.setdefault(s.labels["stage"], {"batches": 0.0, "size_sum": 0.0, "seconds_sum": 0.0,
@@ -269,7 +270,7 @@ def read_batch_totals(urls: Sequence[str]) -> dict[str, BatchTotals]:
                     t["size_sum"] += s.value
                 elif s.name == f"{size}_bucket":
                     t["size_le"][float(s.labels["le"])] += s.value
-                elif s.name == f"{seconds}_sum":
+                elif s.name == f"{busy}_total":
                     t["seconds_sum"] += s.value
     return totals
 
@@ -277,7 +278,7 @@ def read_batch_totals(urls: Sequence[str]) -> dict[str, BatchTotals]:
 def batch_stats(before: dict[str, BatchTotals], after: dict[str, BatchTotals]) -> dict[str, dict[str, Any]]:
     """Per stage, the batches that ran between two readings: count, mean and largest size, mean seconds.
 
-    The largest size is the smallest size bucket holding every new batch (exact up to 16, one bucket each).
+    The largest size is read from the smallest size bucket holding every new batch (exact up to 16).
     """
     stats = {}
     for stage, a in after.items():
@@ -287,7 +288,7 @@ def batch_stats(before: dict[str, BatchTotals], after: dict[str, BatchTotals]) -
             continue
         largest = min(le for le, c in a["size_le"].items() if c - b["size_le"][le] >= n)
         stats[stage] = {"batches": int(n), "mean_size": round((a["size_sum"] - b["size_sum"]) / n, 2),
-                        "max_size": int(largest) if largest != float("inf") else None,
+                        "max_size": math.floor(largest) if largest != float("inf") else None,
                         "mean_s": round((a["seconds_sum"] - b["seconds_sum"]) / n, 3)}
     return stats
 

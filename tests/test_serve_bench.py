@@ -81,8 +81,10 @@ def test_the_fixed_stages_import_without_vllm(monkeypatch):
 
 
 def _totals(batches: float, size_sum: float, seconds_sum: float, sizes: list[int]) -> dict:
-    le = Counter({float(b): sum(s <= b for s in sizes) for b in (1, 2, 3, 4, 8)})
-    le[float("inf")] = len(sizes)
+    """What read_batch_totals makes of the endpoint after batches of ``sizes``."""
+    from serve_apps.batch_metrics import SIZE_BUCKETS
+
+    le = Counter({float(b): sum(s <= b for s in sizes) for b in (*SIZE_BUCKETS, float("inf"))})
     return {"batches": batches, "size_sum": size_sum, "seconds_sum": seconds_sum, "size_le": le}
 
 
