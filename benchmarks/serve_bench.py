@@ -17,8 +17,8 @@ speech WAV and one 8-s MP4 shared by all clients::
 GPU mode (``--gpu``): real-size architectures with random weights (Qwen2.5-VL-7B bf16, Whisper
 large-v3 fp16, written as checkpoints to ``--work`` first, by gpu_throughput.py's builders), ASR on
 the transformers engine, the VLM on ``--vlm-engine`` (transformers, or vLLM with a sized KV cache
-and ``max_num_seqs`` = the Serve batch), ASR and VLM sharing one GPU (``--asr-gpu``/``--vlm-gpu`` shares). Every
-request does the same work: the VLM answers exactly ``--vlm-tokens`` tokens and Whisper decodes
+and ``max_num_seqs`` = the Serve batch), ASR and VLM sharing one GPU (``--asr-gpu``/``--vlm-gpu``
+shares). Every request does the same work: the VLM answers exactly ``--vlm-tokens`` tokens and Whisper decodes
 exactly ``--asr-tokens`` per 30-s chunk (benchmarks/serve_fixed.py; random weights would stop
 anywhere), so answers are not JSON and /v1/analyze rows carry that error (200 all the same). Each
 client sends its own video (``--video-seconds`` of speech from ``--speech-clip``, 64×64 at 1 fps
@@ -27,7 +27,7 @@ same path on CPU with tiny-random models::
 
     python -m benchmarks.serve_bench --gpu --speech-clip speech.flac --num-cpus 16 --endpoints analyze,transcribe \\
         --seconds 20 --budget-s 400 --out $OUT/serve_h200.json --markdown $OUT/serve_h200.md
-    python -m benchmarks.serve_bench --gpu --vlm-engine vllm --speech-clip speech.flac --num-cpus 16 \
+    python -m benchmarks.serve_bench --gpu --vlm-engine vllm --speech-clip speech.flac --num-cpus 16 \\
         --endpoints analyze,transcribe --seconds 15 --budget-s 340 --out $OUT/serve_h200_vllm.json
 
 vLLM's ``generate`` runs one gathered batch to completion (the replica calls it under its lock), so
@@ -459,7 +459,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--max-frames", type=int, default=16, help="frames per VLM request")
     g.add_argument("--frame-size", type=int, default=448)
     g.add_argument("--vlm-engine", choices=("transformers", "vllm"), default="transformers",
-                   help="the VLM replica's engine (vllm: continuous batching, CUDA graphs; needs vllm installed)")
+                   help="the VLM replica's engine (vllm: CUDA graphs, paged KV cache; needs vllm installed)")
     g.add_argument("--vllm-kv-gib", type=float, default=16.0, help="vLLM's KV cache (it shares the GPU with ASR)")
     g.add_argument("--vlm-tokens", type=int, default=128, help="tokens every VLM answer has")
     g.add_argument("--asr-tokens", type=int, default=32, help="tokens every 30-s ASR chunk has")

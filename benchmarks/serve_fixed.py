@@ -52,7 +52,8 @@ def fixed_vllm_engine(config: StageConfig, tokens: int) -> VlmEngine:
 
 
 class FixedDescribe(Describe):
-    """Describe on the profile's VLM engine, every answer exactly ``$CORPUSFLOW_BENCH_VLM_TOKENS`` tokens, unconstrained."""
+    """Describe on the profile's VLM engine (transformers or vLLM), every answer exactly
+    ``$CORPUSFLOW_BENCH_VLM_TOKENS`` tokens, unconstrained."""
 
     def __init__(self, config: StageConfig) -> None:
         tokens = int(os.environ[VLM_TOKENS_ENV])
