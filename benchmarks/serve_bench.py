@@ -4,8 +4,10 @@ Starts the app on 127.0.0.1 through ``serve_apps.run_local.start`` (one replica 
 deployment, so the gain at higher concurrency comes from online batching and stage pipelining, not
 from more replicas), then for each endpoint and each concurrency level warms up at that level, runs
 closed-loop clients for a fixed time (``--repeats`` times) and records requests/s and p50/p99
-latency of the successful requests, plus the ratio to concurrency 1. Results are rewritten after
-every level, so a run cut short keeps what it measured.
+latency of the successful requests, plus the ratio to concurrency 1, and how the ASR and VLM
+batches formed meanwhile (mean and largest size, mean seconds per gathered call: deltas of the
+``corpusflow_batch_*`` histograms read from Ray's metrics endpoint, serve_apps/batch_metrics.py).
+Results are rewritten after every level, so a run cut short keeps what it measured.
 
 CPU mode (default): tiny-random models, the real stages (schema-constrained answers), one 8-s
 speech WAV and one 8-s MP4 shared by all clients::
@@ -13,9 +15,10 @@ speech WAV and one 8-s MP4 shared by all clients::
     python -m benchmarks.serve_bench --models tiny-random --seconds 20 --out benchmarks/results/serve_cpu_tiny.json
 
 GPU mode (``--gpu``): real-size architectures with random weights (Qwen2.5-VL-7B bf16, Whisper
-large-v3 fp16, written as checkpoints to ``--work`` first, by gpu_throughput.py's builders), both
-on transformers engines, ASR and VLM sharing one GPU (``--asr-gpu``/``--vlm-gpu`` shares). Every
-request does the same work: the VLM answers exactly ``--vlm-tokens`` tokens and Whisper decodes
+large-v3 fp16, written as checkpoints to ``--work`` first, by gpu_throughput.py's builders), ASR on
+the transformers engine, the VLM on ``--vlm-engine`` (transformers, or vLLM with a sized KV cache
+and ``max_num_seqs`` = the Serve batch), ASR and VLM sharing one GPU (``--asr-gpu``/``--vlm-gpu``
+shares). Every request does the same work: the VLM answers exactly ``--vlm-tokens`` tokens and Whisper decodes
 exactly ``--asr-tokens`` per 30-s chunk (benchmarks/serve_fixed.py; random weights would stop
 anywhere), so answers are not JSON and /v1/analyze rows carry that error (200 all the same). Each
 client sends its own video (``--video-seconds`` of speech from ``--speech-clip``, 64×64 at 1 fps
@@ -24,14 +27,17 @@ same path on CPU with tiny-random models::
 
     python -m benchmarks.serve_bench --gpu --speech-clip speech.flac --num-cpus 16 --endpoints analyze,transcribe \\
         --seconds 20 --budget-s 400 --out $OUT/serve_h200.json --markdown $OUT/serve_h200.md
+    python -m benchmarks.serve_bench --gpu --vlm-engine vllm --speech-clip speech.flac --num-cpus 16 \\
+        --endpoints analyze,transcribe --seconds 15 --budget-s 340 --out $OUT/serve_h200_vllm.json
 
-The transformers Whisper engine decodes the requests of a gathered ASR batch one after another (it
-has no ``transcribe_many``), so on the GPU ASR shows little batching gain and caps /v1/analyze.
+vLLM's ``generate`` runs one gathered batch to completion (the replica calls it under its lock), so
+the Serve batch, not vLLM's scheduler, decides which requests share the GPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -87,21 +93,28 @@ def bench_settings(models: str, model_cache: str, max_batch: int, *, gpu: bool =
         streaming=StreamingSettings(enabled=False))  # /v1/stream has its own benchmark
 
 
-def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: int, smoke: bool) -> str:
-    """A models profile file for GPU mode: transformers engines, a whole @serve.batch in one generate call.
+def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: int, smoke: bool,
+                  vlm_engine: str = "transformers", vllm_kv_gib: float = 16.0) -> str:
+    """A models profile file for GPU mode: transformers ASR, the VLM on ``vlm_engine``.
 
-    ``max_num_seqs`` (the transformers engine's batch) equals the Serve batch, so gathered requests
-    share each weight read; bf16 with SDPA on the GPU, float32 tiny models when smoking on CPU.
+    ``max_num_seqs`` equals the Serve batch, so a gathered batch is one engine call (one padded
+    ``generate`` on transformers, one schedule on vLLM); bf16 with SDPA on the GPU, float32 tiny
+    models when smoking on CPU. vLLM shares the GPU with the ASR replica, so its KV cache is sized
+    (``vllm_kv_gib``; a batch of 8 ~4k-token requests needs ~2 GiB) instead of profiled, and its
+    ``gpu_memory_utilization`` is only the share that must be free when it starts.
     """
     import yaml
 
     if smoke:
         shape = {"dtype": "float32", "max_model_len": 4096, "max_frames": max_frames, "max_num_seqs": max_batch}
+    elif vlm_engine == "vllm":
+        shape = {"dtype": "bfloat16", "max_model_len": 16384, "max_frames": max_frames, "max_num_seqs": max_batch,
+                 "gpu_memory_utilization": 0.35, "kv_cache_memory_bytes": int(vllm_kv_gib * 2**30)}
     else:
         shape = {"dtype": "bfloat16", "max_model_len": 16384, "max_frames": max_frames, "max_num_seqs": max_batch,
                  "attn_implementation": "sdpa"}
     profile = {"name": "serve-bench", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
-               "vlm_engine": "transformers", "engine_options": {"default": shape}}
+               "vlm_engine": vlm_engine, "engine_options": {"default": shape}}
     work.mkdir(parents=True, exist_ok=True)
     path = work / "profile_serve.yaml"
     path.write_text(yaml.safe_dump(profile))
@@ -111,7 +124,8 @@ def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: in
 def gpu_plan(args: argparse.Namespace, vlm: str, asr: str) -> ServeConfig:
     """GPU mode's ServeConfig from the arguments and the checkpoint folders (no model is loaded)."""
     smoke = args.cpu_smoke
-    profile = serve_profile(Path(args.work), vlm, asr, args.max_batch, args.max_frames, smoke)
+    profile = serve_profile(Path(args.work), vlm, asr, args.max_batch, args.max_frames, smoke, args.vlm_engine,
+                            args.vllm_kv_gib)
     video = VideoConfig(fps=args.fps, max_frames=args.max_frames, frame_size=args.frame_size)
     return bench_settings(profile, str(Path(args.work) / "cache"), args.max_batch, gpu=True,
                           asr_gpu=0.0 if smoke else args.asr_gpu, vlm_gpu=0.0 if smoke else args.vlm_gpu,
@@ -222,15 +236,86 @@ def _row_error(response: requests.Response) -> str:
     return f"{asset.get('error_stage')}: {str(asset.get('error'))[:100]}" if asset.get("error") else ""
 
 
+# One stage's batch totals: batches, summed sizes and busy seconds, cumulative count per size bucket.
+BatchTotals = dict[str, Any]
+# The bench's Ray exports replica metrics every second (Ray's default: 10 s), so a level's deltas settle fast.
+METRICS_INTERVAL_ENV = "RAY_metrics_report_interval_ms"
+
+
+def ray_metrics_urls() -> list[str]:
+    """Prometheus endpoints of the live Ray nodes: where replicas' ``ray.util.metrics`` series are served."""
+    import ray
+
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes() if n["Alive"]]
+
+
+def read_batch_totals(urls: Sequence[str]) -> dict[str, BatchTotals]:
+    """Per stage, the batch metrics (serve_apps/batch_metrics.py) summed over every replica and node."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serve_apps.batch_metrics import BATCH_SIZE, BUSY_SECONDS
+
+    size, busy = f"ray_{BATCH_SIZE}", f"ray_{BUSY_SECONDS}"
+    totals: dict[str, BatchTotals] = {}
+    for url in urls:
+        for family in text_string_to_metric_families(requests.get(url, timeout=10).text):
+            if family.name not in (size, busy):
+                continue
+            for s in family.samples:
+                t = totals.setdefault(s.labels["stage"], {"batches": 0.0, "size_sum": 0.0, "seconds_sum": 0.0,
+                                                          "size_le": Counter()})
+                if s.name == f"{size}_count":
+                    t["batches"] += s.value
+                elif s.name == f"{size}_sum":
+                    t["size_sum"] += s.value
+                elif s.name == f"{size}_bucket":
+                    t["size_le"][float(s.labels["le"])] += s.value
+                elif s.name == f"{busy}_total":
+                    t["seconds_sum"] += s.value
+    return totals
+
+
+def batch_stats(before: dict[str, BatchTotals], after: dict[str, BatchTotals]) -> dict[str, dict[str, Any]]:
+    """Per stage, the batches that ran between two readings: count, mean and largest size, mean seconds.
+
+    The largest size is read from the smallest size bucket holding every new batch (exact up to 16).
+    """
+    stats = {}
+    for stage, a in after.items():
+        b = before.get(stage, {"batches": 0.0, "size_sum": 0.0, "seconds_sum": 0.0, "size_le": Counter()})
+        n = a["batches"] - b["batches"]
+        if n <= 0:
+            continue
+        largest = min(le for le, c in a["size_le"].items() if c - b["size_le"][le] >= n)
+        stats[stage] = {"batches": int(n), "mean_size": round((a["size_sum"] - b["size_sum"]) / n, 2),
+                        "max_size": math.floor(largest) if largest != float("inf") else None,
+                        "mean_s": round((a["seconds_sum"] - b["seconds_sum"]) / n, 3)}
+    return stats
+
+
+class BatchProbe:
+    """Readings of the stages' batch histograms on Ray's metrics endpoints, each after the export settled."""
+
+    def __init__(self, urls: Sequence[str], settle_s: float):
+        self.urls, self.settle_s = list(urls), settle_s
+
+    def read(self) -> dict[str, BatchTotals]:
+        time.sleep(self.settle_s)  # the last batches' observations reach the endpoint one export later
+        return read_batch_totals(self.urls)
+
+
 def measure(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seconds: float, warmup_s: float,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, probe: Optional[BatchProbe] = None) -> dict[str, Any]:
     """One level: a discarded warm-up at this concurrency, then ``repeats`` timed runs.
 
-    Throughput is the median of the runs; p50/p99 pool the successful requests of all runs.
+    Throughput is the median of the runs; p50/p99 pool the successful requests of all runs; with
+    ``probe``, ``batches`` holds the batch sizes and seconds of the stages during the timed runs.
     """
     if warmup_s > 0:
         run_level(url, endpoint, inputs, clients, warmup_s)  # fills the batches and queues before timing
+    before = probe.read() if probe else {}
     runs = [run_level(url, endpoint, inputs, clients, seconds) for _ in range(repeats)]
+    batches = batch_stats(before, probe.read()) if probe else {}
     lat = np.asarray([x for r in runs for x in r["latencies"]])
     codes: Counter[str] = sum((r["codes"] for r in runs), Counter())
     row_errors: Counter[str] = sum((r["row_errors"] for r in runs), Counter())
@@ -240,7 +325,7 @@ def measure(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seco
             "statuses": dict(sorted(codes.items())), "row_errors": dict(row_errors.most_common()),
             "throughput_rps": round(float(np.median(rps)), 3), "runs_rps": [round(x, 3) for x in rps],
             "p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
-            "p99_s": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
+            "p99_s": round(float(np.percentile(lat, 99)), 3) if len(lat) else None, "batches": batches}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -292,7 +377,7 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    for pkg in ("torch", "transformers", "ray", "fastapi", "av", "nvidia-ml-py"):
+    for pkg in ("torch", "transformers", "vllm", "ray", "fastapi", "av", "nvidia-ml-py"):
         try:
             info[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -309,14 +394,17 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{mode['repeats']} after a {mode['warmup_s']} s warm-up at the same concurrency, closed-loop clients; "
              f"ratio = throughput / one-at-a-time throughput; 1-min load average "
              f"{result['load_average_before']:.1f} before, {result.get('load_average_after', float('nan')):.1f} after.",
-             "", "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses | GPU mem peak GiB |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+             "ASR/VLM batch: mean size / largest size / mean seconds of one gathered call during the timed runs.",
+             "", "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses | GPU mem peak GiB "
+                 "| ASR batch | VLM batch |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for endpoint, rows in result["levels"].items():
         base = rows[0]["throughput_rps"] if rows and rows[0]["concurrency"] == 1 else None
         for r in rows:
             ratio = f"{r['throughput_rps'] / base:.2f}x" if base else "–"
             lines.append(f"| {endpoint} | {result['inputs'][endpoint]} | {r['concurrency']} | {r['throughput_rps']:.2f} "
-                         f"| {ratio} | {r['p50_s']} | {r['p99_s']} | {r['statuses']} | {r.get('gpu_mem_peak_gib') or '–'} |")
+                         f"| {ratio} | {r['p50_s']} | {r['p99_s']} | {r['statuses']} | {r.get('gpu_mem_peak_gib') or '–'} "
+                         f"| {_batch_cell(r, 'asr')} | {_batch_cell(r, 'vlm')} |")
     errors = {e: Counter() for e in result["levels"]}
     for endpoint, rows in result["levels"].items():
         for r in rows:
@@ -327,6 +415,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     if result.get("skipped"):
         lines.append("\nSkipped (time budget): " + ", ".join(result["skipped"]))
     return "\n".join(lines) + "\n"
+
+
+def _batch_cell(row: dict[str, Any], stage: str) -> str:
+    b = row.get("batches", {}).get(stage)
+    return f"{b['mean_size']:g} / {b['max_size']} / {b['mean_s']:.2f} s" if b else "–"
 
 
 def save(result: dict[str, Any], out: str, markdown: Optional[str]) -> str:
@@ -365,6 +458,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--fps", type=float, default=0.25, help="frames sampled per second of video")
     g.add_argument("--max-frames", type=int, default=16, help="frames per VLM request")
     g.add_argument("--frame-size", type=int, default=448)
+    g.add_argument("--vlm-engine", choices=("transformers", "vllm"), default="transformers",
+                   help="the VLM replica's engine (vllm: CUDA graphs, paged KV cache; needs vllm installed)")
+    g.add_argument("--vllm-kv-gib", type=float, default=16.0, help="vLLM's KV cache (it shares the GPU with ASR)")
     g.add_argument("--vlm-tokens", type=int, default=128, help="tokens every VLM answer has")
     g.add_argument("--asr-tokens", type=int, default=32, help="tokens every 30-s ASR chunk has")
     g.add_argument("--vlm-gpu", type=float, default=0.6, help="GPU share of the VLM replica")
@@ -375,6 +471,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--gpu needs --speech-clip")
     if args.cpu_smoke and not args.gpu:
         p.error("--cpu-smoke goes with --gpu")
+    if args.cpu_smoke and args.vlm_engine == "vllm":
+        p.error("--vlm-engine vllm needs a GPU; --cpu-smoke runs the transformers engines")
     unknown = set(args.endpoints.split(",")) - {"transcribe", "analyze"}
     if unknown:
         p.error(f"unknown endpoints {sorted(unknown)}")
@@ -386,10 +484,11 @@ GPU_MODE_MODULES = ("fastapi", "prometheus_client", "av", "pymupdf", "faster_whi
                     "transformers", "yaml")
 
 
-def missing_modules() -> list[str]:
+def missing_modules(vlm_engine: str) -> list[str]:
     import importlib.util
 
-    return [m for m in GPU_MODE_MODULES if importlib.util.find_spec(m) is None]
+    wanted = (*GPU_MODE_MODULES, "vllm") if vlm_engine == "vllm" else GPU_MODE_MODULES
+    return [m for m in wanted if importlib.util.find_spec(m) is None]
 
 
 def wait_ready(url: str, timeout_s: float) -> None:
@@ -422,7 +521,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stages: dict[str, str] = {}
     tmp = tempfile.TemporaryDirectory()
     if args.gpu:
-        missing = missing_modules()
+        missing = missing_modules(args.vlm_engine)
         if missing:  # the PDF replica alone needs pymupdf, and one failed replica fails the whole app
             raise SystemExit(f"GPU mode needs these modules, missing here: {', '.join(missing)}")
         inputs, words = gpu_inputs(Path(args.work), max(levels), args.video_seconds, args.speech_clip)
@@ -432,7 +531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ.update({ASR_TOKENS_ENV: str(args.asr_tokens), VLM_TOKENS_ENV: str(args.vlm_tokens)})
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # generate() warns on every fixed-length call
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        models = "Qwen2.5-VL-7B + Whisper large-v3 (random weights)" if not args.cpu_smoke else "tiny-random"
+        models = (f"Qwen2.5-VL-7B on {args.vlm_engine} + Whisper large-v3 (random weights)" if not args.cpu_smoke
+                  else "tiny-random")
     else:
         inputs, words = cpu_inputs(Path(tmp.name))
         settings = bench_settings(args.models, args.model_cache, args.max_batch)
@@ -447,8 +547,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "video": settings.video.model_dump(), "stages": {**app.STAGES, **stages},
                   "deployments": {n: getattr(settings.deployments, n).serve_options() for n in ("api", "decode", "asr", "vlm")}}}
     if args.gpu:
-        result["setup"].update(vlm_output_tokens=args.vlm_tokens, asr_output_tokens_per_chunk=args.asr_tokens,
+        result["setup"].update(vlm_engine=args.vlm_engine, vlm_output_tokens=args.vlm_tokens,
+                               asr_output_tokens_per_chunk=args.asr_tokens,
                                engine_options=settings.stage_config().profile.options_for("default").model_dump())
+    os.environ.setdefault(METRICS_INTERVAL_ENV, "1000")  # read by the Ray started below and its workers
     try:
         with mock.patch.dict(app.STAGES, stages):  # GPU mode: the fixed-length subclasses of the same stages
             url = start(settings, api_key=KEY, num_cpus=args.num_cpus)
@@ -459,15 +561,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs in Ray)")
         result["machine"] = machine_info()
         result["load_average_before"] = os.getloadavg()[0]  # other tenants' load skews CPU numbers
+        probe = BatchProbe(ray_metrics_urls(), settle_s=2 * max(int(os.environ[METRICS_INTERVAL_ENV]), 1000) / 1000)
         for endpoint in endpoints:
             rows = result["levels"].setdefault(endpoint, [])
             for c in levels:
-                # a level runs its warm-up and repeats, plus the requests still in flight at the end
-                if args.budget_s and time.time() - t_start + args.warmup_s + args.repeats * args.seconds > args.budget_s:
+                # a level runs its warm-up, repeats and two metric readings, plus the requests in flight at the end
+                level_s = args.warmup_s + args.repeats * args.seconds + 2 * probe.settle_s
+                if args.budget_s and time.time() - t_start + level_s > args.budget_s:
                     result["skipped"].append(f"{endpoint} at {c} clients")
                     continue
                 with gpu_mem.level():
-                    row = measure(url, endpoint, inputs[endpoint], c, args.seconds, args.warmup_s, args.repeats)
+                    row = measure(url, endpoint, inputs[endpoint], c, args.seconds, args.warmup_s, args.repeats, probe)
                 row["gpu_mem_peak_gib"] = gpu_mem.peak_gib
                 print(json.dumps(row), flush=True)
                 rows.append(row)

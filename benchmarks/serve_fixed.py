@@ -12,10 +12,12 @@ still answers 200 like any row-level failure.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from actors.asr import Transcribe
 from actors.asr_transformers import TransformersWhisperEngine
 from actors.vlm import Describe
+from actors.vlm_engine import VlmEngine, VlmRequest
 from benchmarks.gpu_throughput import fixed_transformers_engine
 from contracts.config import StageConfig
 
@@ -33,8 +35,27 @@ class FixedTranscribe(Transcribe):
         self._engine.fixed_output_tokens = int(os.environ[ASR_TOKENS_ENV])
 
 
+def fixed_vllm_engine(config: StageConfig, tokens: int) -> VlmEngine:
+    """Our vLLM engine with every request's answer exactly ``tokens`` tokens long, unconstrained.
+
+    Describe's requests carry ``vlm.max_new_tokens`` (its answer budget), so the length is set here.
+    """
+    from actors.vllm_engine import VllmEngine
+
+    engine = VllmEngine(config.profile, config.model_cache, fixed_output_tokens=True)
+    generate = engine.generate
+
+    def fixed(requests: list[VlmRequest]) -> list[str]:
+        return generate([replace(r, max_new_tokens=tokens) for r in requests])
+    engine.generate = fixed  # type: ignore[method-assign]
+    return engine
+
+
 class FixedDescribe(Describe):
-    """Describe on the transformers engine, every answer exactly ``$CORPUSFLOW_BENCH_VLM_TOKENS`` tokens, unconstrained."""
+    """Describe on the profile's VLM engine (transformers or vLLM), every answer exactly
+    ``$CORPUSFLOW_BENCH_VLM_TOKENS`` tokens, unconstrained."""
 
     def __init__(self, config: StageConfig) -> None:
-        super().__init__(config, engine=fixed_transformers_engine(config, int(os.environ[VLM_TOKENS_ENV])))
+        tokens = int(os.environ[VLM_TOKENS_ENV])
+        fixed = fixed_vllm_engine if config.profile.vlm_engine == "vllm" else fixed_transformers_engine
+        super().__init__(config, engine=fixed(config, tokens))

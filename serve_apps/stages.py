@@ -3,7 +3,8 @@
 ``StageServer`` runs a stage on one request at a time (replicas give the parallelism); uploads travel
 as bytes and are written to a temporary file on the replica's own node, so a replica never depends
 on a path that exists only where the ingress runs. ``BatchedStageServer`` gathers concurrent
-requests with ``@serve.batch`` and hands the stage one multi-row batch, as Ray Data would.
+requests with ``@serve.batch`` and hands the stage one multi-row batch, as Ray Data would, and
+records each such call's size and seconds (serve_apps/batch_metrics.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import importlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import PurePosixPath
 from typing import Any, Optional
 
@@ -20,6 +22,7 @@ from ray import serve
 
 from contracts.config import StageConfig
 from contracts.stage import Batch, StageFailure, tensor_column
+from serve_apps import batch_metrics
 
 
 def load_stage(path: str, config: StageConfig) -> Any:
@@ -120,7 +123,11 @@ class BatchedStageServer:
     @serve.batch
     async def _gather(self, batches: list[Batch]) -> list[Batch]:
         async with self.lock:
-            out = await asyncio.to_thread(self.stage, concat(batches))
+            t0 = time.perf_counter()
+            try:
+                out = await asyncio.to_thread(self.stage, concat(batches))
+            finally:
+                batch_metrics.record(self.stage.contract.name, len(batches), time.perf_counter() - t0)
         return split(out)
 
     async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
