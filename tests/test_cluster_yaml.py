@@ -16,6 +16,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from contracts.placement import DEFAULT_PLACEMENT, ENVIRONMENTS
 from flows import live_metrics
+from serve_apps import batch_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -131,8 +132,9 @@ def test_prometheus_scrapes_where_ray_publishes_targets() -> None:
 def test_grafana_dashboard_queries_only_metrics_and_labels_we_export() -> None:
     dash = json.loads((INFRA / "grafana" / "corpusflow.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    exported = ({f"ray_{n}_total" for n in (*live_metrics.COUNTERS, "corpusflow_stage_runs")}
-                | {"ray_corpusflow_usd_per_hour"})
+    exported = ({f"ray_{n}_total" for n in (*live_metrics.COUNTERS, "corpusflow_stage_runs", batch_metrics.BUSY_SECONDS)}
+                | {"ray_corpusflow_usd_per_hour"}
+                | {f"ray_{batch_metrics.BATCH_SIZE}_{part}" for part in ("sum", "count", "bucket")})
     used = {m for e in exprs for m in re.findall(r"ray_corpusflow_\w+", e)}
     assert used and used <= exported, used - exported
     groupings = [grp for e in exprs for grp in re.findall(r"by \(([^)]*)\)", e)]
