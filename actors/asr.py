@@ -18,7 +18,7 @@ from actors.device import accelerator, torch_device
 from actors.model_store import resolve
 from actors.tiny_whisper import build_wav2vec2, build_whisper_ct2
 from contracts.config import StageConfig, ModelsProfile
-from contracts.stage import Batch, StageContract, StageFailure, finish
+from contracts.stage import Batch, StageContract, StageFailure, failure_message, finish
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Transcribe:
             for i in range(n):
                 got = heard.get(i)
                 if isinstance(got, Exception):
-                    stages[i], errors[i] = self.contract.name, _message(got)
+                    stages[i], errors[i] = self.contract.name, failure_message(got)
                 values = _columns(got if isinstance(got, AsrResult) else AsrResult(""),
                                   len(tracks[i].pcm) / SAMPLE_RATE if i in tracks else 0.0)
                 for c in self.contract.writes:
@@ -187,11 +187,6 @@ def _checked_track(pcm: Any, starts: Any, ends: Any) -> SpeechTrack:
         raise StageFailure(f"speech chunks (speech_start_s/speech_end_s) must be finite, non-empty spans inside "
                            f"the {duration:.3f} s of audio; got {len(starts)} starts and {len(ends)} ends")
     return SpeechTrack(pcm, [(float(a), float(b)) for a, b in zip(starts, ends)])
-
-
-def _message(e: Exception) -> str:
-    """What a failed row's ``error`` says: a StageFailure's own sentence, else the exception and its type."""
-    return str(e) if isinstance(e, StageFailure) else f"{type(e).__name__}: {e}"
 
 
 def _columns(result: AsrResult, duration: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from actors.vlm_engine import VlmEngine, VlmRequest, load_engine
 from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, ask_task, final_task, retry_note, \
     transcript_text, user_text, window_task
 from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, StageFailure, finish
+from contracts.stage import Batch, StageContract, StageFailure, failure_message, finish
 
 # Prompt tokens held back for the note a retry adds, so a retried prompt still fits the context.
 _NOTE_TOKENS = 160
@@ -249,7 +249,7 @@ class Describe:
 
         def fail(i: int, e: Exception) -> None:
             stages[i] = self.contract.name
-            errors[i] = str(e) if isinstance(e, StageFailure) else f"{type(e).__name__}: {e}"
+            errors[i] = failure_message(e)
 
         for i in range(n):
             if errors[i]:

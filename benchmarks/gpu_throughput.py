@@ -479,7 +479,6 @@ def _pipeline_source(corpus: list[str]):
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
                  engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None) -> dict:
     """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     from actors.decode import DecodeMedia

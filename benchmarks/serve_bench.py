@@ -45,9 +45,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 from unittest import mock
 
 import numpy as np
@@ -133,61 +132,6 @@ def gpu_plan(args: argparse.Namespace, vlm: str, asr: str) -> ServeConfig:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-
-class GpuMemory:
-    """Peak GPU memory in use on device 0 (all processes: the replicas hold it), sampled every 0.2 s.
-
-    NVML (nvidia-ml-py) when importable, else torch's device-wide ``mem_get_info``; nothing on CPU.
-    """
-
-    def __init__(self) -> None:
-        self.read = self._reader()
-        self.peak_gib: Optional[float] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    @staticmethod
-    def _reader() -> Optional[Callable[[], float]]:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            return lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
-        except Exception:  # noqa: BLE001 - no NVML: try torch
-            pass
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-
-        def used() -> float:
-            free, total = torch.cuda.mem_get_info()
-            return (total - free) / 2**30
-        return used
-
-    @contextmanager
-    def level(self) -> Iterator[None]:
-        """Sample while the block runs; ``peak_gib`` is the block's peak."""
-        self.peak_gib = None
-        if self.read is None:
-            yield
-            return
-        self._stop.clear()
-        samples: list[float] = [self.read()]
-
-        def loop() -> None:
-            while not self._stop.wait(0.2):
-                samples.append(self.read())
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            self._thread.join()
-            self.peak_gib = round(max(samples), 1)
-
 
 def run_level(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seconds: float) -> dict[str, Any]:
     """Closed loop: client k sends ``inputs[k % len(inputs)]`` again as soon as its previous answer is in."""
@@ -512,6 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ray import serve
 
     from actors.device import accelerator
+    from benchmarks.gpu_throughput import GpuSampler
     from benchmarks.serve_fixed import ASR_TOKENS_ENV, VLM_TOKENS_ENV
     from serve_apps import app
     from serve_apps.run_local import start
@@ -537,7 +482,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inputs, words = cpu_inputs(Path(tmp.name))
         settings = bench_settings(args.models, args.model_cache, args.max_batch)
         models = args.models
-    gpu_mem = GpuMemory()
     result: dict[str, Any] = {
         "models": models, "max_batch_size": args.max_batch, "seconds_per_level": args.seconds,
         "inputs": {e: words[e] for e in endpoints}, "levels": {}, "skipped": [],
@@ -570,9 +514,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if args.budget_s and time.time() - t_start + level_s > args.budget_s:
                     result["skipped"].append(f"{endpoint} at {c} clients")
                     continue
-                with gpu_mem.level():
+                with GpuSampler() as gpu:  # NVML on all processes: the replicas hold the memory
                     row = measure(url, endpoint, inputs[endpoint], c, args.seconds, args.warmup_s, args.repeats, probe)
-                row["gpu_mem_peak_gib"] = gpu_mem.peak_gib
+                row["gpu_mem_peak_gib"] = gpu.figures()["gpu_mem_peak_gib"]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 save(result, args.out, args.markdown)

@@ -136,7 +136,7 @@ def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]
                 stages[i], errors[i] = contract.name, str(e)
                 values = {**empty, **e.values}
             except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
-                stages[i], errors[i] = contract.name, f"{type(e).__name__}: {e}"
+                stages[i], errors[i] = contract.name, failure_message(e)
         values = values if values is not None else empty
         # A row that failed upstream was not processed here: NaN keeps it out of the metrics table.
         wall = time.perf_counter() - t0 if not batch["error"][i] else float("nan")
@@ -147,6 +147,11 @@ def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]
             out_cols[f"{contract.name}_device_s"].append(wall)
             out_cols[f"{contract.name}_accel"].append(accelerator)
     return finish(contract, batch, out_cols, stages, errors)
+
+
+def failure_message(e: Exception) -> str:
+    """What a failed row's ``error`` says: a StageFailure's own sentence, else the exception and its type."""
+    return str(e) if isinstance(e, StageFailure) else f"{type(e).__name__}: {e}"
 
 
 def finish(contract: StageContract, batch: Batch, out_cols: Mapping[str, list[Any]],
