@@ -60,8 +60,13 @@ class SpeechTrack:
 
     def language_probe(self) -> np.ndarray:
         """The first 30 s of speech, where the language is detected (not the file's first 30 s, which may be music)."""
-        joined = np.concatenate([self.samples(c) for c in self.chunks])
-        return joined[:int(LANGUAGE_PROBE_S * SAMPLE_RATE)]
+        need, parts, got = int(LANGUAGE_PROBE_S * SAMPLE_RATE), [], 0
+        for chunk in self.chunks:  # only as many chunks as the probe needs, not the whole track
+            parts.append(self.samples(chunk))
+            got += len(parts[-1])
+            if got >= need:
+                break
+        return np.concatenate(parts)[:need]
 
 
 class AsrEngine(Protocol):
