@@ -9,15 +9,13 @@ processor (flows/vllm_stage.py) and Ray Serve LLM all take that dict.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import numpy as np
 
 from actors.device import accelerator
 from actors.model_store import resolve
 from actors.tiny_qwen import build_qwen25vl
-from actors.vlm_engine import VlmRequest, messages
+from actors.vlm_engine import PromptCounter, VlmRequest
 from contracts.config import ModelsProfile, VlmEngineOptions
 
 # Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
@@ -78,27 +76,8 @@ class VllmEngine:
         self.max_model_len = opts.max_model_len
         self._fixed = fixed_output_tokens
         path = model_path(profile, cache_dir)
-        self._processor = AutoProcessor.from_pretrained(path)
+        self.count_tokens = PromptCounter(AutoProcessor.from_pretrained(path))
         self._llm = LLM(model=path, **engine_kwargs(opts, tiny=profile.vlm == "tiny-random"))
-
-    def _prompt(self, request: VlmRequest) -> str:
-        return self._processor.apply_chat_template(messages(request), tokenize=False, add_generation_prompt=True)
-
-    @functools.lru_cache(maxsize=8)
-    def _tokens_per_image(self, height: int, width: int) -> int:
-        """Vision tokens one frame of this size becomes (after the processor's resize and 2×2 merge)."""
-        frame = np.zeros((height, width, 3), dtype=np.uint8)
-        grid = self._processor.image_processor(images=[frame], return_tensors="np")["image_grid_thw"][0]
-        return int(np.prod(grid)) // self._processor.image_processor.merge_size ** 2
-
-    def count_tokens(self, request: VlmRequest) -> int:
-        """Prompt tokens including vision tokens, without running the image processor on every frame."""
-        text_ids = self._processor.tokenizer(self._prompt(request))["input_ids"]
-        if not len(request.frames):
-            return len(text_ids)
-        h, w = request.frames.shape[1:3]
-        # Each frame is one <|image_pad|> in the text and expands to its vision tokens.
-        return len(text_ids) + len(request.frames) * (self._tokens_per_image(int(h), int(w)) - 1)
 
     def generate(self, requests: list[VlmRequest]) -> list[str]:
         """All requests in one call, so vLLM schedules them together (continuous batching)."""
@@ -108,7 +87,7 @@ class VllmEngine:
 
         prompts, params = [], []
         for r in requests:
-            prompt: dict[str, Any] = {"prompt": self._prompt(r)}
+            prompt: dict[str, Any] = {"prompt": self.count_tokens.prompt(r)}
             if len(r.frames):
                 prompt["multi_modal_data"] = {"image": [Image.fromarray(f) for f in r.frames]}
             prompts.append(prompt)

@@ -4,9 +4,10 @@ Starts the app on 127.0.0.1 through ``serve_apps.run_local.start`` (one replica 
 deployment, so the gain at higher concurrency comes from online batching and stage pipelining, not
 from more replicas), then for each endpoint and each concurrency level warms up at that level, runs
 closed-loop clients for a fixed time (``--repeats`` times) and records requests/s and p50/p99
-latency of the successful requests, plus the ratio to concurrency 1, and how the ASR and VLM
-batches formed meanwhile (mean and largest size, mean seconds per gathered call: deltas of the
-``corpusflow_batch_*`` histograms read from Ray's metrics endpoint, serve_apps/batch_metrics.py).
+latency of the successful requests, plus the ratio to concurrency 1, and how the stages' calls went
+meanwhile (decode's one request at a time, ASR's and VLM's gathered batches: mean and largest size,
+mean seconds per call and busy share, from deltas of the ``corpusflow_batch_*`` series read from Ray's
+metrics endpoint, serve_apps/batch_metrics.py).
 Results are rewritten after every level, so a run cut short keeps what it measured.
 
 CPU mode (default): tiny-random models, the real stages (schema-constrained answers), one 8-s
@@ -264,8 +265,11 @@ def measure(url: str, endpoint: str, inputs: Sequence[Input], clients: int, seco
     codes: Counter[str] = sum((r["codes"] for r in runs), Counter())
     row_errors: Counter[str] = sum((r["row_errors"] for r in runs), Counter())
     rps = [len(r["latencies"]) / r["wall_s"] for r in runs]
+    wall = sum(r["wall_s"] for r in runs)
+    for b in batches.values():  # the share of the timed wall clock the stage spent working
+        b["busy_share"] = round(b["batches"] * b["mean_s"] / wall, 2)
     return {"endpoint": endpoint, "concurrency": clients, "repeats": repeats,
-            "wall_s": round(sum(r["wall_s"] for r in runs), 2), "ok": int(codes["200"]),
+            "wall_s": round(wall, 2), "ok": int(codes["200"]),
             "statuses": dict(sorted(codes.items())), "row_errors": dict(row_errors.most_common()),
             "throughput_rps": round(float(np.median(rps)), 3), "runs_rps": [round(x, 3) for x in rps],
             "p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
@@ -334,21 +338,22 @@ def machine_info() -> dict[str, Any]:
 def to_markdown(result: dict[str, Any]) -> str:
     mode = result["setup"]
     lines = [f"Online API, {result['models']} models on {result['device']}; one replica per model deployment, "
-             f"`@serve.batch` max {result['max_batch_size']}; {result['seconds_per_level']} s per level × "
+             f"online batches of up to {result['max_batch_size']}; {result['seconds_per_level']} s per level × "
              f"{mode['repeats']} after a {mode['warmup_s']} s warm-up at the same concurrency, closed-loop clients; "
              f"ratio = throughput / one-at-a-time throughput; 1-min load average "
              f"{result['load_average_before']:.1f} before, {result.get('load_average_after', float('nan')):.1f} after.",
-             "ASR/VLM batch: mean size / largest size / mean seconds of one gathered call during the timed runs.",
+             "Decode/ASR/VLM calls: mean size / largest size / mean seconds of one call (decode takes one "
+             "request at a time, ASR and VLM gather them) / share of the timed wall clock the stage was busy.",
              "", "| endpoint | input | clients | req/s | ratio | p50 s | p99 s | statuses | GPU mem peak GiB "
-                 "| ASR batch | VLM batch |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+                 "| decode calls | ASR calls | VLM calls |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for endpoint, rows in result["levels"].items():
         base = rows[0]["throughput_rps"] if rows and rows[0]["concurrency"] == 1 else None
         for r in rows:
             ratio = f"{r['throughput_rps'] / base:.2f}x" if base else "–"
             lines.append(f"| {endpoint} | {result['inputs'][endpoint]} | {r['concurrency']} | {r['throughput_rps']:.2f} "
                          f"| {ratio} | {r['p50_s']} | {r['p99_s']} | {r['statuses']} | {r.get('gpu_mem_peak_gib') or '–'} "
-                         f"| {_batch_cell(r, 'asr')} | {_batch_cell(r, 'vlm')} |")
+                         f"| {_batch_cell(r, 'decode')} | {_batch_cell(r, 'asr')} | {_batch_cell(r, 'vlm')} |")
     errors = {e: Counter() for e in result["levels"]}
     for endpoint, rows in result["levels"].items():
         for r in rows:
@@ -363,7 +368,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def _batch_cell(row: dict[str, Any], stage: str) -> str:
     b = row.get("batches", {}).get(stage)
-    return f"{b['mean_size']:g} / {b['max_size']} / {b['mean_s']:.2f} s" if b else "–"
+    return f"{b['mean_size']:g} / {b['max_size']} / {b['mean_s']:.2f} s / {b['busy_share']:.0%}" if b else "–"
 
 
 def save(result: dict[str, Any], out: str, markdown: Optional[str]) -> str:

@@ -1,6 +1,7 @@
 """How the online batches really form: size and stage seconds of every gathered call, in Prometheus.
 
-``BatchedStageServer`` records each ``@serve.batch`` call here through Ray's metrics API, so the
+``BatchedStageServer`` records each gathered call here, and ``StageServer`` each one-request
+call (decode, PDF: size 1), through Ray's metrics API, so the
 series come from every replica on every node: Ray's metrics agent serves them on each node's
 Prometheus endpoint (``--metrics-export-port``, scraped by infra/prometheus/prometheus.yml), not on
 the app's ``/metrics``, which shows only the ingress replica's own request series. Ray prefixes the
@@ -39,7 +40,7 @@ def _metrics():
 
 
 def record(stage: str, size: int, seconds: float) -> None:
-    """One gathered call of ``stage`` (its contract name: ``asr``, ``vlm``)."""
+    """One call of ``stage`` (its contract name: ``decode``, ``pdf``, ``asr``, ``vlm``) on ``size`` requests."""
     hist_size, hist_seconds, busy = _metrics()
     tags = {"stage": stage}
     hist_size.observe(size, tags=tags)

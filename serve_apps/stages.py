@@ -3,8 +3,9 @@
 ``StageServer`` runs a stage on one request at a time (replicas give the parallelism); uploads travel
 as bytes and are written to a temporary file on the replica's own node, so a replica never depends
 on a path that exists only where the ingress runs. ``BatchedStageServer`` gathers concurrent
-requests with ``@serve.batch`` and hands the stage one multi-row batch, as Ray Data would, and
-records each such call's size and seconds (serve_apps/batch_metrics.py).
+requests that wait while the stage is busy (serve_apps/gather.py) and hands the stage one
+multi-row batch, as Ray Data would. Both record each call's size and seconds
+(serve_apps/batch_metrics.py), so every stage's busy share shows.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ray import serve
 from contracts.config import StageConfig
 from contracts.stage import Batch, StageFailure, tensor_column
 from serve_apps import batch_metrics
+from serve_apps.gather import Gatherer
 
 
 def load_stage(path: str, config: StageConfig) -> Any:
@@ -94,8 +96,12 @@ class StageServer:
 
     async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
         async with self.lock:  # stages are not re-entrant; the event loop stays free for health checks
-            with _Local(batch, payload) as local:
-                out = await asyncio.to_thread(self._run, local)
+            t0 = time.perf_counter()
+            try:
+                with _Local(batch, payload) as local:
+                    out = await asyncio.to_thread(self._run, local)
+            finally:
+                batch_metrics.record(self.stages[0].contract.name, 1, time.perf_counter() - t0)
         return _public_uri(out, batch)
 
     def _run(self, batch: Batch) -> Batch:
@@ -114,14 +120,12 @@ class BatchedStageServer:
     def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
         self.stage = load_stage(stage, StageConfig.model_validate(config))
         self.lock = asyncio.Lock()
-        self._gather.set_max_batch_size(max_batch_size)
-        self._gather.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._gatherer = Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
 
     async def run(self, batch: Batch) -> Batch:
-        return await self._gather(batch)
+        return await self._gatherer.submit(batch)
 
-    @serve.batch
-    async def _gather(self, batches: list[Batch]) -> list[Batch]:
+    async def _call(self, batches: list[Batch]) -> list[Batch]:
         async with self.lock:
             t0 = time.perf_counter()
             try:

@@ -99,7 +99,8 @@ def test_batch_stats_cover_only_the_batches_between_two_readings():
 
 def test_markdown_table_shows_each_levels_batches():
     row = {"concurrency": 4, "throughput_rps": 1.0, "p50_s": 1, "p99_s": 2, "statuses": {"200": 4},
-           "row_errors": {}, "batches": {"vlm": {"batches": 1, "mean_size": 4.0, "max_size": 4, "mean_s": 2.5}}}
+           "row_errors": {}, "batches": {"vlm": {"batches": 1, "mean_size": 4.0, "max_size": 4, "mean_s": 2.5,
+                                                "busy_share": 0.5}}}
     result = {"models": "m", "device": "d", "max_batch_size": 8, "seconds_per_level": 5, "load_average_before": 0,
               "setup": {"repeats": 1, "warmup_s": 1}, "inputs": {"analyze": "clip"}, "levels": {"analyze": [row]}}
-    assert "| – | 4 / 4 / 2.50 s |" in to_markdown(result)
+    assert "| – | – | 4 / 4 / 2.50 s / 50% |" in to_markdown(result)

@@ -100,6 +100,14 @@ def test_tiny_model_answers_grounded_json_and_long_videos_go_through_windows(sta
     assert (out["vlm_wall_s"] >= out["vlm_device_s"]).all() and (out["vlm_device_s"] > 0).all()
 
 
+@pytest.mark.parametrize("shape", [(448, 448), (120, 160), (64, 64)])
+def test_prompt_tokens_are_counted_exactly_without_processing_every_frame(stage, shape):
+    engine = stage.engine
+    frames = np.random.default_rng(0).integers(0, 255, (3, *shape, 3), dtype=np.uint8)
+    req = VlmRequest(frames, np.asarray([0.0, 5.0, 10.0]), "system", "describe the video", {}, 8)
+    assert engine.count_tokens(req) == engine._inputs([req])["input_ids"].shape[1]
+
+
 def test_ask_cites_sampled_frame_times(stage):
     v = _video(4, 56, seed=3)
     answer = stage.ask(v["frames"], v["frame_ts"], Transcript(v["seg_start"], v["seg_end"], tuple(v["seg_text"])),
