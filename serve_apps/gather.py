@@ -1,13 +1,13 @@
 """Online batching that forms each batch when the stage becomes free, from everything waiting.
 
 Why not ``@serve.batch``: Ray Serve's batch queue closes a batch ``batch_wait_timeout_s`` after its
-first request arrives and only then waits for the stage (``max_concurrent_batches``, Ray 2.60; since
-ray-project/ray#53096). Under load the
-stage is busy, so batch after batch closes with the one or two requests that arrived in that short
-window and queues behind the running one: measured with 16 clients on a saturated VLM, 1.1 requests
-per call. Here a single worker takes the next batch only after the previous call returned, so the
-requests that arrived meanwhile go in together (up to ``max_batch_size``); an idle stage still waits
-``batch_wait_timeout_s`` for company, as ``@serve.batch`` does.
+first request arrives and only then waits for the stage (``max_concurrent_batches``; Ray 2.60, since
+ray-project/ray#53096). Under load the stage is busy, so batch after batch closes with the one or
+two requests that arrived in that short window and queues behind the running one: measured with 16
+clients on a saturated VLM, 1.1 requests per call. Here a single worker takes the next batch only
+after the previous call returned, so the requests that arrived meanwhile go in together (up to
+``max_batch_size``); an idle stage still waits ``batch_wait_timeout_s`` for company, as
+``@serve.batch`` does.
 """
 from __future__ import annotations
 
