@@ -28,10 +28,16 @@ class SlowStage:
         return [2 * x for x in items]
 
 
+async def _busy(gatherer: Gatherer) -> asyncio.Task:
+    """Request 0, already running as a call of its own."""
+    first = asyncio.create_task(gatherer.submit(0))
+    await asyncio.sleep(0.03)
+    return first
+
+
 async def _submit_while_busy(gatherer: Gatherer, n: int) -> list:
     """One request starts a call; ``n`` more arrive while it runs; every result."""
-    first = asyncio.create_task(gatherer.submit(0))
-    await asyncio.sleep(0.05)  # the first call is running now
+    first = await _busy(gatherer)
     rest = [asyncio.create_task(gatherer.submit(i)) for i in range(1, n + 1)]
     return await asyncio.gather(first, *rest)
 
@@ -75,8 +81,7 @@ def test_a_failed_call_fails_its_own_callers_only():
 
     async def main():
         g = Gatherer(stage, max_batch_size=2, batch_wait_timeout_s=0.0)
-        first = asyncio.create_task(g.submit(0))
-        await asyncio.sleep(0.02)
+        first = await _busy(g)
         batch = [asyncio.create_task(g.submit(i)) for i in (3, 4)]  # one call of two, fails on 3
         later = [asyncio.create_task(g.submit(i)) for i in (5, 6)]
         return await asyncio.gather(first, *batch, *later, return_exceptions=True)
@@ -91,8 +96,7 @@ def test_a_request_whose_client_left_is_not_run():
 
     async def main():
         g = Gatherer(stage, max_batch_size=8, batch_wait_timeout_s=0.0)
-        first = asyncio.create_task(g.submit(0))
-        await asyncio.sleep(0.05)
+        first = await _busy(g)
         gone, kept = asyncio.create_task(g.submit(1)), asyncio.create_task(g.submit(2))
         await asyncio.sleep(0.01)
         gone.cancel()
