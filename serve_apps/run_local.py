@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from typing import Optional, Sequence
 
 from contracts.config import ConfigError
@@ -49,6 +50,25 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
                               "request_timeout_s": settings.request_timeout_s + 10})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{settings.host}:{settings.port}"
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    """Return once ``{url}/readyz`` answers 200 (every stage deployment answers), else TimeoutError."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while a stage loads (HTTPError is an OSError)
+            pass
+        time.sleep(1)
+    from ray import serve
+
+    raise TimeoutError(f"the app was not ready within {timeout_s:g} s: {serve.status()}")
 
 
 def main(argv: Sequence[str]) -> int:

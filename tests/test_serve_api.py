@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
@@ -74,7 +73,7 @@ def api(s3_server, bucket, model_cache):
     from ray import serve
     import ray
 
-    from serve_apps.run_local import start
+    from serve_apps.run_local import start, wait_ready
 
     settings = ServeConfig(
         port=free_port(), models="tiny-random", model_cache=model_cache, max_request_mb=1, request_timeout_s=90,
@@ -86,16 +85,7 @@ def api(s3_server, bucket, model_cache):
                                 vlm=small(batching=Batching(max_batch_size=4))))
     url = start(settings, api_key=KEY, num_cpus=4)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("the app did not become ready in 240 s")
+        wait_ready(url, 240)
         yield url
     finally:
         serve.shutdown()

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from benchmarks.serve_bench import (KEY, METRICS_INTERVAL_ENV, batch_stats, bench_settings, ray_metrics_urls,
-                                    read_batch_totals, wait_ready)
+                                    read_batch_totals)
 from tests.media import make_video
 
 REQUESTS = 3
@@ -25,7 +25,7 @@ def app(model_cache):
     import ray
     from ray import serve
 
-    from serve_apps.run_local import start
+    from serve_apps.run_local import start, wait_ready
 
     before = os.environ.get(METRICS_INTERVAL_ENV)
     os.environ[METRICS_INTERVAL_ENV] = "1000"  # read by the Ray started here: observations show within seconds

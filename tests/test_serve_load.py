@@ -36,7 +36,7 @@ def app(model_cache):
     import ray
     from ray import serve
 
-    from serve_apps.run_local import start
+    from serve_apps.run_local import start, wait_ready
 
     fixed = DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1))
     settings = ServeConfig(
@@ -49,10 +49,7 @@ def app(model_cache):
         streaming=StreamingSettings(enabled=False))
     url = start(settings, api_key=KEY, num_cpus=4)
     try:
-        deadline = time.time() + 240
-        while requests.get(f"{url}/readyz", timeout=5).status_code != 200:
-            assert time.time() < deadline, "the app did not become ready in 240 s"
-            time.sleep(1)
+        wait_ready(url, 240)
         yield url, serve
     finally:
         serve.shutdown()
