@@ -624,10 +624,14 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
 
 # -- main ------------------------------------------------------------------------------------------
 
-def machine() -> dict:
+def machine(packages: tuple[str, ...] = ("vllm", "ray", "transformers", "av")) -> dict:
+    """Host, GPU and package versions (read from metadata: importing vLLM here would cost seconds and memory)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
-    info = {"host_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    info = {"host_cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -637,10 +641,10 @@ def machine() -> dict:
                                             capture_output=True, text=True, timeout=30).stdout.strip()
         except OSError:
             pass
-    for pkg in ("vllm", "ray", "transformers", "av"):
+    for pkg in packages:
         try:
-            info[pkg] = __import__(pkg).__version__
-        except ImportError:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
             info[pkg] = None
     return info
 

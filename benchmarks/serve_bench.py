@@ -313,26 +313,6 @@ def gpu_models(args: argparse.Namespace) -> tuple[str, str]:
     return vlm, asr
 
 
-def machine_info() -> dict[str, Any]:
-    """Host, GPU and package versions (read from metadata: importing vLLM here would cost seconds and memory)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    info: dict[str, Any] = {"host_cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                            "python": platform.python_version(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    for pkg in ("torch", "transformers", "vllm", "ray", "fastapi", "av", "nvidia-ml-py"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = None
-    return info
-
-
 # -- output ----------------------------------------------------------------------------------------
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -440,20 +420,6 @@ def missing_modules(vlm_engine: str) -> list[str]:
     return [m for m in wanted if importlib.util.find_spec(m) is None]
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    from ray import serve
-
-    raise SystemExit(f"the app was not ready within {timeout_s:g} s: {serve.status()}")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     t_start = time.time()
@@ -461,10 +427,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ray import serve
 
     from actors.device import accelerator
-    from benchmarks.gpu_throughput import GpuSampler
+    from benchmarks.gpu_throughput import GpuSampler, machine
     from benchmarks.serve_fixed import ASR_TOKENS_ENV, VLM_TOKENS_ENV
     from serve_apps import app
-    from serve_apps.run_local import start
+    from serve_apps.run_local import start, wait_ready
 
     levels = [int(c) for c in args.concurrency.split(",")]
     endpoints = args.endpoints.split(",")
@@ -508,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[bench] app ready {result['setup']['app_ready_s']:.0f} s after start", flush=True)
         result["device"] = (f"{accelerator()} ({ray.cluster_resources().get('CPU', 0):g} logical CPUs, "
                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs in Ray)")
-        result["machine"] = machine_info()
+        result["machine"] = machine(("transformers", "vllm", "ray", "fastapi", "av", "nvidia-ml-py"))
         result["load_average_before"] = os.getloadavg()[0]  # other tenants' load skews CPU numbers
         probe = BatchProbe(ray_metrics_urls(), settle_s=2 * max(int(os.environ[METRICS_INTERVAL_ENV]), 1000) / 1000)
         for endpoint in endpoints:
