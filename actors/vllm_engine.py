@@ -76,8 +76,11 @@ class VllmEngine:
         self.max_model_len = opts.max_model_len
         self._fixed = fixed_output_tokens
         path = model_path(profile, cache_dir)
-        self.count_tokens = PromptCounter(AutoProcessor.from_pretrained(path))
+        self._counter = PromptCounter(AutoProcessor.from_pretrained(path))
         self._llm = LLM(model=path, **engine_kwargs(opts, tiny=profile.vlm == "tiny-random"))
+
+    def count_tokens(self, request: VlmRequest) -> int:
+        return self._counter(request)
 
     def generate(self, requests: list[VlmRequest]) -> list[str]:
         """All requests in one call, so vLLM schedules them together (continuous batching)."""
@@ -87,7 +90,7 @@ class VllmEngine:
 
         prompts, params = [], []
         for r in requests:
-            prompt: dict[str, Any] = {"prompt": self.count_tokens.prompt(r)}
+            prompt: dict[str, Any] = {"prompt": self._counter.prompt(r)}
             if len(r.frames):
                 prompt["multi_modal_data"] = {"image": [Image.fromarray(f) for f in r.frames]}
             prompts.append(prompt)

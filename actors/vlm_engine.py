@@ -125,7 +125,7 @@ class TransformersEngine:
         path = resolve(profile.vlm, "qwen2_5_vl", cache_dir, build_tiny=build_qwen25vl)
         self._processor = AutoProcessor.from_pretrained(path)
         self._processor.tokenizer.padding_side = "left"  # batched generation continues from the right edge
-        self.count_tokens = PromptCounter(self._processor)
+        self._counter = PromptCounter(self._processor)
         self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, attn_implementation=self.attn_implementation).to(self._device).eval()
         # The model's vocabulary is padded past the tokenizer's; masks must cover every logit.
@@ -135,9 +135,12 @@ class TransformersEngine:
         self._compiler.compile_builtin_json_grammar()  # pays the vocabulary preprocessing once, at load
 
     def _inputs(self, requests: list[VlmRequest]):
-        texts = [self.count_tokens.prompt(r) for r in requests]
+        texts = [self._counter.prompt(r) for r in requests]
         images = [f for r in requests for f in r.frames]
         return self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+
+    def count_tokens(self, request: VlmRequest) -> int:
+        return self._counter(request)
 
     def _grammar(self, schema: dict):
         import json
