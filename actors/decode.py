@@ -16,9 +16,9 @@ import av
 import av.error
 import numpy as np
 
-from contracts import storage
-from contracts.config import StageConfig, VideoConfig
-from contracts.stage import Batch, StageContract, StageFailure, run_rows
+from corpusflow.contracts import storage
+from corpusflow.contracts.config import StageConfig, VideoConfig
+from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
 PCM_RATE = 16000
 # Without a container index, listing keyframes means reading every packet of the file; with an
@@ -115,33 +115,25 @@ class _PcmBuffer:
         return self.data[:self.n]
 
 
-class DecodeMedia:
+class DecodeMedia(Stage):
     """Video and audio rows → duration, metadata, sampled frames, shot and keyframe times, 16 kHz PCM."""
 
     contract = StageContract(
-        name="decode", reads=("uri", "kind"),
+        name="decode", reads=("uri", "kind"), kinds=("video", "audio"),
         writes={"duration_s": "float64", "meta_json": "str", "frames": "tensor[uint8]", "frame_ts": "tensor[float64]",
                 "shot_ts": "tensor[float64]", "iframe_ts": "tensor[float64]", "pcm": "tensor[float32]",
                 "has_audio": "bool"})
 
     def __init__(self, config: StageConfig):
+        super().__init__(config)
         self.video = config.video
+        # Frames are (n, H, W, 3) in every row, none included: Ray's tensor column needs one ndim.
+        side = config.video.frame_size
+        self.empty = {"frames": np.zeros((0, side, side, 3), np.uint8)}
         self.frames_decoded = 0  # video frames decoded so far by this instance: sampling cost, for tests and metrics
 
-    def __call__(self, batch: Batch) -> Batch:
-        return run_rows(self.contract, batch, self._decode, empty=self._empty())
-
-    def _empty(self) -> dict[str, Any]:
-        side = self.video.frame_size
-        none = np.zeros(0, dtype=np.float64)
-        return {"duration_s": float("nan"), "meta_json": "", "frames": np.zeros((0, side, side, 3), np.uint8),
-                "frame_ts": none, "shot_ts": none, "iframe_ts": none, "pcm": np.zeros(0, np.float32),
-                "has_audio": False}
-
-    def _decode(self, row: dict[str, Any]) -> dict[str, Any]:
+    def process_row(self, row: Row) -> dict[str, Any]:
         uri, kind = str(row["uri"]), str(row["kind"])
-        if kind not in ("video", "audio"):
-            raise StageFailure(f"decode handles video and audio, not {kind!r}")
         try:
             with open_media(uri) as container:
                 return self._decode_container(container, uri, kind)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import PurePosixPath
-from typing import Any
 
 import av.error
 
-from actors.decode import open_media, picture_streams
-from contracts import storage
-from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, StageFailure, run_rows
+from corpusflow.actors.decode import open_media, picture_streams
+from corpusflow.contracts import storage
+from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
 CHUNK = 4 << 20
 HEAD = 64 << 10
@@ -143,19 +141,14 @@ def _extension(uri: str) -> str:
 _UNKNOWN = {"asset_id": "", "kind": "other", "format": "unknown"}
 
 
-class Identify:
+class Identify(Stage):
     """Every row → asset_id (sha256 of its bytes), kind (video|audio|pdf|other) and format, from content."""
 
     contract = StageContract(name="identify", reads=("uri", "bytes"),
                              writes={"asset_id": "str", "kind": "str", "format": "str"})
+    empty = _UNKNOWN
 
-    def __init__(self, config: StageConfig):
-        self.config = config
-
-    def __call__(self, batch: Batch) -> Batch:
-        return run_rows(self.contract, batch, self._row, empty=_UNKNOWN)
-
-    def _row(self, row: dict[str, Any]) -> dict[str, str]:
+    def process_row(self, row: Row) -> dict[str, str]:
         try:
             values, failure = self._identify(str(row["uri"]))
         except (OSError, av.error.FFmpegError) as e:

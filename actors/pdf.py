@@ -1,6 +1,6 @@
 """Extract a PDF's text per page, its image count per page and its document metadata with PyMuPDF.
 
-The file is read through contracts.storage (local or S3) into memory once: PyMuPDF needs random
+The file is read through corpusflow.contracts.storage (local or S3) into memory once: PyMuPDF needs random
 access to the cross-reference table, and PDFs, unlike videos, fit in memory.
 """
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import pymupdf
 
-from contracts import storage
-from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, StageFailure, run_rows
+from corpusflow.contracts import storage
+from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
 _EOF_MARKER = b"%%EOF"
 _TAIL = 2048  # writers may append a little after %%EOF (whitespace, a newline, a signature)
@@ -47,22 +46,14 @@ def open_pdf(data: bytes) -> pymupdf.Document:
     return doc
 
 
-class ExtractPdf:
+class ExtractPdf(Stage):
     """PDF rows → page count, text per page, image count per page, document metadata as JSON."""
 
-    contract = StageContract(name="pdf", reads=("uri",),
+    contract = StageContract(name="pdf", reads=("uri",), kinds=("pdf",),
                              writes={"pages": "int64", "page_text": "list[str]", "page_images": "tensor[int32]",
                                      "pdf_meta_json": "str"})
 
-    def __init__(self, config: StageConfig):
-        self.config = config
-
-    def __call__(self, batch: Batch) -> Batch:
-        return run_rows(self.contract, batch, self._extract,
-                        empty={"pages": 0, "page_text": [], "page_images": np.zeros(0, np.int32),
-                               "pdf_meta_json": ""})
-
-    def _extract(self, row: dict[str, Any]) -> dict[str, Any]:
+    def process_row(self, row: Row) -> dict[str, Any]:
         with storage.open_input(str(row["uri"])) as f:
             data = f.read()
         with open_pdf(data) as doc:

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from actors.asr import checked_pcm
-from actors.decode import PCM_RATE
-from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, run_rows
+from corpusflow.actors.asr import checked_pcm
+from corpusflow.actors.decode import PCM_RATE
+from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.stage import Row, Stage, StageContract
 
 
 def merge_speech(regions: list[tuple[int, int]], max_samples: int) -> list[tuple[int, int]]:
@@ -40,7 +40,7 @@ def merge_speech(regions: list[tuple[int, int]], max_samples: int) -> list[tuple
     return chunks
 
 
-class DetectSpeech:
+class DetectSpeech(Stage):
     """Ray Data / Serve stage: 16 kHz mono ``pcm`` → speech chunks (seconds on the media's time axis).
 
     Silero VAD is the offline ONNX model faster-whisper ships (whisperX's default, pyannote, needs a
@@ -48,10 +48,11 @@ class DetectSpeech:
     ``asr.vad_offset``. Keeps ``pcm``: the ASR stage decodes it.
     """
 
-    contract = StageContract(name="speech", reads=("pcm",),
+    contract = StageContract(name="speech", reads=("pcm",), kinds=("video", "audio"),
                              writes={"speech_start_s": "tensor[float64]", "speech_end_s": "tensor[float64]"})
 
     def __init__(self, config: StageConfig) -> None:
+        super().__init__(config)
         from faster_whisper.vad import VadOptions, get_vad_model
 
         asr = config.asr
@@ -60,10 +61,7 @@ class DetectSpeech:
         self._max_samples = int(asr.chunk_s * PCM_RATE)
         get_vad_model()  # the ONNX session, once per process
 
-    def __call__(self, batch: Batch) -> Batch:
-        return run_rows(self.contract, batch, self._detect)
-
-    def _detect(self, row: dict[str, Any]) -> dict[str, Any]:
+    def process_row(self, row: Row) -> dict[str, Any]:
         from faster_whisper.vad import get_speech_timestamps
 
         pcm = checked_pcm(row["pcm"])

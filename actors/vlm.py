@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from actors.device import accelerator
-from actors.vlm_answer import AnswerError, AskAnswer, VideoAnswer, ask_schema_for, schema_for, validate, \
+from corpusflow.actors.models.device import accelerator
+from corpusflow.actors.prompts.answer import AnswerError, AskAnswer, VideoAnswer, ask_schema_for, schema_for, validate, \
     validate_ask
-from actors.vlm_engine import VlmEngine, VlmRequest, load_engine
-from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, ask_task, final_task, retry_note, \
+from corpusflow.actors.engines.vlm import VlmEngine, VlmRequest, load_engine
+from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, ask_task, final_task, retry_note, \
     transcript_text, user_text, window_task
-from contracts.config import StageConfig
-from contracts.stage import Batch, StageContract, StageFailure, failure_message, finish
+from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.stage import Row, RowOutcome, Stage, StageContract, StageFailure
 
 # Prompt tokens held back for the note a retry adds, so a retried prompt still fits the context.
 _NOTE_TOKENS = 160
@@ -101,9 +101,11 @@ def _f64(values: list[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-class Describe:
+class Describe(Stage):
+    """Ray Data / Serve stage: a decoded, transcribed video → summary, chapters and keyframes (and ``ask``)."""
+
     contract = StageContract(
-        name="vlm",
+        name="vlm", kinds=("video",),
         reads=("asset_id", "uri", "duration_s", "meta_json", "frames", "frame_ts", "shot_ts", "language",
                "seg_start", "seg_end", "seg_text"),
         writes={"summary": "str", "chapter_start": "tensor[float64]", "chapter_end": "tensor[float64]",
@@ -114,12 +116,13 @@ class Describe:
     )
 
     def __init__(self, config: StageConfig, engine: VlmEngine | None = None):
-        self.config = config.vlm
+        super().__init__(config)
+        self.vlm = config.vlm
         self.engine = engine or load_engine(config.profile, config.model_cache)
         self.accelerator = accelerator()
-        self._limit = self.engine.max_model_len - self.config.max_new_tokens - _NOTE_TOKENS
+        self._limit = self.engine.max_model_len - self.vlm.max_new_tokens - _NOTE_TOKENS
         per_token = max(1.0, _CHARS_PER_TOKEN_MARGIN * self._chars_per_token())
-        self._answer_chars = int(self.config.max_new_tokens * per_token)
+        self._answer_chars = int(self.vlm.max_new_tokens * per_token)
         schema_for([99999.99], self._answer_chars)  # a budget too small for any answer fails here, not per row
 
     def _chars_per_token(self) -> float:
@@ -134,14 +137,14 @@ class Describe:
     def _fit(self, frames: np.ndarray, ts: np.ndarray, meta: VideoMeta, transcript: Transcript, task: str,
              schema: dict, thin: bool) -> Callable[[str], VlmRequest] | None:
         """A request builder whose prompt fits the context, thinning the transcript if ``thin``; else None."""
-        chars = self.config.max_transcript_chars
+        chars = self.vlm.max_transcript_chars
         while True:
             text = transcript_text(transcript, chars)
 
             def make(reason: str, text: str = text) -> VlmRequest:
                 note = retry_note(reason, _NOTE_TOKENS - 2) if reason else ""
                 return VlmRequest(frames, ts, SYSTEM, user_text(meta, text, task, note), schema,
-                                  self.config.max_new_tokens)
+                                  self.vlm.max_new_tokens)
 
             if self.engine.count_tokens(make("")) <= self._limit:
                 return make
@@ -172,7 +175,7 @@ class Describe:
         n = len(frames)
         size = min(self.engine.max_frames, n)
         while size >= 1:
-            overlap = min(self.config.window_overlap_frames, size - 1)
+            overlap = min(self.vlm.window_overlap_frames, size - 1)
             step = size - overlap
             starts = sorted({min(s, n - size) for s in range(0, max(n - overlap, 1), step)})
             jobs, spans = [], []
@@ -191,7 +194,7 @@ class Describe:
                 return jobs, spans
             size = size - max(1, size // 8)
         raise StageFailure(f"not even one frame fits the model's context of {self.engine.max_model_len} tokens "
-                           f"with {self.config.max_new_tokens} new tokens; lower video.frame_size or "
+                           f"with {self.vlm.max_new_tokens} new tokens; lower video.frame_size or "
                            "vlm.max_new_tokens, or raise max_model_len")
 
     def _final(self, video: _Video) -> _Job:
@@ -217,7 +220,7 @@ class Describe:
     def _settle(self, jobs: list[_Job]) -> None:
         """Ask the engine for all jobs at once; re-ask those with invalid answers, up to the retry limit."""
         pending = list(jobs)
-        for attempt in range(1 + self.config.retries):
+        for attempt in range(1 + self.vlm.retries):
             if not pending:
                 return
             t0 = time.perf_counter()
@@ -235,46 +238,39 @@ class Describe:
                     j.answer, j.error = j.check(raw), ""
                 except AnswerError as e:
                     j.error = str(e)
-                    if attempt < self.config.retries:
+                    if attempt < self.vlm.retries:
                         j.request = j.make(j.error)
                         again.append(j)
             pending = again
 
     # -- the stage ---------------------------------------------------------------------------------------
 
-    def __call__(self, batch: Batch) -> Batch:
-        n = self.contract.check_input(batch)
-        errors, stages = list(batch["error"]), list(batch["error_stage"])
+    def process(self, rows: list[Row]) -> Sequence[RowOutcome]:
         videos: dict[int, _Video] = {}
-
-        def fail(i: int, e: Exception) -> None:
-            stages[i] = self.contract.name
-            errors[i] = failure_message(e)
-
-        for i in range(n):
-            if errors[i]:
-                continue
+        failed: dict[int, Exception] = {}
+        for i, row in enumerate(rows):
             try:
-                videos[i] = self._plan({c: batch[c][i] for c in self.contract.reads})
+                videos[i] = self._plan(row)
             except Exception as e:  # noqa: BLE001 - one bad video must not kill the batch
-                fail(i, e)
+                failed[i] = e
         self._settle([j for v in videos.values() for j in v.jobs])
         for i, v in videos.items():
             if len(v.jobs) > 1 and all(j.answer is not None for j in v.jobs):
                 try:
                     v.final = self._final(v)
                 except Exception as e:  # noqa: BLE001
-                    fail(i, e)
+                    failed[i] = e
         self._settle([v.final for v in videos.values() if v.final is not None])
-
-        out: dict[str, list[Any]] = {c: [] for c in (*self.contract.writes, *self.contract.metric_columns)}
-        for i in range(n):
+        outcomes = []
+        for i in range(len(rows)):
             v = videos.get(i)
-            shown, why = self._outcome(v) if v is not None and not errors[i] else (None, "")
-            if why:
-                stages[i], errors[i] = self.contract.name, why
-            self._write_row(out, v, shown, None if errors[i] else shown)
-        return finish(self.contract, batch, out, stages, errors)
+            if v is None:
+                outcomes.append(RowOutcome(error=failed[i]))
+                continue
+            shown, why = self._outcome(v) if i not in failed else (None, "")
+            error = failed.get(i) or (StageFailure(why) if why else None)
+            outcomes.append(self._row_outcome(v, shown, None if error else shown, error))
+        return outcomes
 
     @staticmethod
     def _outcome(v: _Video) -> tuple[_Job | None, str]:
@@ -289,26 +285,24 @@ class Describe:
             return None, ""  # the merge pass could not be built; the row already holds why
         return job, "" if job.answer is not None else _failure(job, " when merging the windows")
 
-    def _write_row(self, out: dict[str, list[Any]], v: _Video | None, shown: _Job | None,
-                   answered: _Job | None) -> None:
+    def _row_outcome(self, v: _Video, shown: _Job | None, answered: _Job | None,
+                     error: Exception | None) -> RowOutcome:
         answer: VideoAnswer | None = answered.answer if answered is not None else None
-        engine_s = sum(j.engine_s for j in [*(v.jobs if v else []), *([v.final] if v and v.final else [])])
-        out["summary"].append(answer.summary if answer else "")
-        out["chapter_start"].append(_f64([c.start_s for c in answer.chapters] if answer else []))
-        out["chapter_end"].append(_f64([c.end_s for c in answer.chapters] if answer else []))
-        out["chapter_title"].append([c.title for c in answer.chapters] if answer else [])
-        out["keyframe_ts"].append(_f64([k.t_s for k in answer.keyframes] if answer else []))
-        out["keyframe_caption"].append([k.caption for k in answer.keyframes] if answer else [])
-        # On a failure here the rejected text is kept: it is what a person needs to see why.
-        out["vlm_raw"].append(shown.raw if shown is not None else "")
-        out["vlm_model"].append(self.engine.model_id if v else "")
-        out["vlm_engine"].append(self.engine.name if v else "")
-        out["vlm_attempts"].append(shown.attempts if shown is not None else 0)
-        out["vlm_windows"].append(len(v.jobs) if v else 0)
-        out["frames_used"].append(v.frames_used if v else 0)
-        out["vlm_wall_s"].append((v.prep_s if v else 0.0) + engine_s)
-        out["vlm_device_s"].append(engine_s)
-        out["vlm_accel"].append(self.accelerator)
+        engine_s = sum(j.engine_s for j in [*v.jobs, *([v.final] if v.final else [])])
+        values = {
+            "summary": answer.summary if answer else "",
+            "chapter_start": _f64([c.start_s for c in answer.chapters] if answer else []),
+            "chapter_end": _f64([c.end_s for c in answer.chapters] if answer else []),
+            "chapter_title": [c.title for c in answer.chapters] if answer else [],
+            "keyframe_ts": _f64([k.t_s for k in answer.keyframes] if answer else []),
+            "keyframe_caption": [k.caption for k in answer.keyframes] if answer else [],
+            # On a failure here the rejected text is kept: it is what a person needs to see why.
+            "vlm_raw": shown.raw if shown is not None else "",
+            "vlm_model": self.engine.model_id, "vlm_engine": self.engine.name,
+            "vlm_attempts": shown.attempts if shown is not None else 0,
+            "vlm_windows": len(v.jobs), "frames_used": v.frames_used,
+        }
+        return RowOutcome(values, error, wall_s=v.prep_s + engine_s, device_s=engine_s)
 
     # -- online question answering ---------------------------------------------------------------------
 

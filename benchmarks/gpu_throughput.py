@@ -131,7 +131,7 @@ def make_qwen7b(dest: Path) -> str:
     import torch
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-    from actors.tiny_qwen import _write_tokenizer, config_dict
+    from corpusflow.actors.models.tiny_qwen import _write_tokenizer, config_dict
 
     if (dest / ".complete").exists():
         return str(dest)
@@ -159,7 +159,7 @@ def make_whisper_large_v3(dest: Path) -> str:
     """Whisper large-v3's architecture (1280 wide, 32+32 layers, 20 heads, 128 mels) with random weights."""
     import torch
 
-    from actors.tiny_whisper import build_whisper_hf
+    from corpusflow.actors.models.tiny_whisper import build_whisper_hf
 
     if not (dest / ".complete").exists():
         with torch.device("cuda"):
@@ -280,7 +280,7 @@ def ctranslate2_cuda() -> str:
 
         import ctranslate2
 
-        from actors.tiny_whisper import build_whisper_ct2
+        from corpusflow.actors.models.tiny_whisper import build_whisper_ct2
 
         if ctranslate2.get_cuda_device_count() < 1:
             return "ctranslate2 sees no CUDA device"
@@ -352,7 +352,7 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
 
 def describe_text_tokens(row: dict, config) -> int:
     """Text tokens of Describe's single-context prompt for this row (the byte tokenizer: one per byte)."""
-    from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
+    from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, transcript_text, user_text
 
     meta = VideoMeta(uri=str(row["uri"]), duration_s=float(row["duration_s"]), language=str(row["language"]),
                      meta_json=str(row["meta_json"]), shot_ts=np.asarray(row["shot_ts"], dtype=np.float64))
@@ -378,7 +378,7 @@ def request_text_tokens(messages: list[dict]) -> tuple[int, int]:
 
 def fixed_transformers_engine(config, tokens: int):
     """Our transformers VLM engine whose model always generates exactly ``tokens`` tokens, unconstrained."""
-    from actors.vlm_engine import TransformersEngine
+    from corpusflow.actors.engines.vlm_transformers import TransformersEngine
 
     engine = TransformersEngine(config.profile, config.model_cache)
     inner = engine._model.generate
@@ -393,9 +393,9 @@ def fixed_transformers_engine(config, tokens: int):
 
 def bench_stages(config, vlm_tokens: int, asr_tokens: int):
     """Transcribe and Describe subclasses with fixed-length engines that stamp when they are ready and done."""
-    from actors.asr import Transcribe
-    from actors.asr_transformers import TransformersWhisperEngine
-    from actors.vlm import Describe
+    from corpusflow.actors.asr import Transcribe
+    from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
+    from corpusflow.actors.vlm import Describe
 
     class FixedTranscribe(Transcribe):
         def __init__(self, cfg) -> None:
@@ -426,9 +426,9 @@ def bench_stages(config, vlm_tokens: int, asr_tokens: int):
 
 def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int) -> dict:
     """The paper's loop: one video at a time, decode → speech → transcribe → describe, GPU held throughout."""
-    from actors.decode import DecodeMedia
-    from actors.identify import Identify
-    from actors.speech import DetectSpeech
+    from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.identify import Identify
+    from corpusflow.actors.speech import DetectSpeech
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     with GpuSampler() as gpu:
@@ -469,7 +469,7 @@ def _pipeline_source(corpus: list[str]):
     import pyarrow as pa
     import ray
 
-    from flows.job import _start_columns
+    from corpusflow.flows.job import _start_columns
 
     table = pa.table({"uri": corpus, "bytes": pa.array([os.path.getsize(u) for u in corpus], pa.int64())})
     ds = ray.data.from_arrow(table).repartition(len(corpus))
@@ -479,32 +479,29 @@ def _pipeline_source(corpus: list[str]):
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
                  engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None) -> dict:
     """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
-    from ray.data import ActorPoolStrategy
-
-    from actors.decode import DecodeMedia
-    from actors.identify import Identify
-    from actors.speech import DetectSpeech
-    from flows.routing import KindRouted, as_task
+    from corpusflow.contracts.registry import Resources, spec
+    from corpusflow.flows.adapter import add_stage
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     gpus = 0 if smoke else 1
+    one = {"num_cpus": 1, "batch_size": 1}
+    config = config.model_copy(update={"resources": Resources.model_validate({
+        "identify": one, "decode": one,
+        "asr": {**one, "num_gpus": gpus * gpu_share_asr / asr_actors, "min_actors": asr_actors, "max_actors": asr_actors},
+        # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
+        "vlm": config.resources.vlm if engine == "vllm" else {**one, "num_gpus": gpus * (1 - gpu_share_asr)}})})
     with GpuSampler() as gpu:
         t0 = time.time()
         ds = _pipeline_source(corpus)
-        ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", batch_size=1, num_cpus=1)
-        ds = ds.map_batches(as_task(DecodeMedia, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
-        ds = ds.map_batches(as_task(DetectSpeech, config, ("video",)), batch_format="numpy", batch_size=1, num_cpus=1)
-        ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedTranscribe, config, ("video",)),
-                            batch_format="numpy", batch_size=1, num_cpus=1,
-                            num_gpus=gpus * gpu_share_asr / asr_actors, compute=ActorPoolStrategy(size=asr_actors))
+        for name in ("identify", "decode", "speech"):
+            ds = add_stage(ds, spec(name), config)
+        ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe)
         if engine == "vllm":
-            from flows.vllm_stage import describe_with_vllm
+            from corpusflow.flows.vllm_stage import describe_with_vllm
 
             ds = describe_with_vllm(ds, config, fixed_output_tokens=True)
         else:
-            ds = ds.map_batches(KindRouted, fn_constructor_args=(FixedDescribe, config, ("video",)),
-                                batch_format="numpy", batch_size=1, num_cpus=1,
-                                num_gpus=gpus * (1 - gpu_share_asr), compute=ActorPoolStrategy(size=1))
+            ds = add_stage(ds, spec("vlm"), config, cls=FixedDescribe)
         rows = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             now = time.time()
@@ -553,7 +550,7 @@ def _count_vllm_row(row: dict, work: Work, config) -> None:
 
 
 def _vllm_text_tokens(row: dict, config) -> int:
-    from flows.vllm_stage import build_request
+    from corpusflow.flows.vllm_stage import build_request
 
     side = config.video.frame_size
     n = int(row["frames_used"])
@@ -576,10 +573,10 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from actors.decode import DecodeMedia
-    from actors.identify import Identify
-    from actors.vllm_engine import engine_kwargs, model_path, sampling_params
-    from flows.vllm_stage import build_request
+    from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.identify import Identify
+    from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
+    from corpusflow.flows.vllm_stage import build_request
 
     by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
     identify, decode = Identify(config), DecodeMedia(config)
@@ -667,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-random models, minutes of video, on CPU")
     a = p.parse_args(argv)
 
-    from contracts.config import JobConfig
+    from corpusflow.contracts.config import JobConfig
 
     smoke = a.cpu_smoke
     if smoke:
@@ -704,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib),
                                **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share})
-    from actors.vllm_engine import model_path
+    from corpusflow.actors.engines.vlm_vllm import model_path
 
     model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)  # builds tiny-random when smoking
     result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "fps_sampled": flow_cfg.video.fps,

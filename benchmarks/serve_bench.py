@@ -1,6 +1,6 @@
 """Online API throughput and latency against client concurrency, one-at-a-time baseline in the same run.
 
-Starts the app on 127.0.0.1 through ``serve_apps.run_local.start`` (one replica per model
+Starts the app on 127.0.0.1 through ``corpusflow.serve_apps.run_local.start`` (one replica per model
 deployment, so the gain at higher concurrency comes from online batching and stage pipelining, not
 from more replicas), then for each endpoint and each concurrency level warms up at that level, runs
 closed-loop clients for a fixed time (``--repeats`` times) and records requests/s and p50/p99
@@ -53,8 +53,8 @@ from unittest import mock
 import numpy as np
 import requests
 
-from contracts.config import AsrConfig, VideoConfig, VlmConfig
-from contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
+from corpusflow.contracts.config import AsrConfig, VideoConfig, VlmConfig
+from corpusflow.contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
                                      StreamingSettings)
 
 KEY = "bench-" + "k" * 24
@@ -198,7 +198,7 @@ def read_batch_totals(urls: Sequence[str]) -> dict[str, BatchTotals]:
     """Per stage, the batch metrics (serve_apps/batch_metrics.py) summed over every replica and node."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serve_apps.batch_metrics import BATCH_SIZE, BUSY_SECONDS
+    from corpusflow.serve_apps.batch_metrics import BATCH_SIZE, BUSY_SECONDS
 
     size, busy = f"ray_{BATCH_SIZE}", f"ray_{BUSY_SECONDS}"
     totals: dict[str, BatchTotals] = {}
@@ -426,11 +426,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
     from ray import serve
 
-    from actors.device import accelerator
+    from corpusflow.actors.models.device import accelerator
     from benchmarks.gpu_throughput import GpuSampler, machine
     from benchmarks.serve_fixed import ASR_TOKENS_ENV, VLM_TOKENS_ENV
-    from serve_apps import app
-    from serve_apps.run_local import start, wait_ready
+    from corpusflow.serve_apps import app
+    from corpusflow.serve_apps.run_local import start, wait_ready
 
     levels = [int(c) for c in args.concurrency.split(",")]
     endpoints = args.endpoints.split(",")

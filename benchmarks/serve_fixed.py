@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from actors.asr import Transcribe
-from actors.asr_transformers import TransformersWhisperEngine
-from actors.vlm import Describe
-from actors.vlm_engine import VlmEngine, VlmRequest
+from corpusflow.actors.asr import Transcribe
+from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
+from corpusflow.actors.vlm import Describe
+from corpusflow.actors.engines.vlm import VlmEngine, VlmRequest
 from benchmarks.gpu_throughput import fixed_transformers_engine
-from contracts.config import StageConfig
+from corpusflow.contracts.config import StageConfig
 
 ASR_TOKENS_ENV = "CORPUSFLOW_BENCH_ASR_TOKENS"
 VLM_TOKENS_ENV = "CORPUSFLOW_BENCH_VLM_TOKENS"
@@ -40,7 +40,7 @@ def fixed_vllm_engine(config: StageConfig, tokens: int) -> VlmEngine:
 
     Describe's requests carry ``vlm.max_new_tokens`` (its answer budget), so the length is set here.
     """
-    from actors.vllm_engine import VllmEngine
+    from corpusflow.actors.engines.vlm_vllm import VllmEngine
 
     engine = VllmEngine(config.profile, config.model_cache, fixed_output_tokens=True)
     generate = engine.generate

@@ -9,7 +9,7 @@ distinctive frames), one chunk per stream second, processed as fast as possible:
 - ``full``: the HF model with its own DynamicCache, every token kept (until out of memory);
 - ``sliding``: the last W seconds re-encoded from scratch every second (vision tower and prefill),
   the usual way to bound a context without a streaming cache;
-- ``ours``: :class:`actors.streaming.StreamSession` (sinks + W s of vision + recent text, recall).
+- ``ours``: :class:`corpusflow.actors.streaming.StreamSession` (sinks + W s of vision + recent text, recall).
 
 Per stream second: latency of the whole step (chunk prefill + commentary) and per generated token,
 device memory. Sustained FPS: the highest fps whose p95 step latency stays under one second.
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.streaming import StreamConfig, StreamSession
-from actors.streaming.layout import TEXT
-from actors.streaming.recall import ClusterRecall, FrameRecall
-from actors.streaming.session import CHUNK_PROMPT
-from actors.streaming.tokens import PieceEncoder
+from corpusflow.actors.streaming import StreamConfig, StreamSession
+from corpusflow.actors.streaming.layout import TEXT
+from corpusflow.actors.streaming.recall import ClusterRecall, FrameRecall
+from corpusflow.actors.streaming.session import CHUNK_PROMPT
+from corpusflow.actors.streaming.tokens import PieceEncoder
 
 QWEN25_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                          num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
@@ -53,9 +53,9 @@ def load_model(kind: str, device: str, work: Path):
     """(model, processor): ``tiny`` (tiny-random) or ``7b`` (Qwen2.5-VL-7B architecture, dummy bf16)."""
     from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from actors.streaming import load_streaming_model
-    from actors.streaming.attention import use_stream_attention
-    from actors.tiny_qwen import _write_tokenizer, config_dict
+    from corpusflow.actors.streaming import load_streaming_model
+    from corpusflow.actors.streaming.attention import use_stream_attention
+    from corpusflow.actors.models.tiny_qwen import _write_tokenizer, config_dict
 
     if kind == "tiny":
         return load_streaming_model("tiny-random", str(work / "models"), device)

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from contracts.cost import DEFAULT_USD_PER_HOUR
+from corpusflow.contracts.base import ConfigError, StrictModel, read_mapping, read_yaml, validated
+from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
+from corpusflow.contracts.registry import Resources
 
 # Bump when prompts, schemas or stage logic change what a row holds for the same inputs.
 PIPELINE_VERSION = "1"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class VlmEngineOptions(_Strict):
+class VlmEngineOptions(StrictModel):
     """Engine shape for one accelerator type (an A10G 24 GB fits less than an H100 80 GB)."""
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
@@ -40,7 +38,7 @@ class VlmEngineOptions(_Strict):
         "auto", description="transformers attention kernel; auto picks per GPU and what is installed")
 
 
-class ModelsProfile(_Strict):
+class ModelsProfile(StrictModel):
     """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, or ``tiny-random``."""
 
     name: str
@@ -89,10 +87,10 @@ def load_profile(name_or_path: str) -> ModelsProfile:
     if not path.is_file():
         raise ConfigError(f"models profile {name_or_path!r} is neither a built-in profile "
                           f"({', '.join(BUILTIN_PROFILES)}) nor a file")
-    return ModelsProfile.model_validate(yaml.safe_load(path.read_text()))
+    return validated(ModelsProfile, read_yaml(path, "models profile"), f"models profile {name_or_path}")
 
 
-class VideoConfig(_Strict):
+class VideoConfig(StrictModel):
     fps: float = Field(0.1, gt=0, le=30, description="frames sampled per second of video, by seeking")
     max_frames: int = Field(256, ge=1, le=4096, description="cap on frames sampled from one video")
     frame_size: int = Field(448, ge=28, le=1792, description="sampled frames are resized to fit a square of this side (multiple of 28)")
@@ -106,7 +104,7 @@ class VideoConfig(_Strict):
         return v
 
 
-class AsrConfig(_Strict):
+class AsrConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="VAD segments decoded together")
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
@@ -116,47 +114,19 @@ class AsrConfig(_Strict):
     chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")
 
 
-class VlmConfig(_Strict):
+class VlmConfig(StrictModel):
     max_new_tokens: int = Field(512, ge=16, description="answer token limit")
     retries: int = Field(1, ge=0, le=3, description="re-asks after a malformed or invalid answer")
     window_overlap_frames: int = Field(4, ge=0, description="frames shared by neighbouring windows when a video exceeds one context")
     max_transcript_chars: int = Field(24000, ge=0, description="transcript characters included in one prompt")
 
 
-class StageResources(_Strict):
-    """Ray resources of one stage. Actor pools size between min_actors and max_actors."""
-
-    num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
-    batch_size: int = Field(1, ge=1)
-    memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per task/actor")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "StageResources":
-        if self.max_actors < self.min_actors:
-            raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
-        return self
+def default_cache(name: str) -> str:
+    """``$XDG_CACHE_HOME/corpusflow/<name>`` (``~/.cache/corpusflow/<name>`` when unset), as the XDG spec has it."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "corpusflow", name)
 
 
-class Resources(_Strict):
-    identify: StageResources = StageResources(num_cpus=1, batch_size=4)
-    decode: StageResources = StageResources(num_cpus=1)
-    # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the
-    # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)
-    asr: StageResources = StageResources(num_cpus=2)
-    vlm: StageResources = StageResources(num_cpus=1)
-    pdf: StageResources = StageResources(num_cpus=1, batch_size=4)
-    commit: StageResources = StageResources(num_cpus=0.5, batch_size=8)
-
-
-class ConfigError(ValueError):
-    """A job config a person must fix; the message says what and where."""
-
-
-class StageConfig(_Strict):
+class StageConfig(StrictModel):
     """What the stage classes need: models, sampling, ASR/VLM settings, resources, prices.
 
     The batch job (:class:`JobConfig`) and the online API (contracts/serve_config.py) both hand one to
@@ -170,7 +140,8 @@ class StageConfig(_Strict):
     resources: Resources = Resources()
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
                                            description="on-demand price per accelerator type and per CPU core")
-    model_cache: str = Field("~/.cache/corpusflow/models", description="per-node folder for synced and generated models")
+    model_cache: str = Field(default_factory=lambda: default_cache("models"),
+                             description="per-node folder for synced and generated models")
 
     @field_validator("models")
     @classmethod
@@ -211,17 +182,7 @@ class JobConfig(StageConfig):
     @classmethod
     def build(cls, config_file: Optional[str] = None, **overrides: Any) -> "JobConfig":
         """Config from an optional file plus overrides, with a readable error on any mistake."""
-        data: dict[str, Any] = {}
-        if config_file:
-            path = Path(config_file)
-            if not path.is_file():
-                raise ConfigError(f"config file {config_file!r} not found")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{config_file}: not valid YAML: {e}") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"{config_file}: expected a mapping at the top level")
+        data: dict[str, Any] = read_mapping(config_file, "config file") if config_file else {}
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -230,10 +191,4 @@ class JobConfig(StageConfig):
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = value
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
-            raise ConfigError("invalid job config:\n" + "\n".join(lines)) from None
-        except ConfigError as e:
-            raise ConfigError(f"invalid job config:\n  models: {e}") from None
+        return validated(cls, data, "job config")

@@ -8,26 +8,27 @@ such actor does per second; :class:`Plan` is what ``corpusflow plan`` predicts f
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from contracts.config import AsrConfig, VlmEngineOptions
+from corpusflow.contracts.base import StrictModel, read_yaml, validated
+from corpusflow.contracts.config import AsrConfig, VlmEngineOptions
+from corpusflow.contracts.registry import BY_NAME, RESERVING
 
-STAGES = ("identify", "decode", "asr", "vlm", "pdf", "commit")
+# Stages a placement names: those with a reservation of their own (contracts/registry.py).
+STAGES = RESERVING
 
 # What one unit of a stage's work is: files, seconds of media (video + audio), seconds of video, pages.
-UNITS = {"identify": "file", "decode": "media_s", "asr": "media_s", "vlm": "video_s", "pdf": "page",
-         "commit": "file"}
+UNITS = {name: BY_NAME[name].unit for name in STAGES}
 
 # Python interpreters of the stage environments baked into the worker image (infra/docker/Dockerfile):
 # vLLM pins its own torch, so the VLM actors run from a second virtual environment of the same image.
 ENVIRONMENTS = {"base": "/opt/venvs/base/bin/python", "vllm": "/opt/venvs/vllm/bin/python"}
 
 # Public on-demand prices (AWS us-east-1) of the instance types cluster.yaml uses; a node type whose
-# instance is not listed is priced from contracts.cost (GPUs x per-GPU price, else vCPUs x CPU price).
+# instance is not listed is priced from corpusflow.contracts.cost (GPUs x per-GPU price, else vCPUs x CPU price).
 INSTANCE_USD_PER_HOUR = {
     "m7i.2xlarge": 0.4032,
     "m7i.8xlarge": 1.6128,
@@ -39,11 +40,7 @@ INSTANCE_USD_PER_HOUR = {
 _ENGINE_KEYS = {"asr": set(AsrConfig.model_fields), "vlm": set(VlmEngineOptions.model_fields)}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Target(_Strict):
+class Target(StrictModel):
     """How one actor of a stage runs on one accelerator type ('cpu', 'A10G', 'H100', ...)."""
 
     allowed: bool = Field(True, description="false forbids the stage on this type (overrides a default)")
@@ -61,7 +58,7 @@ class Target(_Strict):
         return self
 
 
-class StagePlacement(_Strict):
+class StagePlacement(StrictModel):
     """The accelerator types a stage may use, in order of preference (a mixed plan fills them in order)."""
 
     targets: dict[str, Target]
@@ -70,7 +67,7 @@ class StagePlacement(_Strict):
         return [acc for acc, t in self.targets.items() if t.allowed]
 
 
-class Placement(_Strict):
+class Placement(StrictModel):
     stages: dict[str, StagePlacement]
 
     @model_validator(mode="after")
@@ -102,9 +99,7 @@ class Placement(_Strict):
 
     @classmethod
     def load(cls, path: str) -> "Placement":
-        import yaml
-
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        return validated(cls, read_yaml(path, "placement"), f"placement {path}")
 
 
 def _cpu(num_cpus: float = 1, batch_size: int = 1) -> StagePlacement:
@@ -129,7 +124,7 @@ DEFAULT_PLACEMENT = Placement(stages={
 })
 
 
-class ThroughputProfile(_Strict):
+class ThroughputProfile(StrictModel):
     """Work per second of ONE actor of a stage on an accelerator type (with the placement's resources)."""
 
     models: str = Field(description="models profile the figures hold for")
@@ -150,13 +145,14 @@ class ThroughputProfile(_Strict):
 
     @classmethod
     def load(cls, path: str) -> "ThroughputProfile":
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        return validated(cls, read_yaml(path, "throughput profile"), f"throughput profile {path}")
 
 
-DEFAULT_PROFILE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput_profile.json"
+# Ships inside the package (pyproject package-data), so an installed wheel plans without a checkout.
+DEFAULT_PROFILE_PATH = Path(__file__).resolve().parent / "throughput_profile.json"
 
 
-class NodeType(_Strict):
+class NodeType(StrictModel):
     """A worker (or head) type of the cluster, as the plan sees it."""
 
     name: str
@@ -170,7 +166,7 @@ class NodeType(_Strict):
     head: bool = False
 
 
-class Cluster(_Strict):
+class Cluster(StrictModel):
     name: str
     max_workers: int
     node_types: list[NodeType]
@@ -180,7 +176,7 @@ class Cluster(_Strict):
         return list(dict.fromkeys(n.accelerator for n in self.node_types if n.accelerator != "cpu"))
 
 
-class CorpusStats(_Strict):
+class CorpusStats(StrictModel):
     """What a fast listing and metadata probe found (estimates extrapolated by bytes where not probed)."""
 
     files: int
@@ -199,7 +195,7 @@ class CorpusStats(_Strict):
     unreadable: int = Field(0, description="files the probe could not read (counted as 'other')")
 
 
-class Pool(_Strict):
+class Pool(StrictModel):
     stage: str
     accelerator: str
     actors: int
@@ -207,17 +203,17 @@ class Pool(_Strict):
     num_gpus: float
 
 
-class StageForecast(_Strict):
+class StageForecast(StrictModel):
     stage: str
     unit: str
     work: float
     units_per_s: float = Field(description="throughput of all its actors together")
     busy_s: float = Field(description="time the stage needs at that throughput")
     device_s: float = Field(description="actor-seconds x the GPUs (or, on CPU, the cores) each actor holds")
-    cost_usd: float = Field(description="device-seconds x the accelerator's hourly price (contracts.cost)")
+    cost_usd: float = Field(description="device-seconds x the accelerator's hourly price (corpusflow.contracts.cost)")
 
 
-class PlanOption(_Strict):
+class PlanOption(StrictModel):
     name: str
     accelerators: list[str]
     feasible: bool
@@ -230,7 +226,7 @@ class PlanOption(_Strict):
     cost_usd: float = Field(0, description="node-hours held for the wall time x instance prices")
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     cluster: str
     corpus: str
     profile: str

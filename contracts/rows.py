@@ -12,10 +12,14 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-from contracts.cost import cost_usd, usd_per_hour
-from contracts.schemas import TABLES, conform
+from corpusflow.contracts.cost import cost_usd, usd_per_hour
+from corpusflow.contracts.registry import STAGES
+from corpusflow.contracts.schemas import TABLES, conform
 
-STAGES = ("identify", "decode", "speech", "pdf", "asr", "vlm")
+# Stages whose <name>_wall_s / _device_s / _accel columns become metrics/ rows.
+METRIC_STAGES = tuple(s.name for s in STAGES if s.metrics)
+# Stages whose work is measured in seconds of media: their metrics rows carry the asset's duration.
+_TIMED = frozenset(s.name for s in STAGES if s.unit in ("media_s", "video_s"))
 
 
 def _opt(value: Any) -> Any:
@@ -54,13 +58,13 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
             bytes=int(batch["bytes"][i]), duration_s=duration if kind in ("video", "audio") else None,
             pages=pages, status=status_of(kind, err), error_stage=str(batch["error_stage"][i]) or None,
             error=err or None, config_fingerprint=fingerprint, job_id=job_id, committed_at=now)
-        for stage in STAGES:
+        for stage in METRIC_STAGES:
             wall = get(f"{stage}_wall_s", i)
             if wall is None or math.isnan(float(wall)):
                 continue
             accel = str(batch[f"{stage}_accel"][i]) or "cpu"
             device_s = float(batch[f"{stage}_device_s"][i]) * shares.get(stage, 1.0)
-            media_s = duration if stage in ("decode", "speech", "asr", "vlm") else None
+            media_s = duration if stage in _TIMED else None
             add("metrics", job_id=job_id, asset_id=aid, kind=kind, stage=stage, wall_s=float(wall),
                 device_s=device_s, accelerator=accel, media_s=media_s,
                 pages=pages if stage == "pdf" else None, usd_per_hour=usd_per_hour(accel, prices),

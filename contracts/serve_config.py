@@ -7,22 +7,17 @@ buffering requests in memory.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from contracts.config import AsrConfig, ConfigError, StageConfig, VideoConfig, VlmConfig, load_profile
+from corpusflow.contracts.base import StrictModel, read_mapping, validated
+from corpusflow.contracts.config import AsrConfig, StageConfig, VideoConfig, VlmConfig, default_cache, load_profile
 
 DEPLOYMENTS = ("api", "decode", "pdf", "asr", "vlm")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Autoscaling(_Strict):
+class Autoscaling(StrictModel):
     """Ray Serve's autoscaler inputs; ``min_replicas == max_replicas`` pins the replica count."""
 
     min_replicas: int = Field(1, ge=1, description="replicas kept warm (models load in __init__, so never 0)")
@@ -40,14 +35,14 @@ class Autoscaling(_Strict):
         return self
 
 
-class Batching(_Strict):
+class Batching(StrictModel):
     """Online batching: concurrent requests to one replica are gathered into one stage call."""
 
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for company")
 
 
-class DeploymentSettings(_Strict):
+class DeploymentSettings(StrictModel):
     """Resources, admission bounds and autoscaling of one deployment."""
 
     num_cpus: float = Field(1, ge=0)
@@ -74,7 +69,7 @@ class DeploymentSettings(_Strict):
         }
 
 
-class Deployments(_Strict):
+class Deployments(StrictModel):
     """``api`` is the HTTP ingress; the others wrap the batch job's stage classes."""
 
     api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, max_queued_requests=64)
@@ -84,7 +79,7 @@ class Deployments(_Strict):
     vlm: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
 
 
-class StreamingSettings(_Strict):
+class StreamingSettings(StrictModel):
     """The live-video WebSocket ``/v1/stream``: one streaming model per replica, a bounded number of sessions."""
 
     enabled: bool = Field(True, description="serve /v1/stream (its deployment holds one streaming VLM per replica)")
@@ -104,7 +99,7 @@ class StreamingSettings(_Strict):
         return _check_s3_prefixes(v)
 
 
-class ServeConfig(_Strict):
+class ServeConfig(StrictModel):
     """Everything the online endpoint needs; what the stages see is :meth:`stage_config`."""
 
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
@@ -113,7 +108,8 @@ class ServeConfig(_Strict):
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()
-    model_cache: str = Field("~/.cache/corpusflow/models", description="per-node folder for synced and generated models")
+    model_cache: str = Field(default_factory=lambda: default_cache("models"),
+                             description="per-node folder for synced and generated models")
     api_key_header: str = Field("X-API-Key", description="request header carrying the key")
     api_keys_env: str = Field("CORPUSFLOW_API_KEYS", description="environment variable holding comma-separated keys")
     api_keys_file: Optional[str] = Field(None, description="file with one key per line (read by each ingress replica)")
@@ -157,22 +153,9 @@ class ServeConfig(_Strict):
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides: Any) -> "ServeConfig":
         """Config from an optional YAML file plus top-level overrides, with a readable error on any mistake."""
-        data: dict[str, Any] = {}
-        if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"serve config {path!r} not found")
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_mapping(path, "serve config") if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
-            raise ConfigError("invalid serve config:\n" + "\n".join(lines)) from None
+        return validated(cls, data, "serve config")
 
 
 def _check_s3_prefixes(v: tuple[str, ...]) -> tuple[str, ...]:

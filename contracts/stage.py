@@ -1,9 +1,13 @@
-"""The stage contract: which columns a stage reads, which it writes (with their types), which it drops.
+"""The stage contract and the one base class every stage derives from.
 
-Stages are plain classes: ``__init__(config)`` loads what is heavy once, ``__call__(batch)`` maps a
-column batch (``dict[str, np.ndarray]``, what Ray Data's ``map_batches`` hands over with
-``batch_format="numpy"``) to a column batch. Ray Data and Ray Serve call the same class. A row that
-fails inside a stage keeps flowing with ``error_stage``/``error`` set; later stages pass it through.
+A stage declares its contract — which rows it takes (their ``kind``), which columns it reads, which
+it writes (with their types), which it drops — and implements :meth:`Stage.process` over the rows it
+takes. ``__init__(config)`` loads what is heavy once; ``__call__(batch)`` maps a column batch
+(``dict[str, np.ndarray]``, what Ray Data's ``map_batches`` hands over with ``batch_format="numpy"``)
+to a column batch. Ray Data (flows/adapter.py) and Ray Serve (serve_apps/stages.py) call the same
+class. :func:`run_batch` owns everything around ``process``: routing rows by kind, passing failed
+rows through, catching a row's failure into its ``error_stage``/``error`` columns, the metric
+columns, and checking the output against the contract on every batch.
 
 Column kinds are Arrow-native once Ray converts them: scalars, ``tensor[...]`` columns (one ndarray
 per row, Ray's variable-shaped tensor extension) and ``list[str]`` (Arrow list<string>). Nothing is
@@ -12,12 +16,13 @@ pickled.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+Row = dict[str, Any]
 
 ERROR_COLUMNS = ("error_stage", "error")
 
@@ -33,12 +38,17 @@ class ContractError(TypeError):
 
 @dataclass(frozen=True)
 class StageContract:
-    """What a stage needs and promises. ``writes`` maps column name → kind (see COLUMN_KINDS)."""
+    """What a stage needs and promises. ``writes`` maps column name → kind (see COLUMN_KINDS).
+
+    ``kinds``: the asset kinds (``kind`` column) the stage processes; other rows pass through with
+    empty values (None: every row, for identify, which decides the kind).
+    """
 
     name: str
     reads: tuple[str, ...]
     writes: Mapping[str, str]
     drops: tuple[str, ...] = ()
+    kinds: Optional[tuple[str, ...]] = None
     metrics: bool = True  # adds <name>_wall_s / _device_s / _accel columns
 
     def __post_init__(self) -> None:
@@ -53,7 +63,8 @@ class StageContract:
         return {f"{self.name}_wall_s": "float64", f"{self.name}_device_s": "float64", f"{self.name}_accel": "str"}
 
     def check_input(self, batch: Mapping[str, Any]) -> int:
-        missing = [c for c in (*self.reads, *ERROR_COLUMNS) if c not in batch]
+        routing = ("kind",) if self.kinds is not None else ()
+        missing = [c for c in (*self.reads, *routing, *ERROR_COLUMNS) if c not in batch]
         if missing:
             raise ContractError(f"stage {self.name!r} needs columns {missing}; got {sorted(batch)}")
         return len(batch[ERROR_COLUMNS[0]])
@@ -112,41 +123,91 @@ def empty_value(kind: str) -> Any:
     return {"str": "", "int64": 0, "int32": 0, "float64": float("nan"), "bool": False, "list[str]": []}[kind]
 
 
-def run_rows(contract: StageContract, batch: Batch, fn: Callable[[dict[str, Any]], dict[str, Any]],
-             accelerator: str = "cpu", empty: Mapping[str, Any] | None = None) -> Batch:
-    """Apply ``fn`` to each row that has not failed; catch a row's exception into its error columns.
+@dataclass
+class RowOutcome:
+    """What a stage made of one row it processed.
 
-    ``fn`` gets the row as a dict and returns the written columns; ``empty`` gives the value written
-    for rows that failed here or earlier. Exceptions whose message is meant for people should be
-    :class:`StageFailure`; others are reported with their type.
+    ``values``: the columns it wrote (missing ones get the contract's empty values; a failed row may
+    still fill some, as identify keeps a file's hash). ``error``: why the row failed, if it did.
+    ``wall_s``: seconds spent on the row; ``device_s``: seconds it held the accelerator (None: the
+    wall seconds). A stage that works on rows together shares its seconds among them.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    error: Optional[Exception] = None
+    wall_s: float = 0.0
+    device_s: Optional[float] = None
+
+
+def outcome_of(fn: Callable[[Row], Mapping[str, Any]], row: Row) -> RowOutcome:
+    """``fn(row)`` timed, its exception caught: a StageFailure keeps the values it carries."""
+    t0 = time.perf_counter()
+    try:
+        return RowOutcome(fn(row), wall_s=time.perf_counter() - t0)
+    except StageFailure as e:
+        return RowOutcome(e.values, e, time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
+        return RowOutcome({}, e, time.perf_counter() - t0)
+
+
+def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row]], Sequence[RowOutcome]],
+              accelerator: str = "cpu", empty: Mapping[str, Any] | None = None) -> Batch:
+    """Run ``process(rows) -> [RowOutcome]`` on the rows this stage takes and assemble the output batch.
+
+    It takes the rows that have not failed and whose kind is in ``contract.kinds``, each as a dict of
+    the columns the contract reads. Every other row passes through with empty values and NaN metric
+    seconds (no metrics row: it was not processed here). Empty values are :func:`empty_value` of each
+    column's kind, or what ``empty`` gives.
     """
     n = contract.check_input(batch)
-    out_cols: dict[str, list[Any]] = {c: [] for c in (*contract.writes, *contract.metric_columns)}
-    errors = list(batch["error"])
-    stages = list(batch["error_stage"])
+    errors, stages = list(batch["error"]), list(batch["error_stage"])
+    live = [i for i in range(n) if not errors[i]
+            and (contract.kinds is None or str(batch["kind"][i]) in contract.kinds)]
+    outcomes = process([{c: batch[c][i] for c in contract.reads} for i in live]) if live else []
+    if len(outcomes) != len(live):
+        raise ContractError(f"stage {contract.name!r} returned {len(outcomes)} outcomes for {len(live)} rows")
     empty = {**{c: empty_value(k) for c, k in contract.writes.items()}, **(empty or {})}
-    for i in range(n):
-        t0 = time.perf_counter()
-        values = None
-        if not errors[i]:
-            row = {c: batch[c][i] for c in contract.reads}
-            try:
-                values = fn(row)
-            except StageFailure as e:
-                stages[i], errors[i] = contract.name, str(e)
-                values = {**empty, **e.values}
-            except Exception as e:  # noqa: BLE001 - one bad file must not kill the batch
-                stages[i], errors[i] = contract.name, failure_message(e)
-        values = values if values is not None else empty
-        # A row that failed upstream was not processed here: NaN keeps it out of the metrics table.
-        wall = time.perf_counter() - t0 if not batch["error"][i] else float("nan")
+    out_cols: dict[str, list[Any]] = {c: [empty[c]] * n for c in contract.writes}
+    metric_cols = {c: [float("nan")] * n if k == "float64" else [""] * n
+                   for c, k in contract.metric_columns.items()}
+    for i, got in zip(live, outcomes):
+        values = {**empty, **got.values} if got.error is not None else got.values
         for c in contract.writes:
-            out_cols[c].append(values[c])
+            out_cols[c][i] = values[c]
+        if got.error is not None:
+            stages[i], errors[i] = contract.name, failure_message(got.error)
         if contract.metrics:
-            out_cols[f"{contract.name}_wall_s"].append(wall)
-            out_cols[f"{contract.name}_device_s"].append(wall)
-            out_cols[f"{contract.name}_accel"].append(accelerator)
-    return finish(contract, batch, out_cols, stages, errors)
+            metric_cols[f"{contract.name}_wall_s"][i] = got.wall_s
+            metric_cols[f"{contract.name}_device_s"][i] = got.wall_s if got.device_s is None else got.device_s
+            metric_cols[f"{contract.name}_accel"][i] = accelerator
+    return finish(contract, batch, {**out_cols, **metric_cols}, stages, errors)
+
+
+class Stage:
+    """Base of every stage class: declare ``contract``, implement :meth:`process` (or :meth:`process_row`).
+
+    The config is the one :class:`~corpusflow.contracts.config.StageConfig` the batch job and the
+    online API both hand over. ``accelerator`` names what the stage runs on, for the metric columns;
+    ``empty`` gives values other than the defaults for rows the stage does not process.
+    """
+
+    contract: ClassVar[StageContract]
+    accelerator: str = "cpu"
+    empty: Mapping[str, Any] = {}
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_batch(self.contract, batch, self.process, self.accelerator, self.empty)
+
+    def process(self, rows: list[Row]) -> Sequence[RowOutcome]:
+        """One outcome per row, in order. By default each row through :meth:`process_row`, timed."""
+        return [outcome_of(self.process_row, row) for row in rows]
+
+    def process_row(self, row: Row) -> Mapping[str, Any]:
+        """The columns this stage writes for one row; raise StageFailure with a sentence for a bad input."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_row")
 
 
 def failure_message(e: Exception) -> str:

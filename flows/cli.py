@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from contracts.config import ConfigError, JobConfig
+from corpusflow.contracts.config import ConfigError, JobConfig
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
         config = JobConfig.build(args.config, corpus=args.corpus, out=args.out, models=args.models,
                                  **{"video.fps": args.fps})
         if args.plan:
-            from flows.plan import load_plan, resources_from_plan
+            from corpusflow.flows.plan import load_plan, resources_from_plan
 
             option = load_plan(args.plan).option(args.option)
             config = config.model_copy(update={"resources": resources_from_plan(option, config.resources)})
@@ -23,8 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, KeyError, ValueError) as e:
         print(f"corpusflow: cannot use plan {args.plan!r}: {e}", file=sys.stderr)
         return 2
-    from contracts import storage
-    from flows.job import run_job
+    from corpusflow.contracts import storage
+    from corpusflow.flows.job import run_job
 
     try:
         if not storage.exists(config.corpus):
@@ -46,7 +46,7 @@ def _delegate(module: str, argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = {"serve": "serve_apps.run_local", "plan": "flows.plan", "report": "flows.report"}
+    delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)

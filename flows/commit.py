@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts import storage
-from contracts.schemas import TABLES
+from corpusflow.contracts import storage
+from corpusflow.contracts.schemas import TABLES
 
 DATA_TABLES = ("timeline", "summaries", "pages", "metrics")
 

@@ -1,9 +1,11 @@
 """The corpus job: one Ray Data stream from listing to committed Parquet tables.
 
-list → identify (hash + sniff by content) → drop what this config already committed → decode media
-and detect speech (tasks) / extract PDFs (tasks) → ASR actor pool → VLM actor pool → commit (tasks). Videos, audio and
-PDFs flow interleaved in one stream; each stage routes to its kinds (flows/routing.py). Frames and
-PCM travel as Arrow tensor columns; objects are fetched inside the stages that read them.
+list → identify (hash + sniff by content) → drop what this config already committed → the stages of
+the registry in order (contracts/registry.py: decode media and detect speech, extract PDFs, ASR
+actor pool, VLM actor pool), each added by the Ray Data adapter (flows/adapter.py) → commit (tasks).
+Videos, audio and PDFs flow interleaved in one stream; each stage takes the kinds its contract
+declares. Frames and PCM travel as Arrow tensor columns; objects are fetched inside the stages that
+read them.
 """
 from __future__ import annotations
 
@@ -19,15 +21,14 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from contracts import storage
-from contracts.config import JobConfig, StageResources
-from contracts.stage import Batch
-from contracts.rows import STAGES, rows_for_batch, status_of
-from flows.commit import batch_key, commit, committed_keys, remove_orphans
-from flows.live_metrics import record as record_live
-from flows.routing import KindRouted, as_task
-
-MEDIA = ("video", "audio")
+from corpusflow.contracts import storage
+from corpusflow.contracts.config import JobConfig
+from corpusflow.contracts.registry import STAGES
+from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
+from corpusflow.contracts.stage import Batch
+from corpusflow.flows.adapter import add_stage, ray_arguments
+from corpusflow.flows.commit import batch_key, commit, committed_keys, remove_orphans
+from corpusflow.flows.live_metrics import record as record_live
 
 
 @dataclass
@@ -68,17 +69,6 @@ def _start_columns(batch: Batch) -> Batch:
     return batch
 
 
-def _remote_args(r: StageResources) -> dict:
-    args: dict = {"num_cpus": r.num_cpus, "batch_size": r.batch_size}
-    if r.num_gpus:
-        args["num_gpus"] = r.num_gpus
-    if r.accelerator_type:
-        args["accelerator_type"] = r.accelerator_type
-    if r.memory_gb:
-        args["memory"] = int(r.memory_gb * 2**30)
-    return args
-
-
 def _drop_done(done_ref) -> Callable[[Batch], Batch]:
     def drop(batch: Batch) -> Batch:
         import ray
@@ -91,8 +81,9 @@ def _drop_done(done_ref) -> Callable[[Batch], Batch]:
 
 def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     fingerprint = config.fingerprint()
-    shares = {stage: (r.num_gpus or r.num_cpus) for stage, r in config.resources}
-    shares["speech"] = shares["decode"]  # speech detection runs inside the decode tasks, on their reservation
+    # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
+    shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
+              for s in STAGES}
 
     def commit_batch(batch: Batch) -> Batch:
         tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
@@ -104,7 +95,7 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
         out["duration_s"] = np.array([float(batch["duration_s"][i]) if "duration_s" in batch else np.nan
                                       for i in range(n)], dtype=np.float64)
         out["pages"] = np.array([int(batch["pages"][i]) if "pages" in batch else 0 for i in range(n)], dtype=np.int64)
-        for stage in STAGES:
+        for stage in METRIC_STAGES:
             col = f"{stage}_wall_s"
             out[col] = batch[col].astype(np.float64) if col in batch else np.full(n, np.nan)
         return out
@@ -118,42 +109,46 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
     ``commit_rows=False`` stops before the commit step, exposing the stages' columns.
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
-    from actors.asr import Transcribe
-    from actors.decode import DecodeMedia
-    from actors.identify import Identify
-    from actors.pdf import ExtractPdf
-    from actors.speech import DetectSpeech
-    from actors.vlm import Describe
-
-    r = config.resources
     listing = pa.table({"uri": [e.uri for e in entries], "bytes": pa.array([e.size for e in entries], pa.int64())})
     # One block per file keeps the stream fine-grained: a long video never waits behind others.
     ds = ray.data.from_arrow(listing).repartition(max(1, len(entries)))
     ds = ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
-    ds = ds.map_batches(as_task(Identify, config, None), batch_format="numpy", **_remote_args(r.identify))
-    if done:
-        ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
-    ds = ds.map_batches(as_task(DecodeMedia, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
-    # Decode's resources, so Ray fuses speech detection (CPU VAD) into decode's tasks: the ASR actors
-    # then spend their GPU share decoding chunks, and PCM is not shipped between the two.
-    ds = ds.map_batches(as_task(DetectSpeech, config, MEDIA), batch_format="numpy", **_remote_args(r.decode))
-    ds = ds.map_batches(as_task(ExtractPdf, config, ("pdf",)), batch_format="numpy", **_remote_args(r.pdf))
-    stages = [(Transcribe, MEDIA, r.asr)]
-    if config.profile.vlm_engine == "transformers":
-        stages.append((Describe, ("video",), r.vlm))
-    for stage_cls, kinds, res in stages:
-        ds = ds.map_batches(KindRouted, fn_constructor_args=(stage_cls, config, kinds), batch_format="numpy",
-                            compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-                            **_remote_args(res))
-    if config.profile.vlm_engine == "vllm":
-        from flows.vllm_stage import describe_with_vllm  # Ray's ray.data.llm processor, wrapped
+    for spec in (s for s in STAGES if s.cls is not None):
+        if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
+            from corpusflow.flows.vllm_stage import describe_with_vllm  # the vLLM backend: Ray's ray.data.llm processor
 
-        ds = describe_with_vllm(ds, config)
+            ds = describe_with_vllm(ds, config)
+        else:
+            ds = add_stage(ds, spec, config)
+        if spec.name == "identify" and done:  # the content hash is known from here on
+            ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
-    return ds.map_batches(_committer(config, job_id), batch_format="numpy", **_remote_args(r.commit))
+    return ds.map_batches(_committer(config, job_id), batch_format="numpy",
+                          **ray_arguments(config.resources.commit))
+
+
+def _package_for_workers() -> str:
+    """A folder holding the whole ``corpusflow`` package as workers import it.
+
+    Ray's ``py_modules`` ships a folder under its own name; in a checkout the subpackages sit beside
+    ``corpusflow/`` rather than in it (see corpusflow/__init__.py), so they are gathered here.
+    """
+    import importlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import corpusflow
+
+    dest = Path(tempfile.mkdtemp(prefix="corpusflow-workers-")) / "corpusflow"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(corpusflow.__file__).parent, dest, ignore=skip)
+    for name in corpusflow.SUBPACKAGES:
+        package = importlib.import_module(f"corpusflow.{name}")
+        shutil.copytree(Path(package.__file__).parent, dest / name, ignore=skip, dirs_exist_ok=True)
+    return str(dest)
 
 
 def init_ray(address: Optional[str]) -> None:
@@ -220,7 +215,7 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                     summary.audio_hours += dur / 3600
             if status == "ok" and kind == "pdf":
                 summary.pages += int(batch["pages"][i])
-            for stage in STAGES:
+            for stage in METRIC_STAGES:
                 w = float(batch[f"{stage}_wall_s"][i])
                 if not np.isnan(w):
                     stage_s[stage] += w
@@ -232,7 +227,7 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                      f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
     summary.already_done = len(entries) - seen
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
-    summary.stage_s = {s: round(stage_s[s], 3) for s in STAGES if s in stage_s}
+    summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0
     storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
     return summary

@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from contracts import storage
-from contracts.config import Resources
-from contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
-from contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
+from corpusflow.contracts import storage
+from corpusflow.contracts.config import Resources
+from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
+from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
                                  Cluster, CorpusStats, NodeType, Placement, Plan, PlanOption, Pool, StageForecast,
                                  Target, ThroughputProfile)
-from flows.report import money, read_table
+from corpusflow.flows.report import money, read_table
 
 VIDEO_EXT = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".m4v", ".ts", ".mts",
              ".3gp", ".ogv"}
@@ -441,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--throughput-from", metavar="OUT",
                     help="rates measured from the metrics/ table of a finished job override the profile's")
     ap.add_argument("--startup-s", type=float, help="override the profile's fixed start-up seconds")
-    ap.add_argument("--placement", help="placement YAML (default: contracts.placement.DEFAULT_PLACEMENT)")
+    ap.add_argument("--placement", help="placement YAML (default: corpusflow.contracts.placement.DEFAULT_PLACEMENT)")
     ap.add_argument("--sample", type=int, default=200, help="files probed per kind; the rest is extrapolated")
     ap.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the plan as JSON (stdout: -)")
     args = ap.parse_args(argv)

@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from contracts import storage  # noqa: E402
-from contracts.placement import STAGES  # noqa: E402
-from flows.commit import read_table  # noqa: E402
+from corpusflow.contracts import storage  # noqa: E402
+from corpusflow.contracts.registry import BY_NAME  # noqa: E402
+from corpusflow.flows.commit import read_table  # noqa: E402
 
 _COLORS = {"cpu": "#8c8c8c", "A10G": "#2b8cbe", "H100": "#e6550d", "H200": "#a63603", "A100": "#31a354",
            "L4": "#756bb1"}
@@ -99,7 +99,8 @@ def _sum_by(rows: list[dict], key) -> dict[Any, dict[str, float]]:
 
 
 def _stage_order(stage: str) -> int:
-    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+    order = list(BY_NAME)  # the registry lists stages in pipeline order
+    return order.index(stage) if stage in order else len(order)
 
 
 # ------------------------------------------------------------------------------------------------ plots

@@ -5,7 +5,7 @@ actors, several batches in flight per engine, CPU stages for image parsing, chat
 tokenisation — so this module does not re-implement any of it. It supplies what is ours: the
 prompt (evenly spread frames, each after its timestamp, then metadata, the timestamped transcript
 and the task; actors/vlm_prompt.py), the schema that constrains the answer (actors/vlm_answer.py)
-and the validation of the answer into the same columns as :class:`actors.vlm.Describe`.
+and the validation of the answer into the same columns as :class:`corpusflow.actors.vlm.Describe`.
 
 Differences from Describe: the transcript is thinned (every k-th segment, over the whole video) to
 fit one context instead of switching to overlapping windows, and an invalid answer is recorded,
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from actors.vlm import Describe, even_indices, video_inputs
-from actors.vlm_answer import AnswerError, schema_for, validate
-from actors.vlm_engine import frame_label
-from actors.vlm_prompt import DESCRIBE_TASK, SYSTEM, transcript_text, user_text
-from actors.vllm_engine import engine_kwargs, model_path, sampling_params
-from contracts.config import StageConfig
-from contracts.stage import StageFailure
+from corpusflow.actors.vlm import Describe, even_indices, video_inputs
+from corpusflow.actors.prompts.answer import AnswerError, schema_for, validate
+from corpusflow.actors.engines.vlm import frame_label
+from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, transcript_text, user_text
+from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
+from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.stage import Batch, Row, RowOutcome, StageContract, StageFailure, run_batch
 
 # Qwen2.5-VL: 14-px patches merged 2×2, so one token per 28×28 pixels, plus vision start/end tokens.
 _PIXELS_PER_TOKEN = 28
@@ -90,7 +90,7 @@ def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
 
 def _accelerator(config: StageConfig) -> str:
     """The GPU type the engine actors are placed on (the job's vlm resources), else this process's."""
-    from actors.device import accelerator
+    from corpusflow.actors.models.device import accelerator
 
     return config.resources.vlm.accelerator_type or accelerator()
 
@@ -123,49 +123,53 @@ class _Prompt:
                 "messages": req["messages"], "sampling_params": sampling}
 
 
-def _answer(row: dict[str, Any], model_id: str, accel: str) -> dict[str, Any]:
-    """Processor output row → our columns plus Describe's, with the answer validated."""
-    out = {k: row[k] for k in json.loads(row[_KEEP])}
-    if out["kind"] != "video" and not out["error"]:
-        return {**out, **_not_described(accel)}
-    raw = str(row.get("generated_text") or "")
-    shown = np.asarray(row["_cf_shown_ts"], dtype=np.float64)
-    error = "" if out["error"] else (row.get("_cf_failed") or "")
-    if not out["error"] and not error and row.get("__inference_error__"):
-        error = f"the vllm engine failed: {row['__inference_error__']}"
-    answer = None
-    if not out["error"] and not error:
+# Columns the processor adds that the answer step reads (and then drops), with their value where a
+# batch lacks one (Ray adds ``__inference_error__`` only when a row failed).
+_ENGINE_COLUMNS = {"_cf_failed": "", "_cf_t0": 0.0, "_cf_shown_ts": None, "_cf_duration": 0.0, "generated_text": "",
+                   "__inference_error__": "", "time_taken_llm": 0.0}
+ANSWER_CONTRACT = StageContract(name=Describe.contract.name, reads=tuple(_ENGINE_COLUMNS), kinds=Describe.contract.kinds,
+                                writes=Describe.contract.writes, drops=tuple(_ENGINE_COLUMNS))
+
+
+class _Answers:
+    """Processor output → our columns plus Describe's, each answer validated (the batch step after the engine)."""
+
+    def __init__(self, model_id: str, accel: str):
+        self.model_id, self.accel = model_id, accel
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch[_KEEP]) if _KEEP in batch else 0
+        if not n:
+            return {}
+        ours = {k: batch[k] for k in json.loads(batch[_KEEP][0])}
+        for col, default in _ENGINE_COLUMNS.items():
+            ours[col] = batch[col] if col in batch else np.full(n, default, dtype=object)
+        return run_batch(ANSWER_CONTRACT, ours, lambda rows: [self._answer(r) for r in rows], self.accel)
+
+    def _answer(self, row: Row) -> RowOutcome:
+        wall = time.time() - float(row["_cf_t0"])
+        if row["_cf_failed"]:  # the prompt could not be built; the row never reached the engine
+            return RowOutcome(error=StageFailure(str(row["_cf_failed"])), wall_s=wall, device_s=0.0)
+        if row["__inference_error__"]:
+            return RowOutcome(error=StageFailure(f"the vllm engine failed: {row['__inference_error__']}"),
+                              wall_s=wall, device_s=0.0)
+        raw = str(row["generated_text"] or "")
+        shown = np.asarray(row["_cf_shown_ts"], dtype=np.float64)
+        ran = {"vlm_raw": raw, "vlm_model": self.model_id, "vlm_engine": "vllm", "vlm_attempts": 1,
+               "vlm_windows": 1, "frames_used": len(shown)}
+        device = float(row["time_taken_llm"] or 0.0)
         try:
             answer = validate(raw, shown, float(row["_cf_duration"]))
         except AnswerError as e:
-            error = f"the VLM gave no valid answer in 1 attempt(s): {e}"
-    if error:
-        out["error_stage"], out["error"] = Describe.contract.name, error
-    wall = time.time() - float(row["_cf_t0"])
-    ran = not out["error"] or error.startswith("the VLM")
-    chapters = answer.chapters if answer else []
-    keyframes = answer.keyframes if answer else []
-    out.update({
-        "summary": answer.summary if answer else "",
-        "chapter_start": np.asarray([c.start_s for c in chapters], dtype=np.float64),
-        "chapter_end": np.asarray([c.end_s for c in chapters], dtype=np.float64),
-        "chapter_title": [c.title for c in chapters],
-        "keyframe_ts": np.asarray([k.t_s for k in keyframes], dtype=np.float64),
-        "keyframe_caption": [k.caption for k in keyframes],
-        "vlm_raw": raw if ran else "", "vlm_model": model_id if ran else "", "vlm_engine": "vllm" if ran else "",
-        "vlm_attempts": int(ran), "vlm_windows": int(ran), "frames_used": len(shown) if ran else 0,
-        "vlm_wall_s": wall, "vlm_device_s": float(row.get("time_taken_llm") or 0.0) if ran else 0.0,
-        "vlm_accel": accel,
-    })
-    return out
-
-
-def _not_described(accel: str) -> dict[str, Any]:
-    """Describe's columns for a row that is not a video: empty, and no metrics row (NaN time)."""
-    return {"summary": "", "chapter_start": np.zeros(0), "chapter_end": np.zeros(0), "chapter_title": [],
-            "keyframe_ts": np.zeros(0), "keyframe_caption": [], "vlm_raw": "", "vlm_model": "", "vlm_engine": "",
-            "vlm_attempts": 0, "vlm_windows": 0, "frames_used": 0, "vlm_wall_s": float("nan"),
-            "vlm_device_s": float("nan"), "vlm_accel": ""}
+            return RowOutcome(ran, StageFailure(f"the VLM gave no valid answer in 1 attempt(s): {e}"), wall, device)
+        return RowOutcome({
+            **ran, "summary": answer.summary,
+            "chapter_start": np.asarray([c.start_s for c in answer.chapters], dtype=np.float64),
+            "chapter_end": np.asarray([c.end_s for c in answer.chapters], dtype=np.float64),
+            "chapter_title": [c.title for c in answer.chapters],
+            "keyframe_ts": np.asarray([k.t_s for k in answer.keyframes], dtype=np.float64),
+            "keyframe_caption": [k.caption for k in answer.keyframes],
+        }, wall_s=wall, device_s=device)
 
 
 def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
@@ -195,7 +199,7 @@ def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = Fals
                        max_concurrent_batches: int = 8):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
-    ``fixed_output_tokens`` is for benchmarks (see actors.vllm_engine.sampling_params).
+    ``fixed_output_tokens`` is for benchmarks (see corpusflow.actors.engines.vlm_vllm.sampling_params).
     """
     from ray.data.llm import build_processor
 
@@ -203,4 +207,4 @@ def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = Fals
     processor = build_processor(processor_config(config, batch_size, max_concurrent_batches),
                                 preprocess=_Prompt(config, fixed_output_tokens))
     model_id = config.profile.vlm
-    return processor(ds).map(lambda row: _answer(row, model_id, accel))
+    return processor(ds).map_batches(_Answers(model_id, accel), batch_format="numpy", batch_size=None)

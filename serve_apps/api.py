@@ -25,13 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.serve_config import ServeConfig
-from contracts.stage import Batch
-from contracts.rows import rows_for_batch
-from serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
-from serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
-from serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
-from serve_apps.streaming import add_stream_route
+from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.contracts.stage import Batch
+from corpusflow.contracts.rows import rows_for_batch
+from corpusflow.serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
+from corpusflow.serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
+from corpusflow.serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
+from corpusflow.serve_apps.streaming import add_stream_route
 
 API_VERSION = "v1"
 log = logging.getLogger("ray.serve")

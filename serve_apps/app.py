@@ -13,19 +13,20 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from contracts.serve_config import ServeConfig
-from serve_apps.api import build_api
-from serve_apps.pipeline import Pipeline
-from serve_apps.stages import BatchedStageServer, StageServer
-from serve_apps.streaming import StreamServer
+from corpusflow.contracts.registry import STAGES as REGISTRY
+from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.serve_apps.api import build_api
+from corpusflow.serve_apps.pipeline import Pipeline
+from corpusflow.serve_apps.stages import BatchedStageServer, StageServer
+from corpusflow.serve_apps.streaming import StreamServer
 
 APP_NAME = "corpusflow"
-STAGES = {"decode": "actors.decode.DecodeMedia", "pdf": "actors.pdf.ExtractPdf",
-          "asr": "actors.asr.Transcribe", "vlm": "actors.vlm.Describe"}
-BATCHED = ("asr", "vlm")
-# Stages a deployment runs right after its own on the same replica: speech detection is CPU work,
-# so it runs where decoding does instead of holding the ASR replicas' GPU share.
-THEN = {"decode": ("actors.speech.DetectSpeech",)}
+# Deployments of the stage registry (contracts/registry.py): name → stage class; BATCHED gather requests.
+STAGES = {s.name: s.cls for s in REGISTRY if s.serve and s.cls}
+BATCHED = tuple(s.name for s in REGISTRY if s.serve == "batched")
+# Stages a deployment runs right after its own on the same replica: a fused stage (speech detection
+# after decode) runs where its host does, so its CPU work stays off the replicas that hold GPUs.
+THEN = {host: tuple(s.cls for s in REGISTRY if s.fused_into == host and s.cls) for host in STAGES}
 
 
 @serve.deployment
@@ -55,7 +56,7 @@ def build_app(settings: ServeConfig) -> Application:
         else:
             bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job, THEN.get(name, ()))
     if settings.streaming.enabled:
-        from actors.streaming import StreamConfig
+        from corpusflow.actors.streaming import StreamConfig
 
         StreamConfig.model_validate(settings.streaming.session)  # a bad override fails here, not in a replica loop
         bound["stream"] = StreamServer.options(name="stream", **settings.streaming.deployment.serve_options()).bind(

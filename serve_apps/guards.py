@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from contracts.config import ConfigError
+from corpusflow.contracts.config import ConfigError
 
 
 class ApiError(Exception):

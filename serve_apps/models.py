@@ -10,7 +10,7 @@ from typing import Any, Optional
 import pyarrow as pa
 from pydantic import BaseModel, Field, create_model
 
-from contracts.schemas import ASSETS, PAGES, SUMMARIES, TIMELINE
+from corpusflow.contracts.schemas import ASSETS, PAGES, SUMMARIES, TIMELINE
 
 
 def _python_type(t: pa.DataType) -> type:

@@ -16,11 +16,12 @@ import pyarrow.fs as pafs
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from contracts import storage
-from contracts.serve_config import ServeConfig
-from contracts.stage import Batch
-from serve_apps.guards import ApiError
-from serve_apps.stages import load_stage
+from corpusflow.contracts import storage
+from corpusflow.contracts.registry import spec
+from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.contracts.stage import Batch
+from corpusflow.serve_apps.guards import ApiError
+from corpusflow.serve_apps.stages import load_stage
 
 MEDIA_KINDS = ("video", "audio")
 
@@ -56,7 +57,7 @@ class Pipeline:
 
     def __init__(self, settings: ServeConfig, handles: dict[str, DeploymentHandle]):
         self.settings = settings
-        self.identifier = load_stage("actors.identify.Identify", settings.stage_config())
+        self.identifier = load_stage(spec("identify").cls, settings.stage_config())
         self.handles = handles
         self.overload_headers = {"Retry-After": str(settings.retry_after_s)}
 

@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Optional, Sequence
 
-from contracts.config import ConfigError
-from contracts.serve_config import ServeConfig
+from corpusflow.contracts.config import ConfigError
+from corpusflow.contracts.serve_config import ServeConfig
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
     import ray
     from ray import serve
 
-    from serve_apps.app import APP_NAME, build_app
+    from corpusflow.serve_apps.app import APP_NAME, build_app
 
     env = {settings.api_keys_env: api_key} if api_key else {}
     if address is None and num_cpus is None:  # a laptop still starts every replica (logical CPUs, shared cores)

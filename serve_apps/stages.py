@@ -21,14 +21,14 @@ from typing import Any, Optional
 import numpy as np
 from ray import serve
 
-from contracts.config import StageConfig
-from contracts.stage import Batch, StageFailure, tensor_column
-from serve_apps import batch_metrics
-from serve_apps.gather import Gatherer
+from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.stage import Batch, StageFailure, tensor_column
+from corpusflow.serve_apps import batch_metrics
+from corpusflow.serve_apps.gather import Gatherer
 
 
 def load_stage(path: str, config: StageConfig) -> Any:
-    """An instance of the stage class named ``module.Class`` (e.g. ``actors.asr.Transcribe``)."""
+    """An instance of the stage class named ``module.Class`` (e.g. ``corpusflow.actors.asr.Transcribe``)."""
     module, name = path.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)(config)
 
@@ -75,7 +75,7 @@ def _public_uri(out: Batch, batch: Batch) -> Batch:
 
 def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
     """``Describe.ask``'s inputs from a one-row batch after decode and ASR."""
-    from actors.vlm import video_inputs
+    from corpusflow.actors.vlm import video_inputs
 
     frames, ts, meta, transcript = video_inputs({k: v[0] for k, v in batch.items()})
     return frames, ts, transcript, meta

@@ -1,5 +1,5 @@
 """The live-video WebSocket ``/v1/stream``: a deployment holding the streaming VLM once per replica
-and a bounded number of :class:`actors.streaming.StreamSession`, and the ingress route relaying to it.
+and a bounded number of :class:`corpusflow.actors.streaming.StreamSession`, and the ingress route relaying to it.
 
 A session lives on the replica that opened it. Every call for it carries the session id as Serve's
 multiplexed model id, and that replica registers the id through ``@serve.multiplexed``, so Serve's
@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from contracts.config import load_profile
-from contracts.serve_config import ServeConfig
-from serve_apps.guards import ApiError, check_uri, key_matches
+from corpusflow.contracts.config import load_profile
+from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.serve_apps.guards import ApiError, check_uri, key_matches
 
 ROUTE = "/v1/stream"
 CLOSE_UNAUTHORIZED = 4401  # the 4000 range is the application's own; 4401 mirrors HTTP 401
@@ -48,7 +48,7 @@ class BadMessage(ValueError):
 
 @dataclass
 class _Live:
-    session: Any  # actors.streaming.StreamSession (imported lazily: the ingress never loads torch)
+    session: Any  # corpusflow.actors.streaming.StreamSession (imported lazily: the ingress never loads torch)
     last_used: float = field(default_factory=time.monotonic)
     last_t: float = -math.inf
 
@@ -59,8 +59,8 @@ class StreamServer:
     on the model (a replica's sessions share it, and its forwards are serialized)."""
 
     def __init__(self, settings: dict[str, Any]):
-        from actors.device import torch_device
-        from actors.streaming import StreamConfig, load_streaming_model
+        from corpusflow.actors.models.device import torch_device
+        from corpusflow.actors.streaming import StreamConfig, load_streaming_model
 
         serve_cfg = ServeConfig.model_validate(settings)
         self.settings = serve_cfg.streaming
@@ -86,7 +86,7 @@ class StreamServer:
         bound = self.settings.max_sessions_per_replica
         if len(self.sessions) >= bound:
             return {"refused": f"this replica is at its limit of {bound} live stream(s); retry later"}
-        from actors.streaming import StreamSession
+        from corpusflow.actors.streaming import StreamSession
 
         async with self.compute:
             session = await asyncio.to_thread(StreamSession, self.model, self.processor, self.cfg)
@@ -129,7 +129,7 @@ class StreamServer:
             try:
                 item = await asyncio.to_thread(next, chunks, None)
             except Exception as e:  # noqa: BLE001 - an undecodable video ends playback, not the session
-                from actors.decode import describe_error
+                from corpusflow.actors.decode import describe_error
 
                 yield [error(describe_error("the video", e))]
                 return
@@ -208,7 +208,7 @@ def decode_images(images: list[bytes]) -> np.ndarray:
 
 def _video_chunks(uri: str, fps: float, per_chunk: int, side: int) -> Iterator[tuple[int, np.ndarray]]:
     """(second, frames) of a video: frames at ``fps``, grouped by whole second, at most ``per_chunk`` each."""
-    from actors.decode import frame_dims, open_media, picture_streams, upright_rgb
+    from corpusflow.actors.decode import frame_dims, open_media, picture_streams, upright_rgb
 
     with open_media(uri) as container:
         streams = picture_streams(container)

@@ -1,4 +1,4 @@
-"""Shared fixtures: GPU-marker skipping, a real S3 API on loopback (moto_server), a shared model cache."""
+"""Shared fixtures: GPU-marker skipping, a real S3 API on loopback (moto_server), a hermetic model cache."""
 from __future__ import annotations
 
 import os
@@ -50,12 +50,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# Where libraries and our own defaults put caches and settings: all of them under this run's temp dir.
+_CACHE_VARIABLES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_caches(tmp_path_factory):
+    """No test reads or writes ``~/.cache``: a stale cache from older code can neither hide a failure
+    nor cause one. Subprocesses and local Ray workers inherit these variables."""
+    root = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in _CACHE_VARIABLES}
+    os.environ.update({k: str(root / k.lower()) for k in _CACHE_VARIABLES})
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
-def model_cache() -> str:
+def model_cache(tmp_path_factory) -> str:
     """One tiny-random model cache for the whole test session (models are built once, offline)."""
-    path = os.environ.get("CORPUSFLOW_TEST_MODEL_CACHE") or str(Path.home() / ".cache" / "corpusflow" / "test-models")
-    os.makedirs(path, exist_ok=True)
-    return path
+    return str(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ Kubernetes manifests fails CI instead of a 3 a.m. job.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -14,9 +15,9 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from contracts.placement import DEFAULT_PLACEMENT, ENVIRONMENTS
-from flows import live_metrics
-from serve_apps import batch_metrics
+from corpusflow.contracts.placement import DEFAULT_PLACEMENT, ENVIRONMENTS
+from corpusflow.flows import live_metrics
+from corpusflow.serve_apps import batch_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -94,7 +95,7 @@ def test_kuberay_manifest_matches_cluster_yaml(manifest: str) -> None:
 
 
 def test_rayservice_places_gpu_deployments_on_offered_accelerators() -> None:
-    from contracts.serve_config import ServeConfig
+    from corpusflow.contracts.serve_config import ServeConfig
 
     svc = next(d for d in yaml.safe_load_all((INFRA / "kuberay" / "rayservice.yaml").read_text())
                if d["kind"] == "RayService")
@@ -105,7 +106,7 @@ def test_rayservice_places_gpu_deployments_on_offered_accelerators() -> None:
     used = {getattr(settings.deployments, d).accelerator_type for d in ("asr", "vlm")}
     assert used == {"A10G", "H100"} <= offered
     module, _, attr = app["import_path"].partition(":")
-    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
+    assert callable(getattr(importlib.import_module(module), attr))
 
 
 def test_worker_image_carries_every_stage_environment_with_one_ray() -> None:

@@ -3,11 +3,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from contracts import storage
-from contracts.schemas import SchemaError, conform
-from contracts.stage import list_column, tensor_column
-from contracts.rows import rows_for_batch
-from flows.commit import batch_key, commit, committed_keys, read_table, remove_orphans
+from corpusflow.contracts import storage
+from corpusflow.contracts.schemas import SchemaError, conform
+from corpusflow.contracts.stage import list_column, tensor_column
+from corpusflow.contracts.rows import rows_for_batch
+from corpusflow.flows.commit import batch_key, commit, committed_keys, read_table, remove_orphans
 
 PRICES = {"cpu": 0.05, "H100": 6.88}
 

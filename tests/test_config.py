@@ -1,8 +1,8 @@
 """Job config is validated, with messages a person can act on, before Ray is touched."""
 import pytest
 
-from contracts.config import ConfigError, JobConfig
-from flows.cli import main
+from corpusflow.contracts.config import ConfigError, JobConfig
+from corpusflow.flows.cli import main
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -8,9 +8,9 @@ import boto3
 import numpy as np
 import pytest
 
-from actors.decode import DecodeMedia, frame_dims, sample_times
-from actors.identify import Identify
-from contracts.config import JobConfig, VideoConfig
+from corpusflow.actors.decode import DecodeMedia, frame_dims, sample_times
+from corpusflow.actors.identify import Identify
+from corpusflow.contracts.config import JobConfig, VideoConfig
 from tests import media
 
 SECONDS, FPS, SCENES = 6.0, 10, 3  # scenes change at 2 s and 4 s; a keyframe every second

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from actors.asr import Decoding, SpeechTrack, chunk_batches
-from actors.vlm import Describe
-from actors.vlm_answer import schema_for
-from contracts.config import QWEN25_VL_7B, JobConfig
+from corpusflow.actors.engines.asr import Decoding, SpeechTrack, chunk_batches
+from corpusflow.actors.vlm import Describe
+from corpusflow.actors.prompts.answer import schema_for
+from corpusflow.contracts.config import QWEN25_VL_7B, JobConfig
 from tests.media import speech_like
 
 SR = 16000
@@ -53,7 +53,7 @@ def test_decoder_batches_hold_one_language_and_are_balanced():
 
 
 def test_vllm_engine_shape_follows_the_gpu_type():
-    from actors.vllm_engine import engine_kwargs
+    from corpusflow.actors.engines.vlm_vllm import engine_kwargs
 
     a10g = engine_kwargs(QWEN25_VL_7B.options_for("A10G"))
     h200 = engine_kwargs(QWEN25_VL_7B.options_for("H200"))
@@ -64,7 +64,7 @@ def test_vllm_engine_shape_follows_the_gpu_type():
 
 
 def test_fixed_length_sampling_has_no_schema_and_ignores_eos():
-    from actors.vllm_engine import sampling_params
+    from corpusflow.actors.engines.vlm_vllm import sampling_params
 
     constrained = sampling_params(128, {"type": "object"})
     fixed = sampling_params(128, {"type": "object"}, fixed_output_tokens=True)
@@ -73,7 +73,7 @@ def test_fixed_length_sampling_has_no_schema_and_ignores_eos():
 
 
 def test_vllm_prompt_fits_the_context_by_thinning_the_transcript(tmp_path, model_cache):
-    from flows.vllm_stage import build_request
+    from corpusflow.flows.vllm_stage import build_request
 
     config = _config(tmp_path, model_cache, **{"vlm.max_new_tokens": 512})
     row = _video_row(n_frames=12, segments=2000)  # far more transcript than fits 4096 tokens
@@ -91,20 +91,26 @@ def test_vllm_prompt_fits_the_context_by_thinning_the_transcript(tmp_path, model
 
 
 def test_vllm_answers_become_describes_columns(tmp_path, model_cache):
-    from flows.vllm_stage import _KEEP, _answer
+    from corpusflow.flows.vllm_stage import _KEEP, _Answers
 
     ts = np.arange(8) * 10.0
     answer = {"summary": "A talk.", "chapters": [{"start_s": 0.0, "end_s": 70.0, "title": "All"}],
               "keyframes": [{"t_s": 30.0, "caption": "slide"}]}
     base = {k: v for k, v in _video_row().items() if k != "frames"}
     common = {_KEEP: json.dumps(sorted(base)), "_cf_failed": "", "_cf_t0": 0.0, "_cf_shown_ts": ts,
-              "_cf_duration": 120.0, "time_taken_llm": 0.5}
-    good = _answer({**base, **common, "generated_text": json.dumps(answer)}, "m", "H200")
-    bad = _answer({**base, **common, "generated_text": '{"summary": "cut'}, "m", "H200")
-    upstream = _answer({**base, **common, "error_stage": "asr", "error": "no audio", "generated_text": ""}, "m", "H200")
-    for row in (good, bad, upstream):
-        assert set(Describe.contract.writes) | set(Describe.contract.metric_columns) <= set(row)
-        assert "messages" not in row and "frames" not in row
+              "_cf_duration": 120.0, "time_taken_llm": 0.5, "messages": "[]"}
+    rows = [{**base, **common, "generated_text": json.dumps(answer)},
+            {**base, **common, "generated_text": '{"summary": "cut'},
+            {**base, **common, "error_stage": "asr", "error": "no audio", "generated_text": ""}]
+    batch = {}
+    for key in rows[0]:
+        batch[key] = np.empty(len(rows), dtype=object)
+        for i, r in enumerate(rows):
+            batch[key][i] = r[key]
+    out = _Answers("m", "H200")(batch)
+    assert set(Describe.contract.writes) | set(Describe.contract.metric_columns) <= set(out)
+    assert "messages" not in out and "frames" not in out and _KEEP not in out
+    good, bad, upstream = ({k: v[i] for k, v in out.items()} for i in range(3))
     assert good["error"] == "" and good["summary"] == "A talk." and list(good["keyframe_ts"]) == [30.0]
     assert bad["error_stage"] == "vlm" and "not valid JSON" in bad["error"] and bad["vlm_raw"].startswith("{")
     assert upstream["error_stage"] == "asr" and upstream["error"] == "no audio" and upstream["vlm_engine"] == ""
@@ -112,7 +118,7 @@ def test_vllm_answers_become_describes_columns(tmp_path, model_cache):
 
 def test_transformers_whisper_decodes_all_rows_chunks_together_and_each_as_alone_on_cpu(
         tmp_path, model_cache, one_torch_thread):
-    from actors.asr_transformers import TransformersWhisperEngine
+    from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
 
     config = _config(tmp_path, model_cache, **{"asr.batch_size": 4})
     engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=3)
@@ -143,7 +149,7 @@ def test_transformers_whisper_decodes_all_rows_chunks_together_and_each_as_alone
 @pytest.fixture(scope="module")
 def vllm_engine(model_cache):
     """One tiny vLLM engine for the module: each holds a share of the GPU until its process ends."""
-    from actors.vllm_engine import VllmEngine
+    from corpusflow.actors.engines.vlm_vllm import VllmEngine
 
     config = JobConfig.build(corpus="/tmp", out="/tmp/out", model_cache=model_cache)
     return VllmEngine(config.profile, model_cache)
@@ -154,9 +160,9 @@ def vllm_engine(model_cache):
 def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp_path, model_cache, vllm_engine):
     from transformers import AutoProcessor
 
-    from actors.vllm_engine import model_path
-    from actors.vlm_answer import validate
-    from actors.vlm_engine import VlmRequest, messages
+    from corpusflow.actors.engines.vlm_vllm import model_path
+    from corpusflow.actors.prompts.answer import validate
+    from corpusflow.actors.engines.vlm import VlmRequest, messages
 
     config = _config(tmp_path, model_cache)
     engine = vllm_engine
@@ -186,7 +192,7 @@ def test_describe_runs_on_the_vllm_engine(tmp_path, model_cache, vllm_engine):
 def test_ray_data_vllm_stage_describes_and_passes_failed_rows_through(tmp_path, model_cache):
     import ray
 
-    from flows.vllm_stage import describe_with_vllm
+    from corpusflow.flows.vllm_stage import describe_with_vllm
 
     config = _config(tmp_path, model_cache)
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, ignore_reinit_error=True)
@@ -203,7 +209,7 @@ def test_ray_data_vllm_stage_describes_and_passes_failed_rows_through(tmp_path, 
 
 @pytest.mark.gpu
 def test_transformers_whisper_runs_on_cuda(tmp_path, model_cache):
-    from actors.asr_transformers import TransformersWhisperEngine
+    from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
 
     config = _config(tmp_path, model_cache)
     engine = TransformersWhisperEngine(config.profile, config, fixed_output_tokens=8)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors import identify
-from actors.identify import Identify, sniff
-from contracts.config import JobConfig
+from corpusflow.actors import identify
+from corpusflow.actors.identify import Identify, sniff
+from corpusflow.contracts.config import JobConfig
 from tests import media
 
 VIDEO_FORMATS = {"mp4": "mp4", "m4v": "m4v", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi",

@@ -11,10 +11,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from contracts import storage
-from contracts.schemas import TABLES
-from flows.cli import main
-from flows.commit import read_table
+from corpusflow.contracts import storage
+from corpusflow.contracts.schemas import TABLES
+from corpusflow.flows.cli import main
+from corpusflow.flows.commit import read_table
 from tests import media
 
 pytestmark = pytest.mark.slow
@@ -98,8 +98,8 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
 
 def test_stage_columns_are_arrow_native(corpus, tmp_path, model_cache):
     """Frames, PCM, segments and pages cross the stages as Arrow types, never pickled objects."""
-    from contracts.config import JobConfig
-    from flows.job import build_dataset, init_ray
+    from corpusflow.contracts.config import JobConfig
+    from corpusflow.flows.job import build_dataset, init_ray
 
     config = JobConfig.build(_config(tmp_path, model_cache), corpus=str(corpus), out=str(tmp_path / "o"))
     init_ray(None)

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from contracts.schemas import conform
+from corpusflow.contracts.schemas import conform
 
 ray = pytest.importorskip("ray")
 
@@ -43,7 +43,7 @@ def test_recorded_cost_reaches_the_prometheus_export() -> None:
     try:
         @ray.remote
         def commit(rows):  # the job's commit step runs in a Ray worker
-            from flows.live_metrics import record
+            from corpusflow.flows.live_metrics import record
 
             record(rows, "job-7")
             record(rows, "job-7")  # counters accumulate over batches

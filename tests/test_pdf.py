@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.pdf import ExtractPdf
-from contracts.config import JobConfig
+from corpusflow.actors.pdf import ExtractPdf
+from corpusflow.contracts.config import JobConfig
 from tests import media
 
 
 def batch(paths: list[Path | str], errors: list[str] | None = None) -> dict[str, np.ndarray]:
     errors = errors or [""] * len(paths)
-    return {"uri": np.asarray([str(p) for p in paths]),
+    return {"uri": np.asarray([str(p) for p in paths]), "kind": np.asarray(["pdf"] * len(paths)),
             "error_stage": np.asarray(["earlier" if e else "" for e in errors]), "error": np.asarray(errors)}
 
 

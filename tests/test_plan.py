@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from contracts import storage
-from contracts.config import Resources
-from contracts.cost import DEFAULT_USD_PER_HOUR
-from contracts.placement import (DEFAULT_PLACEMENT, STAGES, Cluster, CorpusStats, NodeType, StagePlacement, Target,
+from corpusflow.contracts import storage
+from corpusflow.contracts.config import Resources
+from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
+from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, STAGES, Cluster, CorpusStats, NodeType, StagePlacement, Target,
                                  ThroughputProfile)
-from contracts.schemas import conform
-from flows import plan
+from corpusflow.contracts.schemas import conform
+from corpusflow.flows import plan
 from tests.media import make_audio, make_pdf, make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_cluster_yaml_gives_three_options_side_by_side() -> None:
     assert cluster.accelerators() == ["A10G", "H100"]
     h100 = next(t for t in cluster.node_types if t.accelerator == "H100")
     assert (h100.gpus, h100.usd_per_hour) == (8, 55.04)
-    profile = ThroughputProfile.load(str(ROOT / "benchmarks" / "throughput_profile.json"))
+    profile = ThroughputProfile.load(str(DEFAULT_PROFILE_PATH))
     p = plan.make_plan(_videos(2000, HOUR), cluster, profile, corpus="s3://x")
     assert [o.name for o in p.options] == ["A10G-only", "H100-only", "mixed"] and all(o.feasible for o in p.options)
     mixed = p.option("mixed")

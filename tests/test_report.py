@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts import storage
-from contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd
-from contracts.schemas import conform
-from flows import report
+from corpusflow.contracts import storage
+from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd
+from corpusflow.contracts.schemas import conform
+from corpusflow.flows import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def test_summary_gives_cost_per_media_hour_page_and_stage(job: Path, tmp_path: P
     assert s["usd_per_video_hour"] == pytest.approx(video_cost / 2.5)
     assert s["usd_per_page"] == pytest.approx(0.5 / 3600 * 0.048 / 20)
     assert s["usd_per_media_hour_by_kind_accelerator"]["video/H100"] == pytest.approx(14.4 / 3600 * 6.88 / 2.5)
-    assert list(s["stages"]) == ["decode", "asr", "vlm", "pdf"]  # pipeline order
+    assert list(s["stages"]) == ["decode", "pdf", "asr", "vlm"]  # pipeline order (contracts/registry.py)
     assert s["stages"]["asr"]["device_s"] == pytest.approx(360)
     assert s["commit_span_s"] == pytest.approx(11 * 60)
     assert s["failures"][0]["stage"] in ("vlm", "pdf") and sum(f["assets"] for f in s["failures"]) == 2

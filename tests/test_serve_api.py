@@ -20,8 +20,8 @@ import boto3
 import pytest
 import requests
 
-from contracts.config import VideoConfig
-from contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
+from corpusflow.contracts.config import VideoConfig
+from corpusflow.contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig
 from tests.media import corrupt_copy, make_audio, make_pdf, make_video, truncate_copy
 
 KEY = "test-key-" + "x" * 16
@@ -73,7 +73,7 @@ def api(s3_server, bucket, model_cache):
     from ray import serve
     import ray
 
-    from serve_apps.run_local import start, wait_ready
+    from corpusflow.serve_apps.run_local import start, wait_ready
 
     settings = ServeConfig(
         port=free_port(), models="tiny-random", model_cache=model_cache, max_request_mb=1, request_timeout_s=90,

@@ -25,7 +25,7 @@ def app(model_cache):
     import ray
     from ray import serve
 
-    from serve_apps.run_local import start, wait_ready
+    from corpusflow.serve_apps.run_local import start, wait_ready
 
     before = os.environ.get(METRICS_INTERVAL_ENV)
     os.environ[METRICS_INTERVAL_ENV] = "1000"  # read by the Ray started here: observations show within seconds

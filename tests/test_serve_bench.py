@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from benchmarks.serve_bench import FIXED_STAGES, batch_stats, gpu_plan, parse_args, to_markdown
-from contracts.serve_config import ServeConfig
+from corpusflow.contracts.serve_config import ServeConfig
 
 
 def _gpu_args(tmp_path, *extra: str):
@@ -43,8 +43,8 @@ def test_cpu_smoke_runs_the_same_path_without_gpus(tmp_path):
 
 
 def test_fixed_length_stages_are_importable_subclasses_of_the_real_ones():
-    from actors.asr import Transcribe
-    from actors.vlm import Describe
+    from corpusflow.actors.asr import Transcribe
+    from corpusflow.actors.vlm import Describe
 
     real = {"asr": Transcribe, "vlm": Describe}
     for name, path in FIXED_STAGES.items():
@@ -58,7 +58,7 @@ def test_gpu_mode_needs_a_speech_clip():
 
 
 def test_vllm_mode_sizes_its_kv_cache_to_share_the_gpu_and_takes_a_whole_serve_batch(tmp_path):
-    from actors.vllm_engine import engine_kwargs
+    from corpusflow.actors.engines.vlm_vllm import engine_kwargs
 
     settings = gpu_plan(_gpu_args(tmp_path, "--vlm-engine", "vllm", "--max-batch", "16"), "/ckpt/qwen", "/ckpt/whisper")
     profile = settings.stage_config().profile
@@ -82,7 +82,7 @@ def test_the_fixed_stages_import_without_vllm(monkeypatch):
 
 def _totals(batches: float, size_sum: float, seconds_sum: float, sizes: list[int]) -> dict:
     """What read_batch_totals makes of the endpoint after batches of ``sizes``."""
-    from serve_apps.batch_metrics import SIZE_BUCKETS
+    from corpusflow.serve_apps.batch_metrics import SIZE_BUCKETS
 
     le = Counter({float(b): sum(s <= b for s in sizes) for b in (*SIZE_BUCKETS, float("inf"))})
     return {"batches": batches, "size_sum": size_sum, "seconds_sum": seconds_sum, "size_le": le}

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from serve_apps.gather import Gatherer
+from corpusflow.serve_apps.gather import Gatherer
 
 
 class SlowStage:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contracts.config import ConfigError
-from contracts.serve_config import ServeConfig
-from serve_apps.guards import ApiError, check_uri, key_matches, load_api_keys
+from corpusflow.contracts.config import ConfigError
+from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.serve_apps.guards import ApiError, check_uri, key_matches, load_api_keys
 
 CONFIG_YAML = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
 
@@ -74,19 +74,19 @@ def test_no_api_key_means_no_start(monkeypatch):
 def test_deploy_config_is_valid_for_serve_and_for_us():
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_apps.app import app_builder
+    from corpusflow.serve_apps.app import app_builder
 
     raw = yaml.safe_load(CONFIG_YAML.read_text())
     ServeDeploySchema.model_validate(raw)
     app = raw["applications"][0]
-    assert app["import_path"] == "serve_apps.app:app_builder"
+    assert app["import_path"] == "corpusflow.serve_apps.app:app_builder"
     settings = ServeConfig.model_validate(app["args"])
     assert settings.deployments.asr.batching.max_batch_size > 1
     assert app_builder(app["args"]) is not None  # binds every deployment without starting Ray
 
 
 def test_serve_command_refuses_a_bad_config_before_starting_ray(tmp_path, capsys):
-    from serve_apps.run_local import main
+    from corpusflow.serve_apps.run_local import main
 
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     (tmp_path / "bad.yaml").write_text("deployments: {vlm: {max_ongoing_requests: 0}}\n")

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import requests
 
-from contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
+from corpusflow.contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
                                      StreamingSettings)
 from tests.media import make_audio
 from tests.test_serve_api import KEY, free_port
@@ -36,7 +36,7 @@ def app(model_cache):
     import ray
     from ray import serve
 
-    from serve_apps.run_local import start, wait_ready
+    from corpusflow.serve_apps.run_local import start, wait_ready
 
     fixed = DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1))
     settings = ServeConfig(

@@ -18,7 +18,7 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from contracts.serve_config import Autoscaling, Deployments, DeploymentSettings, ServeConfig, StreamingSettings
+from corpusflow.contracts.serve_config import Autoscaling, Deployments, DeploymentSettings, ServeConfig, StreamingSettings
 from tests.media import make_video
 from tests.test_serve_api import free_port
 
@@ -47,7 +47,7 @@ def ws_url(s3_server, bucket, model_cache):
     from ray import serve
     import ray
 
-    from serve_apps.run_local import start
+    from corpusflow.serve_apps.run_local import start
 
     session = dict(fps=2, frame_pixels=SIDE * SIDE, vision_window_s=2, sink_tokens=32, text_window=32,
                    commentary_tokens=2, answer_tokens=3, recall="cluster")

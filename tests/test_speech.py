@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.speech import DetectSpeech, merge_speech
-from contracts.config import JobConfig
+from corpusflow.actors.speech import DetectSpeech, merge_speech
+from corpusflow.contracts.config import JobConfig
 from tests.media import speech_like
 
 SR = 16000
@@ -25,7 +25,7 @@ def _batch(*pcms: np.ndarray, failed: dict[int, tuple[str, str]] | None = None) 
     pcm = np.empty(len(pcms), dtype=object)
     for i, p in enumerate(pcms):
         pcm[i] = p
-    return {"pcm": pcm,
+    return {"pcm": pcm, "kind": np.asarray(["audio"] * len(pcms)),
             "error_stage": np.asarray([failed.get(i, ("", ""))[0] for i in range(len(pcms))]),
             "error": np.asarray([failed.get(i, ("", ""))[1] for i in range(len(pcms))])}
 

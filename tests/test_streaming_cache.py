@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.streaming import StreamConfig, StreamSession, load_streaming_model
-from actors.streaming.layout import SINK, TEXT, VISION, TokenMeta
-from actors.streaming.recall import ClusterRecall
-from actors.streaming.window import StreamWindow
+from corpusflow.actors.streaming import StreamConfig, StreamSession, load_streaming_model
+from corpusflow.actors.streaming.layout import SINK, TEXT, VISION, TokenMeta
+from corpusflow.actors.streaming.recall import ClusterRecall
+from corpusflow.actors.streaming.window import StreamWindow
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from actors.streaming import SessionClosed, StreamConfig, StreamSession, load_streaming_model
-from actors.streaming.layout import TEXT, VISION, TokenMeta
-from actors.streaming.recall import ClusterRecall, FrameRecall
+from corpusflow.actors.streaming import SessionClosed, StreamConfig, StreamSession, load_streaming_model
+from corpusflow.actors.streaming.layout import TEXT, VISION, TokenMeta
+from corpusflow.actors.streaming.recall import ClusterRecall, FrameRecall
 from tests.test_streaming_cache import assert_contiguous
 
 

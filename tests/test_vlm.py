@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from actors.vlm import Describe
-from actors.vlm_answer import AnswerError, grid, schema_for, validate
-from actors.vlm_engine import EngineUnavailable, VlmRequest, attention_for, load_engine
-from actors.vlm_prompt import Transcript, VideoMeta, transcript_text
-from contracts.config import JobConfig, ModelsProfile
-from contracts.stage import list_column, tensor_column
+from corpusflow.actors.vlm import Describe
+from corpusflow.actors.prompts.answer import AnswerError, grid, schema_for, validate
+from corpusflow.actors.engines.vlm import EngineUnavailable, VlmRequest, load_engine
+from corpusflow.actors.engines.vlm_transformers import attention_for
+from corpusflow.actors.prompts.video import Transcript, VideoMeta, transcript_text
+from corpusflow.contracts.config import JobConfig, ModelsProfile
+from corpusflow.contracts.stage import list_column, tensor_column
 
 MAX_NEW = 256
 GOOD = json.dumps({"summary": "a lab", "chapters": [{"start_s": 0.0, "end_s": 20.0, "title": "intro"}],
@@ -26,7 +27,7 @@ GOOD = json.dumps({"summary": "a lab", "chapters": [{"start_s": 0.0, "end_s": 20
 def _video(n: int, size: int, duration: float = 40.0, speech: int = 4, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     starts = np.linspace(0, duration - 5, speech)
-    return {"asset_id": f"a{seed}", "uri": f"s3://corpus/videos/trial_{seed}.mp4", "duration_s": duration,
+    return {"asset_id": f"a{seed}", "kind": "video", "uri": f"s3://corpus/videos/trial_{seed}.mp4", "duration_s": duration,
             "meta_json": '{"format":"mp4","codec":"h264"}',
             "frames": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
             "frame_ts": np.arange(n) * (duration / n), "shot_ts": np.array([duration / 2]),
@@ -196,7 +197,7 @@ def test_vllm_engine_without_vllm_says_what_to_do(tmp_path):
 def test_on_gpu_the_engine_runs_bf16_with_the_devices_attention_kernel(tmp_path, model_cache):
     import torch
 
-    from actors.device import accelerator
+    from corpusflow.actors.models.device import accelerator
 
     profile = ModelsProfile(name="tiny-gpu", asr="tiny-random", vlm="tiny-random", engine_options={
         "default": {"dtype": "auto", "max_model_len": 4096, "max_frames": 8}})

@@ -15,9 +15,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from actors.streaming.layout import TokenMeta, positions
-from actors.streaming.recall import FrameRecall
-from actors.streaming.window import Rope, StreamWindow, rotate
+from corpusflow.actors.streaming.layout import TokenMeta, positions
+from corpusflow.actors.streaming.recall import FrameRecall
+from corpusflow.actors.streaming.window import Rope, StreamWindow, rotate
 
 STREAM_ATTENTION = "corpusflow_stream"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from actors.streaming.layout import TokenMeta
+from corpusflow.actors.streaming.layout import TokenMeta
 
 SLAB_BYTES = 128 << 20  # a power of two: torch's pinned allocator rounds every request up to one
 SLABS_PER_CAP = 64  # smaller caps get smaller slabs, so partly used slabs stay a small share of the cap

@@ -4,7 +4,7 @@ Two strategies behind one interface. :class:`FrameRecall` is the ReKV baseline: 
 its mean key as representative, top blocks per layer. :class:`ClusterRecall` is Mosaic-style: runs of
 consecutive frames whose keys are alike form one cluster, the text spoken/written while they were on
 screen joins it, and a cluster moves as one block — fewer, larger copies and fewer representatives
-to score. A cluster's rows lie in host slabs (:mod:`actors.streaming.host_slabs`): its frames one
+to score. A cluster's rows lie in host slabs (:mod:`corpusflow.actors.streaming.host_slabs`): its frames one
 after another, its text likewise, so a layer of it comes back in a few contiguous copies. Blocks
 selected for a question are copied to the device on a side CUDA stream, put in stream order there,
 and kept in a small LRU of recently used blocks.
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from actors.streaming.host_slabs import Extent, HostSlabs, Run, slice_rows
-from actors.streaming.layout import TokenMeta
+from corpusflow.actors.streaming.host_slabs import Extent, HostSlabs, Run, slice_rows
+from corpusflow.actors.streaming.layout import TokenMeta
 
 
 @dataclass(eq=False)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from actors.streaming.attention import Question, StreamStep, use_stream_attention
-from actors.streaming.config import StreamConfig
-from actors.streaming.layout import SINK
-from actors.streaming.recall import ClusterRecall, FrameRecall
-from actors.streaming.tokens import Piece, PieceEncoder
-from actors.streaming.window import StreamWindow
+from corpusflow.actors.streaming.attention import Question, StreamStep, use_stream_attention
+from corpusflow.actors.streaming.config import StreamConfig
+from corpusflow.actors.streaming.layout import SINK
+from corpusflow.actors.streaming.recall import ClusterRecall, FrameRecall
+from corpusflow.actors.streaming.tokens import Piece, PieceEncoder
+from corpusflow.actors.streaming.window import StreamWindow
 
 CHUNK_PROMPT = "<|im_start|>user\n{video}<|im_end|>\n<|im_start|>assistant\n"
 QUESTION_PROMPT = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -40,7 +40,7 @@ class SessionClosed(RuntimeError):
 
 class StreamSession:
     """Bounded-memory streaming over a Qwen2.5-VL model whose text attention this session routes
-    through :mod:`actors.streaming.attention` (plain SDPA for every other caller)."""
+    through :mod:`corpusflow.actors.streaming.attention` (plain SDPA for every other caller)."""
 
     def __init__(self, model, processor, cfg: StreamConfig):
         self.model, self.processor, self.cfg = model, processor, cfg
@@ -209,10 +209,9 @@ def load_streaming_model(source: str, cache_dir: str, device: str = "cpu", dtype
     """(model, processor) for a Qwen2.5-VL source (HF id, folder, s3:// prefix or ``tiny-random``)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from actors.model_store import resolve
-    from actors.tiny_qwen import build_qwen25vl
+    from corpusflow.actors.models.store import resolve
 
-    path = resolve(source, "qwen2_5_vl", cache_dir, build_tiny=build_qwen25vl)
+    path = resolve(source, "qwen2_5_vl", cache_dir)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     model = model.to(device).eval()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers.video_utils import VideoMetadata
 
-from actors.streaming.layout import SINK, TEXT, VISION, TokenMeta
+from corpusflow.actors.streaming.layout import SINK, TEXT, VISION, TokenMeta
 
 _MARKERS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
 _VISION_ONLY = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from actors.streaming.layout import TEXT, VISION, TokenMeta, positions
+from corpusflow.actors.streaming.layout import TEXT, VISION, TokenMeta, positions
 
 # (positions (3, n)) -> (cos, sin), each (n, head_dim), in the cache dtype
 Rope = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -12,11 +12,10 @@ import logging
 
 import numpy as np
 
-from actors.asr import SAMPLE_RATE, AsrResult, Decoding, SpeechTrack, TimedText, chunk_batches
-from actors.device import torch_device
-from actors.model_store import resolve
-from actors.tiny_whisper import build_whisper_hf
-from contracts.config import ModelsProfile, StageConfig
+from corpusflow.actors.engines.asr import SAMPLE_RATE, AsrResult, Decoding, SpeechTrack, TimedText, chunk_batches
+from corpusflow.actors.models.device import torch_device
+from corpusflow.actors.models.store import resolve
+from corpusflow.contracts.config import ModelsProfile, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class TransformersWhisperEngine:
         self._dtype = _dtype(config.asr.compute_type, self._device)
         self._batch_size = config.asr.batch_size
         self.fixed_output_tokens = fixed_output_tokens
-        path = resolve(profile.asr, "whisper-hf", config.model_cache, build_tiny=build_whisper_hf)
+        path = resolve(profile.asr, "whisper-hf", config.model_cache)
         self._processor = WhisperProcessor.from_pretrained(path)
         self._model = WhisperForConditionalGeneration.from_pretrained(path, dtype=self._dtype)
         self._model = self._model.to(self._device).eval()

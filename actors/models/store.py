@@ -8,24 +8,33 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import inspect
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pyarrow.fs as pafs
 
-from contracts import storage
+from corpusflow.contracts import storage
 
 TINY = "tiny-random"
+
+# Model kind → "module:function" writing a tiny random model of that architecture into a folder.
+# Engines name the kind they load; only a ``tiny-random`` source imports its builder.
+TINY_BUILDERS = {
+    "whisper-ct2": "corpusflow.actors.models.tiny_whisper:build_whisper_ct2",
+    "whisper-hf": "corpusflow.actors.models.tiny_whisper:build_whisper_hf",
+    "wav2vec2-align": "corpusflow.actors.models.tiny_whisper:build_wav2vec2",
+    "qwen2_5_vl": "corpusflow.actors.models.tiny_qwen:build_qwen25vl",
+}
 
 
 @contextmanager
 def _node_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as fh:
+    with open(f"{path}.lock", "a") as fh:  # "a": taking the lock writes nothing to the cache
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -48,18 +57,21 @@ def _sync_s3(uri: str, dest: Path) -> None:
     tmp.rename(dest)
 
 
-def resolve(source: str, kind: str, cache_dir: str, build_tiny: Callable[[Path], None] | None = None) -> str:
+def resolve(source: str, kind: str, cache_dir: str) -> str:
     """A local path (or, for hub ids, the id itself when already a local snapshot is not needed).
 
-    ``kind`` names the model family and keys the cache; ``build_tiny(dest)`` writes the tiny random
-    model when ``source`` is ``tiny-random``.
+    ``kind`` names the model family and keys the cache; for a ``tiny-random`` source it also names
+    the builder (:data:`TINY_BUILDERS`) that writes the model, once per node.
     """
     cache = Path(os.path.expanduser(cache_dir))
     if source == TINY:
-        if build_tiny is None:
-            raise ValueError(f"no tiny-random builder for {kind}")
+        if kind not in TINY_BUILDERS:
+            raise ValueError(f"no tiny-random builder for {kind!r}; there are builders for {', '.join(TINY_BUILDERS)}")
+        module_name, function = TINY_BUILDERS[kind].split(":")
+        module = importlib.import_module(module_name)
+        build_tiny = getattr(module, function)
         # Keyed by the builder's source so a changed builder never reuses an old cache.
-        code = inspect.getsource(sys.modules[build_tiny.__module__]).encode()
+        code = inspect.getsource(module).encode()
         dest = cache / "tiny-random" / f"{kind}-{hashlib.sha256(code).hexdigest()[:10]}"
         with _node_lock(dest):
             if not (dest / ".complete").exists():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from actors.vlm_answer import format_ts
+from corpusflow.actors.prompts.answer import format_ts
 
 SYSTEM = ("You are a careful analyst of pharmaceutical and scientific videos. Each image is a frame of one "
           "video, preceded by the time it was taken as [t=...s]. Answer only with JSON following the schema. "

@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 
-from actors.device import accelerator
-from actors.model_store import resolve
-from actors.tiny_qwen import build_qwen25vl
-from actors.vlm_engine import PromptCounter, VlmRequest
-from contracts.config import ModelsProfile, VlmEngineOptions
+from corpusflow.actors.models.device import accelerator
+from corpusflow.actors.models.store import resolve
+from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest
+from corpusflow.contracts.config import ModelsProfile, VlmEngineOptions
 
 # Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
 _TINY_GPU_MEMORY = 0.1
@@ -46,7 +45,7 @@ def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
 
 def model_path(profile: ModelsProfile, cache_dir: str) -> str:
     """The VLM's local folder (synced from S3, or the tiny random model built) once per node."""
-    return resolve(profile.vlm, "qwen2_5_vl", cache_dir, build_tiny=build_qwen25vl)
+    return resolve(profile.vlm, "qwen2_5_vl", cache_dir)
 
 
 def sampling_params(max_new_tokens: int, json_schema: dict | None,

@@ -1,0 +1,132 @@
+"""The stage registry: every stage of the corpus job, once, with what it handles and what it holds.
+
+Everything that lists stages derives from :data:`STAGES`: the job config's ``resources`` section
+(:class:`Resources`), the metric columns the tables read (``rows.METRIC_STAGES``), the stages a
+placement may name (``placement.STAGES``), the Ray Data pipeline (flows/job.py through
+flows/adapter.py) and the Serve deployments (serve_apps/app.py). Adding a stage is one entry here
+plus its class in ``actors/``. Stage classes are named by import path, not imported: contracts sit
+below actors and import none of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import Field, RootModel, model_validator
+
+from corpusflow.contracts.base import StrictModel
+
+# Ray arguments the adapter sets itself, from the fields below or from the stage's declaration; a
+# stage's ``ray_options`` may not name them (two sources for one setting is how jobs get misconfigured).
+RESERVED_RAY_OPTIONS = frozenset({
+    "num_cpus", "num_gpus", "accelerator_type", "memory", "batch_size", "batch_format", "compute", "concurrency",
+    "fn_args", "fn_kwargs", "fn_constructor_args", "fn_constructor_kwargs", "zero_copy_batch",
+})
+
+
+class StageResources(StrictModel):
+    """Ray resources of one stage. Actor pools size between min_actors and max_actors."""
+
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per task/actor")
+    ray_options: dict[str, Any] = Field(
+        default_factory=dict, description="further Ray Data map_batches / remote arguments (max_restarts, "
+        "max_task_retries, runtime_env, scheduling_strategy...); those set by the fields above are refused")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "StageResources":
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
+        clash = sorted(RESERVED_RAY_OPTIONS & set(self.ray_options))
+        if clash:
+            raise ValueError(f"ray_options may not set {clash}: they come from this stage's own fields "
+                             "(num_cpus, num_gpus, accelerator_type, memory_gb, batch_size, min/max_actors)")
+        return self
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage as the job and the API run it.
+
+    ``cls``: the stage class's import path (None for the job's own commit step). ``pool``: Ray tasks
+    (cheap to start, stateless) or an actor pool (a model loaded once per actor). ``fused_into``: the
+    stage runs on another stage's reservation, right after it (speech detection after decode), so it
+    has no resources of its own. ``unit``: what one unit of its work is, for sizing plans. ``serve``:
+    how the online API deploys it (one request per call, gathered batches, or not at all).
+    """
+
+    name: str
+    cls: Optional[str]
+    pool: Literal["tasks", "actors"]
+    unit: str
+    resources: StageResources = StageResources()
+    fused_into: Optional[str] = None
+    serve: Optional[Literal["single", "batched"]] = None
+    metrics: bool = True
+
+
+_ACTORS = "corpusflow.actors"
+
+# In pipeline order. Videos, audio and PDFs flow interleaved; each stage's contract says which kinds it takes.
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("identify", f"{_ACTORS}.identify.Identify", "tasks", "file", StageResources(num_cpus=1, batch_size=4)),
+    StageSpec("decode", f"{_ACTORS}.decode.DecodeMedia", "tasks", "media_s", StageResources(num_cpus=1),
+              serve="single"),
+    # CPU VAD on decode's reservation: the ASR actors then spend their GPU share decoding speech
+    # chunks only, and PCM is not shipped between the two.
+    StageSpec("speech", f"{_ACTORS}.speech.DetectSpeech", "tasks", "media_s", fused_into="decode"),
+    StageSpec("pdf", f"{_ACTORS}.pdf.ExtractPdf", "tasks", "page", StageResources(num_cpus=1, batch_size=4),
+              serve="single"),
+    # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the
+    # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)
+    StageSpec("asr", f"{_ACTORS}.asr.Transcribe", "actors", "media_s", StageResources(num_cpus=2), serve="batched"),
+    StageSpec("vlm", f"{_ACTORS}.vlm.Describe", "actors", "video_s", StageResources(num_cpus=1), serve="batched"),
+    StageSpec("commit", None, "tasks", "file", StageResources(num_cpus=0.5, batch_size=8), metrics=False),
+)
+
+BY_NAME = {s.name: s for s in STAGES}
+# Stages with a reservation of their own: the keys of a job config's ``resources`` and of a placement.
+RESERVING = tuple(s.name for s in STAGES if s.fused_into is None)
+
+
+def spec(name: str) -> StageSpec:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; stages are {', '.join(BY_NAME)}") from None
+
+
+class Resources(RootModel[dict[str, StageResources]]):
+    """``resources:`` of a job config: one :class:`StageResources` per reserving stage, defaults from STAGES."""
+
+    model_config = {"frozen": True}
+    root: dict[str, StageResources] = Field(default_factory=lambda: {n: BY_NAME[n].resources for n in RESERVING})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(set(data) - set(RESERVING))
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; stages with resources are {', '.join(RESERVING)}")
+        return {n: data.get(n, BY_NAME[n].resources) for n in RESERVING}
+
+    def __getattr__(self, name: str) -> StageResources:
+        root = self.__dict__.get("root", {})
+        if name in root:
+            return root[name]
+        raise AttributeError(name)
+
+    def of(self, stage: str) -> StageResources:
+        """The reservation ``stage`` runs on (a fused stage's host's)."""
+        s = spec(stage)
+        return self.root[s.fused_into or s.name]
+
+    def __iter__(self) -> Iterator[tuple[str, StageResources]]:  # type: ignore[override]
+        return iter(self.root.items())

@@ -1,0 +1,79 @@
+"""The Ray Data adapter: any stage of the registry as one ``map_batches`` step.
+
+What a stage declares decides how it runs: ``pool="tasks"`` stages run as Ray tasks, each worker
+process building the stage once and reusing it; ``pool="actors"`` stages run in an autoscaling actor
+pool that loads the model once per actor. Resources come from the job config's ``resources`` (a
+fused stage uses its host's, so Ray fuses the two into one task), and ``ray_options`` pass further
+Ray arguments through (refused at config validation where they would collide with ours).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.registry import StageResources, StageSpec
+from corpusflow.contracts.stage import Batch
+
+# Stage instances of this worker process, for task stages: built on a task's first batch, reused after.
+_INSTANCES: dict[tuple[str, str], Any] = {}
+
+
+def stage_class(spec: StageSpec) -> type:
+    """The class a registry entry names."""
+    if spec.cls is None:
+        raise ValueError(f"stage {spec.name!r} has no stage class")
+    module, name = spec.cls.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def ray_arguments(res: StageResources) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for one stage's reservation."""
+    args: dict[str, Any] = {"num_cpus": res.num_cpus, "batch_size": res.batch_size, **res.ray_options}
+    if res.num_gpus:
+        args["num_gpus"] = res.num_gpus
+    if res.accelerator_type:
+        args["accelerator_type"] = res.accelerator_type
+    if res.memory_gb:
+        args["memory"] = int(res.memory_gb * 2**30)
+    return args
+
+
+class _Task:
+    """A picklable function for Ray tasks that builds the stage once per worker process."""
+
+    def __init__(self, cls: type, config: StageConfig):
+        self.cls, self.config = cls, config
+        self.__name__ = cls.__name__  # what Ray names the operator
+
+    def __call__(self, batch: Batch) -> Batch:
+        key = (f"{self.cls.__module__}.{self.cls.__qualname__}", self.config.model_dump_json())
+        if key not in _INSTANCES:
+            _INSTANCES[key] = self.cls(self.config)
+        return _INSTANCES[key](batch)
+
+
+class _Actor:
+    """An actor of a stage's pool: the stage is built in the actor's constructor, once."""
+
+    def __init__(self, cls: type, config: StageConfig):
+        self.stage = cls(config)
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.stage(batch)
+
+
+def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None) -> Any:
+    """``ds`` followed by ``spec``'s stage, as the stage declares and the config reserves.
+
+    ``cls`` runs a subclass of the registered stage in its place (the benchmarks' fixed-length engines).
+    """
+    res = config.resources.of(spec.name)
+    args = ray_arguments(res)
+    cls = cls or stage_class(spec)
+    if spec.pool == "actors":
+        from ray.data import ActorPoolStrategy
+
+        return ds.map_batches(_Actor, fn_constructor_args=(cls, config), batch_format="numpy",
+                              compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors), **args)
+    return ds.map_batches(_Task(cls, config), batch_format="numpy", **args)
