@@ -10,7 +10,7 @@ $(BIN)/corpusflow: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup sample test
+.PHONY: setup sample test lint
 setup: $(BIN)/corpusflow
 
 sample: setup
@@ -18,3 +18,7 @@ sample: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy

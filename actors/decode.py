@@ -149,7 +149,7 @@ class DecodeMedia(Stage):
             raise StageFailure(f"{kind} could not be decoded: the file holds no audio stream")
         vs = pictures[0] if pictures else None
         t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
-        declared = _declared_duration(container)
+        declared = declared_duration(container)
 
         iframes = _indexed_keyframes(vs, t0) if vs is not None else None
         pcm, iframes_seen, last_ts = np.zeros(0, np.float32), [], 0.0
@@ -235,7 +235,8 @@ def _size(uri: str) -> int:
     return fs.get_file_info(path).size or 0
 
 
-def _declared_duration(container: av.container.InputContainer) -> float:
+def declared_duration(container: av.container.InputContainer) -> float:
+    """Seconds the container's header declares (its own, else its longest stream's); 0 when it says nothing."""
     if container.duration:
         return container.duration / 1e6
     spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]

@@ -19,11 +19,15 @@ from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 CHUNK = 4 << 20
 HEAD = 64 << 10
 
-# Extensions whose files we are expected to process: unrecognised content under one of them is an error.
-MEDIA_EXTENSIONS = frozenset(
-    "mp4 m4v mov qt m4a m4b 3gp 3g2 mkv mka webm avi wav wave wmv wma asf flv ts mts m2ts mpg mpeg vob "
-    "ogg oga ogv opus flac mp3 aac aiff aif".split())
-DOCUMENT_EXTENSIONS = frozenset({"pdf"})
+# Extensions whose files we are expected to process, with the kind such a file usually holds: the
+# content decides the kind; unrecognised content under one of these names is an error.
+EXTENSION_KINDS = {
+    **dict.fromkeys("mp4 m4v mov qt 3gp 3g2 mkv webm avi wmv asf flv ts mts m2ts mpg mpeg vob ogv".split(), "video"),
+    **dict.fromkeys("m4a m4b mka wav wave wma ogg oga opus flac mp3 aac aiff aif".split(), "audio"),
+    "pdf": "pdf",
+}
+MEDIA_EXTENSIONS = frozenset(e for e, k in EXTENSION_KINDS.items() if k in ("video", "audio"))
+DOCUMENT_EXTENSIONS = frozenset(e for e, k in EXTENSION_KINDS.items() if k == "pdf")
 
 # Containers whose kind is only known after looking at the streams.
 _PROBED = frozenset({"mp4", "m4v", "mov", "m4a", "3gp", "matroska", "webm", "ogg", "asf", "mpegts"})
@@ -136,6 +140,11 @@ def probe_kind(uri: str, default: str) -> str:
 
 def _extension(uri: str) -> str:
     return PurePosixPath(uri).suffix.lower().lstrip(".")
+
+
+def kind_by_name(uri: str) -> str | None:
+    """The kind a file's name suggests (video, audio, pdf), or None: a guess for files not yet read."""
+    return EXTENSION_KINDS.get(_extension(uri))
 
 
 _UNKNOWN = {"asset_id": "", "kind": "other", "format": "unknown"}

@@ -409,7 +409,8 @@ def summarize(results: dict) -> dict:
         first = [r for r in rows if 0 <= r["t"] < 60] or rows[:1]
         last_t = rows[-1]["t"]
         last = [r for r in rows if r["t"] > last_t - 60]
-        mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
+        def mean(rs: list[dict], k: str) -> float:
+            return float(np.mean([r[k] for r in rs]))
         out[mode] = {"seconds": len(rows), "oom_at_s": res.get("oom_at_s"),
                      "minute1_latency_s": mean(first, "latency_s"), "last_minute_latency_s": mean(last, "latency_s"),
                      "latency_ratio": mean(last, "latency_s") / max(mean(first, "latency_s"), 1e-9),

@@ -25,7 +25,8 @@ PIPELINE_VERSION = "1"
 class VlmEngineOptions(StrictModel):
     """Engine shape for one accelerator type (an A10G 24 GB fits less than an H100 80 GB)."""
 
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
     max_model_len: int = Field(32768, ge=512, description="context length in tokens the engine is built for")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take "
                                           "(with kv_cache_memory_bytes set: only the share that must be free at start-up)")

@@ -168,7 +168,7 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
         raise ContractError(f"stage {contract.name!r} returned {len(outcomes)} outcomes for {len(live)} rows")
     empty = {**{c: empty_value(k) for c, k in contract.writes.items()}, **(empty or {})}
     out_cols: dict[str, list[Any]] = {c: [empty[c]] * n for c in contract.writes}
-    metric_cols = {c: [float("nan")] * n if k == "float64" else [""] * n
+    metric_cols: dict[str, list[Any]] = {c: [float("nan")] * n if k == "float64" else [""] * n
                    for c, k in contract.metric_columns.items()}
     for i, got in zip(live, outcomes):
         values = {**empty, **got.values} if got.error is not None else got.values

@@ -166,8 +166,7 @@ def init_ray(address: Optional[str]) -> None:
         return
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "TRANSFORMERS_"))}}
     if address:
-        import actors, contracts, flows  # noqa: E401 - shipped to the cluster's workers
-        env["py_modules"] = [os.path.dirname(m.__file__) for m in (actors, contracts, flows)]
+        env["py_modules"] = [_package_for_workers()]
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a

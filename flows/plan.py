@@ -18,23 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+import av
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from corpusflow.contracts import storage
+from corpusflow.contracts.base import read_mapping
 from corpusflow.contracts.config import Resources
+from corpusflow.contracts.stage import StageFailure
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
 from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
                                  Cluster, CorpusStats, NodeType, Placement, Plan, PlanOption, Pool, StageForecast,
                                  Target, ThroughputProfile)
+from corpusflow.actors.decode import declared_duration, open_media, picture_streams
+from corpusflow.actors.identify import HEAD, kind_by_name, sniff
+from corpusflow.actors.pdf import open_pdf
 from corpusflow.flows.report import money, read_table
-
-VIDEO_EXT = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".m4v", ".ts", ".mts",
-             ".3gp", ".ogv"}
-AUDIO_EXT = {".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac", ".wma", ".aiff", ".amr"}
-PDF_EXT = {".pdf"}
-
 
 # ----------------------------------------------------------------------------------------------- corpus probe
 
@@ -46,42 +45,29 @@ class _Probe:
     pages: Optional[int] = None
 
 
-def _guess_kind(uri: str) -> Optional[str]:
-    ext = Path(uri).suffix.lower()
-    if ext in VIDEO_EXT:
-        return "video"
-    if ext in AUDIO_EXT:
-        return "audio"
-    if ext in PDF_EXT:
-        return "pdf"
-    return None
-
-
-def _probe_file(uri: str, size: int, timeout_s: float) -> _Probe:
-    """Kind, duration and pages from the file's own metadata (headers only for media)."""
+def _probe_file(uri: str, size: int) -> _Probe:
+    """Kind, duration and pages as the job's own stages see them: identify's sniffing of the leading
+    bytes, decode's reading of the container header, the PDF stage's opening of the document."""
     with storage.open_input(uri) as fh:
-        head = fh.read(8)
-        fh.seek(0)
-        if head.startswith(b"%PDF"):
-            import pymupdf
-
-            with pymupdf.open(stream=fh.read(), filetype="pdf") as doc:
-                return _Probe("pdf", size, pages=doc.page_count)
-        import av
-
+        found = sniff(fh.read(HEAD))
+    if found is None:
+        return _Probe("other", size)
+    if found[0] == "pdf":
+        with storage.open_input(uri) as fh:
+            data = fh.read()
         try:
-            container = av.open(fh, timeout=timeout_s)
-        except (av.FFmpegError, ValueError):
+            with open_pdf(data) as doc:
+                return _Probe("pdf", size, pages=doc.page_count)
+        except StageFailure:
             return _Probe("other", size)
-        with container:
-            has_video = any(s.type == "video" and not s.disposition & av.stream.Disposition.attached_pic
-                            for s in container.streams)
-            has_audio = any(s.type == "audio" for s in container.streams)
-            if not (has_video or has_audio):
+    try:
+        with open_media(uri) as container:
+            pictures = picture_streams(container)
+            if not pictures and not container.streams.audio:
                 return _Probe("other", size)
-            seconds = container.duration / av.time_base if container.duration else max(
-                (float(s.duration * s.time_base) for s in container.streams if s.duration), default=0.0)
-            return _Probe("video" if has_video else "audio", size, seconds=seconds)
+            return _Probe("video" if pictures else "audio", size, seconds=declared_duration(container))
+    except (av.FFmpegError, OSError):
+        return _Probe("other", size)
 
 
 def probe_corpus(uri: str, sample: int = 200, timeout_s: float = 10.0, workers: int = 8) -> CorpusStats:
@@ -93,11 +79,11 @@ def probe_corpus(uri: str, sample: int = 200, timeout_s: float = 10.0, workers: 
     entries = storage.list_files(uri)
     by_kind: dict[str, list[storage.FileEntry]] = {}
     for e in entries:
-        by_kind.setdefault(_guess_kind(e.uri) or "unknown", []).append(e)
+        by_kind.setdefault(kind_by_name(e.uri) or "unknown", []).append(e)
     chosen = [e for k, es in by_kind.items() for e in (es if k == "unknown" else _spread(es, sample))]
     probes: dict[str, _Probe] = {}
     pool = cf.ThreadPoolExecutor(max_workers=workers)
-    futures = {pool.submit(_probe_file, e.uri, e.size, timeout_s): e for e in chosen}
+    futures = {pool.submit(_probe_file, e.uri, e.size): e for e in chosen}
     deadline = time.monotonic() + timeout_s * (math.ceil(len(chosen) / workers) + 1)
     done, _ = cf.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
     pool.shutdown(wait=False, cancel_futures=True)
@@ -109,7 +95,7 @@ def probe_corpus(uri: str, sample: int = 200, timeout_s: float = 10.0, workers: 
             unreadable += 1
     for e in entries:
         if e.uri not in probes:
-            probes[e.uri] = _Probe(_guess_kind(e.uri) or "other", e.size)
+            probes[e.uri] = _Probe(kind_by_name(e.uri) or "other", e.size)
     return _stats(list(probes.values()), probed=len(done) - unreadable, unreadable=unreadable)
 
 
@@ -149,7 +135,7 @@ def load_cluster(path: str) -> Cluster:
     A node type's GPU type is its ``accelerator_type:<X>`` resource (what Ray schedules
     ``accelerator_type=X`` actors on).
     """
-    cfg = yaml.safe_load(Path(path).read_text())
+    cfg = read_mapping(path, "cluster config")
     head = cfg.get("head_node_type")
     types = []
     for name, nt in cfg["available_node_types"].items():

@@ -4,7 +4,7 @@ Ray's processor brings what a batch job wants from vLLM — an autoscaling pool 
 actors, several batches in flight per engine, CPU stages for image parsing, chat template and
 tokenisation — so this module does not re-implement any of it. It supplies what is ours: the
 prompt (evenly spread frames, each after its timestamp, then metadata, the timestamped transcript
-and the task; actors/vlm_prompt.py), the schema that constrains the answer (actors/vlm_answer.py)
+and the task; actors/prompts/video.py), the schema that constrains the answer (actors/prompts/answer.py)
 and the validation of the answer into the same columns as :class:`corpusflow.actors.vlm.Describe`.
 
 Differences from Describe: the transcript is thinned (every k-th segment, over the whole video) to

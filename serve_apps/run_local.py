@@ -28,7 +28,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--api-key", help="accept this key (default: $CORPUSFLOW_API_KEYS, else a generated one)")
     p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
-    p.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: the cores, or what the replicas reserve if more)")
+    p.add_argument("--num-cpus", type=float,
+                   help="logical CPUs of the local Ray (default: the cores, or what the replicas reserve if more)")
     return p.parse_args(list(argv))
 
 

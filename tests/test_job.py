@@ -123,12 +123,13 @@ def test_stage_columns_are_arrow_native(corpus, tmp_path, model_cache):
 
 def test_a_killed_job_rerun_completes_without_loss_or_duplicates(corpus, tmp_path, model_cache):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "flows", "run", str(corpus), "--out", str(out),
+    cmd = [sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out),
            "--config", _config(tmp_path, model_cache)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).parents[1])
     deadline = time.time() + 300
     while time.time() < deadline and not storage.list_parquet(str(out / "assets")):
+        assert proc.poll() is None, f"the job exited ({proc.returncode}) before committing anything"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
     proc.wait()

@@ -10,8 +10,8 @@ import pytest
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import Resources
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
-from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, STAGES, Cluster, CorpusStats, NodeType, StagePlacement, Target,
-                                 ThroughputProfile)
+from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, STAGES, Cluster, CorpusStats,
+                                            NodeType, StagePlacement, Target, ThroughputProfile)
 from corpusflow.contracts.schemas import conform
 from corpusflow.flows import plan
 from tests.media import make_audio, make_pdf, make_video

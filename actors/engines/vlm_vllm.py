@@ -1,4 +1,4 @@
-"""The vLLM engine behind the VLM interface (actors/vlm_engine.py), for GPU workers.
+"""The vLLM engine behind the VLM interface (actors/engines/vlm.py), for GPU workers.
 
 vLLM batches continuously across requests and runs CUDA graphs, which is where the GPU path gets
 its throughput; prompts are the same chat messages as the transformers engine builds, and answers

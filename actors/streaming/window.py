@@ -137,14 +137,14 @@ class StreamWindow:
         frames = []
         for seg in frame_segments:
             idx = torch.nonzero(meta.segment == seg).squeeze(1)
-            mean_key = torch.stack([self._k[l][:, idx].float().mean(1) for l in range(self.layers)])
+            mean_key = torch.stack([self._k[layer][:, idx].float().mean(1) for layer in range(self.layers)])
             frames.append((self._gather(idx), meta.select(idx).to("cpu"), mean_key))
         text_idx = torch.nonzero(drop & (meta.kind == TEXT)).squeeze(1)
         text = (self._gather(text_idx), meta.select(text_idx).to("cpu")) if len(text_idx) else None
         return Evicted(frames, text)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.stack([self._k[l][:, idx], self._v[l][:, idx]]) for l in range(self.layers)])
+        return torch.stack([torch.stack([self._k[layer][:, idx], self._v[layer][:, idx]]) for layer in range(self.layers)])
 
     # -- memory ----------------------------------------------------------------------------------
     def memory_bytes(self) -> int:
