@@ -49,23 +49,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# Where libraries and our own defaults put caches and settings: all of them under this run's temp dir.
-_CACHE_VARIABLES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR")
+# Where libraries and our own defaults put caches and settings. HOME too: some (onnxruntime's
+# telemetry id, Ray's auth token) write under it whatever the XDG variables say.
+_CACHE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_caches(tmp_path_factory):
-    """No test reads or writes ``~/.cache``: a stale cache from older code can neither hide a failure
-    nor cause one. Subprocesses and local Ray workers inherit these variables."""
-    root = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in _CACHE_VARIABLES}
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """No test reads or writes the user's ``~/.cache``: a stale cache from older code can neither hide
+    a failure nor cause one. Set before collection, since test modules import libraries that read
+    these once; subprocesses and local Ray workers inherit them."""
+    root = config._tmp_path_factory.mktemp("home")  # under pytest's own temp dir for this run
     os.environ.update({k: str(root / k.lower()) for k in _CACHE_VARIABLES})
-    yield root
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
