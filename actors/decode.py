@@ -33,10 +33,12 @@ _TAGS = ("title", "comment", "description", "artist", "album", "date", "creation
 def open_media(uri: str) -> Iterator[av.container.InputContainer]:
     """Open a local path or s3:// object with PyAV (S3 through a seekable, ranged pyarrow reader)."""
     if storage.is_s3(uri):
-        with storage.open_input(uri) as f, av.open(f, "r", buffer_size=_REMOTE_BUFFER) as container:
+        with storage.open_input(uri) as f, av.open(f, "r", buffer_size=_REMOTE_BUFFER,
+                                                   metadata_errors="replace") as container:
             yield container
     else:
-        with av.open(storage.filesystem(uri)[1], "r") as container:
+        # Tags in Latin-1 or worse must not make a valid file fail: undecodable bytes become U+FFFD.
+        with av.open(storage.filesystem(uri)[1], "r", metadata_errors="replace") as container:
             yield container
 
 
@@ -127,6 +129,7 @@ class DecodeMedia(Stage):
     def __init__(self, config: StageConfig):
         super().__init__(config)
         self.video = config.video
+        self.limits = config.limits
         # Frames are (n, H, W, 3) in every row, none included: Ray's tensor column needs one ndim.
         side = config.video.frame_size
         self.empty = {"frames": np.zeros((0, side, side, 3), np.uint8)}
@@ -150,12 +153,13 @@ class DecodeMedia(Stage):
         vs = pictures[0] if pictures else None
         t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
         declared = declared_duration(container)
+        self._check_limits(kind, vs, declared)
 
         iframes = _indexed_keyframes(vs, t0) if vs is not None else None
         pcm, iframes_seen, last_ts = np.zeros(0, np.float32), [], 0.0
         if audio is not None or (vs is not None and iframes is None and _size(uri) <= KEYFRAME_SCAN_MAX_BYTES):
             pcm, iframes_seen, last_ts = _demux_pass(container, audio, vs if iframes is None else None, t0,
-                                                     declared or 0.0)
+                                                     declared or 0.0, self.limits.max_duration_s)
             if iframes is None and vs is not None:
                 iframes = np.asarray(sorted(iframes_seen), dtype=np.float64)
         duration = declared if declared else last_ts
@@ -176,6 +180,18 @@ class DecodeMedia(Stage):
                 "frame_ts": frame_ts, "shot_ts": shots,
                 "iframe_ts": iframes if iframes is not None else np.zeros(0), "pcm": pcm,
                 "has_audio": audio is not None and len(pcm) > 0}
+
+    def _check_limits(self, kind: str, vs: av.video.stream.VideoStream | None, declared: float) -> None:
+        """Refuse, from the headers alone, what would take unbounded time or memory to decode."""
+        limits = self.limits
+        if declared > limits.max_duration_s:
+            raise StageFailure(f"{kind} is {_span(declared)} long, over the limit of {_span(limits.max_duration_s)} "
+                               "(limits.max_duration_s)")
+        if vs is not None:
+            w, h = vs.codec_context.width or 0, vs.codec_context.height or 0
+            if w * h > limits.max_pixels:
+                raise StageFailure(f"video frames are {w}x{h} pixels, over the limit of {limits.max_pixels} "
+                                   "pixels (limits.max_pixels)")
 
     def _sample_frames(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream,
                        duration: float, t0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +246,10 @@ class DecodeMedia(Stage):
         return found
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+
+
 def _size(uri: str) -> int:
     fs, path = storage.filesystem(uri)
     return fs.get_file_info(path).size or 0
@@ -253,9 +273,12 @@ def _indexed_keyframes(vs: av.video.stream.VideoStream, t0: float) -> np.ndarray
 
 
 def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.AudioStream | None,
-                vs: av.video.stream.VideoStream | None, t0: float, expected_s: float
+                vs: av.video.stream.VideoStream | None, t0: float, expected_s: float, max_s: float
                 ) -> tuple[np.ndarray, list[float], float]:
-    """One read of the file: decode + resample the audio to 16 kHz mono, note video keyframe times (no decode)."""
+    """One read of the file: decode + resample the audio to 16 kHz mono, note video keyframe times (no decode).
+
+    Stops at ``max_s`` of media: a file whose header declares no duration cannot grow the PCM unbounded.
+    """
     streams = [s for s in (audio, vs) if s is not None]
     pcm = _PcmBuffer(expected_s if audio is not None else 0.0)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM_RATE) if audio is not None else None
@@ -266,6 +289,9 @@ def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.A
         if packet.pts is not None and packet.time_base:
             end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0
             last = max(last, end)
+            if last > max_s:
+                raise StageFailure(f"media runs past {_span(max_s)} (limits.max_duration_s) although its "
+                                   "header does not say so")
         if packet.stream is vs:
             if packet.is_keyframe and packet.pts is not None:
                 keyframes.append(float(packet.pts * packet.time_base) - t0)

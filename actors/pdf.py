@@ -49,14 +49,21 @@ def open_pdf(data: bytes) -> pymupdf.Document:
 class ExtractPdf(Stage):
     """PDF rows → page count, text per page, image count per page, document metadata as JSON."""
 
-    contract = StageContract(name="pdf", reads=("uri",), kinds=("pdf",),
+    contract = StageContract(name="pdf", reads=("uri", "bytes"), kinds=("pdf",),
                              writes={"pages": "int64", "page_text": "list[str]", "page_images": "tensor[int32]",
                                      "pdf_meta_json": "str"})
 
     def process_row(self, row: Row) -> dict[str, Any]:
+        limits = self.config.limits
+        if int(row["bytes"]) > limits.pdf_max_mb * 2**20:
+            raise StageFailure(f"PDF is {int(row['bytes']) / 2**20:.0f} MB, over the limit of {limits.pdf_max_mb:g} MB "
+                               "(limits.pdf_max_mb)")
         with storage.open_input(str(row["uri"])) as f:
             data = f.read()
         with open_pdf(data) as doc:
+            if doc.page_count > limits.pdf_max_pages:
+                raise StageFailure(f"PDF has {doc.page_count} pages, over the limit of {limits.pdf_max_pages} "
+                                   "(limits.pdf_max_pages)")
             texts, images = [], []
             for page in doc:
                 texts.append(page.get_text("text", sort=True))

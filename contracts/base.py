@@ -50,5 +50,7 @@ def validated(model: type[M], data: Any, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+        # A validator's own ValueError already says what is wrong; pydantic's "Value error, " adds nothing.
+        lines = [f"  {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"
+                 for err in e.errors()]
         raise ConfigError(f"invalid {what}:\n" + "\n".join(lines)) from None

@@ -10,16 +10,38 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
+from corpusflow.contracts import storage
 from corpusflow.contracts.base import ConfigError, StrictModel, read_mapping, read_yaml, validated
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
 from corpusflow.contracts.registry import Resources
 
 # Bump when prompts, schemas or stage logic change what a row holds for the same inputs.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
+
+# Marks a field that changes speed or memory, not what a row holds: left out of the config
+# fingerprint, so lowering gpu_memory_utilization after an OOM does not re-process the corpus.
+SPEED_ONLY: JsonDict = {"affects_output": False}
+
+
+def output_settings(model: BaseModel) -> dict[str, Any]:
+    """The model's values that change outputs (JSON-ready), nested models included, SPEED_ONLY fields left out."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if field.json_schema_extra == SPEED_ONLY:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out[name] = output_settings(value)
+        elif isinstance(value, dict):
+            out[name] = {k: output_settings(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
+        else:
+            out[name] = value
+    return json.loads(json.dumps(out, default=str))
 
 
 class VlmEngineOptions(StrictModel):
@@ -28,15 +50,16 @@ class VlmEngineOptions(StrictModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="weights/activations dtype; auto = bf16 on GPU, fp32 on CPU")
     max_model_len: int = Field(32768, ge=512, description="context length in tokens the engine is built for")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take "
-                                          "(with kv_cache_memory_bytes set: only the share that must be free at start-up)")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, json_schema_extra=SPEED_ONLY, description="vLLM: share of GPU memory it may take "
+        "(with kv_cache_memory_bytes set: only the share that must be free at start-up)")
     max_frames: int = Field(64, ge=1, description="frame budget of one VLM context on this device")
-    max_num_seqs: int = Field(8, ge=1, description="vLLM: concurrent sequences")
+    max_num_seqs: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="vLLM: concurrent sequences")
     kv_cache_memory_bytes: Optional[int] = Field(
-        None, gt=0, description="vLLM: KV cache size; set it when other actors share the GPU (their memory "
+        None, gt=0, json_schema_extra=SPEED_ONLY, description="vLLM: KV cache size; set it when other actors share the GPU (their memory "
         "changes while vLLM profiles, and gpu_memory_utilization then fails its start-up check)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", description="transformers attention kernel; auto picks per GPU and what is installed")
+        "auto", json_schema_extra=SPEED_ONLY, description="transformers attention kernel; auto picks per GPU and what is installed")
 
 
 class ModelsProfile(StrictModel):
@@ -105,8 +128,32 @@ class VideoConfig(StrictModel):
         return v
 
 
+class LimitsConfig(StrictModel):
+    """Bounds on what one input may cost, checked before the work: a hostile or broken file becomes an
+    error row in bounded time and memory instead of stalling or killing a worker.
+
+    Not part of the config fingerprint (they change which files are refused, not what a row holds): after
+    raising a limit, re-run into a new OUT or use ``--retry-errors`` for rows marked retryable.
+    """
+
+    max_duration_s: float = Field(12 * 3600, gt=0, description="longest video or audio processed (decoded PCM is "
+                                  "16 kHz float32: 230 MB per hour)")
+    max_pixels: int = Field(7680 * 4320, ge=1, description="largest video frame (width x height) decoded; "
+                            "checked from the stream header before any decoding")
+    pdf_max_mb: float = Field(512, gt=0, description="largest PDF read (PDFs are read into memory whole)")
+    pdf_max_pages: int = Field(5000, ge=1, description="most pages extracted from one PDF")
+
+
+class FaultsConfig(StrictModel):
+    """How failures of workers (not of rows) are handled."""
+
+    worker_restarts: int = Field(2, ge=0, le=20, description="times Ray restarts a crashed actor and retries a "
+                                 "failed task (a file that kills its worker more often fails the job loudly "
+                                 "instead of retrying forever); a stage's ray_options may override it")
+
+
 class AsrConfig(StrictModel):
-    batch_size: int = Field(8, ge=1, description="VAD segments decoded together")
+    batch_size: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="VAD segments decoded together")
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
     align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
@@ -134,10 +181,14 @@ class StageConfig(StrictModel):
     the same stage classes.
     """
 
-    models: str = Field("tiny-random", description="built-in profile name or a profile YAML file")
+    models: Union[str, ModelsProfile] = Field(
+        "tiny-random", description="built-in profile name, or a profile YAML file (read once, here, so that "
+        "workers on other machines need no copy of it), or the profile itself")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()
+    limits: LimitsConfig = LimitsConfig()
+    faults: FaultsConfig = FaultsConfig()
     resources: Resources = Resources()
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
                                            description="on-demand price per accelerator type and per CPU core")
@@ -146,19 +197,18 @@ class StageConfig(StrictModel):
 
     @field_validator("models")
     @classmethod
-    def _profile(cls, v: str) -> str:
-        load_profile(v)
-        return v
+    def _profile(cls, v: Union[str, ModelsProfile]) -> Union[str, ModelsProfile]:
+        return load_profile(v) if isinstance(v, str) and v not in BUILTIN_PROFILES else v
 
     @property
     def profile(self) -> ModelsProfile:
-        return load_profile(self.models)
+        return self.models if isinstance(self.models, ModelsProfile) else BUILTIN_PROFILES[self.models]
 
     def fingerprint(self) -> str:
         """Hash of everything that changes output rows (not resources, prices or locations)."""
-        keyed = {"pipeline": PIPELINE_VERSION, "profile": self.profile.model_dump(mode="json"),
-                 "video": self.video.model_dump(mode="json"), "asr": self.asr.model_dump(mode="json"),
-                 "vlm": self.vlm.model_dump(mode="json")}
+        keyed = {"pipeline": PIPELINE_VERSION, "profile": output_settings(self.profile),
+                 "video": output_settings(self.video), "asr": output_settings(self.asr),
+                 "vlm": output_settings(self.vlm)}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -179,6 +229,13 @@ class JobConfig(StageConfig):
         if v.startswith("s3://") and len(v) <= len("s3://"):
             raise ValueError(f"{v!r}: name a bucket")
         return v
+
+    @model_validator(mode="after")
+    def _out_outside_corpus(self) -> "JobConfig":
+        if storage.contains(self.corpus, self.out):
+            raise ValueError(f"out {self.out!r} lies inside corpus {self.corpus!r}: the job would read its own "
+                             "tables as inputs; choose an out outside the corpus")
+        return self
 
     @classmethod
     def build(cls, config_file: Optional[str] = None, **overrides: Any) -> "JobConfig":

@@ -1,6 +1,6 @@
 """Rows of every output table from one finished column batch: one definition for batch and online.
 
-The batch job commits these rows (flows/commit.py); the online API returns them (serve_apps/), so a
+The batch job commits these rows (flows/tables.py); the online API returns them (serve_apps/), so a
 response has exactly the shape of the tables.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pyarrow as pa
 from corpusflow.contracts.cost import cost_usd, usd_per_hour
 from corpusflow.contracts.registry import STAGES
 from corpusflow.contracts.schemas import TABLES, conform
+from corpusflow.contracts.stage import RETRYABLE
 
 # Stages whose <name>_wall_s / _device_s / _accel columns become metrics/ rows.
 METRIC_STAGES = tuple(s.name for s in STAGES if s.metrics)
@@ -50,6 +51,7 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
     now = datetime.now(timezone.utc)
     n = len(batch["uri"])
     get = lambda c, i, default=None: batch[c][i] if c in batch else default  # noqa: E731
+    described: set[str] = set()  # identical bytes at several URIs: one set of data rows per content
     for i in range(n):
         aid, kind, err = str(batch["asset_id"][i]), str(batch["kind"][i]), str(batch["error"][i])
         duration = _opt(float(get("duration_s", i, float("nan"))))
@@ -57,7 +59,8 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
         add("assets", asset_id=aid, uri=str(batch["uri"][i]), kind=kind, format=str(batch["format"][i]),
             bytes=int(batch["bytes"][i]), duration_s=duration if kind in ("video", "audio") else None,
             pages=pages, status=status_of(kind, err), error_stage=str(batch["error_stage"][i]) or None,
-            error=err or None, config_fingerprint=fingerprint, job_id=job_id, committed_at=now)
+            error=err or None, retryable=bool(get(RETRYABLE, i, False)) if err else None,
+            config_fingerprint=fingerprint, job_id=job_id, committed_at=now)
         for stage in METRIC_STAGES:
             wall = get(f"{stage}_wall_s", i)
             if wall is None or math.isnan(float(wall)):
@@ -69,8 +72,9 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
                 device_s=device_s, accelerator=accel, media_s=media_s,
                 pages=pages if stage == "pdf" else None, usd_per_hour=usd_per_hour(accel, prices),
                 cost_usd=cost_usd(device_s, accel, prices))
-        if err:
+        if err or aid in described:
             continue
+        described.add(aid)
         if kind in ("video", "audio") and "seg_start" in batch:
             lang = str(batch["language"][i]) or None
             for s, e, t in zip(batch["seg_start"][i], batch["seg_end"][i], batch["seg_text"][i]):

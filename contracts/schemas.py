@@ -2,7 +2,7 @@
 
 Tables are the product: ``assets`` (exactly one row per input file), ``timeline`` (every time-anchored
 text on one axis), ``summaries``, ``pages`` and ``metrics``. A row of any other table belongs to a
-committed asset only when ``assets`` holds its ``asset_id``; see flows/commit.py.
+committed asset only when ``assets`` holds its ``asset_id``; see flows/tables.py.
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ ASSETS = pa.schema([
     pa.field("status", pa.string(), nullable=False, metadata={"doc": "ok|error|skipped"}),
     pa.field("error_stage", pa.string(), metadata={"doc": "stage that failed; null unless status=error"}),
     pa.field("error", pa.string(), metadata={"doc": "why, in a sentence; null when ok"}),
+    pa.field("retryable", pa.bool_(), metadata={"doc": "the failure was transient (throttling, timeouts, GPU memory "
+                                                         "full): `corpusflow run --retry-errors` processes it again; "
+                                                         "null unless status=error"}),
     pa.field("config_fingerprint", pa.string(), nullable=False),
     pa.field("job_id", pa.string(), nullable=False),
     pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),

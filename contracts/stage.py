@@ -25,6 +25,10 @@ Batch = dict[str, np.ndarray]
 Row = dict[str, Any]
 
 ERROR_COLUMNS = ("error_stage", "error")
+# Whether a row's failure was transient (throttling, a timeout, a dropped connection, GPU memory
+# full): such rows are recorded, and processed again by ``corpusflow run --retry-errors``. Optional
+# on input (absent means no transient failure yet); every stage writes it.
+RETRYABLE = "error_retryable"
 
 _SCALAR_KINDS = {"str": "U", "int64": "i", "int32": "i", "float64": "f", "bool": "b"}
 _TENSOR_DTYPES = {"tensor[uint8]": np.uint8, "tensor[float32]": np.float32, "tensor[float64]": np.float64,
@@ -161,6 +165,7 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
     """
     n = contract.check_input(batch)
     errors, stages = list(batch["error"]), list(batch["error_stage"])
+    retryable = [bool(x) for x in batch[RETRYABLE]] if RETRYABLE in batch else [False] * n
     live = [i for i in range(n) if not errors[i]
             and (contract.kinds is None or str(batch["kind"][i]) in contract.kinds)]
     outcomes = process([{c: batch[c][i] for c in contract.reads} for i in live]) if live else []
@@ -175,12 +180,17 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
         for c in contract.writes:
             out_cols[c][i] = values[c]
         if got.error is not None:
+            if is_fatal(got.error):  # this worker can do no more good: let Ray replace it
+                raise WorkerBroken(f"stage {contract.name!r}: {failure_message(got.error)}") from got.error
             stages[i], errors[i] = contract.name, failure_message(got.error)
+            retryable[i] = is_transient(got.error)
         if contract.metrics:
             metric_cols[f"{contract.name}_wall_s"][i] = got.wall_s
             metric_cols[f"{contract.name}_device_s"][i] = got.wall_s if got.device_s is None else got.device_s
             metric_cols[f"{contract.name}_accel"][i] = accelerator
-    return finish(contract, batch, {**out_cols, **metric_cols}, stages, errors)
+    out = finish(contract, batch, {**out_cols, **metric_cols}, stages, errors)
+    out[RETRYABLE] = np.asarray(retryable, dtype=bool)
+    return out
 
 
 class Stage:
@@ -208,6 +218,40 @@ class Stage:
     def process_row(self, row: Row) -> Mapping[str, Any]:
         """The columns this stage writes for one row; raise StageFailure with a sentence for a bad input."""
         raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_row")
+
+
+# What S3 (and other stores) say when a request may succeed later, beyond what the clients retried.
+_TRANSIENT_WORDS = ("slowdown", "slow down", "slow_down", "throttl", "timed out", "timeout", "connection reset",
+                    "connection aborted", "connection refused", "broken pipe", "temporarily unavailable",
+                    "service unavailable", "internalerror", "too many requests", "curl error")
+# A CUDA context in these states fails every later call on this process: only a new worker helps.
+_FATAL_WORDS = ("cuda error", "illegal memory access", "device-side assert", "cudnn_status", "cublas_status",
+                "nccl error")
+
+
+def is_transient(e: BaseException | None) -> bool:
+    """A failure worth trying again later: throttling, timeouts, dropped connections, GPU memory full.
+
+    A StageFailure is judged by its cause (``raise StageFailure(...) from e``) unless it says itself.
+    """
+    if e is None:
+        return False
+    if isinstance(e, StageFailure):
+        return e.retryable or is_transient(e.__cause__)
+    if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: the next batch may fit
+        return True
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    return isinstance(e, OSError) and any(w in str(e).lower() for w in _TRANSIENT_WORDS)
+
+
+def is_fatal(e: BaseException) -> bool:
+    """A failure that leaves this worker unusable (a broken CUDA context), not a fault of the row."""
+    return not is_transient(e) and any(w in str(e).lower() for w in _FATAL_WORDS)
+
+
+class WorkerBroken(RuntimeError):
+    """Raised out of a batch so that Ray replaces the worker (restarts are bounded by the job config)."""
 
 
 def failure_message(e: Exception) -> str:
@@ -255,9 +299,11 @@ class StageFailure(Exception):
     """A row-level failure with a message a person understands (e.g. 'PDF is password-protected').
 
     ``values`` are columns the stage could still fill for the failed row (identify keeps the file's
-    hash, which the assets table needs even for a file it cannot read as media).
+    hash, which the assets table needs even for a file it cannot read as media). ``retryable``: the
+    failure may pass on a later run (else judged from the exception it was raised from).
     """
 
-    def __init__(self, message: str, values: Mapping[str, Any] | None = None):
+    def __init__(self, message: str, values: Mapping[str, Any] | None = None, retryable: bool = False):
         super().__init__(message)
         self.values = dict(values or {})
+        self.retryable = retryable

@@ -1,18 +1,17 @@
 """One way to reach a path: a local folder or ``s3://bucket/prefix``, through pyarrow.fs.
 
 S3 uses the AWS default credential chain; ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) points it
-at an S3-compatible store. Writes are atomic: a reader sees a whole file or none.
+at an S3-compatible store. The output tables go through Delta Lake (flows/tables.py), which takes
+:func:`delta_options` for the same store.
 """
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import BinaryIO
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,44 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# S3 answers SlowDown/503 under load and drops connections now and then: the AWS SDK's standard
+# retry mode backs off exponentially with jitter, up to this many attempts per request.
+S3_ATTEMPTS = 10
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def _s3() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)
+    endpoint = _endpoint()
     if endpoint:
         scheme = "http" if endpoint.startswith("http://") else "https"
         return pafs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[-1], scheme=scheme,
-                                 region=region, allow_bucket_creation=False)
-    return pafs.S3FileSystem(region=region)
+                                 region=_region(), allow_bucket_creation=False, retry_strategy=retry)
+    return pafs.S3FileSystem(region=_region(), retry_strategy=retry)
+
+
+def delta_options(uri: str) -> dict[str, str]:
+    """Storage options for Delta Lake (delta-rs) at ``uri``: the same endpoint and region as ours.
+
+    Credentials come from delta-rs's own AWS chain. ``conditional_put=etag`` makes concurrent
+    writers safe on S3 without a lock table: a log entry is written only if none exists yet.
+    """
+    if not is_s3(uri):
+        return {}
+    options = {"AWS_REGION": _region(), "conditional_put": "etag", "max_retries": str(S3_ATTEMPTS)}
+    endpoint = _endpoint()
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    return options
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -45,6 +74,14 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def contains(outer: str, inner: str) -> bool:
+    """Whether location ``inner`` is ``outer`` or lies under it (same filesystem, normalised paths)."""
+    if is_s3(outer) != is_s3(inner):
+        return False
+    a, b = filesystem(outer)[1].rstrip("/"), filesystem(inner)[1].rstrip("/")
+    return b == a or b.startswith(a + "/")
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -54,7 +91,8 @@ def _to_uri(base_uri: str, fs_path: str) -> str:
 
 
 def list_files(uri: str) -> list[FileEntry]:
-    """Every regular file under ``uri`` (recursive), sorted; hidden and ``_``-prefixed names skipped.
+    """Every regular file under ``uri`` (recursive), sorted; hidden and ``_``-prefixed names included
+    (each input gets its row: a video under ``_archive/`` is processed, a ``.DS_Store`` skipped).
 
     ``uri`` may also name a single file.
     """
@@ -66,8 +104,7 @@ def list_files(uri: str) -> list[FileEntry]:
         return [FileEntry(_to_uri(uri, path), info.size)]
     out = []
     for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        rel = f.path[len(path):].lstrip("/")
-        if f.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in rel.split("/")):
+        if f.type != pafs.FileType.File:
             continue
         out.append(FileEntry(_to_uri(uri, f.path), f.size))
     return sorted(out, key=lambda e: e.uri)
@@ -84,35 +121,20 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_parquet(uri: str) -> list[str]:
-    """Names (not paths) of the committed Parquet files directly under ``uri``."""
+def list_names(uri: str, suffix: str = "") -> list[str]:
+    """Names (not paths) of the files directly under ``uri`` that end with ``suffix``."""
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
 
 
-def write_parquet_atomic(table: pa.Table, uri: str) -> None:
-    """Write ``table`` so that ``uri`` holds either the whole file or nothing.
-
-    Local: write a hidden temporary file beside it, then rename. S3: a single object upload, which
-    S3 makes visible only when complete.
-    """
+def age_s(uri: str) -> float:
+    """Seconds since the file at ``uri`` was last written."""
     fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if is_s3(uri):
-        pq.write_table(table, path, filesystem=fs)
-        return
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    os.replace(tmp, path)
-
-
-def read_parquet(uri: str) -> pa.Table:
-    fs, path = filesystem(uri)
-    return pq.read_table(path, filesystem=fs)
+    mtime = fs.get_file_info(path).mtime
+    return (datetime.now(timezone.utc) - mtime).total_seconds() if mtime else 0.0
 
 
 def delete(uri: str) -> None:

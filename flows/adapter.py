@@ -9,7 +9,7 @@ Ray arguments through (refused at config validation where they would collide wit
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.registry import StageResources, StageSpec
@@ -27,9 +27,14 @@ def stage_class(spec: StageSpec) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def ray_arguments(res: StageResources) -> dict[str, Any]:
-    """``map_batches`` keyword arguments for one stage's reservation."""
-    args: dict[str, Any] = {"num_cpus": res.num_cpus, "batch_size": res.batch_size, **res.ray_options}
+def ray_arguments(res: StageResources, restarts: int, actors: bool) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for one stage's reservation.
+
+    Restarts and retries are bounded (Ray's actor-pool default is unlimited: a file that crashes its
+    worker would reload the model and retry the same batch forever); ``ray_options`` may say otherwise.
+    """
+    bounds = {"max_restarts": restarts, "max_task_retries": restarts} if actors else {"max_retries": restarts}
+    args: dict[str, Any] = {"num_cpus": res.num_cpus, "batch_size": res.batch_size, **bounds, **res.ray_options}
     if res.num_gpus:
         args["num_gpus"] = res.num_gpus
     if res.accelerator_type:
@@ -39,28 +44,17 @@ def ray_arguments(res: StageResources) -> dict[str, Any]:
     return args
 
 
-class _Task:
-    """A picklable function for Ray tasks that builds the stage once per worker process."""
+def _task(cls: type, config: StageConfig) -> Callable[[Batch], Batch]:
+    """A plain function for Ray tasks that builds the stage once per worker process and reuses it."""
+    key = (f"{cls.__module__}.{cls.__qualname__}", config.model_dump_json())
 
-    def __init__(self, cls: type, config: StageConfig):
-        self.cls, self.config = cls, config
-        self.__name__ = cls.__name__  # what Ray names the operator
-
-    def __call__(self, batch: Batch) -> Batch:
-        key = (f"{self.cls.__module__}.{self.cls.__qualname__}", self.config.model_dump_json())
+    def run(batch: Batch) -> Batch:
         if key not in _INSTANCES:
-            _INSTANCES[key] = self.cls(self.config)
+            _INSTANCES[key] = cls(config)
         return _INSTANCES[key](batch)
 
-
-class _Actor:
-    """An actor of a stage's pool: the stage is built in the actor's constructor, once."""
-
-    def __init__(self, cls: type, config: StageConfig):
-        self.stage = cls(config)
-
-    def __call__(self, batch: Batch) -> Batch:
-        return self.stage(batch)
+    run.__name__ = cls.__name__  # what Ray names the operator in logs and progress bars
+    return run
 
 
 def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None) -> Any:
@@ -69,11 +63,12 @@ def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = 
     ``cls`` runs a subclass of the registered stage in its place (the benchmarks' fixed-length engines).
     """
     res = config.resources.of(spec.name)
-    args = ray_arguments(res)
+    args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
     cls = cls or stage_class(spec)
     if spec.pool == "actors":
         from ray.data import ActorPoolStrategy
 
-        return ds.map_batches(_Actor, fn_constructor_args=(cls, config), batch_format="numpy",
+        # The stage class itself is the actor: built once with the config, then called per batch.
+        return ds.map_batches(cls, fn_constructor_args=(config,), batch_format="numpy",
                               compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors), **args)
-    return ds.map_batches(_Task(cls, config), batch_format="numpy", **args)
+    return ds.map_batches(_task(cls, config), batch_format="numpy", **args)

@@ -1,4 +1,4 @@
-"""``corpusflow`` command line: run a corpus job, serve the API, plan a cluster, report on a job."""
+"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +33,21 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
         return 2
-    summary = run_job(config, address=args.address)
+    summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
     print(summary.to_text())
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from corpusflow.flows.tables import OutputError, compact
+
+    try:
+        report = compact(args.out, retain_hours=args.retain_hours)
+    except OutputError as e:
+        print(f"corpusflow: {e}", file=sys.stderr)
+        return 2
+    for table, figures in report.items():
+        print(f"{table:10s} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in figures.items()))
     return 0
 
 
@@ -50,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve,plan,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report}")
     run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
@@ -60,7 +73,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--plan", help="size the actor pools from a plan written by `corpusflow plan --json PATH`")
     run.add_argument("--option", default="mixed", help="which option of the plan to use (default: mixed)")
     run.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
+    run.add_argument("--retry-errors", action="store_true",
+                     help="process again the inputs whose last failure was transient (throttling, timeouts, GPU memory)")
     run.set_defaults(func=_run)
+    comp = sub.add_parser("compact", help="merge OUT's small files, drop rows no asset points at, vacuum old versions")
+    comp.add_argument("out", help="the job's OUT (local folder or s3://bucket/prefix)")
+    comp.add_argument("--retain-hours", type=float, default=168.0,
+                      help="keep versions this young readable by time travel (default: 168, one week)")
+    comp.set_defaults(func=_compact)
     for name in delegated:
         sub.add_parser(name, help=f"see `corpusflow {name} --help`")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The corpus job: one Ray Data stream from listing to committed Parquet tables.
+"""The corpus job: one Ray Data stream from listing to committed Delta Lake tables (flows/tables.py).
 
 list → identify (hash + sniff by content) → drop what this config already committed → the stages of
 the registry in order (contracts/registry.py: decode media and detect speech, extract PDFs, ASR
@@ -25,9 +25,9 @@ from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
-from corpusflow.contracts.stage import Batch
+from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage, ray_arguments
-from corpusflow.flows.commit import batch_key, commit, committed_keys, remove_orphans
+from corpusflow.flows.tables import check_out, commit, committed_keys, job_finished, job_started
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -45,7 +45,6 @@ class JobSummary:
     wall_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
-    orphans_removed: int = 0
 
     def to_text(self) -> str:
         lines = [f"job {self.job_id} (config {self.fingerprint}) finished in {self.wall_s:.1f} s",
@@ -66,14 +65,24 @@ def _start_columns(batch: Batch) -> Batch:
     n = len(batch["uri"])
     batch["error_stage"] = np.full(n, "", dtype=object)
     batch["error"] = np.full(n, "", dtype=object)
+    batch[RETRYABLE] = np.zeros(n, dtype=bool)
     return batch
+
+
+# The done-set of this job, once per worker process: deserialising it for every block would cost
+# O(corpus) per file.
+_DONE: dict[str, set] = {}
 
 
 def _drop_done(done_ref) -> Callable[[Batch], Batch]:
     def drop(batch: Batch) -> Batch:
         import ray
 
-        done = ray.get(done_ref)
+        key = done_ref.hex()
+        if key not in _DONE:
+            _DONE.clear()  # one job's set at a time
+            _DONE[key] = ray.get(done_ref)
+        done = _DONE[key]
         keep = np.array([(u, a) not in done for u, a in zip(batch["uri"], batch["asset_id"])], dtype=bool)
         return {k: v[keep] for k, v in batch.items()}
     return drop
@@ -87,7 +96,7 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
 
     def commit_batch(batch: Batch) -> Batch:
         tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
-        commit(tables, config.out, f"{fingerprint}-{batch_key(batch)}.parquet")
+        commit(tables, config.out, job_id)
         record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
@@ -126,7 +135,11 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
     if not commit_rows:
         return ds
     return ds.map_batches(_committer(config, job_id), batch_format="numpy",
-                          **ray_arguments(config.resources.commit))
+                          **ray_arguments(config.resources.commit, config.faults.worker_restarts, actors=False))
+
+
+_WORKER_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_ENDPOINT",
+                    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _package_for_workers() -> str:
@@ -164,27 +177,33 @@ def init_ray(address: Optional[str]) -> None:
     if not address and os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
         return
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "TRANSFORMERS_"))}}
     if address:
-        env["py_modules"] = [_package_for_workers()]
+        # Where to reach storage and models, never credentials: workers use their own credential
+        # chain (instance role, IRSA), and a copied short-lived token would expire mid-job.
+        env = {"env_vars": {k: os.environ[k] for k in _WORKER_SETTINGS if k in os.environ},
+               "py_modules": [_package_for_workers()]}
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
+        # A local cluster's workers inherit this process's environment, credentials included.
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
         # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False,
-                 runtime_env=env)
+        ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
 
 
 def run_job(config: JobConfig, address: Optional[str] = None,
-            progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> JobSummary:
-    """Run the whole job and return its summary; raises only for problems with the job itself."""
+            progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+            retry_errors: bool = False) -> JobSummary:
+    """Run the whole job and return its summary; raises only for problems with the job itself.
+
+    ``retry_errors`` processes again the inputs whose last failure was transient.
+    """
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
     entries = storage.list_files(config.corpus)
     summary.files = len(entries)
-    summary.orphans_removed = remove_orphans(config.out)
-    done = committed_keys(config.out, summary.fingerprint)
+    check_out(config.out)
+    done = committed_keys(config.out, summary.fingerprint, retry_errors)
     progress(f"corpusflow: {len(entries)} files under {config.corpus}; {len(done)} assets already committed "
              f"for config {summary.fingerprint}; writing to {config.out}")
     if not entries:
@@ -200,30 +219,34 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     statuses: Counter = Counter()
     kinds: Counter = Counter()
     seen = 0
-    for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["uri"])):
-            seen += 1
-            status, kind = str(batch["status"][i]), str(batch["kind"][i])
-            statuses[status] += 1
-            kinds[kind] += 1
-            dur = float(batch["duration_s"][i])
-            if status == "ok" and not np.isnan(dur):
-                if kind == "video":
-                    summary.video_hours += dur / 3600
-                elif kind == "audio":
-                    summary.audio_hours += dur / 3600
-            if status == "ok" and kind == "pdf":
-                summary.pages += int(batch["pages"][i])
-            for stage in METRIC_STAGES:
-                w = float(batch[f"{stage}_wall_s"][i])
-                if not np.isnan(w):
-                    stage_s[stage] += w
-            if status == "error":
-                summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
-                                       "error": str(batch["error"][i])})
-            elapsed = time.time() - t0
-            progress(f"[{seen + len(done)}/{len(entries)}] {status:7s} {kind:5s} {batch['uri'][i]}"
-                     f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
+    job_started(config.out, job_id)  # compact waits while it writes
+    try:
+        for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["uri"])):
+                seen += 1
+                status, kind = str(batch["status"][i]), str(batch["kind"][i])
+                statuses[status] += 1
+                kinds[kind] += 1
+                dur = float(batch["duration_s"][i])
+                if status == "ok" and not np.isnan(dur):
+                    if kind == "video":
+                        summary.video_hours += dur / 3600
+                    elif kind == "audio":
+                        summary.audio_hours += dur / 3600
+                if status == "ok" and kind == "pdf":
+                    summary.pages += int(batch["pages"][i])
+                for stage in METRIC_STAGES:
+                    w = float(batch[f"{stage}_wall_s"][i])
+                    if not np.isnan(w):
+                        stage_s[stage] += w
+                if status == "error":
+                    summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
+                                           "error": str(batch["error"][i])})
+                elapsed = time.time() - t0
+                progress(f"[{seen + len(done)}/{len(entries)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+                         f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
+    finally:
+        job_finished(config.out, job_id)
     summary.already_done = len(entries) - seen
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}

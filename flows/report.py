@@ -22,7 +22,7 @@ import pyarrow as pa  # noqa: E402
 
 from corpusflow.contracts import storage  # noqa: E402
 from corpusflow.contracts.registry import BY_NAME  # noqa: E402
-from corpusflow.flows.commit import read_table  # noqa: E402
+from corpusflow.flows.tables import read_table  # noqa: E402
 
 _COLORS = {"cpu": "#8c8c8c", "A10G": "#2b8cbe", "H100": "#e6550d", "H200": "#a63603", "A100": "#31a354",
            "L4": "#756bb1"}

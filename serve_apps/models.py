@@ -16,6 +16,8 @@ from corpusflow.contracts.schemas import ASSETS, PAGES, SUMMARIES, TIMELINE
 def _python_type(t: pa.DataType) -> type:
     if pa.types.is_string(t):
         return str
+    if pa.types.is_boolean(t):
+        return bool
     if pa.types.is_integer(t):
         return int
     if pa.types.is_floating(t):

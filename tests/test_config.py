@@ -6,7 +6,7 @@ from corpusflow.flows.cli import main
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = JobConfig.build(None, corpus=str(tmp_path), out=str(tmp_path / "o"), **{"video.fps": 0.5})
+    cfg = JobConfig.build(None, corpus=str(tmp_path / "c"), out=str(tmp_path / "o"), **{"video.fps": 0.5})
     assert cfg.video.fps == 0.5 and cfg.models == "tiny-random"
     assert JobConfig.build(None, corpus="s3://b/p", out="s3://b/o").fingerprint() != cfg.fingerprint()
 
@@ -24,12 +24,14 @@ def test_fingerprint_ignores_resources_and_locations(tmp_path):
     ("vidoe:\n  fps: 1\n", "vidoe"),
     ("- just\n- a list\n", "mapping"),
     ("models: no-such-profile\n", "no-such-profile"),
+    ("resources:\n  asr:\n    ray_options: {num_gpus: 1}\n", "ray_options may not set ['num_gpus']"),
+    ("resources:\n  gpu_stage: {num_cpus: 1}\n", "unknown stages ['gpu_stage']"),
 ])
 def test_bad_config_is_rejected_with_a_clear_message(tmp_path, yaml_text, expected):
     f = tmp_path / "job.yaml"
     f.write_text(yaml_text)
     with pytest.raises(ConfigError) as e:
-        JobConfig.build(str(f), corpus=str(tmp_path), out=str(tmp_path / "o"))
+        JobConfig.build(str(f), corpus=str(tmp_path / "c"), out=str(tmp_path / "o"))
     assert expected in str(e.value)
 
 
@@ -38,8 +40,42 @@ def test_cli_rejects_bad_input_before_starting_ray(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", str(tmp_path), "--out", "http://example.com/x"]) == 2
     assert "s3://bucket/prefix" in capsys.readouterr().err
-    assert main(["run", str(tmp_path), "--out", str(tmp_path / "o"), "--fps", "0"]) == 2
+    assert main(["run", str(tmp_path), "--out", str(tmp_path.parent / "o"), "--fps", "0"]) == 2
     assert "video.fps" in capsys.readouterr().err
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_an_out_inside_the_corpus_is_refused(tmp_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    assert main(["run", str(tmp_path / "corpus"), "--out", str(tmp_path / "corpus" / "tables")]) == 2
+    assert "lies inside corpus" in capsys.readouterr().err
+    assert main(["run", "s3://bucket/corpus", "--out", "s3://bucket/corpus/out"]) == 2
+    assert "lies inside corpus" in capsys.readouterr().err
+
+
+def _profile_file(tmp_path, name, **engine):
+    import yaml
+
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump({"name": name, "asr": "tiny-random", "vlm": "tiny-random",
+                                 "engine_options": {"default": {"dtype": "float32", **engine}}}))
+    return str(f)
+
+
+def test_speed_and_memory_knobs_do_not_change_the_fingerprint(tmp_path):
+    base = JobConfig.build(None, corpus="a", out="b", models=_profile_file(tmp_path, "p1"))
+    tuned = JobConfig.build(None, corpus="a", out="b", **{"asr.batch_size": 32},
+                            models=_profile_file(tmp_path, "p1", gpu_memory_utilization=0.5, max_num_seqs=2))
+    assert tuned.fingerprint() == base.fingerprint()  # lowering memory after an OOM re-processes nothing
+    other = JobConfig.build(None, corpus="a", out="b", models=_profile_file(tmp_path, "p1", max_frames=8))
+    assert other.fingerprint() != base.fingerprint()  # fewer frames per prompt: other answers
+
+
+def test_a_profile_file_travels_inside_the_config(tmp_path):
+    path = _profile_file(tmp_path, "mine")
+    config = JobConfig.build(None, corpus="a", out="b", models=path)
+    (tmp_path / "mine.yaml").unlink()  # a worker on another machine has no copy of the file
+    on_worker = JobConfig.model_validate_json(config.model_dump_json())
+    assert on_worker.profile.name == "mine" and on_worker.fingerprint() == config.fingerprint()

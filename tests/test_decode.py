@@ -17,7 +17,7 @@ SECONDS, FPS, SCENES = 6.0, 10, 3  # scenes change at 2 s and 4 s; a keyframe ev
 
 
 def config(**video) -> JobConfig:
-    return JobConfig(corpus="/tmp", out="/tmp/out", video={"fps": 1.0, "frame_size": 112, **video})
+    return JobConfig(corpus="/tmp/corpus", out="/tmp/out", video={"fps": 1.0, "frame_size": 112, **video})
 
 
 def batch(paths: list[Path], kinds: list[str], errors: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason
 
 
 def _config(tmp_path, model_cache, **overrides) -> JobConfig:
-    return JobConfig.build(corpus=str(tmp_path), out=str(tmp_path / "out"), model_cache=model_cache, **overrides)
+    return JobConfig.build(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"), model_cache=model_cache, **overrides)
 
 
 def _video_row(n_frames: int = 12, side: int = 56, segments: int = 40, error: str = "") -> dict:
@@ -151,7 +151,7 @@ def vllm_engine(model_cache):
     """One tiny vLLM engine for the module: each holds a share of the GPU until its process ends."""
     from corpusflow.actors.engines.vlm_vllm import VllmEngine
 
-    config = JobConfig.build(corpus="/tmp", out="/tmp/out", model_cache=model_cache)
+    config = JobConfig.build(corpus="/tmp/corpus", out="/tmp/out", model_cache=model_cache)
     return VllmEngine(config.profile, model_cache)
 
 

@@ -29,7 +29,7 @@ def batch(paths: list[Path], errors: list[str] | None = None) -> dict[str, np.nd
 
 @pytest.fixture(scope="module")
 def stage() -> Identify:
-    return Identify(JobConfig(corpus="/tmp", out="/tmp/out"))
+    return Identify(JobConfig(corpus="/tmp/corpus", out="/tmp/out"))
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import boto3
+from deltalake import DeltaTable
 import pytest
 
 from corpusflow.contracts import storage
 from corpusflow.contracts.schemas import TABLES
 from corpusflow.flows.cli import main
-from corpusflow.flows.commit import read_table
+from corpusflow.flows.tables import read_table
 from tests import media
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,10 @@ def corpus(tmp_path_factory) -> Path:
     media.truncate_copy(root / "lecture.mp4", root / "truncated.mp4", 0.3)
     (root / "empty.mov").write_bytes(b"")
     (root / "notes.txt").write_text("meeting notes\n")
+    # Every file gets its row, hidden and "_" folders included; identical bytes share one set of data rows.
+    (root / "_archive").mkdir()
+    (root / "_archive" / "label_copy.pdf").write_bytes((root / "docs" / "label.pdf").read_bytes())
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     return root
 
 
@@ -42,6 +47,7 @@ EXPECTED = {  # file → (kind, status, error_stage)
     "interview.wav": ("audio", "ok", None), "docs/label.pdf": ("pdf", "ok", None),
     "docs/locked.pdf": ("pdf", "error", "pdf"), "docs/really_a_pdf.mp4": ("pdf", "ok", None),
     "empty.mov": (None, "error", "identify"), "notes.txt": ("other", "skipped", None),
+    "_archive/label_copy.pdf": ("pdf", "ok", None), ".DS_Store": ("other", "skipped", None),
 }
 
 
@@ -59,12 +65,13 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     out = tmp_path / "out"
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
     printed = capsys.readouterr()
-    assert "files: 10 listed, 0 already done" in printed.out and "[10/10]" in printed.err
+    assert "files: 12 listed, 0 already done" in printed.out and "[12/12]" in printed.err
 
     assets = read_table(str(out), "assets")
     assert assets.schema == TABLES["assets"]
     rows = _by_file(assets, str(corpus))
-    assert len(rows) == assets.num_rows == 10
+    assert len(rows) == assets.num_rows == 12
+    assert rows["_archive/label_copy.pdf"]["asset_id"] == rows["docs/label.pdf"]["asset_id"]
     for name, (kind, status, stage) in EXPECTED.items():
         r = rows[name]
         assert (r["status"], r["error_stage"]) == (status, stage), (name, r)
@@ -88,12 +95,12 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     assert {"identify", "decode", "asr", "vlm", "pdf"} <= set(metrics["stage"].to_pylist())
     assert all(c >= 0 for c in metrics["cost_usd"].to_pylist())
 
-    # Same job again: everything is already committed, nothing is written twice.
-    before = {t: sorted(storage.list_parquet(str(out / t))) for t in TABLES}
+    # Same job again: everything is already committed, nothing is written at all (no new table version).
+    before = {t: DeltaTable(str(out / t)).version() for t in TABLES}
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
-    assert "10 already done" in capsys.readouterr().out
-    assert {t: sorted(storage.list_parquet(str(out / t))) for t in TABLES} == before
-    assert read_table(str(out), "assets").num_rows == 10
+    assert "12 already done" in capsys.readouterr().out
+    assert {t: DeltaTable(str(out / t)).version() for t in TABLES} == before
+    assert read_table(str(out), "assets").num_rows == 12
 
 
 def test_stage_columns_are_arrow_native(corpus, tmp_path, model_cache):
@@ -128,18 +135,18 @@ def test_a_killed_job_rerun_completes_without_loss_or_duplicates(corpus, tmp_pat
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).parents[1])
     deadline = time.time() + 300
-    while time.time() < deadline and not storage.list_parquet(str(out / "assets")):
+    while time.time() < deadline and not read_table(str(out), "assets").num_rows:
         assert proc.poll() is None, f"the job exited ({proc.returncode}) before committing anything"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
     proc.wait()
     partial = read_table(str(out), "assets").num_rows
-    assert 0 < partial <= 10
+    assert 0 < partial <= 12
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
     assets = read_table(str(out), "assets")
     assert sorted(_by_file(assets, str(corpus))) == sorted(
         str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
-    assert assets.num_rows == 10
+    assert assets.num_rows == 12
     pages = read_table(str(out), "pages").to_pylist()
     assert len({(p["asset_id"], p["page"]) for p in pages}) == len(pages) == 5
 

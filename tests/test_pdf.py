@@ -15,12 +15,13 @@ from tests import media
 def batch(paths: list[Path | str], errors: list[str] | None = None) -> dict[str, np.ndarray]:
     errors = errors or [""] * len(paths)
     return {"uri": np.asarray([str(p) for p in paths]), "kind": np.asarray(["pdf"] * len(paths)),
+            "bytes": np.asarray([Path(p).stat().st_size if Path(p).is_file() else 0 for p in paths], np.int64),
             "error_stage": np.asarray(["earlier" if e else "" for e in errors]), "error": np.asarray(errors)}
 
 
 @pytest.fixture(scope="module")
 def stage() -> ExtractPdf:
-    return ExtractPdf(JobConfig(corpus="/tmp", out="/tmp/out"))
+    return ExtractPdf(JobConfig(corpus="/tmp/corpus", out="/tmp/out"))
 
 
 def test_text_images_and_metadata(stage, tmp_path):

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from deltalake import write_deltalake
 
-from corpusflow.contracts import storage
 from corpusflow.contracts.config import Resources
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
 from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, STAGES, Cluster, CorpusStats,
@@ -184,15 +184,14 @@ def test_profile_measured_from_a_jobs_metrics_drives_a_local_plan(tmp_path: Path
                      ("device_s", wall), ("accelerator", "cpu"), ("media_s", media), ("pages", pages),
                      ("usd_per_hour", 0.048), ("cost_usd", 0.0)):
             cols[k].append(v)
-    storage.write_parquet_atomic(conform("metrics", cols), str(tmp_path / "out" / "metrics" / "m.parquet"))
+    write_deltalake(str(tmp_path / "out" / "metrics"), conform("metrics", cols))
     ids = ["v", "a", "d"]
     now = datetime.now(timezone.utc)
     assets = {"asset_id": ids, "uri": [f"/c/{i}" for i in ids], "kind": ["video", "audio", "pdf"],
               "format": ["mp4", "wav", "pdf"], "bytes": [1, 1, 1], "duration_s": [60.0, 30.0, None],
-              "pages": [None, None, 5], "status": ["ok"] * 3, "error_stage": [None] * 3, "error": [None] * 3,
+              "pages": [None, None, 5], "status": ["ok"] * 3, "error_stage": [None] * 3, "error": [None] * 3, "retryable": [None] * 3,
               "config_fingerprint": ["f"] * 3, "job_id": ["j"] * 3, "committed_at": [now] * 3}
-    # The assets file of the same name is what commits the metrics rows.
-    storage.write_parquet_atomic(conform("assets", assets), str(tmp_path / "out" / "assets" / "m.parquet"))
+    write_deltalake(str(tmp_path / "out" / "assets"), conform("assets", assets))
     profile = plan.profile_from_metrics(plan.read_table(str(tmp_path / "out"), "metrics"), "tiny", 5.0, "test")
     assert profile.rates["decode"]["cpu"] == pytest.approx(60 / 3)  # speech detection runs in decode's tasks
     assert profile.rates["asr"]["cpu"] == pytest.approx(90 / 9)

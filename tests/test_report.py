@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from deltalake import write_deltalake
 
-from corpusflow.contracts import storage
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd
 from corpusflow.contracts.schemas import conform
 from corpusflow.flows import report
@@ -29,14 +29,14 @@ def _write_job(out: Path) -> None:
         ("p2", "pdf", None, 10, "error", "pdf", "PDF is password-protected", 2),
     ]
     cols = {"asset_id": [], "uri": [], "kind": [], "format": [], "bytes": [], "duration_s": [], "pages": [],
-            "status": [], "error_stage": [], "error": [], "config_fingerprint": [], "job_id": [], "committed_at": []}
+            "status": [], "error_stage": [], "error": [], "retryable": [], "config_fingerprint": [], "job_id": [], "committed_at": []}
     for aid, kind, dur, pages, status, est, err, minute in assets:
         for k, v in (("asset_id", aid), ("uri", f"/corpus/{aid}"), ("kind", kind), ("format", kind), ("bytes", 1000),
                      ("duration_s", dur), ("pages", pages), ("status", status), ("error_stage", est), ("error", err),
-                     ("config_fingerprint", "f" * 16), ("job_id", "job-1"),
+                     ("retryable", False if err else None), ("config_fingerprint", "f" * 16), ("job_id", "job-1"),
                      ("committed_at", T0 + timedelta(minutes=minute))):
             cols[k].append(v)
-    storage.write_parquet_atomic(conform("assets", cols), str(out / "assets" / "part-0.parquet"))
+    write_deltalake(str(out / "assets"), conform("assets", cols))
 
     # (asset, kind, stage, device_s, accelerator, media_s, pages)
     rows = [("v1", "video", "decode", 60, "cpu", 3600, None), ("v1", "video", "asr", 144, "A10G", 3600, None),
@@ -52,7 +52,7 @@ def _write_job(out: Path) -> None:
                      ("usd_per_hour", DEFAULT_USD_PER_HOUR[acc]),
                      ("cost_usd", cost_usd(dev, acc, DEFAULT_USD_PER_HOUR))):
             m[k].append(v)
-    storage.write_parquet_atomic(conform("metrics", m), str(out / "metrics" / "part-0.parquet"))
+    write_deltalake(str(out / "metrics"), conform("metrics", m))
 
 
 @pytest.fixture()
@@ -115,8 +115,9 @@ def test_reports_on_tables_in_s3(tmp_path: Path, s3_server: str, s3_bucket: str)
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    for table in ("assets", "metrics"):
-        s3.upload_file(str(tmp_path / "local" / table / "part-0.parquet"), s3_bucket, f"out/{table}/part-0.parquet")
+    for f in (tmp_path / "local").rglob("*"):  # the Delta tables as they are: data files and logs
+        if f.is_file():
+            s3.upload_file(str(f), s3_bucket, f"out/{f.relative_to(tmp_path / 'local')}")
     out = f"s3://{s3_bucket}/out"
     assert report.main([out]) == 2  # nowhere local to write the HTML
     assert report.main([out, "--html", str(tmp_path / "r.html")]) == 0

@@ -49,7 +49,7 @@ def _config(tmp_path: Path, model_cache: str, **vlm) -> JobConfig:
         "default": {"dtype": "float32", "max_model_len": 1280, "max_frames": 8}})
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-    return JobConfig(corpus=str(tmp_path), out=str(tmp_path / "out"), models=str(path), model_cache=model_cache,
+    return JobConfig(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"), models=str(path), model_cache=model_cache,
                      vlm={"max_new_tokens": MAX_NEW, "max_transcript_chars": 400, "window_overlap_frames": 2, **vlm})
 
 
@@ -203,7 +203,7 @@ def test_on_gpu_the_engine_runs_bf16_with_the_devices_attention_kernel(tmp_path,
         "default": {"dtype": "auto", "max_model_len": 4096, "max_frames": 8}})
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-    stage = Describe(JobConfig(corpus=str(tmp_path), out=str(tmp_path / "out"), models=str(path),
+    stage = Describe(JobConfig(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"), models=str(path),
                                model_cache=model_cache, vlm={"max_new_tokens": MAX_NEW}))
     flash = importlib.util.find_spec("flash_attn") is not None
     assert stage.engine.attn_implementation == attention_for(accelerator(), "auto", flash)

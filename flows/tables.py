@@ -1,0 +1,186 @@
+"""The output tables: Delta Lake tables that Spark, Trino/Athena, DuckDB, Polars and pandas read as they are.
+
+``OUT/<table>/`` is a Delta table (Parquet files plus the ``_delta_log/`` transaction log). A batch is
+committed as one transaction per table, each replacing the rows of the batch's keys
+(``write_deltalake(mode="overwrite", predicate=...)``), so a reader opening the latest version sees
+exactly the current rows and never a half-written batch; earlier versions stay readable by time
+travel until ``corpusflow compact`` vacuums them.
+
+Keys, so that nothing appears twice and superseded rows disappear:
+
+- ``assets``: one row per input URI.
+- ``timeline``, ``summaries``, ``pages``: the rows of one content hash (``asset_id``). Identical bytes
+  at several URIs share one set of rows; a re-run under a new config replaces them.
+- ``metrics``: what one job spent on one asset, ``(job_id, asset_id)``; earlier jobs' costs stay.
+
+Data tables are committed before ``assets``: a job that dies between the two leaves data rows no
+``assets`` row points at, which its re-run replaces and ``compact`` removes. Concurrent writers are
+serialised by the log (atomic rename locally, conditional PUT on S3); a commit that loses a race on
+the same keys is retried.
+"""
+from __future__ import annotations
+
+import random
+import time
+from typing import Iterable, Mapping, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from corpusflow.contracts import storage
+from corpusflow.contracts.schemas import TABLES
+
+DATA_TABLES = ("timeline", "summaries", "pages", "metrics")
+# A job that has not said it finished within this long is taken to have died (it cannot block compact forever).
+STALE_JOB_HOURS = 24.0
+KEYS = {"assets": ("uri",), "timeline": ("asset_id",), "summaries": ("asset_id",), "pages": ("asset_id",),
+        "metrics": ("job_id", "asset_id")}
+_COMMIT_ATTEMPTS = 8
+
+
+class OutputError(RuntimeError):
+    """OUT cannot be used as it is (for example, it holds tables of an older corpusflow)."""
+
+
+def table_uri(out: str, table: str) -> str:
+    return storage.join(out, table)
+
+
+def exists(out: str, table: str) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(table_uri(out, table), storage_options=storage.delta_options(out))
+
+
+def check_out(out: str) -> None:
+    """Refuse an OUT whose tables are bare Parquet files of corpusflow before 0.2 (no transaction log)."""
+    for table in TABLES:
+        uri = table_uri(out, table)
+        if storage.list_names(uri, ".parquet") and not exists(out, table):
+            raise OutputError(f"{uri} holds Parquet files of an older corpusflow, not a Delta table; "
+                              "write to a new OUT (the old tables stay readable as Parquet)")
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _predicate(table: str, rows: pa.Table, keys: Mapping[str, Iterable[str]]) -> str:
+    """``col IN (...) [AND ...]`` over the batch's key values (SQL string literals, quotes doubled)."""
+    parts = []
+    for col in KEYS[table]:
+        values = sorted(set(keys[col]) | set(rows[col].to_pylist()))
+        parts.append(f"{col} IN ({', '.join(_sql(v) for v in values)})")
+    return " AND ".join(parts)
+
+
+def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterable[str]]) -> None:
+    """One transaction: the rows under ``keys`` (column → values) become ``rows``; retried on a lost race."""
+    from deltalake import write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    options = storage.delta_options(out)
+    predicate = _predicate(table, rows, keys)
+    for attempt in range(_COMMIT_ATTEMPTS):
+        try:
+            if not exists(out, table):  # the first commit creates the table with its declared schema
+                write_deltalake(table_uri(out, table), TABLES[table].empty_table(), mode="append",
+                                storage_options=options)
+            write_deltalake(table_uri(out, table), rows, mode="overwrite", predicate=predicate,
+                            storage_options=options)
+            return
+        except CommitFailedError:
+            if attempt == _COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+def commit(tables: Mapping[str, pa.Table], out: str, job_id: str) -> None:
+    """Commit one batch: data tables first, ``assets`` last (see the module docstring for why)."""
+    assets = tables["assets"]
+    ids = assets["asset_id"].to_pylist()
+    for name in DATA_TABLES:
+        keys = {"asset_id": ids, "job_id": [job_id]}
+        replace_rows(out, name, tables[name], keys)
+    replace_rows(out, "assets", assets, {"uri": assets["uri"].to_pylist()})
+
+
+def open_table(out: str, table: str, version: Optional[int] = None) -> pads.Dataset:
+    """The table's latest (or given) version as a pyarrow dataset: scanned in batches, not loaded whole."""
+    from deltalake import DeltaTable
+
+    if not exists(out, table):
+        return pads.dataset(TABLES[table].empty_table())
+    dt = DeltaTable(table_uri(out, table), version=version, storage_options=storage.delta_options(out))
+    return dt.to_pyarrow_dataset()
+
+
+def read_table(out: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """The current rows of a table (what any Delta reader sees at the latest version), in our schema."""
+    got = open_table(out, table).to_table(columns=columns)
+    schema = TABLES[table] if columns is None else pa.schema([TABLES[table].field(c) for c in columns])
+    return got.cast(schema)
+
+
+def committed_keys(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, str]]:
+    """(uri, asset_id) pairs already committed under this config fingerprint: a re-run skips them.
+
+    With ``retry_errors``, inputs whose failure was transient (``retryable``) are not counted as done.
+    """
+    done = pc.field("config_fingerprint") == fingerprint
+    if retry_errors:
+        # Kleene logic: an ok row's null ``retryable`` leaves "error AND retryable" false, so it stays done.
+        done = done & ~((pc.field("status") == "error") & pc.field("retryable"))
+    found = open_table(out, "assets").to_table(columns=["uri", "asset_id"], filter=done)
+    return set(zip(found["uri"].to_pylist(), found["asset_id"].to_pylist()))
+
+
+def _running(out: str) -> str:
+    return storage.join(out, "_jobs", "running")
+
+
+def job_started(out: str, job_id: str) -> None:
+    """Mark ``job_id`` as writing to OUT, so that ``compact`` waits for it."""
+    storage.write_json(job_id, storage.join(_running(out), job_id))
+
+
+def job_finished(out: str, job_id: str) -> None:
+    storage.delete(storage.join(_running(out), job_id))
+
+
+def running_jobs(out: str) -> list[str]:
+    """Jobs that marked themselves as writing to OUT within the last STALE_JOB_HOURS."""
+    return [j for j in storage.list_names(_running(out))
+            if storage.age_s(storage.join(_running(out), j)) < STALE_JOB_HOURS * 3600]
+
+
+def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:
+    """Remove data rows no ``assets`` row points at, merge small files, and delete files no version
+    younger than ``retain_hours`` references (time travel reaches back that far, no further).
+
+    Refused while a job writes to OUT: its batch between data and assets commits would look orphaned.
+    """
+    from deltalake import DeltaTable
+
+    busy = running_jobs(out)
+    if busy:
+        raise OutputError(f"jobs are writing to {out}: {', '.join(busy)}; compact once they finish (a job that "
+                          f"died stops counting {STALE_JOB_HOURS:g} h after it started)")
+    options = storage.delta_options(out)
+    live = set(read_table(out, "assets", ["asset_id"])["asset_id"].to_pylist())
+    report: dict[str, dict[str, int]] = {}
+    for table in TABLES:
+        if not exists(out, table):
+            continue
+        dt = DeltaTable(table_uri(out, table), storage_options=options)
+        removed = 0
+        if table != "assets":
+            stale = set(open_table(out, table).to_table(columns=["asset_id"])["asset_id"].to_pylist()) - live
+            if stale:
+                removed = dt.delete(f"asset_id IN ({', '.join(_sql(a) for a in sorted(stale))})")["num_deleted_rows"]
+        merged = dt.optimize.compact()
+        vacuumed = dt.vacuum(retention_hours=int(retain_hours), enforce_retention_duration=False, dry_run=False)
+        report[table] = {"orphan_rows_removed": removed, "files_added": merged.get("numFilesAdded", 0),
+                         "files_removed": merged.get("numFilesRemoved", 0), "files_vacuumed": len(vacuumed)}
+    return report
