@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from corpusflow.contracts.base import ConfigError, StrictModel, read_mapping, read_yaml, validated
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
@@ -37,6 +37,31 @@ class VlmEngineOptions(StrictModel):
         "changes while vLLM profiles, and gpu_memory_utilization then fails its start-up check)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="transformers attention kernel; auto picks per GPU and what is installed")
+    max_num_batched_tokens: Optional[int] = Field(
+        None, ge=512, description="vLLM: tokens per scheduler step, i.e. the prefill chunk size; None leaves "
+        "vLLM's default, which is 2048 inside Ray's processor and Ray Serve (too small for 50k-token prompts)")
+    renderer_num_workers: Optional[int] = Field(
+        None, ge=1, description="vLLM: threads that render prompts and preprocess images (resize, patchify) on "
+        "the async path that Ray's processor and Ray Serve use; None leaves vLLM's default of one. Above one "
+        "needs mm_processor_cache_gb: 0 (vLLM's cache is not thread-safe)")
+    mm_processor_cache_gb: Optional[float] = Field(
+        None, ge=0, description="vLLM: cache of preprocessed images keyed by content, in GiB; 0 turns it off "
+        "(every frame of a corpus is new, so it only costs memory and hashing); None leaves vLLM's default (4)")
+    max_frame_pixels: Optional[int] = Field(
+        None, ge=28 * 28, description="pixels of one frame as the VLM sees it (the image processor's max_pixels); "
+        "frames above it are scaled down, 256 visual tokens = 448x448; None keeps the sampled frame size")
+
+    # Knobs that shape speed and memory, not what the model computes: left out of the job fingerprint,
+    # so tuning an engine for a GPU does not make a re-run redo committed work.
+    RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset({"gpu_memory_utilization", "max_num_seqs", "kv_cache_memory_bytes",
+                              "max_num_batched_tokens", "renderer_num_workers", "mm_processor_cache_gb"})
+
+    @model_validator(mode="after")
+    def _renderer_without_cache(self) -> "VlmEngineOptions":
+        if (self.renderer_num_workers or 1) > 1 and self.mm_processor_cache_gb != 0:
+            raise ValueError("renderer_num_workers above 1 needs mm_processor_cache_gb: 0 "
+                             "(vLLM refuses its preprocessing cache with several renderer threads)")
+        return self
 
 
 class ModelsProfile(StrictModel):
@@ -72,8 +97,12 @@ QWEN25_VL_7B = ModelsProfile(
         "default": VlmEngineOptions(),
         "A10G": VlmEngineOptions(dtype="bfloat16", max_model_len=16384, gpu_memory_utilization=0.92,
                                  max_frames=32, max_num_seqs=4, attn_implementation="sdpa"),
-        "H100": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
-        "H200": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
+        # 16k-token prefill chunks (what vllm.LLM picks on these GPUs; Ray's processor would get 2048),
+        # eight preprocessing threads, and no preprocessing cache: a corpus never shows a frame twice.
+        "H100": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32,
+                                 max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0),
+        "H200": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32,
+                                 max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0),
     },
 )
 
@@ -156,7 +185,10 @@ class StageConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes output rows (not resources, prices or locations)."""
-        keyed = {"pipeline": PIPELINE_VERSION, "profile": self.profile.model_dump(mode="json"),
+        profile = self.profile.model_dump(mode="json")
+        profile["engine_options"] = {gpu: opts.model_dump(mode="json", exclude=set(VlmEngineOptions.RUNTIME_ONLY))
+                                     for gpu, opts in self.profile.engine_options.items()}
+        keyed = {"pipeline": PIPELINE_VERSION, "profile": profile,
                  "video": self.video.model_dump(mode="json"), "asr": self.asr.model_dump(mode="json"),
                  "vlm": self.vlm.model_dump(mode="json")}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]

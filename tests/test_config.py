@@ -1,5 +1,6 @@
 """Job config is validated, with messages a person can act on, before Ray is touched."""
 import pytest
+import yaml
 
 from corpusflow.contracts.config import ConfigError, JobConfig
 from corpusflow.flows.cli import main
@@ -15,6 +16,29 @@ def test_fingerprint_ignores_resources_and_locations(tmp_path):
     a = JobConfig.build(None, corpus="a", out="b")
     b = JobConfig.build(None, corpus="c", out="d", **{"resources.asr.max_actors": 4, "usd_per_hour.H100": 1.0})
     assert a.fingerprint() == b.fingerprint()
+
+
+def _profile(tmp_path, name: str, **options) -> str:
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump({"name": "talks", "asr": "tiny-random", "vlm": "tiny-random",
+                                 "engine_options": {"default": options}}))
+    return str(f)
+
+
+def test_fingerprint_ignores_engine_speed_knobs_but_not_what_the_model_sees(tmp_path):
+    plain = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "plain"))
+    tuned = JobConfig.build(None, corpus="a", out="b", models=_profile(
+        tmp_path, "tuned", max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0,
+        max_num_seqs=64, gpu_memory_utilization=0.5))
+    smaller = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "smaller", max_frame_pixels=224 * 224))
+    assert plain.fingerprint() == tuned.fingerprint()
+    assert smaller.fingerprint() != plain.fingerprint()
+
+
+def test_several_renderer_threads_need_the_preprocessing_cache_off(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "bad", renderer_num_workers=4))
+    assert "mm_processor_cache_gb: 0" in str(e.value)
 
 
 @pytest.mark.parametrize("yaml_text, expected", [
