@@ -125,6 +125,14 @@ class VideoConfig(StrictModel):
     max_frames: int = Field(256, ge=1, le=4096, description="cap on frames sampled from one video")
     frame_size: int = Field(448, ge=28, le=1792, description="sampled frames are resized to fit a square of this side (multiple of 28)")
     shot_threshold: float = Field(0.35, gt=0, lt=2, description="histogram distance between sampled frames that marks a shot boundary")
+    seek: Literal["exact", "keyframe"] = Field(
+        "exact", description="exact: the first frame at/after each sampling time (seek, then decode forward "
+        "through the GOP); keyframe: the keyframe nearest each time, one decoded picture per frame, many "
+        "times cheaper on long GOPs. Either way frame_ts holds the shown frames' own timestamps")
+    dedup_threshold: float = Field(
+        0.0, ge=0, lt=1, description="drop a sampled frame whose 32x32 grey thumbnail differs from the last kept "
+        "frame's by less than this mean absolute difference (share of full scale): a slide left on screen "
+        "costs its visual tokens once. 0 keeps every frame; 0.02 drops a still slide beside a moving speaker")
 
     @field_validator("frame_size")
     @classmethod
