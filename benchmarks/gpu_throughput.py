@@ -689,8 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         vlm_dir = step("qwen2.5-vl-7b weights", lambda: make_qwen7b(work_dir / "models" / "qwen2.5-vl-7b"))
         asr_dir = step("whisper-large-v3 weights", lambda: make_whisper_large_v3(work_dir / "models" / "whisper-large-v3"))
     release_gpu()  # the checkpoints were written from this process's GPU memory
-    base = dict(corpus=str(work_dir / f"corpus_{a.corpus}"), **{"video.seek": a.seek, "video.dedup_threshold": a.dedup_threshold}, out=str(work_dir / "tables"), model_cache=str(work_dir / "cache"),
-                **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False})
+    base = dict(corpus=str(work_dir / f"corpus_{a.corpus}"), out=str(work_dir / "tables"),
+                model_cache=str(work_dir / "cache"),
+                **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False,
+                   "video.seek": a.seek, "video.dedup_threshold": a.dedup_threshold})
     naive_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "transformers"))
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib,

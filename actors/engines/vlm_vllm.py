@@ -25,7 +25,8 @@ def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
     """vLLM engine arguments for one accelerator type's options (``ModelsProfile.options_for``).
 
     The same dict goes to our engine actors and to the ``ray_data_llm`` baseline of
-    benchmarks/gpu_throughput.py, so both run with equal settings. ``tiny`` (the tiny-random model of the tests) skips compilation and CUDA graphs, which would
+    benchmarks/gpu_throughput.py, so both run with equal settings. ``tiny`` (the tiny-random model of
+    the tests) skips compilation and CUDA graphs, which would
     take longer than everything the tests run.
     """
     # Options left unset keep vLLM's own defaults, so a profile names only what it tunes.
