@@ -2,7 +2,9 @@
 
 Frames are sampled by *seeking* (to the keyframe before each target time, then decoding forward to
 the first frame at/after it), so a 3-hour video at 0.1 fps costs ~1,080 short GOP decodes, not
-~650,000 frame decodes. The audio track is decoded once, streamed through a resampler; the same
+~650,000 frame decodes; ``video.seek: keyframe`` takes the keyframe nearest each time instead and
+decodes that one picture alone. ``video.dedup_threshold`` leaves out frames that look like the last
+kept one (a slide on screen for minutes). The audio track is decoded once, streamed through a resampler; the same
 demux pass records the video keyframe times without decoding any video packet.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ PCM_RATE = 16000
 KEYFRAME_SCAN_MAX_BYTES = 1 << 30
 _REMOTE_BUFFER = 1 << 20  # PyAV read size for S3 objects: fewer, larger ranged GETs
 _HIST_BINS = 4  # coarse bins: codec noise on flat colour must not cross bins, a cut still does
+_THUMB = 32  # side of the grey thumbnail that near-duplicate frames are compared on
 _TAGS = ("title", "comment", "description", "artist", "album", "date", "creation_time", "copyright", "language")
 
 
@@ -89,6 +92,24 @@ def colour_histogram(frame: np.ndarray) -> np.ndarray:
     return hist / max(hist.sum(), 1.0)
 
 
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """Grey ``_THUMB``×``_THUMB`` block means of an RGB frame, in [0, 1]: what a viewer sees, minus codec noise and detail."""
+    grey = frame.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    n = min(_THUMB, *grey.shape)
+    rows, cols = (np.linspace(0, size, n + 1).astype(int) for size in grey.shape)
+    sums = np.add.reduceat(np.add.reduceat(grey, rows[:-1], axis=0), cols[:-1], axis=1)
+    return sums / np.outer(np.diff(rows), np.diff(cols)) / 255.0
+
+
+def nearest_keyframes(targets: np.ndarray, keyframes: np.ndarray | None) -> np.ndarray:
+    """For each target time the nearest keyframe time, each once, in order; the targets when none are listed."""
+    if keyframes is None or not len(keyframes):
+        return targets
+    i = np.clip(np.searchsorted(keyframes, targets), 1, max(len(keyframes) - 1, 1))
+    before, after = keyframes[i - 1], keyframes[np.minimum(i, len(keyframes) - 1)]
+    return np.unique(np.where(targets - before <= after - targets, before, after))
+
+
 def shot_boundaries(frames: np.ndarray, times: np.ndarray, threshold: float) -> np.ndarray:
     """Times of sampled frames whose colour histogram jumps by more than ``threshold`` from the previous one."""
     hists = [colour_histogram(f) for f in frames]
@@ -134,6 +155,7 @@ class DecodeMedia(Stage):
         side = config.video.frame_size
         self.empty = {"frames": np.zeros((0, side, side, 3), np.uint8)}
         self.frames_decoded = 0  # video frames decoded so far by this instance: sampling cost, for tests and metrics
+        self.duplicates_dropped = 0  # of the frame being sampled now: near-duplicates left out (reported in meta)
 
     def process_row(self, row: Row) -> dict[str, Any]:
         uri, kind = str(row["uri"]), str(row["kind"])
@@ -170,12 +192,14 @@ class DecodeMedia(Stage):
         side = self.video.frame_size
         frames, frame_ts = np.zeros((0, side, side, 3), np.uint8), np.zeros(0)
         if vs is not None:
-            frames, frame_ts = self._sample_frames(container, vs, duration, t0)
+            frames, frame_ts = self._sample_frames(container, vs, duration, t0, iframes)
             if not len(frame_ts):
                 raise StageFailure("video could not be decoded: no picture could be decoded from the video stream")
             duration = duration or float(frame_ts[-1])
         shots = shot_boundaries(frames, frame_ts, self.video.shot_threshold) if len(frames) > 1 else np.zeros(0)
         meta = _metadata(container, vs, audio, duration, frames.shape, iframes is not None)
+        if vs is not None and self.video.dedup_threshold:
+            meta["duplicate_frames_dropped"] = self.duplicates_dropped
         return {"duration_s": float(duration), "meta_json": json.dumps(meta, ensure_ascii=False), "frames": frames,
                 "frame_ts": frame_ts, "shot_ts": shots,
                 "iframe_ts": iframes if iframes is not None else np.zeros(0), "pcm": pcm,
@@ -194,7 +218,7 @@ class DecodeMedia(Stage):
                                    "pixels (limits.max_pixels)")
 
     def _sample_frames(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream,
-                       duration: float, t0: float) -> tuple[np.ndarray, np.ndarray]:
+                       duration: float, t0: float, keyframes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         ctx = vs.codec_context
         sar = float(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else 1.0
         display = (int(round(ctx.width * sar)), ctx.height)
@@ -202,7 +226,14 @@ class DecodeMedia(Stage):
         kept: list[np.ndarray] = []
         times: list[float] = []
         dims: tuple[int, int] | None = None
-        for target in sample_times(duration, self.video):
+        targets = sample_times(duration, self.video)
+        if self.video.seek == "keyframe":
+            # The decoder then drops every other picture unseen, so a seek costs one picture, not a GOP.
+            targets = nearest_keyframes(targets, keyframes)
+            ctx.skip_frame = "NONKEY"
+        last_thumb: np.ndarray | None = None
+        self.duplicates_dropped = 0
+        for target in targets:
             got = self._frame_at(container, vs, t0 + float(target), step)
             if got is None:
                 break  # past the last decodable picture
@@ -212,7 +243,15 @@ class DecodeMedia(Stage):
             if dims is None:  # a phone video's display matrix turns it upright: portrait, not landscape
                 upright = display[::-1] if _quarter_turns(frame) % 2 else display
                 dims = frame_dims(*upright, self.video.frame_size)
-            kept.append(upright_rgb(frame, *dims))
+            rgb = upright_rgb(frame, *dims)
+            if self.video.dedup_threshold:
+                # Against the last *kept* frame, not the previous sample: slow drift still adds up to a new frame.
+                thumb = thumbnail(rgb)
+                if last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) < self.video.dedup_threshold:
+                    self.duplicates_dropped += 1
+                    continue
+                last_thumb = thumb
+            kept.append(rgb)
             times.append(t - t0)
         width, height = dims or frame_dims(*display, self.video.frame_size)
         return (np.stack(kept) if kept else np.zeros((0, height, width, 3), np.uint8),

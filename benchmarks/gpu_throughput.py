@@ -2,8 +2,10 @@
 
 One script, one corpus, one GPU (run on the lent H200; see docs/benchmarks.md for the command):
 
-1. generates N long videos with speech (PyAV: tiny picture at 1 fps, 16 kHz audio looped from a
-   speech clip with random offsets, so no two videos share a frame or a second of audio);
+1. generates N long videos with speech (benchmarks/corpus.py: ``--corpus tiny``, 64×64 at 1 fps, or
+   ``--corpus lecture``, 1080p/720p H.264 talks with slides and a moving speaker; no two videos share
+   a frame or a second of audio) and measures decode CPU-seconds per video-hour, exact seeks against
+   nearest-keyframe sampling (``--decode-modes``);
 2. writes real-size checkpoints with random weights (Qwen2.5-VL-7B-Instruct's and Whisper
    large-v3's architectures) so every contender goes through its real loading code;
 3. measures a bf16 matmul peak on this GPU (the MFU denominator);
@@ -46,75 +48,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.corpus import make_corpus, speech_clip  # noqa: E402 - after the checkout is on the path
+
 CONTENDERS = ("corpusflow_vllm", "ray_data_llm", "naive_transformers", "corpusflow_transformers")
-SR = 16000
-SHOT_S = 10.0  # a new picture every 10 s, so frames sampled at 0.1 fps differ
-
-
-# -- the corpus ------------------------------------------------------------------------------------
-
-def _load_clip(path: str) -> np.ndarray:
-    import av
-
-    with av.open(path) as c:
-        rs = av.AudioResampler(format="flt", layout="mono", rate=SR)
-        pcm = [f.to_ndarray().reshape(-1) for fr in c.decode(c.streams.audio[0]) for f in rs.resample(fr)]
-    return np.concatenate(pcm).astype(np.float32)
-
-
-def _make_video(args: tuple[str, float, int, str]) -> str:
-    """One video: 64×64 picture at 1 fps (a new random scene every 10 s, noise on every frame) and speech."""
-    import av
-
-    path, seconds, seed, clip_path = args
-    if os.path.exists(path):
-        return path
-    rng = np.random.default_rng(seed)
-    clip = _load_clip(clip_path)
-    tmp = path + ".partial.mkv"
-    with av.open(tmp, "w") as out:
-        vs = out.add_stream("libx264", rate=1)
-        vs.width = vs.height = 64
-        vs.pix_fmt = "yuv420p"
-        vs.gop_size = int(SHOT_S)
-        aus = out.add_stream("flac", rate=SR, layout="mono")
-        n_frames = int(seconds)
-        scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        for i in range(n_frames):
-            if i % int(SHOT_S) == 0:
-                scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            img = np.kron(scene, np.ones((8, 8, 1), dtype=np.uint8))
-            img = np.clip(img.astype(np.int16) + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for p in vs.encode(frame):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
-        total, pos, step = int(seconds * SR), 0, SR * 10
-        while pos < total:  # speech in 10-s pieces from random places of the clip, with pauses
-            n = min(step, total - pos)
-            start = int(rng.integers(0, max(1, len(clip) - n)))
-            piece = clip[start:start + n] * float(rng.uniform(0.6, 1.0))
-            if len(piece) < n:
-                piece = np.pad(piece, (0, n - len(piece)))
-            frame = av.AudioFrame.from_ndarray((piece * 32767).astype(np.int16).reshape(1, -1), format="s16",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = SR, pos
-            for p in aus.encode(frame):
-                out.mux(p)
-            pos += n
-        for p in aus.encode():
-            out.mux(p)
-    os.replace(tmp, path)
-    return path
-
-
-def make_corpus(folder: Path, videos: int, minutes: float, clip: str) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(folder / f"talk_{i:02d}.mkv"), minutes * 60, 1000 + i, clip) for i in range(videos)]
-    with ProcessPoolExecutor(max_workers=min(videos, os.cpu_count() or 1)) as pool:
-        return list(pool.map(_make_video, jobs))
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -169,7 +105,8 @@ def make_whisper_large_v3(dest: Path) -> str:
     return str(dest)
 
 
-def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_cache_gib: float = 32.0) -> str:
+def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_cache_gib: float = 32.0,
+                  vllm_options: dict | None = None) -> str:
     """A models profile file: our engines with this benchmark's engine shape for the H200.
 
     vLLM gets 16 sequences at once; the transformers engine one (padding a batch of 50k-token
@@ -186,7 +123,7 @@ def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_c
         shape = {"dtype": "bfloat16", "max_model_len": 65536, "max_frames": 128, "max_num_seqs": seqs,
                  "gpu_memory_utilization": 0.45, "attn_implementation": "sdpa"}
         if engine == "vllm":
-            shape["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            shape.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **(vllm_options or {}))
         opts = {"H200": shape, "H100": shape, "default": shape}
     profile = {"name": f"bench-{engine}", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
                "vlm_engine": engine, "engine_options": opts}
@@ -315,8 +252,20 @@ class Work:
         self.text, self.vision = {**cfg, **cfg.get("text_config", {})}, cfg["vision_config"]
         self.video_s = self.audio_s = 0.0
         self.prompt_tokens = self.frames = self.vlm_requests = 0
+        self.frames_dropped = self.tokens_saved = 0  # near-duplicate frames decode left out, and their tokens
         self.flops = 0.0
         self.errors: set[str] = set()
+
+    def add_video(self, row: dict) -> tuple[int, int]:
+        """Count a decoded row's media and the frames decode dropped; returns its frames' (height, width)."""
+        meta = json.loads(str(row["meta_json"]))
+        width, height = meta["frame_size"]
+        self.video_s += float(row["duration_s"])
+        self.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+        dropped = int(meta.get("duplicate_frames_dropped", 0))
+        self.frames_dropped += dropped
+        self.tokens_saved += dropped * ((height // 28) * (width // 28) + 2)
+        return height, width
 
     def add_request(self, frames: int, frame_hw: tuple[int, int], text_tokens: int) -> None:
         patches = (frame_hw[0] // 14) * (frame_hw[1] // 14)
@@ -337,6 +286,7 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
         "video_h_per_gpu_h": round(hours / (gpu_s / 3600), 2) if gpu_s > 0 else None,
         "video_h_per_gpu_h_with_startup": round(hours / ((gpu_s + startup_s) / 3600), 2) if gpu_s > 0 else None,
         "vlm_requests": work.vlm_requests, "prompt_tokens": work.prompt_tokens, "frames": work.frames,
+        "frames_dropped_as_duplicates": work.frames_dropped, "visual_tokens_saved": work.tokens_saved,
         "prompt_tokens_per_s": round(work.prompt_tokens / gpu_s, 1) if gpu_s > 0 else None,
         "frames_per_s": round(work.frames / gpu_s, 2) if gpu_s > 0 else None,
         "asr_realtime_factor": round(work.audio_s / asr_s, 1) if asr_s > 0 else None,
@@ -345,6 +295,44 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
         **sampler,
     }
     out.update(extra or {})
+    return out
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+def _decode_one(args: tuple[Any, str]) -> dict:
+    """Identify + decode one file in this process; its CPU time counts every thread (PyAV decodes on several)."""
+    from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.identify import Identify
+
+    config, uri = args
+    cpu, wall = time.process_time(), time.time()
+    batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
+             "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
+    row = {k: v[0] for k, v in DecodeMedia(config)(Identify(config)(batch)).items()}
+    meta = json.loads(str(row["meta_json"]))
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.time() - wall, "video_s": float(row["duration_s"]),
+            "frames": len(row["frame_ts"]), "dropped": int(meta.get("duplicate_frames_dropped", 0)),
+            "frame_ts": np.asarray(row["frame_ts"]).tolist()[:4], "error": str(row["error"])}
+
+
+def decode_cost(config, corpus: list[str], modes: list[str]) -> dict:
+    """Decode CPU-seconds per video-hour for each sampling mode (all files in parallel, one process each)."""
+    out = {}
+    for mode in modes:
+        cfg = config.model_copy(update={"video": config.video.model_copy(update={"seek": mode})})
+        with ProcessPoolExecutor(max_workers=min(len(corpus), os.cpu_count() or 1)) as pool:
+            t0 = time.time()
+            rows = list(pool.map(_decode_one, [(cfg, u) for u in corpus]))
+            wall = time.time() - t0
+        hours = sum(r["video_s"] for r in rows) / 3600
+        cpu = sum(r["cpu_s"] for r in rows)
+        out[mode] = {"cpu_s": round(cpu, 1), "cpu_s_per_video_h": round(cpu / hours, 1), "wall_s": round(wall, 1),
+                     "video_h": round(hours, 3), "frames_kept": sum(r["frames"] for r in rows),
+                     "frames_dropped_as_duplicates": sum(r["dropped"] for r in rows),
+                     "first_frame_ts": rows[0]["frame_ts"], "errors": sorted({r["error"] for r in rows if r["error"]})}
+        print(f"[bench] decode {mode}: {out[mode]['cpu_s_per_video_h']} CPU-s per video-hour, "
+              f"{out[mode]['frames_kept']} frames kept, {out[mode]['frames_dropped_as_duplicates']} dropped", flush=True)
     return out
 
 
@@ -451,9 +439,7 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
 
 
 def _count_row(row: dict, work: Work, config) -> None:
-    frames_hw = (config.video.frame_size, config.video.frame_size)
-    work.video_s += float(row["duration_s"])
-    work.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+    frames_hw = work.add_video(row)
     if row.get("vlm_engine"):
         work.add_request(int(row["frames_used"]), frames_hw, describe_text_tokens(row, config))
     _note_error(row, work)
@@ -541,20 +527,18 @@ def union_s(spans: list[tuple[float, float]]) -> float:
 
 def _count_vllm_row(row: dict, work: Work, config) -> None:
     """Token accounting for a row of flows/vllm_stage: rebuild its prompt text (cheap) and count bytes."""
-    work.video_s += float(row["duration_s"])
-    work.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+    frames_hw = work.add_video(row)
     if row.get("vlm_engine"):
-        text_tokens = _vllm_text_tokens(row, config)
-        work.add_request(int(row["frames_used"]), (config.video.frame_size,) * 2, text_tokens)
+        text_tokens = _vllm_text_tokens(row, config, frames_hw)
+        work.add_request(int(row["frames_used"]), frames_hw, text_tokens)
     _note_error(row, work)
 
 
-def _vllm_text_tokens(row: dict, config) -> int:
+def _vllm_text_tokens(row: dict, config, frames_hw: tuple[int, int]) -> int:
     from corpusflow.flows.vllm_stage import build_request
 
-    side = config.video.frame_size
     n = int(row["frames_used"])
-    fake = {**row, "frames": np.zeros((n, side, side, 3), np.uint8),
+    fake = {**row, "frames": np.zeros((n, *frames_hw, 3), np.uint8),
             "frame_ts": np.arange(n, dtype=np.float64) * (1 / config.video.fps)}
     return request_text_tokens(build_request(fake, config)["messages"])[0]
 
@@ -595,8 +579,7 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
                    seg_end=np.asarray(t["seg_end"], dtype=np.float64), seg_text=list(t["seg_text"]))
         req = build_request(row, config)
         text_tokens, images = request_text_tokens(req["messages"])
-        work.video_s += float(row["duration_s"])
-        work.add_request(images, (config.video.frame_size,) * 2, text_tokens)
+        work.add_request(images, work.add_video(row), text_tokens)
         prompts.append({"messages": req["messages"]})
     # As documented: one engine on the whole GPU, its KV cache profiled (nothing else runs beside it).
     opts = config.profile.options_for("H200").model_copy(update={"gpu_memory_utilization": 0.85,
@@ -650,7 +633,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for gpu_throughput.json")
     p.add_argument("--work", default="/tmp/cfbench", help="folder for the corpus, checkpoints and Ray spill")
-    p.add_argument("--speech-clip", required=True, help="any audio file with speech (looped into the videos)")
+    p.add_argument("--speech-clip", help="any audio file with speech (looped into the videos); default: "
+                   "espeak-ng reading English (tones without espeak-ng), made in --work")
+    p.add_argument("--corpus", choices=("tiny", "lecture"), default="tiny", help="benchmarks/corpus.py's kinds")
+    p.add_argument("--preset", default="veryfast", help="x264 preset of the lecture corpus")
+    p.add_argument("--seek", choices=("exact", "keyframe"), default="exact", help="video.seek of the pipelines")
+    p.add_argument("--dedup-threshold", type=float, default=0.0, help="video.dedup_threshold of every contender")
+    p.add_argument("--decode-modes", default="", help="measure decode CPU per video-hour for these seek modes "
+                   "(comma-separated: exact,keyframe) before the contenders")
+    p.add_argument("--vllm-options", default="{}", help="JSON of VlmEngineOptions fields added to the vLLM shape, "
+                   "used alike by corpusflow_vllm and ray_data_llm (e.g. max_num_batched_tokens)")
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--naive-videos", type=int, default=0, help="videos the naive loop runs (0: all); it is a rate")
@@ -688,18 +680,23 @@ def main(argv: list[str] | None = None) -> int:
         result["ctranslate2_cuda"] = None if smoke else step("ctranslate2", ctranslate2_cuda)
     peak = result.get("bf16_matmul_peak_tflops") or step("matmul peak", matmul_peak_tflops)
     result["bf16_matmul_peak_tflops"] = peak
-    corpus = step("corpus", lambda: make_corpus(work_dir / "corpus", a.videos, a.minutes, a.speech_clip))
+    clip = a.speech_clip or speech_clip(work_dir / "speech.wav")
+    corpus = step("corpus", lambda: make_corpus(work_dir / f"corpus_{a.corpus}", a.videos, a.minutes, clip,
+                                                a.corpus, a.preset))
     if smoke:
         vlm_dir = asr_dir = "tiny-random"
     else:
         vlm_dir = step("qwen2.5-vl-7b weights", lambda: make_qwen7b(work_dir / "models" / "qwen2.5-vl-7b"))
         asr_dir = step("whisper-large-v3 weights", lambda: make_whisper_large_v3(work_dir / "models" / "whisper-large-v3"))
     release_gpu()  # the checkpoints were written from this process's GPU memory
-    base = dict(corpus=str(work_dir / "corpus"), out=str(work_dir / "tables"), model_cache=str(work_dir / "cache"),
-                **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False})
+    base = dict(corpus=str(work_dir / f"corpus_{a.corpus}"), out=str(work_dir / "tables"),
+                model_cache=str(work_dir / "cache"),
+                **{"vlm.retries": 0, "vlm.max_new_tokens": a.vlm_tokens, "asr.align_words": False,
+                   "video.seek": a.seek, "video.dedup_threshold": a.dedup_threshold})
     naive_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "transformers"))
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
-    vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib),
+    vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib,
+                                                                json.loads(a.vllm_options)),
                                **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share})
     from corpusflow.actors.engines.vlm_vllm import model_path
 
@@ -710,8 +707,13 @@ def main(argv: list[str] | None = None) -> int:
                        "asr_batch_pipeline": a.asr_batch, "asr_gpu_share_pipeline": a.asr_gpu_share, "asr_actors_pipeline": a.asr_actors,
                        "vlm_engine_shape": {"vllm": vllm_cfg.profile.options_for("H200").model_dump(),
                                             "transformers": flow_cfg.profile.options_for("H200").model_dump()},
-                       "prefix_caching": "vLLM default (on); no two requests share frames"}
+                       "prefix_caching": "vLLM default (on); no two requests share frames",
+                       "corpus": a.corpus, "seek": a.seek, "dedup_threshold": a.dedup_threshold}
     save()
+    modes = [m for m in a.decode_modes.split(",") if m]
+    if modes and "decode" not in result:
+        result["decode"] = step("decode cost", lambda: decode_cost(flow_cfg, corpus, modes))
+        save()
 
     have_vllm = importlib.util.find_spec("vllm") is not None
     import ray

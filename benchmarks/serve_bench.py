@@ -290,7 +290,7 @@ def cpu_inputs(folder: Path) -> tuple[dict[str, list[Input]], dict[str, str]]:
 
 def gpu_inputs(work: Path, clients: int, seconds: float, clip: str) -> tuple[dict[str, list[Input]], dict[str, str]]:
     """One distinct video with speech per client (gpu_throughput's generator, a seed each), for every endpoint."""
-    from benchmarks.gpu_throughput import make_corpus
+    from benchmarks.corpus import make_corpus
 
     paths = make_corpus(work / f"serve_media_{seconds:g}s", clients, seconds / 60, clip)
     videos = [(Path(p).name, Path(p).read_bytes()) for p in paths]

@@ -56,10 +56,34 @@ class VlmEngineOptions(StrictModel):
     max_frames: int = Field(64, ge=1, description="frame budget of one VLM context on this device")
     max_num_seqs: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="vLLM: concurrent sequences")
     kv_cache_memory_bytes: Optional[int] = Field(
-        None, gt=0, json_schema_extra=SPEED_ONLY, description="vLLM: KV cache size; set it when other actors share the GPU (their memory "
-        "changes while vLLM profiles, and gpu_memory_utilization then fails its start-up check)")
+        None, gt=0, json_schema_extra=SPEED_ONLY, description="vLLM: KV cache size; set it when other actors share "
+        "the GPU (their memory changes while vLLM profiles, and gpu_memory_utilization then fails its start-up check)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", json_schema_extra=SPEED_ONLY, description="transformers attention kernel; auto picks per GPU and what is installed")
+        "auto", json_schema_extra=SPEED_ONLY,
+        description="transformers attention kernel; auto picks per GPU and what is installed")
+    max_num_batched_tokens: Optional[int] = Field(
+        None, ge=512, json_schema_extra=SPEED_ONLY,
+        description="vLLM: tokens per scheduler step, i.e. the prefill chunk size; None leaves vLLM's default, "
+        "which is 2048 inside Ray's processor and Ray Serve (too small for 50k-token prompts)")
+    renderer_num_workers: Optional[int] = Field(
+        None, ge=1, json_schema_extra=SPEED_ONLY,
+        description="vLLM: threads that render prompts and preprocess images (resize, patchify) on the async "
+        "path that Ray's processor and Ray Serve use; None leaves vLLM's default of one. Above one needs "
+        "mm_processor_cache_gb: 0 (vLLM's cache is not thread-safe)")
+    mm_processor_cache_gb: Optional[float] = Field(
+        None, ge=0, json_schema_extra=SPEED_ONLY,
+        description="vLLM: cache of preprocessed images keyed by content, in GiB; 0 turns it off (every frame "
+        "of a corpus is new, so it only costs memory and hashing); None leaves vLLM's default (4)")
+    max_frame_pixels: Optional[int] = Field(
+        None, ge=28 * 28, description="pixels of one frame as the VLM sees it (the image processor's max_pixels); "
+        "frames above it are scaled down, 256 visual tokens = 448x448; None keeps the sampled frame size")
+
+    @model_validator(mode="after")
+    def _renderer_without_cache(self) -> "VlmEngineOptions":
+        if (self.renderer_num_workers or 1) > 1 and self.mm_processor_cache_gb != 0:
+            raise ValueError("renderer_num_workers above 1 needs mm_processor_cache_gb: 0 "
+                             "(vLLM refuses its preprocessing cache with several renderer threads)")
+        return self
 
 
 class ModelsProfile(StrictModel):
@@ -95,8 +119,12 @@ QWEN25_VL_7B = ModelsProfile(
         "default": VlmEngineOptions(),
         "A10G": VlmEngineOptions(dtype="bfloat16", max_model_len=16384, gpu_memory_utilization=0.92,
                                  max_frames=32, max_num_seqs=4, attn_implementation="sdpa"),
-        "H100": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
-        "H200": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32),
+        # 16k-token prefill chunks (what vllm.LLM picks on these GPUs; Ray's processor would get 2048),
+        # eight preprocessing threads, and no preprocessing cache: a corpus never shows a frame twice.
+        "H100": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32,
+                                 max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0),
+        "H200": VlmEngineOptions(dtype="bfloat16", max_model_len=65536, max_frames=128, max_num_seqs=32,
+                                 max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0),
     },
 )
 
@@ -119,6 +147,14 @@ class VideoConfig(StrictModel):
     max_frames: int = Field(256, ge=1, le=4096, description="cap on frames sampled from one video")
     frame_size: int = Field(448, ge=28, le=1792, description="sampled frames are resized to fit a square of this side (multiple of 28)")
     shot_threshold: float = Field(0.35, gt=0, lt=2, description="histogram distance between sampled frames that marks a shot boundary")
+    seek: Literal["exact", "keyframe"] = Field(
+        "exact", description="exact: the first frame at/after each sampling time (seek, then decode forward "
+        "through the GOP); keyframe: the keyframe nearest each time, one decoded picture per frame, many "
+        "times cheaper on long GOPs. Either way frame_ts holds the shown frames' own timestamps")
+    dedup_threshold: float = Field(
+        0.0, ge=0, lt=1, description="drop a sampled frame whose 32x32 grey thumbnail differs from the last kept "
+        "frame's by less than this mean absolute difference (share of full scale): a slide left on screen "
+        "costs its visual tokens once. 0 keeps every frame; 0.02 drops a still slide beside a moving speaker")
 
     @field_validator("frame_size")
     @classmethod

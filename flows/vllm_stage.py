@@ -48,10 +48,17 @@ def _data_url(frame: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _budget_frames(frames: np.ndarray, budget: int) -> np.ndarray:
+def _frame_tokens(h: int, w: int, max_pixels: int | None) -> int:
+    """Visual tokens of one h×w frame as the image processor sees it (scaled down to ``max_pixels`` when set)."""
+    if max_pixels and h * w > max_pixels:
+        scale = (max_pixels / (h * w)) ** 0.5
+        h, w = (max(_PIXELS_PER_TOKEN, int(v * scale)) for v in (h, w))
+    return (h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN)
+
+
+def _budget_frames(frames: np.ndarray, budget: int, max_pixels: int | None) -> np.ndarray:
     """Indices of the frames to show: evenly spread, as many as the token budget allows (at least one)."""
-    h, w = frames.shape[1:3]
-    per_frame = (h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + _TOKENS_AROUND_IMAGE + 16  # + label
+    per_frame = _frame_tokens(*frames.shape[1:3], max_pixels) + _TOKENS_AROUND_IMAGE + 16  # + label
     return even_indices(len(frames), max(1, budget // per_frame))
 
 
@@ -68,9 +75,8 @@ def build_request(row: dict[str, Any], config: StageConfig) -> dict[str, Any]:
     budget = opts.max_model_len - config.vlm.max_new_tokens - _TEMPLATE_TOKENS - len(SYSTEM.encode())
     bare = user_text(meta, "", DESCRIBE_TASK)
     sel = even_indices(len(frames), opts.max_frames)
-    sel = sel[_budget_frames(frames[sel], budget - len(bare.encode()))]
-    h, w = frames.shape[1:3]
-    room = budget - len(bare.encode()) - len(sel) * ((h // _PIXELS_PER_TOKEN) * (w // _PIXELS_PER_TOKEN) + 16)
+    sel = sel[_budget_frames(frames[sel], budget - len(bare.encode()), opts.max_frame_pixels)]
+    room = budget - len(bare.encode()) - len(sel) * (_frame_tokens(*frames.shape[1:3], opts.max_frame_pixels) + 16)
     chars = min(config.vlm.max_transcript_chars, max(room, 0))
     text = transcript_text(transcript, chars)
     while len(text.encode()) > room and text:

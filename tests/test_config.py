@@ -1,5 +1,6 @@
 """Job config is validated, with messages a person can act on, before Ray is touched."""
 import pytest
+import yaml
 
 from corpusflow.contracts.config import ConfigError, JobConfig
 from corpusflow.flows.cli import main
@@ -15,6 +16,29 @@ def test_fingerprint_ignores_resources_and_locations(tmp_path):
     a = JobConfig.build(None, corpus="a", out="b")
     b = JobConfig.build(None, corpus="c", out="d", **{"resources.asr.max_actors": 4, "usd_per_hour.H100": 1.0})
     assert a.fingerprint() == b.fingerprint()
+
+
+def _profile(tmp_path, name: str, **options) -> str:
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump({"name": "talks", "asr": "tiny-random", "vlm": "tiny-random",
+                                 "engine_options": {"default": options}}))
+    return str(f)
+
+
+def test_fingerprint_ignores_engine_speed_knobs_but_not_what_the_model_sees(tmp_path):
+    plain = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "plain"))
+    tuned = JobConfig.build(None, corpus="a", out="b", models=_profile(
+        tmp_path, "tuned", max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0,
+        max_num_seqs=64, gpu_memory_utilization=0.5))
+    smaller = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "smaller", max_frame_pixels=224 * 224))
+    assert plain.fingerprint() == tuned.fingerprint()
+    assert smaller.fingerprint() != plain.fingerprint()
+
+
+def test_several_renderer_threads_need_the_preprocessing_cache_off(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "bad", renderer_num_workers=4))
+    assert "mm_processor_cache_gb: 0" in str(e.value)
 
 
 @pytest.mark.parametrize("yaml_text, expected", [
@@ -55,27 +79,13 @@ def test_an_out_inside_the_corpus_is_refused(tmp_path, capsys):
     assert "lies inside corpus" in capsys.readouterr().err
 
 
-def _profile_file(tmp_path, name, **engine):
-    import yaml
-
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump({"name": name, "asr": "tiny-random", "vlm": "tiny-random",
-                                 "engine_options": {"default": {"dtype": "float32", **engine}}}))
-    return str(f)
-
-
-def test_speed_and_memory_knobs_do_not_change_the_fingerprint(tmp_path):
-    base = JobConfig.build(None, corpus="a", out="b", models=_profile_file(tmp_path, "p1"))
-    tuned = JobConfig.build(None, corpus="a", out="b", **{"asr.batch_size": 32},
-                            models=_profile_file(tmp_path, "p1", gpu_memory_utilization=0.5, max_num_seqs=2))
-    assert tuned.fingerprint() == base.fingerprint()  # lowering memory after an OOM re-processes nothing
-    other = JobConfig.build(None, corpus="a", out="b", models=_profile_file(tmp_path, "p1", max_frames=8))
-    assert other.fingerprint() != base.fingerprint()  # fewer frames per prompt: other answers
+def test_asr_batch_size_does_not_change_the_fingerprint():
+    base = JobConfig.build(None, corpus="a", out="b")
+    assert JobConfig.build(None, corpus="a", out="b", **{"asr.batch_size": 32}).fingerprint() == base.fingerprint()
 
 
 def test_a_profile_file_travels_inside_the_config(tmp_path):
-    path = _profile_file(tmp_path, "mine")
-    config = JobConfig.build(None, corpus="a", out="b", models=path)
+    config = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "mine"))
     (tmp_path / "mine.yaml").unlink()  # a worker on another machine has no copy of the file
     on_worker = JobConfig.model_validate_json(config.model_dump_json())
-    assert on_worker.profile.name == "mine" and on_worker.fingerprint() == config.fingerprint()
+    assert on_worker.profile.name == "talks" and on_worker.fingerprint() == config.fingerprint()

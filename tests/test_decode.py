@@ -146,3 +146,27 @@ def test_portrait_phone_video_is_turned_upright(tmp_path):
     assert first[-3:].mean() > 200 > first[:3].mean()
     meta = json.loads(out["meta_json"][0])
     assert (meta["width"], meta["height"]) == (160, 120)
+
+
+def test_near_duplicate_frames_are_dropped_and_kept_times_stay_exact(videos):
+    """Three scenes sampled at 1 fps: 6 frames, of which 3 only move a thin bar; one frame per scene is kept."""
+    every = DecodeMedia(config())(batch([videos["mp4"]], ["video"]))
+    deduped = DecodeMedia(config(dedup_threshold=0.12))(batch([videos["mp4"]], ["video"]))
+    all_ts, kept_ts = every["frame_ts"][0], deduped["frame_ts"][0]
+    assert len(all_ts) == 6 and len(kept_ts) == SCENES
+    assert set(kept_ts) <= set(all_ts)  # the very timestamps of frames that were decoded and shown
+    assert [min(int(t // 2), 2) for t in kept_ts] == [0, 1, 2]  # one per scene
+    assert len(deduped["frames"][0]) == SCENES
+    assert json.loads(deduped["meta_json"][0])["duplicate_frames_dropped"] == 6 - SCENES
+    assert "duplicate_frames_dropped" not in json.loads(every["meta_json"][0])
+
+
+def test_keyframe_sampling_decodes_one_picture_per_frame_at_keyframe_times(tmp_path):
+    video = media.make_video(tmp_path / "long.mp4", seconds=20.0, size=(64, 48), audio=False)
+    exact_stage, key_stage = DecodeMedia(config(fps=0.3)), DecodeMedia(config(fps=0.3, seek="keyframe"))
+    exact = exact_stage(batch([video], ["video"]))
+    keyed = key_stage(batch([video], ["video"]))
+    assert keyed["error"][0] == "" and len(keyed["frame_ts"][0]) == len(exact["frame_ts"][0]) == 6
+    assert set(keyed["frame_ts"][0]) <= set(keyed["iframe_ts"][0])  # exact timestamps of the frames shown
+    assert np.all(np.abs(keyed["frame_ts"][0] - exact["frame_ts"][0]) <= 0.5)  # the nearest keyframe (1-s GOP)
+    assert key_stage.frames_decoded == 6 < exact_stage.frames_decoded

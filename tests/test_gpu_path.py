@@ -14,7 +14,7 @@ import pytest
 from corpusflow.actors.engines.asr import Decoding, SpeechTrack, chunk_batches
 from corpusflow.actors.vlm import Describe
 from corpusflow.actors.prompts.answer import schema_for
-from corpusflow.contracts.config import QWEN25_VL_7B, JobConfig
+from corpusflow.contracts.config import QWEN25_VL_7B, JobConfig, VlmEngineOptions
 from tests.media import speech_like
 
 SR = 16000
@@ -61,6 +61,11 @@ def test_vllm_engine_shape_follows_the_gpu_type():
     assert a10g["limit_mm_per_prompt"]["image"] < h200["limit_mm_per_prompt"]["image"]
     assert h200["max_num_seqs"] > a10g["max_num_seqs"]
     assert h200["structured_outputs_config"]["disable_any_whitespace"] is True
+    # the prefill chunk, preprocessing threads and cache reach vLLM (Ray's processor would default to 2048 tokens)
+    assert h200["max_num_batched_tokens"] == 16384 and h200["renderer_num_workers"] > 1
+    assert h200["mm_processor_cache_gb"] == 0 and "max_num_batched_tokens" not in a10g
+    capped = engine_kwargs(VlmEngineOptions(max_frame_pixels=224 * 224))
+    assert capped["mm_processor_kwargs"] == {"max_pixels": 224 * 224}
 
 
 def test_fixed_length_sampling_has_no_schema_and_ignores_eos():

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from corpusflow.actors.prompts.answer import format_ts
-from corpusflow.contracts.config import ModelsProfile
+from corpusflow.contracts.config import ModelsProfile, VlmEngineOptions
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ def messages(request: VlmRequest) -> list[dict]:
         content += [{"type": "text", "text": frame_label(t)}, {"type": "image"}]
     content.append({"type": "text", "text": request.user})
     return [{"role": "system", "content": request.system}, {"role": "user", "content": content}]
+
+
+def processor_kwargs(opts: VlmEngineOptions) -> dict[str, int]:
+    """Image-processor arguments from the engine options, the same for every engine: the frame pixel cap."""
+    return {"max_pixels": opts.max_frame_pixels} if opts.max_frame_pixels else {}
 
 
 class PromptCounter:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 
-from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest
+from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest, processor_kwargs
 from corpusflow.actors.models.device import accelerator
 from corpusflow.actors.models.store import resolve
 from corpusflow.contracts.config import ModelsProfile
@@ -47,7 +47,7 @@ class TransformersEngine:
         self.attn_implementation = attention_for(accel, opts.attn_implementation,
                                                  importlib.util.find_spec("flash_attn") is not None)
         path = resolve(profile.vlm, "qwen2_5_vl", cache_dir)
-        self._processor = AutoProcessor.from_pretrained(path)
+        self._processor = AutoProcessor.from_pretrained(path, **processor_kwargs(opts))
         self._processor.tokenizer.padding_side = "left"  # batched generation continues from the right edge
         self._counter = PromptCounter(self._processor)
         self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

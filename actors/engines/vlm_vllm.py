@@ -14,7 +14,7 @@ from typing import Any
 
 from corpusflow.actors.models.device import accelerator
 from corpusflow.actors.models.store import resolve
-from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest
+from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest, processor_kwargs
 from corpusflow.contracts.config import ModelsProfile, VlmEngineOptions
 
 # Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
@@ -24,12 +24,21 @@ _TINY_GPU_MEMORY = 0.1
 def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
     """vLLM engine arguments for one accelerator type's options (``ModelsProfile.options_for``).
 
-    ``tiny`` (the tiny-random model of the tests) skips compilation and CUDA graphs, which would
+    The same dict goes to our engine actors and to the ``ray_data_llm`` baseline of
+    benchmarks/gpu_throughput.py, so both run with equal settings. ``tiny`` (the tiny-random model of
+    the tests) skips compilation and CUDA graphs, which would
     take longer than everything the tests run.
     """
-    sized = {"kv_cache_memory_bytes": opts.kv_cache_memory_bytes} if opts.kv_cache_memory_bytes else {}
+    # Options left unset keep vLLM's own defaults, so a profile names only what it tunes.
+    tuned = {k: v for k, v in {"kv_cache_memory_bytes": opts.kv_cache_memory_bytes,
+                               "max_num_batched_tokens": opts.max_num_batched_tokens,
+                               "renderer_num_workers": opts.renderer_num_workers,
+                               "mm_processor_cache_gb": opts.mm_processor_cache_gb}.items() if v is not None}
+    frame_pixels = processor_kwargs(opts)
+    if frame_pixels:
+        tuned["mm_processor_kwargs"] = frame_pixels
     return {
-        **sized,
+        **tuned,
         "enforce_eager": tiny,
         "dtype": opts.dtype,
         "max_model_len": opts.max_model_len,
@@ -75,7 +84,7 @@ class VllmEngine:
         self.max_model_len = opts.max_model_len
         self._fixed = fixed_output_tokens
         path = model_path(profile, cache_dir)
-        self._counter = PromptCounter(AutoProcessor.from_pretrained(path))
+        self._counter = PromptCounter(AutoProcessor.from_pretrained(path, **processor_kwargs(opts)))
         self._llm = LLM(model=path, **engine_kwargs(opts, tiny=profile.vlm == "tiny-random"))
 
     def count_tokens(self, request: VlmRequest) -> int:

@@ -1,0 +1,258 @@
+"""Benchmark corpora: generated videos with speech, every one distinct (no frame or second of audio shared).
+
+Two kinds, written with PyAV:
+
+- ``tiny``: 64×64 pictures at 1 fps, a new random scene every 10 s (the corpus of the first GPU runs:
+  decoding costs nothing there);
+- ``lecture``: what a recorded talk looks like to the decoder and the VLM: 1080p at 25 fps or 720p at
+  30 fps (alternating), H.264 with x264's usual GOP (keyint 250, a keyframe at each scene cut), a slide
+  that changes every 30–120 s (title, text lines, a chart) and a speaker box where a person moves all
+  the time, AAC audio at 44.1 kHz, in MP4.
+
+Speech comes from a clip (any recording; ``speech_clip`` makes one with espeak-ng where it is installed,
+else a voiced tone pattern), looped in 10-s pieces from random offsets with random gain.
+
+``python benchmarks/corpus.py --kind lecture --videos 2 --minutes 1 --out DIR`` writes a corpus.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SR = 16000
+SHOT_S = 10.0  # tiny corpus: a new picture every 10 s, so frames sampled at 0.1 fps differ
+SPEECH_PIECE_S = 10.0
+# Lecture geometry: (width, height, fps), alternating per video.
+LECTURE_FORMATS = ((1920, 1080, 25), (1280, 720, 30))
+SLIDE_S = (30.0, 120.0)
+_TEXT = ("Each frame that the model sees costs tokens; a slide that stays on screen for two minutes "
+         "should cost them once. Decoding must keep up with the GPU: sixteen cores feed one accelerator. "
+         "The transcript anchors every chapter and keyframe to the time it was spoken.")
+
+
+def speech_clip(path: str | Path, seconds: float = 60.0) -> str:
+    """A speech recording at ``path`` (WAV): espeak-ng reading English, or a voiced tone pattern without it."""
+    import av
+
+    path = Path(path)
+    if path.exists():
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    espeak = shutil.which("espeak-ng")
+    if espeak:
+        text = " ".join([_TEXT] * max(1, int(seconds // 12)))
+        subprocess.run([espeak, "-v", "en-us", "-s", "165", "-w", str(path), text], check=True, capture_output=True)
+        return str(path)
+    t = np.arange(int(seconds * SR)) / SR  # syllable-rate envelope over a 140-Hz voice with formant-like partials
+    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140, 280, 700, 1200), 1))
+    pcm = (0.25 * voice * np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.sin(2 * np.pi * 0.3 * t) > -0.3))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=SR, layout="mono")
+        frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SR
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return str(path)
+
+
+def load_clip(path: str) -> np.ndarray:
+    import av
+
+    with av.open(path) as c:
+        rs = av.AudioResampler(format="flt", layout="mono", rate=SR)
+        pcm = [f.to_ndarray().reshape(-1) for fr in c.decode(c.streams.audio[0]) for f in rs.resample(fr)]
+    return np.concatenate(pcm).astype(np.float32)
+
+
+def speech_piece(clip: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of the clip from a random offset, at a random gain (speech with pauses where it ends)."""
+    start = int(rng.integers(0, max(1, len(clip) - n)))
+    piece = clip[start:start + n] * float(rng.uniform(0.6, 1.0))
+    return np.pad(piece, (0, n - len(piece))) if len(piece) < n else piece
+
+
+def _audio_frame(pcm: np.ndarray, pts: int):
+    import av
+
+    frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate, frame.pts = SR, pts
+    return frame
+
+
+def make_tiny_video(args: tuple[str, float, int, str]) -> str:
+    """One video: 64×64 picture at 1 fps (a new random scene every 10 s, noise on every frame) and speech."""
+    import av
+
+    path, seconds, seed, clip_path = args
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    clip = load_clip(clip_path)
+    tmp = path + ".partial.mkv"
+    with av.open(tmp, "w") as out:
+        vs = out.add_stream("libx264", rate=1)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        vs.gop_size = int(SHOT_S)
+        aus = out.add_stream("flac", rate=SR, layout="mono")
+        scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        for i in range(int(seconds)):
+            if i % int(SHOT_S) == 0:
+                scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = np.kron(scene, np.ones((8, 8, 1), dtype=np.uint8))
+            img = np.clip(img.astype(np.int16) + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        total, pos, step = int(seconds * SR), 0, int(SR * SPEECH_PIECE_S)
+        while pos < total:
+            n = min(step, total - pos)
+            out.mux(aus.encode(_audio_frame(speech_piece(clip, n, rng), pos)))
+            pos += n
+        out.mux(aus.encode(None))
+    os.replace(tmp, path)
+    return path
+
+
+class _Lecture:
+    """Frames of one generated talk, drawn straight into YUV 4:2:0 planes (no colour conversion per frame)."""
+
+    def __init__(self, width: int, height: int, rng: np.random.Generator):
+        self.w, self.h, self.rng = width, height, rng
+        # The speaker's camera box: bottom right, a quarter of the width.
+        self.box = (int(height * 0.45), int(width * 0.72), int(height * 0.95), int(width * 0.97))
+        y0, x0, y1, x1 = self.box
+        bh, bw = y1 - y0, x1 - x0
+        yy, xx = np.mgrid[0:bh, 0:bw]
+        self.backdrop = (70 + 40 * yy / bh + 10 * np.sin(xx / 9.0)).astype(np.uint8)  # a lit wall, not flat
+        r = bh // 7
+        hy, hx = np.mgrid[-r:r, -int(r * 0.8):int(r * 0.8)]
+        self.head = (hy / r) ** 2 + (hx / (r * 0.8)) ** 2 <= 1.0
+        self.torso = (int(bh * 0.45), int(bw * 0.42))
+        self.slide()
+
+    def slide(self) -> None:
+        """A new slide: background, title bar, lines of 'text' of random length, a chart of coloured bars."""
+        w, h, rng = self.w, self.h, self.rng
+        y = np.full((h, w), int(rng.integers(225, 245)), np.uint8)
+        u = np.full((h // 2, w // 2), 128, np.uint8)
+        v = np.full((h // 2, w // 2), 128, np.uint8)
+        tint = rng.integers(60, 200, 2)
+        y[: h // 8] = int(rng.integers(30, 90))
+        u[: h // 16], v[: h // 16] = tint
+        line_h, gap = max(4, h // 45), max(8, h // 22)
+        text_w = int(w * 0.62)
+        for row in range(h // 6, int(h * 0.9), gap):
+            indent = int(rng.integers(0, 4)) * w // 40
+            end = w // 20 + indent + int(rng.uniform(0.3, 1.0) * (text_w - indent))
+            words = rng.integers(0, 2, (end - w // 20 - indent) // 12).repeat(12)  # dark runs with spaces
+            y[row:row + line_h, w // 20 + indent:w // 20 + indent + len(words)] = np.where(words, 40, y[row, 0])
+        x = int(w * 0.66)
+        for k in range(int(rng.integers(3, 7))):  # a bar chart above the speaker box
+            top = int(h * rng.uniform(0.15, 0.35))
+            x0, x1 = x + k * w // 40, x + k * w // 40 + w // 60
+            y[top:int(h * 0.42), x0:x1] = int(rng.integers(60, 160))
+            u[top // 2:int(h * 0.21), x0 // 2:x1 // 2], v[top // 2:int(h * 0.21), x0 // 2:x1 // 2] = rng.integers(40, 216, 2)
+        self.planes = (y, u, v)
+
+    def frame(self, t: float) -> np.ndarray:
+        """The picture at ``t`` seconds as one (h·3/2, w) yuv420p array: the slide plus the moving speaker."""
+        y, u, v = (p.copy() for p in self.planes)
+        y0, x0, y1, x1 = self.box
+        bh, bw = y1 - y0, x1 - x0
+        cam = self.backdrop.copy()
+        cx = int(bw / 2 + bw * 0.25 * np.sin(t / 4.0) + bw * 0.05 * np.sin(t * 1.7))  # walking, gesturing
+        cy = int(bh * 0.3 + bh * 0.02 * np.sin(t * 3.1))
+        th, tw = self.torso
+        cam[cy + self.head.shape[0] // 2:cy + self.head.shape[0] // 2 + th,
+            max(0, cx - tw // 2):max(0, cx + tw // 2)] = 45
+        hh, hw = self.head.shape
+        ty, tx = max(0, cy - hh // 2), int(np.clip(cx - hw // 2, 0, bw - hw))
+        cam[ty:ty + hh, tx:tx + hw][self.head[:bh - ty]] = 170
+        y[y0:y1, x0:x1] = cam
+        u[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = 120
+        v[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = 140
+        return np.concatenate([y, u.reshape(-1, self.w), v.reshape(-1, self.w)])
+
+
+def make_lecture(args: tuple[str, float, int, str, int, str]) -> str:
+    """One talk (see the module doc): ``(path, seconds, seed, speech clip, encoder threads, x264 preset)``."""
+    import av
+
+    path, seconds, seed, clip_path, threads, preset = args
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    width, height, fps = LECTURE_FORMATS[seed % len(LECTURE_FORMATS)]
+    clip = load_clip(clip_path)
+    talk = _Lecture(width, height, rng)
+    tmp = path + ".partial.mp4"
+    with av.open(tmp, "w") as out:
+        vs = out.add_stream("libx264", rate=fps, options={"preset": preset, "crf": "23"})
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.thread_count = threads
+        aus = out.add_stream("aac", rate=44100, layout="mono")
+        aus.bit_rate = 64000
+        next_slide = float(rng.uniform(*SLIDE_S))
+        pcm_pos = 0
+        for second in range(int(seconds)):  # one second of picture, then its second of sound: interleaved
+            if second >= next_slide:
+                talk.slide()
+                next_slide += float(rng.uniform(*SLIDE_S))
+            for i in range(fps):
+                frame = av.VideoFrame.from_ndarray(talk.frame(second + i / fps), format="yuv420p")
+                frame.pts = second * fps + i
+                out.mux(vs.encode(frame))
+            out.mux(aus.encode(_audio_frame(speech_piece(clip, SR, rng), pcm_pos)))
+            pcm_pos += SR
+        out.mux(vs.encode(None))
+        out.mux(aus.encode(None))
+    os.replace(tmp, path)
+    return path
+
+
+def make_corpus(folder: Path, videos: int, minutes: float, clip: str, kind: str = "tiny",
+                preset: str = "veryfast") -> list[str]:
+    """``videos`` distinct videos of ``minutes`` each in ``folder`` (kept if already there), in parallel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    workers = min(videos, cpus)
+    if kind == "lecture":
+        threads = max(1, cpus // max(workers, 1))
+        jobs = [(str(folder / f"lecture_{i:02d}.mp4"), minutes * 60, 2000 + i, clip, threads, preset)
+                for i in range(videos)]
+        fn = make_lecture
+    else:
+        jobs = [(str(folder / f"talk_{i:02d}.mkv"), minutes * 60, 1000 + i, clip) for i in range(videos)]
+        fn = make_tiny_video
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", choices=("tiny", "lecture"), default="lecture")
+    p.add_argument("--videos", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=1.0)
+    p.add_argument("--preset", default="veryfast", help="x264 preset of the lecture videos")
+    p.add_argument("--speech-clip", help="audio with speech; default: made with espeak-ng (or tones) in --out")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clip = a.speech_clip or speech_clip(out / "speech.wav")
+    for path in make_corpus(out, a.videos, a.minutes, clip, a.kind, a.preset):
+        print(path, os.path.getsize(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
