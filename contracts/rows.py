@@ -27,6 +27,15 @@ def _opt(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def _utc(value: Any) -> Any:
+    """A numpy datetime64 (how Ray hands over a timestamp column) as a UTC datetime; None for none."""
+    if value is None or (isinstance(value, np.datetime64) and np.isnat(value)):
+        return None
+    if isinstance(value, np.datetime64):
+        return datetime.fromtimestamp(value.astype("datetime64[us]").astype(np.int64) / 1e6, tz=timezone.utc)
+    return value
+
+
 def status_of(kind: str, error: str) -> str:
     if error:
         return "error"
@@ -60,6 +69,7 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
             bytes=int(batch["bytes"][i]), duration_s=duration if kind in ("video", "audio") else None,
             pages=pages, status=status_of(kind, err), error_stage=str(batch["error_stage"][i]) or None,
             error=err or None, retryable=bool(get(RETRYABLE, i, False)) if err else None,
+            modified=_utc(get("modified", i)),
             config_fingerprint=fingerprint, job_id=job_id, committed_at=now)
         for stage in METRIC_STAGES:
             wall = get(f"{stage}_wall_s", i)

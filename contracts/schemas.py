@@ -29,6 +29,9 @@ ASSETS = pa.schema([
     pa.field("retryable", pa.bool_(), metadata={"doc": "the failure was transient (throttling, timeouts, GPU memory "
                                                          "full): `corpusflow run --retry-errors` processes it again; "
                                                          "null unless status=error"}),
+    pa.field("modified", pa.timestamp("us", tz="UTC"), metadata={"doc": "the input's last-modified time when it "
+                                                                 "was read: a re-run skips an input whose uri, "
+                                                                 "bytes and modified time are unchanged"}),
     pa.field("config_fingerprint", pa.string(), nullable=False),
     pa.field("job_id", pa.string(), nullable=False),
     pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),

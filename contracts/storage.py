@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 import pyarrow.fs as pafs
 
@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 class FileEntry:
     uri: str
     size: int
+    modified: Optional[datetime] = None  # UTC; with uri and size, what tells an unchanged file without reading it
 
 
 def is_s3(uri: str) -> bool:
@@ -101,12 +102,12 @@ def list_files(uri: str) -> list[FileEntry]:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"corpus {uri!r} does not exist")
     if info.type == pafs.FileType.File:
-        return [FileEntry(_to_uri(uri, path), info.size)]
+        return [FileEntry(_to_uri(uri, path), info.size, info.mtime)]
     out = []
     for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if f.type != pafs.FileType.File:
             continue
-        out.append(FileEntry(_to_uri(uri, f.path), f.size))
+        out.append(FileEntry(_to_uri(uri, f.path), f.size, f.mtime))
     return sorted(out, key=lambda e: e.uri)
 
 

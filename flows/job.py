@@ -21,13 +21,14 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
+from corpusflow.actors.identify import kind_by_name
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage, ray_arguments
-from corpusflow.flows.tables import check_out, commit, committed_keys, job_finished, job_started
+from corpusflow.flows.tables import check_out, commit, committed_keys, job_finished, job_started, unchanged_files
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -111,6 +112,30 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
     return commit_batch
 
 
+# How the listing is cut into Ray blocks. A file named as video or audio is a block of its own: it
+# never waits behind others for decode and ASR. Other files (PDFs, the unsupported) share blocks of at
+# most BLOCK_FILES files and BLOCK_BYTES, so a corpus of a million PDFs is not a million Ray tasks per stage.
+BLOCK_BYTES = 64 << 20
+BLOCK_FILES = 16
+
+
+def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
+    blocks: list[list[storage.FileEntry]] = []
+    shared: list[storage.FileEntry] = []
+    for e in entries:
+        if kind_by_name(e.uri) in ("video", "audio"):
+            blocks.append([e])
+            continue
+        if shared and (sum(s.size for s in shared) + e.size > BLOCK_BYTES or len(shared) >= BLOCK_FILES):
+            blocks.append(shared)
+            shared = []
+        shared.append(e)
+    blocks.append(shared)
+    return [pa.table({"uri": [e.uri for e in b], "bytes": pa.array([e.size for e in b], pa.int64()),
+                      "modified": pa.array([e.modified for e in b], pa.timestamp("us", tz="UTC"))})
+            for b in blocks if b]
+
+
 def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
                   commit_rows: bool = True):
     """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
@@ -119,9 +144,7 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
     """
     import ray
 
-    listing = pa.table({"uri": [e.uri for e in entries], "bytes": pa.array([e.size for e in entries], pa.int64())})
-    # One block per file keeps the stream fine-grained: a long video never waits behind others.
-    ds = ray.data.from_arrow(listing).repartition(max(1, len(entries)))
+    ds = ray.data.from_arrow(_listing_blocks(entries))
     ds = ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
     for spec in (s for s in STAGES if s.cls is not None):
         if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
@@ -200,13 +223,17 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
-    entries = storage.list_files(config.corpus)
-    summary.files = len(entries)
+    listed = storage.list_files(config.corpus)
+    summary.files = len(listed)
     check_out(config.out)
+    # Unchanged since committed (same uri, size and modified time): skipped without reading a byte.
+    unchanged = unchanged_files(config.out, summary.fingerprint, retry_errors)
+    entries = [e for e in listed if (e.uri, e.size, e.modified) not in unchanged]
     done = committed_keys(config.out, summary.fingerprint, retry_errors)
-    progress(f"corpusflow: {len(entries)} files under {config.corpus}; {len(done)} assets already committed "
-             f"for config {summary.fingerprint}; writing to {config.out}")
+    progress(f"corpusflow: {len(listed)} files under {config.corpus}, {len(listed) - len(entries)} unchanged since "
+             f"committed for config {summary.fingerprint}; writing to {config.out}")
     if not entries:
+        summary.already_done = len(listed)
         summary.wall_s = time.time() - t0
         return summary
 
@@ -243,11 +270,11 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                     summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
                                            "error": str(batch["error"][i])})
                 elapsed = time.time() - t0
-                progress(f"[{seen + len(done)}/{len(entries)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+                progress(f"[{seen + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
                          f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
     finally:
         job_finished(config.out, job_id)
-    summary.already_done = len(entries) - seen
+    summary.already_done = len(listed) - seen
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,16 +123,21 @@ def read_table(out: str, table: str, columns: Optional[list[str]] = None) -> pa.
     return got.cast(schema)
 
 
+def _done(fingerprint: str, retry_errors: bool) -> pc.Expression:
+    """Assets rows that count as done for a run under ``fingerprint``."""
+    done = pc.field("config_fingerprint") == fingerprint
+    if retry_errors:
+        # Kleene logic: an ok row's null ``retryable`` leaves "error AND retryable" false, so it stays done.
+        done = done & ~((pc.field("status") == "error") & pc.field("retryable"))
+    return done
+
+
 def committed_keys(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, str]]:
     """(uri, asset_id) pairs already committed under this config fingerprint: a re-run skips them.
 
     With ``retry_errors``, inputs whose failure was transient (``retryable``) are not counted as done.
     """
-    done = pc.field("config_fingerprint") == fingerprint
-    if retry_errors:
-        # Kleene logic: an ok row's null ``retryable`` leaves "error AND retryable" false, so it stays done.
-        done = done & ~((pc.field("status") == "error") & pc.field("retryable"))
-    found = open_table(out, "assets").to_table(columns=["uri", "asset_id"], filter=done)
+    found = open_table(out, "assets").to_table(columns=["uri", "asset_id"], filter=_done(fingerprint, retry_errors))
     return set(zip(found["uri"].to_pylist(), found["asset_id"].to_pylist()))
 
 
@@ -153,6 +158,14 @@ def running_jobs(out: str) -> list[str]:
     """Jobs that marked themselves as writing to OUT within the last STALE_JOB_HOURS."""
     return [j for j in storage.list_names(_running(out))
             if storage.age_s(storage.join(_running(out), j)) < STALE_JOB_HOURS * 3600]
+
+
+def unchanged_files(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, int, Any]]:
+    """(uri, bytes, modified) of inputs committed under this fingerprint: a re-run skips them unread."""
+    found = open_table(out, "assets").to_table(columns=["uri", "bytes", "modified"],
+                                              filter=_done(fingerprint, retry_errors))
+    return {(u, b, m) for u, b, m in zip(found["uri"].to_pylist(), found["bytes"].to_pylist(),
+                                         found["modified"].to_pylist()) if m is not None}
 
 
 def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,9 +63,9 @@ class FaultyS3Proxy:
             def _relay(self) -> None:
                 fault = proxy.faults.draw()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if fault == "drop":
+                if fault == "drop":  # cut off: the client sees the connection reset, no answer
                     self.close_connection = True
-                    self.connection.close()
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault == "slow_down":
                     self.send_response(503, "Slow Down")

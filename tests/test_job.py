@@ -95,10 +95,15 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     assert {"identify", "decode", "asr", "vlm", "pdf"} <= set(metrics["stage"].to_pylist())
     assert all(c >= 0 for c in metrics["cost_usd"].to_pylist())
 
-    # Same job again: everything is already committed, nothing is written at all (no new table version).
+    # Same job again: everything is already committed and unchanged, so no byte is read (Ray is not even
+    # started) and nothing is written (no new table version).
+    import ray
+
+    ray.shutdown()
     before = {t: DeltaTable(str(out / t)).version() for t in TABLES}
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
     assert "12 already done" in capsys.readouterr().out
+    assert not ray.is_initialized()
     assert {t: DeltaTable(str(out / t)).version() for t in TABLES} == before
     assert read_table(str(out), "assets").num_rows == 12
 
