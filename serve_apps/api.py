@@ -185,7 +185,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
         add_stream_route(v1, settings, stream)
     app.include_router(v1)
 
-    routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    routes = frozenset(r.path for r in (*app.routes, *v1.routes) if hasattr(r, "path"))  # an included router is one entry
     app.add_middleware(RequestMetrics, registry=registry, routes=routes)  # added last: runs first
     return app
 
