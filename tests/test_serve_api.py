@@ -37,6 +37,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def replica_pid(deployment: str) -> int:
+    """The process id of a live replica of ``deployment`` in this test's Ray (not another one on the machine)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::corpusflow#{deployment}#")]
+    for name in names:
+        try:
+            return ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: os.getpid()), timeout=10)
+        except (ray.exceptions.RayActorError, ValueError):  # a replica that died since it was listed
+            continue
+    raise LookupError(f"no live replica of {deployment} among {names}")
+
+
 def small(**kw) -> DeploymentSettings:
     """A deployment that fits many to a 2-core machine: a fraction of a logical CPU, one replica."""
     return DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1), **kw)

@@ -19,7 +19,7 @@ import requests
 from corpusflow.contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig, \
     StreamingSettings
 from tests.media import make_audio
-from tests.test_serve_api import KEY, free_port
+from tests.test_serve_api import KEY, free_port, replica_pid
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,9 @@ def app(model_cache):
 
 def kill_replica(deployment: str) -> int:
     """SIGKILL one replica process of ``deployment``; its pid."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:corpusflow:{deployment}"), ("state", "=", "ALIVE")])
-    os.kill(actors[0].pid, signal.SIGKILL)
-    return actors[0].pid
+    pid = replica_pid(deployment)
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 def running(serve) -> dict[str, int]:

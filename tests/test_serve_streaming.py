@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from corpusflow.contracts.serve_config import Autoscaling, Deployments, DeploymentSettings, ServeConfig, StreamingSettings
 from tests.media import make_video
-from tests.test_serve_api import V1, free_port
+from tests.test_serve_api import V1, free_port, replica_pid
 
 KEY = "stream-key-" + "y" * 16
 SIDE = 56
@@ -235,10 +235,8 @@ def encoded(side: int, fmt: str = "PNG") -> str:
 
 def _replica_rss() -> int:
     import psutil
-    from ray.util.state import list_actors
 
-    (actor,) = list_actors(filters=[("class_name", "=", "ServeReplica:corpusflow:stream"), ("state", "=", "ALIVE")])
-    return psutil.Process(actor.pid).memory_info().rss
+    return psutil.Process(replica_pid("stream")).memory_info().rss
 
 
 def test_oversized_frames_and_messages_are_refused_before_decoding(ws_url):
