@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import pytest
@@ -35,6 +37,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def served(settings: ServeConfig) -> Iterator[str]:
+    """The app on a local Ray at 127.0.0.1, accepting KEY, for the block; its base URL once every stage answers."""
+    import ray
+    from ray import serve
+
+    from corpusflow.serve_apps.run_local import start, wait_ready
+
+    url = start(settings, api_key=KEY, num_cpus=4)
+    try:
+        wait_ready(url, 240)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def replica_pid(deployment: str) -> int:
@@ -88,11 +107,6 @@ def _write(path: Path, data: bytes) -> Path:
 def api(s3_server, bucket, model_cache):
     """Base URL of the app on 127.0.0.1 under ``/cf``, with a 1 MB body limit, one allow-listed S3 prefix
     and a 0.5 MB limit on S3 objects."""
-    from ray import serve
-    import ray
-
-    from corpusflow.serve_apps.run_local import start, wait_ready
-
     settings = ServeConfig(
         port=free_port(), route_prefix=PREFIX, models="tiny-random", model_cache=model_cache, max_request_mb=1,
         max_uri_mb=0.5, request_timeout_s=90,
@@ -102,14 +116,9 @@ def api(s3_server, bucket, model_cache):
                                 pdf=small(max_ongoing_requests=1, max_queued_requests=1),
                                 asr=small(batching=Batching(max_batch_size=4)),
                                 vlm=small(batching=Batching(max_batch_size=4))))
-    url = start(settings, api_key=KEY, num_cpus=4)
-    assert url.endswith(PREFIX)
-    try:
-        wait_ready(url, 240)
+    with served(settings) as url:
+        assert url.endswith(PREFIX)
         yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def post(api: str, endpoint: str, path: Path | None = None, key: str | None = KEY, timeout: float = 120,

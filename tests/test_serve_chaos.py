@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from collections import Counter
+from typing import Optional
 
 import pytest
 import requests
@@ -19,7 +18,8 @@ import requests
 from corpusflow.contracts.serve_config import Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig, \
     StreamingSettings
 from tests.media import make_audio
-from tests.test_serve_api import KEY, free_port, replica_pid
+from tests.test_serve_api import KEY, free_port, replica_pid, served
+from tests.test_serve_load import start_clients
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,7 @@ def fixed(**kw) -> DeploymentSettings:
 
 @pytest.fixture(scope="module")
 def app(model_cache):
-    import ray
     from ray import serve
-
-    from corpusflow.serve_apps.run_local import start, wait_ready
 
     settings = ServeConfig(
         port=free_port(), model_cache=model_cache, request_timeout_s=DEADLINE_S, overload_status=503, retry_after_s=1,
@@ -45,13 +42,8 @@ def app(model_cache):
                                 asr=fixed(max_ongoing_requests=8, max_queued_requests=8, batching=Batching(max_batch_size=4)),
                                 pdf=fixed(), vlm=fixed()),
         streaming=StreamingSettings(enabled=False))
-    url = start(settings, api_key=KEY, num_cpus=4)
-    try:
-        wait_ready(url, 240)
+    with served(settings) as url:
         yield url, serve
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def kill_replica(deployment: str) -> int:
@@ -69,36 +61,18 @@ def running(serve) -> dict[str, int]:
 def test_killed_replicas_under_load_give_clean_answers_and_come_back(app, tmp_path):
     url, serve = app
     audio = make_audio(tmp_path / "speech.wav", seconds=2).read_bytes()
-    statuses: Counter[int] = Counter()
-    problems: list[str] = []
-    lock = threading.Lock()
-    stop = time.time() + SECONDS
 
-    def client() -> None:
-        with requests.Session() as s:
-            while time.time() < stop:
-                t0 = time.monotonic()
-                try:  # past the deadline plus the proxy's slack, a request hangs
-                    r = s.post(f"{url}/v1/transcribe", files={"file": ("speech.wav", audio)},
-                               headers={"X-API-Key": KEY}, timeout=DEADLINE_S + 10)
-                except requests.RequestException as e:
-                    with lock:
-                        problems.append(f"transport after {time.monotonic() - t0:.1f} s: {e}")
-                    continue
-                with lock:
-                    statuses[r.status_code] += 1
-                    if r.status_code in (429, 503) and not r.headers.get("Retry-After"):
-                        problems.append(f"{r.status_code} without Retry-After: {r.text[:200]}")
-                    elif r.status_code == 500 and "incident" not in r.json().get("detail", ""):
-                        problems.append(f"500 without an incident id: {r.text[:200]}")
-                    elif r.status_code not in (200, 429, 503, 504, 500):
-                        problems.append(f"{r.status_code}: {r.text[:200]}")
-                if r.status_code in (429, 503):
-                    time.sleep(float(r.headers.get("Retry-After") or 1))
+    def judge(r: requests.Response) -> Optional[str]:
+        if r.status_code in (429, 503) and not r.headers.get("Retry-After"):
+            return f"{r.status_code} without Retry-After: {r.text[:200]}"
+        if r.status_code == 500 and "incident" not in r.json().get("detail", ""):
+            return f"500 without an incident id: {r.text[:200]}"
+        if r.status_code not in (200, 429, 503, 504, 500):
+            return f"{r.status_code}: {r.text[:200]}"
+        return None
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for t in threads:
-        t.start()
+    # past the deadline plus the proxy's slack, a request hangs: the client gives up and says so
+    statuses, problems, threads = start_clients(url, audio, CLIENTS, time.time() + SECONDS, DEADLINE_S + 10, judge)
     time.sleep(SECONDS / 4)
     killed = {"decode": kill_replica("decode")}
     time.sleep(SECONDS / 4)
