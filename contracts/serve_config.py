@@ -15,6 +15,9 @@ from corpusflow.contracts.base import StrictModel, read_mapping, validated
 from corpusflow.contracts.config import AsrConfig, StageConfig, VideoConfig, VlmConfig, default_cache, load_profile
 
 DEPLOYMENTS = ("api", "decode", "pdf", "asr", "vlm")
+# Serve's HTTP proxy runs uvicorn with its default WebSocket limit and no way to change it: a bigger
+# message is cut off by the proxy (close 1009) before the API sees it, so a larger setting would lie.
+PROXY_WS_MAX_MB = 16.0
 
 
 class Autoscaling(StrictModel):
@@ -90,7 +93,11 @@ class StreamingSettings(StrictModel):
     allowed_video_prefixes: tuple[str, ...] = Field(
         (), description="s3://bucket/prefix/ locations a client may ask the server to play; empty = none")
     idle_timeout_s: float = Field(300.0, gt=0, description="a session with no message for this long is closed")
-    max_message_mb: float = Field(16.0, gt=0, description="largest WebSocket message (frames included)")
+    max_message_mb: float = Field(PROXY_WS_MAX_MB, gt=0, le=PROXY_WS_MAX_MB,
+                                  description="largest WebSocket message (frames included); at most the "
+                                  "proxy's own limit of 16 MB")
+    max_frame_scale: float = Field(16.0, ge=1, description="largest frame a client may send, in multiples of the "
+                                   "session's frame_pixels; larger ones are refused from their header, undecoded")
     deployment: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=32)
 
     @field_validator("allowed_video_prefixes")
@@ -104,6 +111,8 @@ class ServeConfig(StrictModel):
 
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
     port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$",
+                              description="path the app is served under, e.g. /cf (routes become /cf/v1/...)")
     models: str = Field("tiny-random", description="built-in models profile name or a profile YAML file")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
@@ -114,6 +123,10 @@ class ServeConfig(StrictModel):
     api_keys_env: str = Field("CORPUSFLOW_API_KEYS", description="environment variable holding comma-separated keys")
     api_keys_file: Optional[str] = Field(None, description="file with one key per line (read by each ingress replica)")
     max_request_mb: float = Field(64.0, gt=0, description="largest request body; bigger ones get 413")
+    max_uri_mb: float = Field(1024.0, gt=0, description="largest allow-listed s3:// object; bigger ones get 413 "
+                              "from their metadata, before a byte is read")
+    input_threads: int = Field(2, ge=1, description="threads per ingress replica that hash and sniff inputs, so "
+                               "large inputs cannot hold up the ingress's other work")
     request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline; past it the answer is 504")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503/429 under overload")
     overload_status: Literal[503, 429] = Field(503, description="status for requests refused by a full queue")
@@ -136,6 +149,10 @@ class ServeConfig(StrictModel):
     @property
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 2**20)
+
+    @property
+    def max_uri_bytes(self) -> int:
+        return int(self.max_uri_mb * 2**20)
 
     @property
     def min_cpus(self) -> float:

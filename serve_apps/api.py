@@ -1,37 +1,36 @@
 """The HTTP API: versioned routes, limits, error mapping and metrics, over a :class:`Pipeline`.
 
 Every ``/v1`` route takes ``multipart/form-data`` with either ``file`` (an upload) or ``uri`` (an
-allow-listed ``s3://`` object). Bodies past ``max_request_mb`` get 413 while they are read; a
-client may shorten the deadline with ``X-Request-Timeout`` but never extend it past the server's.
+allow-listed ``s3://`` object), and needs the API key: the key check is a dependency of the ``/v1``
+router, so it holds under any route prefix. Bodies past ``max_request_mb`` get 413 while they are
+read; a client may shorten the deadline with ``X-Request-Timeout`` but never extend it past the
+server's. ``/healthz``, ``/readyz``, ``/metrics`` and the docs need no key (probes and scrapers).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 import uuid
-from contextlib import asynccontextmanager
-from pathlib import PurePosixPath
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Annotated, Any, Awaitable, Callable, Optional
 
-from fastapi import FastAPI, File, Form, Header, Request, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.contracts.stage import Batch
 from corpusflow.contracts.rows import rows_for_batch
-from corpusflow.serve_apps.guards import ApiError, RequireApiKey, check_uri, load_api_keys
+from corpusflow.serve_apps.guards import ApiError, api_key_dependency, load_api_keys
 from corpusflow.serve_apps.models import AnalyzeOut, AskOut, ErrorOut, TranscribeOut
-from corpusflow.serve_apps.pipeline import MEDIA_KINDS, Pipeline, Source, s3_source
-from corpusflow.serve_apps.streaming import add_stream_route
+from corpusflow.serve_apps.pipeline import MEDIA_KINDS, Pipeline
+from corpusflow.serve_apps.streaming import add_stream_route, refuse
+from corpusflow.serve_apps.uploads import MAX_QUESTION_CHARS, openapi_form, request_input
 
 API_VERSION = "v1"
 log = logging.getLogger("ray.serve")
@@ -41,9 +40,6 @@ _ERRORS = {400: "malformed request or URI", 401: "missing or invalid API key", 4
            504: "deadline passed"}
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut, "description": d} for s, d in _ERRORS.items()}
 
-Upload = Annotated[Optional[UploadFile], File(description="the video, audio or PDF file")]
-Uri = Annotated[Optional[str], Form(max_length=2048, description="s3://bucket/key under an allow-listed prefix")]
-Question = Annotated[str, Form(min_length=1, max_length=2000, description="a question about the video")]
 Deadline = Annotated[Optional[float], Header(alias="X-Request-Timeout", gt=0, le=3600,
                                              description="seconds; capped at the server's request timeout")]
 
@@ -52,7 +48,8 @@ class RequestMetrics:
     """Prometheus series of this ingress replica, for every response including 401, 413 and 422.
 
     ASGI middleware outermost, so refusals made before a route runs are counted too; paths outside
-    the API's own routes share one label, so random URLs cannot blow up the series count.
+    the API's own routes share one label, so random URLs cannot blow up the series count. Routes are
+    labelled without the route prefix (Serve keeps it in ``root_path``), as the app declares them.
     """
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry, routes: frozenset[str]):
@@ -66,7 +63,8 @@ class RequestMetrics:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.routes else "other"
+        path = get_route_path(scope)
+        route = path if path in self.routes else "other"
         status, t0 = 500, time.perf_counter()
 
         async def send_status(message: Message) -> None:
@@ -84,38 +82,6 @@ class RequestMetrics:
             self.latency.labels(route).observe(time.perf_counter() - t0)
 
 
-def _safe_name(name: Optional[str]) -> str:
-    base = os.path.basename(name or "") or "upload"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:120]
-
-
-@asynccontextmanager
-async def _source(file: Optional[UploadFile], uri: Optional[str], settings: ServeConfig) -> AsyncIterator[Source]:
-    """The request's input; an upload lives in a private temp dir that is removed afterwards."""
-    if (file is None) == (not uri):
-        raise ApiError(422, "send exactly one of 'file' (an upload) or 'uri' (an s3:// URI)")
-    if uri:
-        yield await asyncio.to_thread(s3_source, check_uri(uri, settings.allowed_uri_prefixes))
-        return
-    assert file is not None
-    data = await file.read(settings.max_request_bytes + 1)
-    if not data:
-        raise ApiError(422, "the uploaded file is empty")
-    name = _safe_name(file.filename)
-    tmp = tempfile.mkdtemp(prefix="corpusflow-request-")
-    try:
-        path = os.path.join(tmp, "upload" + PurePosixPath(name).suffix)  # the suffix words Identify's messages
-        await asyncio.to_thread(_write, path, data)
-        yield Source(uri=f"upload://{uuid.uuid4().hex}/{name}", size=len(data), local_path=path, payload=data)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-
-
 def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[DeploymentHandle] = None) -> FastAPI:
     """The FastAPI app (with the ``/v1/stream`` WebSocket when ``stream`` is given); raises ConfigError
     when no API key is configured (it fails closed)."""
@@ -125,12 +91,13 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
     prices = settings.stage_config().usd_per_hour
     app = FastAPI(title="corpusflow", version=API_VERSION, max_body_size=settings.max_request_bytes,
                   description="Video, audio and PDF analysis with the same stages and row shapes as the batch tables.")
-    app.add_middleware(RequireApiKey, header=settings.api_key_header, digests=digests)
-    key_doc = Security(APIKeyHeader(name=settings.api_key_header, auto_error=False,
-                                    description="enforced by middleware before the body is read"))
+    v1 = APIRouter(prefix=f"/{API_VERSION}", responses=RESPONSES,
+                   dependencies=[Depends(api_key_dependency(settings.api_key_header, digests))])
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    async def _api_error(conn: HTTPConnection, e: ApiError) -> Optional[JSONResponse]:
+        if isinstance(conn, WebSocket):  # e.g. the key dependency of /v1/stream: refused before the upgrade
+            return await refuse(conn, e)
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
 
     def tables(batch: Batch) -> dict[str, list[dict[str, Any]]]:
@@ -143,33 +110,34 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
             return await asyncio.wait_for(work(), deadline)
         except asyncio.TimeoutError:
             raise ApiError(504, f"no answer within {deadline:g} s") from None
-        except ApiError:
+        except (ApiError, HTTPException):  # our refusals, and the body limit's 413
             raise
         except Exception as e:  # noqa: BLE001 - logged here, answered as 500; the replica keeps serving
             incident = uuid.uuid4().hex[:12]
             log.exception("request failed (incident %s)", incident)
             raise ApiError(500, f"internal error (incident {incident}); the server log has the details") from e
 
-    v1 = f"/{API_VERSION}"
+    def given(request: Request) -> Any:
+        return request_input(request, settings, pipeline.inputs)
 
-    @app.post(f"{v1}/analyze", response_model=AnalyzeOut, responses=RESPONSES, dependencies=[key_doc])
-    async def analyze(file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+    @v1.post("/analyze", response_model=AnalyzeOut, openapi_extra=openapi_form())
+    async def analyze(request: Request, x_request_timeout: Deadline = None) -> dict[str, Any]:
         """Everything the batch job writes for one input: its asset row, timeline, summary and pages."""
 
         async def work() -> dict[str, Any]:
-            async with _source(file, uri, settings) as source:
+            async with given(request) as (source, _):
                 rows = tables(await pipeline.analyze(source))
             return {"asset": rows["assets"][0], "timeline": rows["timeline"],
                     "summary": rows["summaries"][0] if rows["summaries"] else None, "pages": rows["pages"]}
 
         return await served(x_request_timeout, work)
 
-    @app.post(f"{v1}/transcribe", response_model=TranscribeOut, responses=RESPONSES, dependencies=[key_doc])
-    async def transcribe(file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+    @v1.post("/transcribe", response_model=TranscribeOut, openapi_extra=openapi_form())
+    async def transcribe(request: Request, x_request_timeout: Deadline = None) -> dict[str, Any]:
         """Speech of an audio or video file: language, segments and words with timestamps."""
 
         async def work() -> dict[str, Any]:
-            async with _source(file, uri, settings) as source:
+            async with given(request) as (source, _):
                 batch = await pipeline.identify(source)
                 _require_kind(batch, MEDIA_KINDS, "transcribe needs audio or video")
                 batch = await pipeline.transcribe(await pipeline.extract(batch, source))
@@ -182,12 +150,13 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
 
         return await served(x_request_timeout, work)
 
-    @app.post(f"{v1}/ask", response_model=AskOut, responses=RESPONSES, dependencies=[key_doc])
-    async def ask(question: Question, file: Upload = None, uri: Uri = None, x_request_timeout: Deadline = None) -> dict[str, Any]:
+    @v1.post("/ask", response_model=AskOut, openapi_extra=openapi_form(question=True))
+    async def ask(request: Request, x_request_timeout: Deadline = None) -> dict[str, Any]:
         """An answer grounded in the video's frames and transcript, with the timestamps it relied on."""
 
         async def work() -> dict[str, Any]:
-            async with _source(file, uri, settings) as source:
+            async with given(request) as (source, form):
+                question = form.text("question", MAX_QUESTION_CHARS, required=True)
                 batch = await pipeline.identify(source)
                 _require_kind(batch, ("video",), "ask needs a video")
                 batch = await pipeline.transcribe(await pipeline.extract(batch, source))
@@ -213,9 +182,10 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     if stream is not None:
-        add_stream_route(app, settings, stream, digests)
+        add_stream_route(v1, settings, stream)
+    app.include_router(v1)
 
-    routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    routes = frozenset(r.path for r in (*app.routes, *v1.routes) if hasattr(r, "path"))  # an included router is one entry
     app.add_middleware(RequestMetrics, registry=registry, routes=routes)  # added last: runs first
     return app
 

@@ -1,7 +1,10 @@
 """What the ingress checks before doing any work: the API key, and where a requested URI points.
 
-The key check is ASGI middleware so an unauthenticated client is refused before its body is read.
-Keys are compared as SHA-256 digests, so the comparison time does not depend on how much matched.
+The key check is a dependency of the ``/v1`` router, so it guards every route the router holds
+(HTTP and WebSocket) whatever prefix the app is mounted under: a path test would have to know the
+prefix (Serve keeps it in ``scope["path"]``), a route's dependency does not. Routes read their body
+after it, so an unauthenticated client is refused before its upload is read. Keys are compared as
+SHA-256 digests, so the comparison time does not depend on how much matched.
 """
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ import hashlib
 import hmac
 import os
 from pathlib import PurePosixPath
-from typing import Iterable, Optional
+from typing import Awaitable, Callable, Iterable, Optional
 
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import Security
+from fastapi.security import APIKeyHeader
 
 from corpusflow.contracts.config import ConfigError
 
@@ -50,20 +53,15 @@ def key_matches(candidate: Optional[str], digests: Iterable[bytes]) -> bool:
     return any([hmac.compare_digest(d, k) for k in digests])  # list: compare with every key, no early exit
 
 
-class RequireApiKey:
-    """Refuse ``/v1/...`` requests without a valid key in ``header`` with 401, before reading the body."""
+def api_key_dependency(header: str, digests: frozenset[bytes]) -> Callable[[Optional[str]], Awaitable[None]]:
+    """A dependency refusing a request or WebSocket without a valid key in ``header`` with 401."""
+    scheme = APIKeyHeader(name=header, auto_error=False, description="required on every /v1 route")
 
-    def __init__(self, app: ASGIApp, header: str, digests: frozenset[bytes]):
-        self.app, self.header, self.digests = app, header.lower().encode(), digests
+    async def require_api_key(key: Optional[str] = Security(scheme)) -> None:
+        if not key_matches(key, digests):
+            raise ApiError(401, "missing or invalid API key", {"WWW-Authenticate": "ApiKey"})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(self.header)
-            if not key_matches(given.decode("latin-1") if given else None, self.digests):
-                response = JSONResponse({"detail": "missing or invalid API key"}, status_code=401,
-                                        headers={"WWW-Authenticate": "ApiKey"})
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+    return require_api_key
 
 
 def check_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> str:

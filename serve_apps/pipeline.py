@@ -3,16 +3,23 @@
 Identify runs in the ingress (it only sniffs and hashes) and decides the route: PDFs go to the PDF
 deployment, media to decode → ASR (→ VLM for video). A failure in identify, decode or PDF extraction
 means the input is unusable and becomes a 422; a later stage's failure stays in the rows, as in the
-batch tables. Full queues become the configured overload status with ``Retry-After``.
+batch tables. Full queues become the configured overload status with ``Retry-After``, and so does a
+replica that died under the request (Serve restarts it). Identify's hashing and the uploads' disk
+I/O run on a small pool of the ingress's own, so large inputs cannot take the event loop's default
+pool from every other request; a request that is cancelled (its deadline passed, its client left)
+cancels the stage call it is waiting for.
 """
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow.fs as pafs
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -28,16 +35,16 @@ MEDIA_KINDS = ("video", "audio")
 
 @dataclass(frozen=True)
 class Source:
-    """What a request names: an upload (bytes, with the ingress's temp copy) or an s3:// object."""
+    """What a request names: an upload (in a temp file on the ingress's node) or an s3:// object."""
 
     uri: str  # what the client sees in the rows: s3://... or upload://<request>/<file name>
     size: int
     local_path: Optional[str] = None  # the upload's temp file on the ingress's node
-    payload: Optional[bytes] = None
 
 
-def s3_source(uri: str) -> Source:
-    """A Source for an (already allow-listed) S3 object; 404 when it does not exist."""
+def s3_source(uri: str, max_bytes: int) -> Source:
+    """A Source for an (already allow-listed) S3 object; 404 when it does not exist, 413 when it is
+    larger than ``max_bytes`` (from its metadata: nothing is read)."""
     fs, path = storage.filesystem(uri)
     try:
         info = fs.get_file_info(path)
@@ -45,6 +52,9 @@ def s3_source(uri: str) -> Source:
         raise ApiError(502, f"cannot reach {uri}: {e}") from e
     if info.type != pafs.FileType.File:
         raise ApiError(404, f"{uri} does not exist")
+    if info.size > max_bytes:
+        raise ApiError(413, f"{uri} is {info.size / 2**20:.1f} MB; this server reads objects up to "
+                            f"{max_bytes / 2**20:g} MB")
     return Source(uri=uri, size=info.size)
 
 
@@ -60,10 +70,18 @@ class Pipeline:
         self.identifier = load_stage(spec("identify").cls, settings.stage_config())
         self.handles = handles
         self.overload_headers = {"Retry-After": str(settings.retry_after_s)}
+        self.inputs = ThreadPoolExecutor(settings.input_threads, thread_name_prefix="corpusflow-inputs")
 
     async def _call(self, deployment: str, method: str, *args: Any) -> Any:
+        response = self.handles[deployment].options(method_name=method).remote(*args)
         try:
-            return await self.handles[deployment].options(method_name=method).remote(*args)
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # nobody waits for the answer: free the replica for requests that do
+            raise
+        except RayActorError as e:
+            raise ApiError(503, f"the {deployment} stage restarted during the request; retry later",
+                           self.overload_headers) from e
         except BackPressureError as e:
             raise ApiError(self.settings.overload_status, f"the {deployment} stage is at capacity; retry later",
                            self.overload_headers) from e
@@ -74,7 +92,7 @@ class Pipeline:
         """The one-row batch for ``source`` after Identify; 422 when the bytes are unusable."""
         batch = {"uri": np.asarray([source.local_path or source.uri]), "bytes": np.asarray([source.size], np.int64),
                  "error_stage": np.asarray([""]), "error": np.asarray([""])}
-        out = await asyncio.to_thread(self.identifier, batch)
+        out = await asyncio.get_running_loop().run_in_executor(self.inputs, self.identifier, batch)
         out["uri"] = np.asarray([source.uri])
         stage, error = _first_error(out)
         if error:
@@ -84,13 +102,14 @@ class Pipeline:
     async def extract(self, batch: Batch, source: Source) -> Batch:
         """Decode media or extract a PDF; 422 for other kinds or inputs the stage cannot read."""
         kind = str(batch["kind"][0])
-        if kind == "pdf":
-            out = await self._call("pdf", "run", batch, source.payload)
-        elif kind in MEDIA_KINDS:
-            out = await self._call("decode", "run", batch, source.payload)
-        else:
+        if kind not in ("pdf", *MEDIA_KINDS):
             raise ApiError(422, f"unsupported input: detected {kind!r} ({batch['format'][0]}); "
                                 "send a video, an audio file or a PDF")
+        # An upload travels as bytes (the replica may be on another node), read only for this call.
+        payload = None
+        if source.local_path:
+            payload = await asyncio.get_running_loop().run_in_executor(self.inputs, Path(source.local_path).read_bytes)
+        out = await self._call("pdf" if kind == "pdf" else "decode", "run", batch, payload)
         stage, error = _first_error(out)
         if error:
             raise ApiError(422, f"malformed {kind} ({stage}): {error}")

@@ -1,8 +1,10 @@
 """``corpusflow serve``: run the online API on this machine (127.0.0.1 by default) until interrupted.
 
 Starts (or joins, with ``--address``) a Ray cluster, deploys the application from one ServeConfig
-and waits for Ctrl-C. Without any configured API key it makes one for this session and prints it,
-so a fresh clone answers requests, while the API still never runs unauthenticated.
+and waits for Ctrl-C. Keys come from ``$CORPUSFLOW_API_KEYS`` or ``--api-keys-file``; ``--api-key``
+still works but warns, since a command line shows in ``ps`` and shell history. Without any key it
+makes one for this session and prints it, so a fresh clone answers requests, while the API still
+never runs unauthenticated.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Optional, Sequence
 
 from corpusflow.contracts.config import ConfigError
 from corpusflow.contracts.serve_config import ServeConfig
+from corpusflow.serve_apps.guards import load_api_keys
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -26,7 +29,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
-    p.add_argument("--api-key", help="accept this key (default: $CORPUSFLOW_API_KEYS, else a generated one)")
+    p.add_argument("--route-prefix", help="serve the API under this path, e.g. /cf (default /)")
+    p.add_argument("--api-keys-file", help="file with one accepted key per line (also: $CORPUSFLOW_API_KEYS)")
+    p.add_argument("--api-key", help="accept this key; visible in ps, so prefer $CORPUSFLOW_API_KEYS or --api-keys-file")
     p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
     p.add_argument("--num-cpus", type=float,
                    help="logical CPUs of the local Ray (default: the cores, or what the replicas reserve if more)")
@@ -49,8 +54,8 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
     serve.start(http_options={"host": settings.host, "port": settings.port,
                               # Serve's own deadline sits behind ours, so clients see our 504 with a reason
                               "request_timeout_s": settings.request_timeout_s + 10})
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{settings.host}:{settings.port}"
+    serve.run(build_app(settings), name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
+    return f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
 
 
 def wait_ready(url: str, timeout_s: float) -> None:
@@ -75,12 +80,18 @@ def wait_ready(url: str, timeout_s: float) -> None:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     try:
-        settings = ServeConfig.load(args.config, models=args.models, host=args.host, port=args.port)
+        settings = ServeConfig.load(args.config, models=args.models, host=args.host, port=args.port,
+                                    route_prefix=args.route_prefix, api_keys_file=args.api_keys_file)
+        if settings.api_keys_file:  # a missing or empty key file fails here, not in every ingress replica
+            load_api_keys(settings.api_keys_env, settings.api_keys_file)
     except ConfigError as e:
         print(f"corpusflow serve: {e}", file=sys.stderr)
         return 2
     key = args.api_key
-    if not key and not os.environ.get(settings.api_keys_env) and not settings.api_keys_file:
+    if key:
+        print(f"corpusflow serve: warning: --api-key shows in the process list and shell history; put keys in "
+              f"${settings.api_keys_env} or --api-keys-file instead", file=sys.stderr)
+    elif not os.environ.get(settings.api_keys_env) and not settings.api_keys_file:
         key = secrets.token_urlsafe(24)
         print(f"no API key configured; this session accepts {settings.api_key_header}: {key}")
     url = start(settings, key, args.address, args.num_cpus)

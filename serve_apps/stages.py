@@ -1,6 +1,8 @@
 """Serve deployments made of the batch job's stage classes: one request is a one-row column batch.
 
-``StageServer`` runs a stage on one request at a time (replicas give the parallelism); uploads travel
+``StageServer`` runs a stage on one request at a time (replicas give the parallelism; the stage runs
+on one worker thread, so a cancelled request cannot let the next one in beside it, see
+serve_apps/exclusive.py); uploads travel
 as bytes and are written to a temporary file on the replica's own node, so a replica never depends
 on a path that exists only where the ingress runs. ``BatchedStageServer`` gathers concurrent
 requests that wait while the stage is busy (serve_apps/gather.py) and hands the stage one
@@ -9,7 +11,6 @@ multi-row batch, as Ray Data would. Both record each call's size and seconds
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import shutil
@@ -24,6 +25,7 @@ from ray import serve
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import Batch, StageFailure, tensor_column
 from corpusflow.serve_apps import batch_metrics
+from corpusflow.serve_apps.exclusive import Exclusive
 from corpusflow.serve_apps.gather import Gatherer
 
 
@@ -92,22 +94,23 @@ class StageServer:
     def __init__(self, stage: str, config: dict[str, Any], then: tuple[str, ...] = ()):
         stage_config = StageConfig.model_validate(config)
         self.stages = [load_stage(path, stage_config) for path in (stage, *then)]
-        self.lock = asyncio.Lock()
+        self.exclusive = Exclusive(f"stage-{self.stages[0].contract.name}")
 
     async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
-        async with self.lock:  # stages are not re-entrant; the event loop stays free for health checks
-            t0 = time.perf_counter()
-            try:
-                with _Local(batch, payload) as local:
-                    out = await asyncio.to_thread(self._run, local)
-            finally:
-                batch_metrics.record(self.stages[0].contract.name, 1, time.perf_counter() - t0)
+        # The temp file lives inside the worker thread's call: a cancelled request cannot delete it
+        # under a stage that is still reading it. The event loop stays free for health checks.
+        out = await self.exclusive.run(self._run, batch, payload)
         return _public_uri(out, batch)
 
-    def _run(self, batch: Batch) -> Batch:
-        for stage in self.stages:
-            batch = stage(batch)
-        return batch
+    def _run(self, batch: Batch, payload: Optional[bytes]) -> Batch:
+        t0 = time.perf_counter()
+        try:
+            with _Local(batch, payload) as local:
+                for stage in self.stages:
+                    local = stage(local)
+                return local
+        finally:
+            batch_metrics.record(self.stages[0].contract.name, 1, time.perf_counter() - t0)
 
     async def ready(self) -> bool:
         return True
@@ -119,28 +122,28 @@ class BatchedStageServer:
 
     def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
         self.stage = load_stage(stage, StageConfig.model_validate(config))
-        self.lock = asyncio.Lock()
+        self.exclusive = Exclusive(f"stage-{self.stage.contract.name}")
         self._gatherer = Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
 
     async def run(self, batch: Batch) -> Batch:
         return await self._gatherer.submit(batch)
 
     async def _call(self, batches: list[Batch]) -> list[Batch]:
-        async with self.lock:
-            t0 = time.perf_counter()
-            try:
-                out = await asyncio.to_thread(self.stage, concat(batches))
-            finally:
-                batch_metrics.record(self.stage.contract.name, len(batches), time.perf_counter() - t0)
-        return split(out)
+        return split(await self.exclusive.run(self._timed, batches))
+
+    def _timed(self, batches: list[Batch]) -> Batch:
+        t0 = time.perf_counter()
+        try:
+            return self.stage(concat(batches))
+        finally:
+            batch_metrics.record(self.stage.contract.name, len(batches), time.perf_counter() - t0)
 
     async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
         """The VLM's grounded answer about the one video in ``batch``, or ``{"error": sentence}``."""
-        async with self.lock:
-            try:
-                answer = await asyncio.to_thread(self.stage.ask, *_ask_inputs(batch), question)
-            except StageFailure as e:
-                return {"error": str(e)}
+        try:
+            answer = await self.exclusive.run(self.stage.ask, *_ask_inputs(batch), question)
+        except StageFailure as e:
+            return {"error": str(e)}
         return answer.model_dump()
 
     async def ready(self) -> bool:

@@ -7,6 +7,12 @@ router sends the session's calls there. Routing by model id is a preference in S
 is not known to hold the id may be picked), so every replica also checks that it owns the session and
 answers ``None`` when it does not; the ingress then asks again. A session is never silently recreated
 elsewhere. The protocol is documented in docs/streaming.md ("Endpoint").
+
+A replica bounds what one message can cost before decoding it: at most the session's frames per
+chunk, and no frame larger than ``max_frame_scale`` × the session's ``frame_pixels``, judged from the
+image header (Pillow's decompression-bomb limit is set to the same bound). The model runs one call
+at a time on one worker thread (serve_apps/exclusive.py), so a cancelled call cannot let another in
+beside it, and a session's memory is freed only after its running call ended.
 """
 from __future__ import annotations
 
@@ -23,27 +29,35 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Optional
 
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from corpusflow.contracts.config import load_profile
 from corpusflow.contracts.serve_config import ServeConfig
-from corpusflow.serve_apps.guards import ApiError, check_uri, key_matches
+from corpusflow.serve_apps.exclusive import Exclusive
+from corpusflow.serve_apps.guards import ApiError, check_uri
 
 ROUTE = "/v1/stream"
 CLOSE_UNAUTHORIZED = 4401  # the 4000 range is the application's own; 4401 mirrors HTTP 401
 CLOSE_TRY_LATER = 1013     # RFC 6455 "try again later": the replica is at its session bound
 CLOSE_LOST = 1011          # the session's replica does not answer for it any more
 CLOSE_IDLE = 4408          # mirrors HTTP 408: no message within the idle timeout
+CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 503: CLOSE_TRY_LATER}  # refusals where no HTTP answer can be sent
 ROUTING_ATTEMPTS = 8       # calls that may land on a replica not holding the session before giving up
 MAX_QUESTION_CHARS = 2000
 log = logging.getLogger("ray.serve")
 
 
 class BadMessage(ValueError):
-    """A client message the protocol does not allow; answered with an error message, the session goes on."""
+    """A client message the protocol does not allow; answered with an error message (with the HTTP
+    status it would have: 413 too large, else 422), and the session goes on."""
+
+    def __init__(self, reason: str, status: int = 422):
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass
@@ -67,8 +81,14 @@ class StreamServer:
         self.cfg = StreamConfig.model_validate(self.settings.session)
         source = self.settings.model or load_profile(serve_cfg.models).vlm
         self.model, self.processor = load_streaming_model(source, serve_cfg.model_cache, device=torch_device())
+        self.max_frame_pixels = int(self.settings.max_frame_scale * self.cfg.frame_pixels)
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self.max_frame_pixels  # Pillow refuses twice this from the header alone
         self.sessions: dict[str, _Live] = {}
-        self.compute = asyncio.Lock()
+        self.opening: set[str] = set()  # sessions being created, counted against the bound
+        self.compute = Exclusive("stream-model")
+        self._reaper: Optional[asyncio.Task] = None
 
         async def register(session_id: str) -> str:
             """Tells Serve's router this replica holds ``session_id`` (the cached 'model' is the id itself)."""
@@ -82,14 +102,18 @@ class StreamServer:
 
     async def open(self, session_id: str) -> dict[str, Any]:
         """``{"fps", "frames_per_chunk"}``, or ``{"refused": reason}`` when the replica is at its bound."""
-        await self._reap_idle()
+        if self._reaper is None:  # started on the replica's event loop, by its first session
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         bound = self.settings.max_sessions_per_replica
-        if len(self.sessions) >= bound:
+        if len(self.sessions) + len(self.opening) >= bound:
             return {"refused": f"this replica is at its limit of {bound} live stream(s); retry later"}
         from corpusflow.actors.streaming import StreamSession
 
-        async with self.compute:
-            session = await asyncio.to_thread(StreamSession, self.model, self.processor, self.cfg)
+        self.opening.add(session_id)  # before the first await: concurrent opens cannot pass the bound together
+        try:
+            session = await self.compute.run(StreamSession, self.model, self.processor, self.cfg)
+        finally:
+            self.opening.discard(session_id)
         self.sessions[session_id] = _Live(session)
         await self._register(session_id)
         return {"fps": self.cfg.fps, "frames_per_chunk": session.frames_per_chunk}
@@ -100,9 +124,10 @@ class StreamServer:
         if live is None:
             return None
         try:
-            frames = await asyncio.to_thread(decode_images, images)
+            frames = await asyncio.to_thread(decode_images, images, live.session.frames_per_chunk,
+                                             self.max_frame_pixels)
         except BadMessage as e:
-            return [error(str(e))]
+            return [error(str(e), e.status)]
         return await self._push(live, frames, t)
 
     async def ask(self, session_id: str, question: str) -> Optional[list[dict[str, Any]]]:
@@ -110,8 +135,7 @@ class StreamServer:
         if live is None:
             return None
         try:
-            async with self.compute:
-                answer = await asyncio.to_thread(live.session.ask, question)
+            answer = await self.compute.run(live.session.ask, question)
         except Exception as e:  # noqa: BLE001 - a failed question is an answer, not a dead session
             return [error(f"the question could not be answered: {e}")]
         return [{"type": "answer", "text": answer.text, "timestamps": [float(t) for t in answer.timestamps]}]
@@ -147,8 +171,7 @@ class StreamServer:
         if live is None:
             return {"freed_bytes": 0}
         freed = live.session.memory_bytes()
-        async with self.compute:
-            live.session.close()
+        await self.compute.run_to_end(live.session.close)  # after the session's running call, never under it
         return {"freed_bytes": freed}
 
     async def stats(self) -> dict[str, Any]:
@@ -171,34 +194,47 @@ class StreamServer:
         if not t > live.last_t:
             return [error(f"chunk times must increase: got t={t:g} after t={live.last_t:g}")]
         try:
-            async with self.compute:
-                said = await asyncio.to_thread(live.session.push_chunk, frames, t)
+            said = await self.compute.run(live.session.push_chunk, frames, t)
         except (ValueError, RuntimeError) as e:  # a bad chunk, or the session closed meanwhile
             return [error(str(e))]
-        live.last_t = t
+        live.last_t, live.last_used = t, time.monotonic()  # a long playback keeps its session alive
         return [{"type": "commentary", "t": c.t, "text": c.text} for c in said] + [
             {"type": "memory", "t": t, "bytes": live.session.memory_bytes()}]
 
     async def _reap_idle(self) -> None:
-        """Close sessions whose ingress went away without closing them (a crashed ingress replica)."""
-        horizon = time.monotonic() - self.settings.idle_timeout_s
-        for sid in [sid for sid, live in self.sessions.items() if live.last_used < horizon]:
-            await self.close(sid)
+        """Every few seconds, close sessions whose ingress went away without closing them (a crashed
+        ingress replica): their memory is freed even when nobody opens a new session."""
+        idle = self.settings.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(max(idle / 4, 0.5), 30.0))
+            horizon = time.monotonic() - idle
+            for sid in [sid for sid, live in self.sessions.items() if live.last_used < horizon]:
+                log.info("closing streaming session %s: idle for %g s", sid, idle)
+                await self.close(sid)
 
 
-def error(reason: str) -> dict[str, str]:
-    return {"type": "error", "reason": reason}
+def error(reason: str, status: int = 422) -> dict[str, Any]:
+    """An error message; ``status`` is the HTTP status the refusal would have (413 too large, 422 unusable)."""
+    return {"type": "error", "status": status, "reason": reason}
 
 
-def decode_images(images: list[bytes]) -> np.ndarray:
-    """(k, H, W, 3) uint8 from JPEG/PNG bytes that all share one size."""
+def decode_images(images: list[bytes], max_frames: int, max_pixels: int) -> np.ndarray:
+    """(k, H, W, 3) uint8 from JPEG/PNG bytes that all share one size; the count and each image's
+    size are checked before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    if len(images) > max_frames:
+        raise BadMessage(f"a chunk has at most {max_frames} frames; got {len(images)}", 413)
     frames = []
     for i, data in enumerate(images):
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                if img.width * img.height > max_pixels:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height}")
                 frames.append(np.asarray(img.convert("RGB")))
+        except Image.DecompressionBombError:
+            raise BadMessage(f"frame {i} has more than the {max_pixels} pixels a frame may have here; "
+                             "send frames at the stream's size", 413) from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise BadMessage(f"frame {i} is not a readable JPEG or PNG image ({e})") from None
     if len({f.shape for f in frames}) > 1:
@@ -242,7 +278,10 @@ class _Client:
     async def call(self, method: str, *args: Any) -> list[dict[str, Any]]:
         """A call to the session's replica, asked again when it lands on a replica not holding it."""
         for _ in range(ROUTING_ATTEMPTS):
-            out = await getattr(self.handle, method).remote(self.session_id, *args)
+            try:
+                out = await getattr(self.handle, method).remote(self.session_id, *args)
+            except RayActorError:  # the replica died: the session went with it
+                break
             if out is not None:
                 return out
         raise SessionLost(f"the server lost streaming session {self.session_id}")
@@ -289,16 +328,13 @@ def parse(message: dict[str, Any]) -> dict[str, Any]:
     raise BadMessage(f"unknown message type {kind!r}; expected frames, ask, play or close")
 
 
-def add_stream_route(app: FastAPI, settings: ServeConfig, stream: DeploymentHandle, digests: frozenset[bytes]) -> None:
-    """Register ``/v1/stream`` on the ingress app (the key middleware sees only HTTP, so the key is checked here)."""
+def add_stream_route(v1: APIRouter, settings: ServeConfig, stream: DeploymentHandle) -> None:
+    """Register ``/stream`` on the ``/v1`` router, whose key dependency refuses clients without a key."""
     cfg = settings.streaming
     max_bytes = int(cfg.max_message_mb * 2**20)
 
-    @app.websocket(ROUTE)
+    @v1.websocket(ROUTE.removeprefix("/v1"))
     async def stream_ws(ws: WebSocket) -> None:
-        if not key_matches(ws.headers.get(settings.api_key_header), digests):
-            return await _refuse(ws, 401, "missing or invalid API key", CLOSE_UNAUTHORIZED,
-                                 {"WWW-Authenticate": "ApiKey"})
         session_id = uuid.uuid4().hex
         handle = stream.options(multiplexed_model_id=session_id)
         try:
@@ -307,8 +343,7 @@ def add_stream_route(app: FastAPI, settings: ServeConfig, stream: DeploymentHand
             log.exception("opening a streaming session failed")
             opened = {"refused": "streaming is not available right now; retry later"}
         if "refused" in opened:
-            return await _refuse(ws, 503, opened["refused"], CLOSE_TRY_LATER,
-                                 {"Retry-After": str(settings.retry_after_s)})
+            raise ApiError(503, opened["refused"], {"Retry-After": str(settings.retry_after_s)})
         client = _Client(handle, session_id, opened["frames_per_chunk"])
         try:
             await ws.accept()
@@ -336,12 +371,12 @@ async def _relay(ws: WebSocket, client: _Client, settings: ServeConfig, max_byte
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         if len(message.get("bytes") or message.get("text") or "") > max_bytes:
-            await ws.send_json(error(f"message larger than {settings.streaming.max_message_mb:g} MB"))
+            await ws.send_json(error(f"message larger than {settings.streaming.max_message_mb:g} MB", 413))
             continue
         try:
             msg = parse(message)
         except BadMessage as e:
-            await ws.send_json(error(str(e)))
+            await ws.send_json(error(str(e), e.status))
             continue
         if msg["type"] == "close":
             return await _close(ws, 1000, "closed by the client")
@@ -388,12 +423,12 @@ async def _play(ws: WebSocket, client: _Client, uri: str) -> None:
     await ws.send_json(error(f"the server lost streaming session {client.session_id}"))
 
 
-async def _refuse(ws: WebSocket, status: int, reason: str, code: int, headers: dict[str, str]) -> None:
+async def refuse(ws: WebSocket, e: ApiError) -> None:
     """Refuse before the upgrade: an HTTP answer where the server supports it, else accept and close."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        return await ws.send_denial_response(JSONResponse({"detail": reason}, status_code=status, headers=headers))
+        return await ws.send_denial_response(JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers))
     await ws.accept()
-    await _close(ws, code, reason)
+    await _close(ws, CLOSE_CODES.get(e.status, CLOSE_LOST), e.detail)
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:

@@ -1,7 +1,9 @@
 """The online API on a real Ray Serve at 127.0.0.1 with the tiny-random models: every endpoint, every refusal.
 
 One Serve start for the module (minutes of model loading otherwise); requests go through the HTTP
-proxy exactly as a client's would.
+proxy exactly as a client's would. The app runs under a route prefix (``/cf``), as on a shared Serve
+cluster, so every check here, the key's included, holds under a prefix; tests/test_serve_streaming.py
+checks the same key refusals at ``/``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import pytest
@@ -26,12 +30,44 @@ from tests.media import corrupt_copy, make_audio, make_pdf, make_video, truncate
 
 KEY = "test-key-" + "x" * 16
 V1 = ("analyze", "transcribe", "ask")
+PREFIX = "/cf"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def served(settings: ServeConfig) -> Iterator[str]:
+    """The app on a local Ray at 127.0.0.1, accepting KEY, for the block; its base URL once every stage answers."""
+    import ray
+    from ray import serve
+
+    from corpusflow.serve_apps.run_local import start, wait_ready
+
+    url = start(settings, api_key=KEY, num_cpus=4)
+    try:
+        wait_ready(url, 240)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def replica_pid(deployment: str) -> int:
+    """The process id of a live replica of ``deployment`` in this test's Ray (not another one on the machine)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::corpusflow#{deployment}#")]
+    for name in names:
+        try:
+            return ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: os.getpid()), timeout=10)
+        except (ray.exceptions.RayActorError, ValueError):  # a replica that died since it was listed
+            continue
+    raise LookupError(f"no live replica of {deployment} among {names}")
 
 
 def small(**kw) -> DeploymentSettings:
@@ -69,27 +105,20 @@ def _write(path: Path, data: bytes) -> Path:
 
 @pytest.fixture(scope="module")
 def api(s3_server, bucket, model_cache):
-    """Base URL of the app on 127.0.0.1, with a 1 MB body limit and one allow-listed S3 prefix."""
-    from ray import serve
-    import ray
-
-    from corpusflow.serve_apps.run_local import start, wait_ready
-
+    """Base URL of the app on 127.0.0.1 under ``/cf``, with a 1 MB body limit, one allow-listed S3 prefix
+    and a 0.5 MB limit on S3 objects."""
     settings = ServeConfig(
-        port=free_port(), models="tiny-random", model_cache=model_cache, max_request_mb=1, request_timeout_s=90,
+        port=free_port(), route_prefix=PREFIX, models="tiny-random", model_cache=model_cache, max_request_mb=1,
+        max_uri_mb=0.5, request_timeout_s=90,
         overload_status=429, retry_after_s=3, allowed_uri_prefixes=(f"s3://{bucket}/allowed/",),
         video=VideoConfig(fps=1, max_frames=4, frame_size=56),
         deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16), decode=small(),
                                 pdf=small(max_ongoing_requests=1, max_queued_requests=1),
                                 asr=small(batching=Batching(max_batch_size=4)),
                                 vlm=small(batching=Batching(max_batch_size=4))))
-    url = start(settings, api_key=KEY, num_cpus=4)
-    try:
-        wait_ready(url, 240)
+    with served(settings) as url:
+        assert url.endswith(PREFIX)
         yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def post(api: str, endpoint: str, path: Path | None = None, key: str | None = KEY, timeout: float = 120,
@@ -199,6 +228,21 @@ def test_body_over_the_limit_is_413(api, tmp_path):
     assert post(api, "analyze", big).status_code == 413
 
 
+def test_the_app_answers_only_under_its_prefix(api, media):
+    root = api.removesuffix(PREFIX)
+    assert requests.post(f"{root}/v1/transcribe", files={"file": ("a.wav", media["audio"].read_bytes())},
+                         timeout=30).status_code == 404
+    assert requests.get(f"{api}/healthz").status_code == 200  # probes and scrapers need no key
+    assert requests.get(f"{api}/metrics").status_code == 200
+
+
+def test_an_s3_object_over_the_limit_is_413_from_its_metadata(api, bucket, s3_server):
+    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket=bucket, Key="allowed/huge.mp4",
+                                                          Body=os.urandom(600_000))
+    r = post(api, "analyze", uri=f"s3://{bucket}/allowed/huge.mp4", timeout=10)
+    assert r.status_code == 413 and "0.5 MB" in r.json()["detail"]
+
+
 def test_deadline_passed_is_504(api, media):
     r = post(api, "analyze", media["video"], headers={"X-Request-Timeout": "0.05"})
     assert r.status_code == 504 and "0.05" in r.json()["detail"]
@@ -250,11 +294,14 @@ def test_metrics_count_requests_by_route_and_status(api, media):
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(api, tmp_path):
-    """Property-based requests from the OpenAPI spec (with a valid key): never a 5xx."""
+    """Property-based requests from the OpenAPI spec (with a valid key, under the route prefix): never a
+    5xx, except the 504 a client asks for with a deadline too short for any work (X-Request-Timeout: 5e-324)."""
     exe = str(Path(sys.executable).with_name("schemathesis"))
-    report = tmp_path / "st.json"
+    report, config = tmp_path / "st.json", tmp_path / "schemathesis.toml"
+    config.write_text('[checks.not_a_server_error]\nexpected-statuses = ["2XX", "3XX", "4XX", "504"]\n')
     proc = subprocess.run(
-        [exe, "run", f"{api}/openapi.json", "-H", f"X-API-Key: {KEY}", "--checks", "not_a_server_error",
+        [exe, "--config-file", str(config), "run", f"{api}/openapi.json", "-H", f"X-API-Key: {KEY}",
+         "--checks", "not_a_server_error",
          "--max-examples", "25", "--max-time", "90", "--workers", "2", "--request-timeout", "60",
          "--report", "ndjson", "--report-ndjson-path", str(report), "--seed", "1"],
         capture_output=True, text=True, timeout=300)

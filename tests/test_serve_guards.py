@@ -30,6 +30,9 @@ def test_defaults_bound_every_queue():
     {"max_request_mb": 0},
     {"overload_status": 500},
     {"deployments": {"asr": {"max_batch": 8}}},
+    {"route_prefix": "cf"}, {"route_prefix": "/cf/"}, {"route_prefix": "/c f"},
+    {"streaming": {"max_message_mb": 64}},  # past the proxy's own WebSocket limit it would not hold
+    {"max_uri_mb": 0},
 ])
 def test_bad_settings_are_refused_with_their_location(bad):
     with pytest.raises(ConfigError, match="invalid serve config"):
@@ -92,6 +95,17 @@ def test_serve_command_refuses_a_bad_config_before_starting_ray(tmp_path, capsys
     (tmp_path / "bad.yaml").write_text("deployments: {vlm: {max_ongoing_requests: 0}}\n")
     assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
     assert "deployments.vlm.max_ongoing_requests" in capsys.readouterr().err
+
+
+def test_serve_command_refuses_a_missing_or_empty_key_file_before_starting_ray(tmp_path, capsys, monkeypatch):
+    from corpusflow.serve_apps.run_local import main
+
+    monkeypatch.delenv("CORPUSFLOW_API_KEYS", raising=False)
+    assert main(["--api-keys-file", str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").write_text("\n")
+    assert main(["--api-keys-file", str(tmp_path / "empty"), "--route-prefix", "/cf"]) == 2
+    err = capsys.readouterr().err
+    assert "api_keys_file" in err and "no API keys" in err
 
 
 def test_min_cpus_counts_every_warm_replica():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Callable, Optional
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ import requests
 from corpusflow.contracts.serve_config import (Autoscaling, Batching, Deployments, DeploymentSettings, ServeConfig,
                                      StreamingSettings)
 from tests.media import make_audio
-from tests.test_serve_api import KEY, free_port
+from tests.test_serve_api import KEY, free_port, served
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +34,7 @@ def elastic(**kw) -> DeploymentSettings:
 
 @pytest.fixture(scope="module")
 def app(model_cache):
-    import ray
     from ray import serve
-
-    from corpusflow.serve_apps.run_local import start, wait_ready
 
     fixed = DeploymentSettings(num_cpus=0.2, autoscaling=Autoscaling(min_replicas=1, max_replicas=1))
     settings = ServeConfig(
@@ -47,13 +45,8 @@ def app(model_cache):
                                 decode=elastic(), asr=elastic(batching=Batching(max_batch_size=4)),
                                 pdf=fixed, vlm=fixed),
         streaming=StreamingSettings(enabled=False))
-    url = start(settings, api_key=KEY, num_cpus=4)
-    try:
-        wait_ready(url, 240)
+    with served(settings) as url:
         yield url, serve
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def replicas(serve) -> dict[str, int]:
@@ -62,41 +55,56 @@ def replicas(serve) -> dict[str, int]:
     return {d: sum(deployments[d].replica_states.get(s, 0) for s in ("RUNNING", "STARTING")) for d in SCALING}
 
 
-def test_overload_is_refused_cleanly_and_replicas_follow_the_load(app, tmp_path):
-    url, serve = app
-    audio = make_audio(tmp_path / "speech.wav", seconds=2).read_bytes()
+def start_clients(url: str, audio: bytes, clients: int, stop: float, timeout: float,
+                  judge: Callable[[requests.Response], Optional[str]]) -> tuple[Counter[int], list[str], list[threading.Thread]]:
+    """``clients`` threads posting ``audio`` to /v1/transcribe until ``stop``, obeying Retry-After.
+
+    Returns the status counts and the problems (``judge``'s sentences, transport errors) as they
+    accumulate, and the running threads.
+    """
     statuses: Counter[int] = Counter()
     problems: list[str] = []
-    peak = {d: 1 for d in SCALING}
-    stop = time.time() + SECONDS
     lock = threading.Lock()
 
     def client() -> None:
         with requests.Session() as s:
             while time.time() < stop:
+                t0 = time.monotonic()
                 try:
                     r = s.post(f"{url}/v1/transcribe", files={"file": ("speech.wav", audio)},
-                               headers={"X-API-Key": KEY}, timeout=90)
+                               headers={"X-API-Key": KEY}, timeout=timeout)
                 except requests.RequestException as e:
                     with lock:
-                        problems.append(f"transport: {e}")
+                        problems.append(f"transport after {time.monotonic() - t0:.1f} s: {e}")
                     continue
                 with lock:
                     statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        body = r.json()
-                        if body["asset"]["kind"] != "audio" or not isinstance(body["segments"], list):
-                            problems.append(f"bad body: {body}")
-                    elif r.status_code in (429, 503):
-                        if not r.headers.get("Retry-After"):
-                            problems.append(f"{r.status_code} without Retry-After")
-                        time.sleep(float(r.headers.get("Retry-After") or 1))
-                    else:
-                        problems.append(f"{r.status_code}: {r.text[:200]}")
+                    if problem := judge(r):
+                        problems.append(problem)
+                if r.status_code in (429, 503):
+                    time.sleep(float(r.headers.get("Retry-After") or 1))
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
+    return statuses, problems, threads
+
+
+def test_overload_is_refused_cleanly_and_replicas_follow_the_load(app, tmp_path):
+    url, serve = app
+    audio = make_audio(tmp_path / "speech.wav", seconds=2).read_bytes()
+    peak = {d: 1 for d in SCALING}
+    stop = time.time() + SECONDS
+
+    def judge(r: requests.Response) -> Optional[str]:
+        if r.status_code == 200:
+            body = r.json()
+            return None if body["asset"]["kind"] == "audio" and isinstance(body["segments"], list) else f"bad body: {body}"
+        if r.status_code in (429, 503):
+            return None if r.headers.get("Retry-After") else f"{r.status_code} without Retry-After"
+        return f"{r.status_code}: {r.text[:200]}"
+
+    statuses, problems, threads = start_clients(url, audio, CLIENTS, stop, 90, judge)
     while time.time() < stop:
         for d, n in replicas(serve).items():
             peak[d] = max(peak[d], n)

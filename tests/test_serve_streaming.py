@@ -1,11 +1,12 @@
 """The live-video WebSocket /v1/stream on a real Ray Serve at 127.0.0.1 with the tiny-random model.
 
-One Serve start for the module; a replica holds at most one session here, so the refusal is easy to
-reach and every test closes its stream before the next one opens.
+One Serve start for the module, at route prefix ``/``; a replica holds at most one session here, so
+the refusal is easy to reach and every test closes its stream before the next one opens.
 """
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import io
 import json
 import time
@@ -20,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from corpusflow.contracts.serve_config import Autoscaling, Deployments, DeploymentSettings, ServeConfig, StreamingSettings
 from tests.media import make_video
-from tests.test_serve_api import free_port
+from tests.test_serve_api import V1, free_port, replica_pid
 
 KEY = "stream-key-" + "y" * 16
 SIDE = 56
@@ -55,7 +56,7 @@ def ws_url(s3_server, bucket, model_cache):
         port=free_port(), models="tiny-random", model_cache=model_cache, retry_after_s=7,
         deployments=Deployments(api=small(max_ongoing_requests=16), decode=small(), pdf=small(), asr=small(),
                                 vlm=small()),
-        streaming=StreamingSettings(max_sessions_per_replica=1, session=session,
+        streaming=StreamingSettings(max_sessions_per_replica=1, session=session, max_message_mb=2,
                                     allowed_video_prefixes=(f"s3://{bucket}/allowed/",), deployment=small()))
     url = start(settings, api_key=KEY, num_cpus=4)
     try:
@@ -214,3 +215,63 @@ def test_an_allow_listed_video_plays_in_real_time(ws_url, bucket):
         assert [m["t"] for m in out if m["type"] == "memory"] == [0.0, 1.0]
         send(ws, {"type": "ask", "question": "What was shown?"})
         assert set(until(ws, "answer")[-1]["timestamps"]) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("endpoint", V1)
+def test_every_http_route_needs_the_key_at_the_root_too(ws_url, endpoint):
+    base = ws_url.replace("ws://", "http://").removesuffix("/v1/stream")
+    for headers in ({}, {"X-API-Key": "wrong-key"}):
+        r = requests.post(f"{base}/v1/{endpoint}", data={"uri": "s3://b/k.mp4", "question": "q"}, headers=headers,
+                          timeout=30)
+        assert r.status_code == 401 and r.json()["detail"] == "missing or invalid API key"
+
+
+def encoded(side: int, fmt: str = "PNG") -> str:
+    """A single-colour image: a few kB compressed, ``side``² pixels decoded."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _replica_rss() -> int:
+    import psutil
+
+    return psutil.Process(replica_pid("stream")).memory_info().rss
+
+
+def test_oversized_frames_and_messages_are_refused_before_decoding(ws_url):
+    """A 13,000² PNG (~170 MB of pixels from ~100 kB), too many frames, a message over the limit: each a
+    413 error message within seconds, the replica's memory unchanged, the session going on."""
+    before = _replica_rss()
+    with open_stream(ws_url) as ws:
+        bomb = encoded(13_000)
+        assert len(bomb) < 2**20
+        cases = [{"type": "frames", "t": 0, "frames": [bomb]},
+                 {"type": "frames", "t": 0, "frames": [encoded(SIDE * 5)]},  # 25x the frame size: over the 16x bound
+                 {"type": "frames", "t": 0, "frames": [png(0)] * 3},
+                 {"type": "frames", "t": 0, "frames": ["A" * (3 * 2**20)]}]
+        for msg in cases:
+            t0 = time.monotonic()
+            send(ws, msg)
+            reply = json.loads(ws.recv(timeout=30))
+            assert (reply["type"], reply["status"]) == ("error", 413), reply
+            assert time.monotonic() - t0 < 10, reply
+        push(ws, 0.0)  # the session goes on
+        assert _replica_rss() - before < 200 * 2**20
+    wait_for_sessions(0)
+
+
+def test_concurrent_opens_never_pass_the_session_bound(ws_url):
+    def attempt(_: int) -> object:
+        try:
+            return open_stream(ws_url)
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(attempt, range(4)))
+    opened = [o for o in outcomes if not isinstance(o, int)]
+    assert len(opened) == 1 and sorted(o for o in outcomes if isinstance(o, int)) == [503] * 3
+    assert _stats()["sessions"] == 1
+    opened[0].close()
+    wait_for_sessions(0)
