@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 _SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -106,3 +107,43 @@ class FaultyS3Proxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FaultyS3Process:
+    """The proxy in a process of its own, as a real S3 is: a client that holds the GIL while it waits
+    for an answer (delta-rs does for some calls) must not starve the server it waits for.
+    ``counts`` holds what the proxy did once the ``with`` block has ended."""
+
+    def __init__(self, upstream: str, faults: Faults):
+        self.upstream, self.faults = upstream, faults
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> str:
+        import json
+        import subprocess
+        import sys
+        from dataclasses import asdict
+
+        spec = {k: v for k, v in asdict(self.faults).items() if k != "counts"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.s3_faults", self.upstream, json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=str(Path(__file__).resolve().parents[1]))
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def __exit__(self, *exc: object) -> None:
+        import json
+
+        out, _ = self.proc.communicate(input="stop\n", timeout=30)
+        self.counts = json.loads(out.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # python -m tests.s3_faults UPSTREAM FAULTS_JSON: serve until stdin says stop
+    import json
+    import sys
+
+    faults = Faults(**json.loads(sys.argv[2]))
+    with FaultyS3Proxy(sys.argv[1], faults) as endpoint:
+        print(endpoint, flush=True)
+        sys.stdin.readline()
+    print(json.dumps(faults.counts), flush=True)

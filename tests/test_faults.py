@@ -9,7 +9,7 @@ import pytest
 from corpusflow.flows.cli import main
 from corpusflow.flows.tables import read_table
 from tests import media
-from tests.s3_faults import Faults, FaultyS3Proxy
+from tests.s3_faults import Faults, FaultyS3Process
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,8 @@ def test_a_throttling_flaky_s3_costs_retries_not_rows(s3_server, s3_bucket, tmp_
     # What S3 does under load: SlowDown answers, dropped connections, slow answers.
     faults = Faults(slow_down=0.15, drop=0.03, delay=0.05, delay_s=0.3, seed=7)
     ray.shutdown()  # workers must start with the proxy as their S3 endpoint
-    with FaultyS3Proxy(s3_server, faults) as endpoint:
+    proxy = FaultyS3Process(s3_server, faults)
+    with proxy as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         try:
             code = main(["run", f"s3://{s3_bucket}/corpus", "--out", f"s3://{s3_bucket}/out",
@@ -43,7 +44,7 @@ def test_a_throttling_flaky_s3_costs_retries_not_rows(s3_server, s3_bucket, tmp_
         finally:
             ray.shutdown()
     assert code == 0
-    assert faults.counts["slow_down"] > 0 and faults.counts["drop"] > 0
+    assert proxy.counts["slow_down"] > 0 and proxy.counts["drop"] > 0
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     assets = {r["uri"].rsplit("/", 1)[1]: r for r in read_table(f"s3://{s3_bucket}/out", "assets").to_pylist()}

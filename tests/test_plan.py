@@ -189,7 +189,8 @@ def test_profile_measured_from_a_jobs_metrics_drives_a_local_plan(tmp_path: Path
     now = datetime.now(timezone.utc)
     assets = {"asset_id": ids, "uri": [f"/c/{i}" for i in ids], "kind": ["video", "audio", "pdf"],
               "format": ["mp4", "wav", "pdf"], "bytes": [1, 1, 1], "duration_s": [60.0, 30.0, None],
-              "pages": [None, None, 5], "status": ["ok"] * 3, "error_stage": [None] * 3, "error": [None] * 3, "retryable": [None] * 3,
+              "pages": [None, None, 5], "status": ["ok"] * 3, "error_stage": [None] * 3, "error": [None] * 3,
+              "retryable": [None] * 3, "modified": [None] * 3,
               "config_fingerprint": ["f"] * 3, "job_id": ["j"] * 3, "committed_at": [now] * 3}
     write_deltalake(str(tmp_path / "out" / "assets"), conform("assets", assets))
     profile = plan.profile_from_metrics(plan.read_table(str(tmp_path / "out"), "metrics"), "tiny", 5.0, "test")

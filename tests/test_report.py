@@ -29,11 +29,12 @@ def _write_job(out: Path) -> None:
         ("p2", "pdf", None, 10, "error", "pdf", "PDF is password-protected", 2),
     ]
     cols = {"asset_id": [], "uri": [], "kind": [], "format": [], "bytes": [], "duration_s": [], "pages": [],
-            "status": [], "error_stage": [], "error": [], "retryable": [], "config_fingerprint": [], "job_id": [], "committed_at": []}
+            "status": [], "error_stage": [], "error": [], "retryable": [], "modified": [],
+            "config_fingerprint": [], "job_id": [], "committed_at": []}
     for aid, kind, dur, pages, status, est, err, minute in assets:
         for k, v in (("asset_id", aid), ("uri", f"/corpus/{aid}"), ("kind", kind), ("format", kind), ("bytes", 1000),
                      ("duration_s", dur), ("pages", pages), ("status", status), ("error_stage", est), ("error", err),
-                     ("retryable", False if err else None), ("config_fingerprint", "f" * 16), ("job_id", "job-1"),
+                     ("retryable", False if err else None), ("modified", None), ("config_fingerprint", "f" * 16), ("job_id", "job-1"),
                      ("committed_at", T0 + timedelta(minutes=minute))):
             cols[k].append(v)
     write_deltalake(str(out / "assets"), conform("assets", cols))
