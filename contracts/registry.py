@@ -86,7 +86,10 @@ STAGES: tuple[StageSpec, ...] = (
     # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)
     StageSpec("asr", f"{_ACTORS}.asr.Transcribe", "actors", "media_s", StageResources(num_cpus=2), serve="batched"),
     StageSpec("vlm", f"{_ACTORS}.vlm.Describe", "actors", "video_s", StageResources(num_cpus=1), serve="batched"),
-    StageSpec("commit", None, "tasks", "file", StageResources(num_cpus=0.5, batch_size=8), metrics=False),
+    # One committer actor by default: a job's commits then never race each other for a Delta log
+    # (delta-rs cannot prove two key-replacing commits disjoint), and a batch of 32 files is one
+    # transaction per table.
+    StageSpec("commit", None, "actors", "file", StageResources(num_cpus=0.5, batch_size=32), metrics=False),
 )
 
 BY_NAME = {s.name: s for s in STAGES}

@@ -44,31 +44,32 @@ def ray_arguments(res: StageResources, restarts: int, actors: bool) -> dict[str,
     return args
 
 
-def _task(cls: type, config: StageConfig) -> Callable[[Batch], Batch]:
+def _task(cls: type, config: StageConfig, args: tuple) -> Callable[[Batch], Batch]:
     """A plain function for Ray tasks that builds the stage once per worker process and reuses it."""
-    key = (f"{cls.__module__}.{cls.__qualname__}", config.model_dump_json())
+    key = (f"{cls.__module__}.{cls.__qualname__}", config.model_dump_json(), repr(args))
 
     def run(batch: Batch) -> Batch:
         if key not in _INSTANCES:
-            _INSTANCES[key] = cls(config)
+            _INSTANCES[key] = cls(config, *args)
         return _INSTANCES[key](batch)
 
     run.__name__ = cls.__name__  # what Ray names the operator in logs and progress bars
     return run
 
 
-def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None) -> Any:
+def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None, args: tuple = ()) -> Any:
     """``ds`` followed by ``spec``'s stage, as the stage declares and the config reserves.
 
-    ``cls`` runs a subclass of the registered stage in its place (the benchmarks' fixed-length engines).
+    ``cls`` runs another class in its place: a subclass of the registered stage (the benchmarks'
+    fixed-length engines), or the job's own committer, built as ``cls(config, *args)``.
     """
     res = config.resources.of(spec.name)
-    args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
+    ray_args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
     cls = cls or stage_class(spec)
     if spec.pool == "actors":
         from ray.data import ActorPoolStrategy
 
         # The stage class itself is the actor: built once with the config, then called per batch.
-        return ds.map_batches(cls, fn_constructor_args=(config,), batch_format="numpy",
-                              compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors), **args)
-    return ds.map_batches(_task(cls, config), batch_format="numpy", **args)
+        return ds.map_batches(cls, fn_constructor_args=(config, *args), batch_format="numpy",
+                              compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors), **ray_args)
+    return ds.map_batches(_task(cls, config, args), batch_format="numpy", **ray_args)

@@ -24,10 +24,10 @@ import pyarrow as pa
 from corpusflow.actors.identify import kind_by_name
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
-from corpusflow.contracts.registry import STAGES
+from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
-from corpusflow.flows.adapter import add_stage, ray_arguments
+from corpusflow.flows.adapter import add_stage
 from corpusflow.flows.tables import check_out, commit, committed_keys, job_finished, job_started, unchanged_files
 from corpusflow.flows.live_metrics import record as record_live
 
@@ -89,14 +89,19 @@ def _drop_done(done_ref) -> Callable[[Batch], Batch]:
     return drop
 
 
-def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
-    fingerprint = config.fingerprint()
-    # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
-    shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
-              for s in STAGES}
+class _Committer:
+    """The commit step, as an actor: commits of one job go through one pool (one actor by default), so
+    they do not race each other for the same Delta log; each batch is one transaction per table."""
 
-    def commit_batch(batch: Batch) -> Batch:
-        tables = rows_for_batch(batch, fingerprint, job_id, config.usd_per_hour, shares)
+    def __init__(self, config: JobConfig, job_id: str):
+        self.config, self.job_id, self.fingerprint = config, job_id, config.fingerprint()
+        # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
+        self.shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
+                       for s in STAGES}
+
+    def __call__(self, batch: Batch) -> Batch:
+        config, job_id = self.config, self.job_id
+        tables = rows_for_batch(batch, self.fingerprint, job_id, config.usd_per_hour, self.shares)
         commit(tables, config.out, job_id)
         record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
@@ -109,7 +114,6 @@ def _committer(config: JobConfig, job_id: str) -> Callable[[Batch], Batch]:
             col = f"{stage}_wall_s"
             out[col] = batch[col].astype(np.float64) if col in batch else np.full(n, np.nan)
         return out
-    return commit_batch
 
 
 # How the listing is cut into Ray blocks. A file named as video or audio is a block of its own: it
@@ -157,8 +161,7 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
-    return ds.map_batches(_committer(config, job_id), batch_format="numpy",
-                          **ray_arguments(config.resources.commit, config.faults.worker_restarts, actors=False))
+    return add_stage(ds, BY_NAME["commit"], config, cls=_Committer, args=(job_id,))
 
 
 _WORKER_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_ENDPOINT",

@@ -36,7 +36,8 @@ DATA_TABLES = ("timeline", "summaries", "pages", "metrics")
 STALE_JOB_HOURS = 24.0
 KEYS = {"assets": ("uri",), "timeline": ("asset_id",), "summaries": ("asset_id",), "pages": ("asset_id",),
         "metrics": ("job_id", "asset_id")}
-_COMMIT_ATTEMPTS = 8
+# Commits of other jobs on the same OUT can still race ours: retried with jittered backoff up to ~1 min.
+_COMMIT_ATTEMPTS = 20
 
 
 class OutputError(RuntimeError):
@@ -93,7 +94,7 @@ def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterab
         except CommitFailedError:
             if attempt == _COMMIT_ATTEMPTS - 1:
                 raise
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
 
 def commit(tables: Mapping[str, pa.Table], out: str, job_id: str) -> None:
