@@ -2,7 +2,7 @@
 
 list → identify (hash + sniff by content) → drop what this config already committed → the stages of
 the registry in order (contracts/registry.py: decode media and detect speech, extract PDFs, ASR
-actor pool, VLM actor pool), each added by the Ray Data adapter (flows/adapter.py) → commit (tasks).
+actor pool, VLM actor pool), each added by the Ray Data adapter (flows/adapter.py) → commit (one actor).
 Videos, audio and PDFs flow interleaved in one stream; each stage takes the kinds its contract
 declares. Frames and PCM travel as Arrow tensor columns; objects are fetched inside the stages that
 read them.
