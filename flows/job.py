@@ -49,8 +49,8 @@ class JobSummary:
 
     def to_text(self) -> str:
         lines = [f"job {self.job_id} (config {self.fingerprint}) finished in {self.wall_s:.1f} s",
-                 f"  files: {self.files} listed, {self.already_done} already done, "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items())),
+                 "  files: " + ", ".join([f"{self.files} listed", f"{self.already_done} already done",
+                                          *(f"{k} {v}" for k, v in sorted(self.by_status.items()))]),
                  "  kinds: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"),
                  f"  media: {self.video_hours:.3f} h video, {self.audio_hours:.3f} h audio, {self.pages} pages",
                  "  time per stage (summed over assets): "
