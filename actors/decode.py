@@ -50,6 +50,13 @@ def picture_streams(container: av.container.InputContainer) -> list[av.video.str
     return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
 
 
+def media_kind(container: av.container.InputContainer, default: str) -> str:
+    """video when a real picture stream is inside, audio when only sound is, else ``default``."""
+    if picture_streams(container):
+        return "video"
+    return "audio" if container.streams.audio else default
+
+
 def describe_error(kind: str, e: Exception) -> str:
     reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return f"{kind} could not be decoded: {reason[0].lower()}{reason[1:]}"

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 
 import av.error
 
-from corpusflow.actors.decode import open_media, picture_streams
+from corpusflow.actors.decode import media_kind, open_media
 from corpusflow.contracts import storage
 from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
@@ -131,9 +131,7 @@ def probe_kind(uri: str, default: str) -> str:
     """
     try:
         with open_media(uri) as container:
-            if picture_streams(container):
-                return "video"
-            return "audio" if container.streams.audio else default
+            return media_kind(container, default)
     except (av.error.FFmpegError, OSError):
         return default
 

@@ -91,6 +91,16 @@ def frames_and_times(frames: np.ndarray, frame_ts: np.ndarray) -> tuple[np.ndarr
     return frames, ts
 
 
+def answer_columns(answer: VideoAnswer) -> dict[str, Any]:
+    """A valid answer as Describe's summary, chapter and keyframe columns (the vLLM path's too)."""
+    return {"summary": answer.summary,
+            "chapter_start": _f64([c.start_s for c in answer.chapters]),
+            "chapter_end": _f64([c.end_s for c in answer.chapters]),
+            "chapter_title": [c.title for c in answer.chapters],
+            "keyframe_ts": _f64([k.t_s for k in answer.keyframes]),
+            "keyframe_caption": [k.caption for k in answer.keyframes]}
+
+
 def _failure(job: _Job, where: str) -> str:
     if not job.attempts:  # the engine itself failed; its message says how
         return job.error
@@ -290,12 +300,7 @@ class Describe(Stage):
         answer: VideoAnswer | None = answered.answer if answered is not None else None
         engine_s = sum(j.engine_s for j in [*v.jobs, *([v.final] if v.final else [])])
         values = {
-            "summary": answer.summary if answer else "",
-            "chapter_start": _f64([c.start_s for c in answer.chapters] if answer else []),
-            "chapter_end": _f64([c.end_s for c in answer.chapters] if answer else []),
-            "chapter_title": [c.title for c in answer.chapters] if answer else [],
-            "keyframe_ts": _f64([k.t_s for k in answer.keyframes] if answer else []),
-            "keyframe_caption": [k.caption for k in answer.keyframes] if answer else [],
+            **(answer_columns(answer) if answer else {}),
             # On a failure here the rejected text is kept: it is what a person needs to see why.
             "vlm_raw": shown.raw if shown is not None else "",
             "vlm_model": self.engine.model_id, "vlm_engine": self.engine.name,

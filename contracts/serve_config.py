@@ -13,8 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from corpusflow.contracts.base import StrictModel, read_mapping, validated
 from corpusflow.contracts.config import AsrConfig, StageConfig, VideoConfig, VlmConfig, default_cache, load_profile
+from corpusflow.contracts.registry import STAGES
 
-DEPLOYMENTS = ("api", "decode", "pdf", "asr", "vlm")
+# The HTTP ingress, then one deployment per stage the registry serves.
+DEPLOYMENTS = ("api", *(s.name for s in STAGES if s.serve))
 # Serve's HTTP proxy runs uvicorn with its default WebSocket limit and no way to change it: a bigger
 # message is cut off by the proxy (close 1009) before the API sees it, so a larger setting would lie.
 PROXY_WS_MAX_MB = 16.0

@@ -8,23 +8,15 @@ Ray arguments through (refused at config validation where they would collide wit
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
+from corpusflow.actors import stage_class
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.registry import StageResources, StageSpec
 from corpusflow.contracts.stage import Batch
 
 # Stage instances of this worker process, for task stages: built on a task's first batch, reused after.
 _INSTANCES: dict[tuple[str, str], Any] = {}
-
-
-def stage_class(spec: StageSpec) -> type:
-    """The class a registry entry names."""
-    if spec.cls is None:
-        raise ValueError(f"stage {spec.name!r} has no stage class")
-    module, name = spec.cls.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
 
 
 def ray_arguments(res: StageResources, restarts: int, actors: bool) -> dict[str, Any]:
@@ -65,7 +57,10 @@ def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = 
     """
     res = config.resources.of(spec.name)
     ray_args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
-    cls = cls or stage_class(spec)
+    if cls is None:
+        if spec.cls is None:
+            raise ValueError(f"stage {spec.name!r} has no stage class")
+        cls = stage_class(spec.cls)
     if spec.pool == "actors":
         from ray.data import ActorPoolStrategy
 

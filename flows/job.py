@@ -28,7 +28,7 @@ from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.tables import check_out, commit, committed_keys, job_finished, job_started, unchanged_files
+from corpusflow.flows.tables import check_out, commit, committed, job_finished, job_started, keys_of, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -126,14 +126,16 @@ BLOCK_FILES = 16
 def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
     blocks: list[list[storage.FileEntry]] = []
     shared: list[storage.FileEntry] = []
+    size = 0
     for e in entries:
         if kind_by_name(e.uri) in ("video", "audio"):
             blocks.append([e])
             continue
-        if shared and (sum(s.size for s in shared) + e.size > BLOCK_BYTES or len(shared) >= BLOCK_FILES):
+        if shared and (size + e.size > BLOCK_BYTES or len(shared) >= BLOCK_FILES):
             blocks.append(shared)
-            shared = []
+            shared, size = [], 0
         shared.append(e)
+        size += e.size
     blocks.append(shared)
     return [pa.table({"uri": [e.uri for e in b], "bytes": pa.array([e.size for e in b], pa.int64()),
                       "modified": pa.array([e.modified for e in b], pa.timestamp("us", tz="UTC"))})
@@ -230,9 +232,10 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     summary.files = len(listed)
     check_out(config.out)
     # Unchanged since committed (same uri, size and modified time): skipped without reading a byte.
-    unchanged = unchanged_files(config.out, summary.fingerprint, retry_errors)
+    committed_now = committed(config.out, summary.fingerprint, retry_errors)
+    unchanged = unchanged_of(committed_now)
     entries = [e for e in listed if (e.uri, e.size, e.modified) not in unchanged]
-    done = committed_keys(config.out, summary.fingerprint, retry_errors)
+    done = keys_of(committed_now)
     progress(f"corpusflow: {len(listed)} files under {config.corpus}, {len(listed) - len(entries)} unchanged since "
              f"committed for config {summary.fingerprint}; writing to {config.out}")
     if not entries:

@@ -30,7 +30,7 @@ from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_ho
 from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
                                  Cluster, CorpusStats, NodeType, Placement, Plan, PlanOption, Pool, StageForecast,
                                  Target, ThroughputProfile)
-from corpusflow.actors.decode import declared_duration, open_media, picture_streams
+from corpusflow.actors.decode import declared_duration, media_kind, open_media
 from corpusflow.actors.identify import HEAD, kind_by_name, sniff
 from corpusflow.actors.pdf import open_pdf
 from corpusflow.flows.report import money, read_table
@@ -62,10 +62,8 @@ def _probe_file(uri: str, size: int) -> _Probe:
             return _Probe("other", size)
     try:
         with open_media(uri) as container:
-            pictures = picture_streams(container)
-            if not pictures and not container.streams.audio:
-                return _Probe("other", size)
-            return _Probe("video" if pictures else "audio", size, seconds=declared_duration(container))
+            kind = media_kind(container, "other")
+            return _Probe(kind, size, seconds=declared_duration(container) if kind != "other" else None)
     except (av.FFmpegError, OSError):
         return _Probe("other", size)
 

@@ -84,10 +84,7 @@ def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterab
     options = storage.delta_options(out)
     predicate = _predicate(table, rows, keys)
     for attempt in range(_COMMIT_ATTEMPTS):
-        try:
-            if not exists(out, table):  # the first commit creates the table with its declared schema
-                write_deltalake(table_uri(out, table), TABLES[table].empty_table(), mode="append",
-                                storage_options=options)
+        try:  # the first commit creates the table, with the schema ``rows`` carry (conformed to TABLES)
             write_deltalake(table_uri(out, table), rows, mode="overwrite", predicate=predicate,
                             storage_options=options)
             return
@@ -110,10 +107,12 @@ def commit(tables: Mapping[str, pa.Table], out: str, job_id: str) -> None:
 def open_table(out: str, table: str, version: Optional[int] = None) -> pads.Dataset:
     """The table's latest (or given) version as a pyarrow dataset: scanned in batches, not loaded whole."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
-    if not exists(out, table):
+    try:
+        dt = DeltaTable(table_uri(out, table), version=version, storage_options=storage.delta_options(out))
+    except TableNotFoundError:  # nothing committed to it yet
         return pads.dataset(TABLES[table].empty_table())
-    dt = DeltaTable(table_uri(out, table), version=version, storage_options=storage.delta_options(out))
     return dt.to_pyarrow_dataset()
 
 
@@ -133,13 +132,26 @@ def _done(fingerprint: str, retry_errors: bool) -> pc.Expression:
     return done
 
 
-def committed_keys(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, str]]:
-    """(uri, asset_id) pairs already committed under this config fingerprint: a re-run skips them.
+def committed(out: str, fingerprint: str, retry_errors: bool = False) -> pa.Table:
+    """(uri, asset_id, bytes, modified) of the inputs committed under this config fingerprint, in one
+    filtered scan of ``assets``. With ``retry_errors``, transient failures (``retryable``) are not done."""
+    return open_table(out, "assets").to_table(columns=["uri", "asset_id", "bytes", "modified"],
+                                              filter=_done(fingerprint, retry_errors))
 
-    With ``retry_errors``, inputs whose failure was transient (``retryable``) are not counted as done.
-    """
-    found = open_table(out, "assets").to_table(columns=["uri", "asset_id"], filter=_done(fingerprint, retry_errors))
-    return set(zip(found["uri"].to_pylist(), found["asset_id"].to_pylist()))
+
+def committed_keys(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, str]]:
+    """(uri, asset_id) pairs already committed under this config fingerprint: a re-run skips them."""
+    return keys_of(committed(out, fingerprint, retry_errors))
+
+
+def keys_of(done: pa.Table) -> set[tuple[str, str]]:
+    return set(zip(done["uri"].to_pylist(), done["asset_id"].to_pylist()))
+
+
+def unchanged_of(done: pa.Table) -> set[tuple[str, int, Any]]:
+    """(uri, bytes, modified) of committed inputs: a listed file that matches is skipped unread."""
+    return {(u, b, m) for u, b, m in zip(done["uri"].to_pylist(), done["bytes"].to_pylist(),
+                                         done["modified"].to_pylist()) if m is not None}
 
 
 def _running(out: str) -> str:
@@ -159,14 +171,6 @@ def running_jobs(out: str) -> list[str]:
     """Jobs that marked themselves as writing to OUT within the last STALE_JOB_HOURS."""
     return [j for j in storage.list_names(_running(out))
             if storage.age_s(storage.join(_running(out), j)) < STALE_JOB_HOURS * 3600]
-
-
-def unchanged_files(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, int, Any]]:
-    """(uri, bytes, modified) of inputs committed under this fingerprint: a re-run skips them unread."""
-    found = open_table(out, "assets").to_table(columns=["uri", "bytes", "modified"],
-                                              filter=_done(fingerprint, retry_errors))
-    return {(u, b, m) for u, b, m in zip(found["uri"].to_pylist(), found["bytes"].to_pylist(),
-                                         found["modified"].to_pylist()) if m is not None}
 
 
 def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from corpusflow.actors.vlm import Describe, even_indices, video_inputs
+from corpusflow.actors.vlm import Describe, answer_columns, even_indices, video_inputs
 from corpusflow.actors.prompts.answer import AnswerError, schema_for, validate
 from corpusflow.actors.engines.vlm import frame_label
 from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, transcript_text, user_text
@@ -168,14 +168,7 @@ class _Answers:
             answer = validate(raw, shown, float(row["_cf_duration"]))
         except AnswerError as e:
             return RowOutcome(ran, StageFailure(f"the VLM gave no valid answer in 1 attempt(s): {e}"), wall, device)
-        return RowOutcome({
-            **ran, "summary": answer.summary,
-            "chapter_start": np.asarray([c.start_s for c in answer.chapters], dtype=np.float64),
-            "chapter_end": np.asarray([c.end_s for c in answer.chapters], dtype=np.float64),
-            "chapter_title": [c.title for c in answer.chapters],
-            "keyframe_ts": np.asarray([k.t_s for k in answer.keyframes], dtype=np.float64),
-            "keyframe_caption": [k.caption for k in answer.keyframes],
-        }, wall_s=wall, device_s=device)
+        return RowOutcome({**ran, **answer_columns(answer)}, wall_s=wall, device_s=device)
 
 
 def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int = 8):

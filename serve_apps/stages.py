@@ -11,7 +11,6 @@ multi-row batch, as Ray Data would. Both record each call's size and seconds
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 from ray import serve
 
+from corpusflow.actors import stage_class
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import Batch, StageFailure, tensor_column
 from corpusflow.serve_apps import batch_metrics
@@ -31,8 +31,7 @@ from corpusflow.serve_apps.gather import Gatherer
 
 def load_stage(path: str, config: StageConfig) -> Any:
     """An instance of the stage class named ``module.Class`` (e.g. ``corpusflow.actors.asr.Transcribe``)."""
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)(config)
+    return stage_class(path)(config)
 
 
 def _rows_first(arr: np.ndarray) -> np.ndarray:
