@@ -201,4 +201,6 @@ def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:
         vacuumed = dt.vacuum(retention_hours=int(retain_hours), enforce_retention_duration=False, dry_run=False)
         report[table] = {"orphan_rows_removed": removed, "files_added": merged.get("numFilesAdded", 0),
                          "files_removed": merged.get("numFilesRemoved", 0), "files_vacuumed": len(vacuumed)}
+    if not report:
+        raise OutputError(f"{out} holds no corpusflow tables: name the OUT of a job")
     return report

@@ -197,3 +197,8 @@ def test_transient_failures_are_retried_only_when_asked(tmp_path):
         "slow.wav": True, "bad.wav": False}
     assert committed_keys(out, "fp") == {("slow.wav", "id-slow.wav"), ("bad.wav", "id-bad.wav")}
     assert committed_keys(out, "fp", retry_errors=True) == {("bad.wav", "id-bad.wav")}
+
+
+def test_compact_of_a_folder_without_tables_says_so(tmp_path, capsys):
+    assert main(["compact", str(tmp_path / "not-an-out")]) == 2
+    assert "holds no corpusflow tables" in capsys.readouterr().err
