@@ -164,6 +164,11 @@ class VideoConfig(StrictModel):
         return v
 
 
+# Per-file time limits by stage: generous for 12-hour media on slow hardware, yet a file that hangs a
+# worker frees it within the hour.
+ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "speech": 1800.0, "pdf": 600.0, "asr": 3600.0, "vlm": 3600.0}
+
+
 class LimitsConfig(StrictModel):
     """Bounds on what one input may cost, checked before the work: a hostile or broken file becomes an
     error row in bounded time and memory instead of stalling or killing a worker.
@@ -178,6 +183,20 @@ class LimitsConfig(StrictModel):
                             "checked from the stream header before any decoding")
     pdf_max_mb: float = Field(512, gt=0, description="largest PDF read (PDFs are read into memory whole)")
     pdf_max_pages: int = Field(5000, ge=1, description="most pages extracted from one PDF")
+    row_time_s: dict[str, float] = Field(
+        default_factory=lambda: dict(ROW_TIME_S),
+        description="longest time one file may take in each stage, in seconds (a batch over its total is run "
+        "again file by file so that only the slow file fails); keys are stage names; 0 removes a limit")
+
+    @field_validator("row_time_s")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(ROW_TIME_S))
+        if unknown:
+            raise ValueError(f"no stage named {', '.join(unknown)}; stages with a time limit: {', '.join(ROW_TIME_S)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("a time limit is 0 (none) or a number of seconds")
+        return {**ROW_TIME_S, **value}
 
 
 class FaultsConfig(StrictModel):
