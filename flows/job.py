@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from corpusflow.actors.identify import kind_by_name
+from corpusflow.actors.identify import content_id, kind_by_name
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import BY_NAME, STAGES
@@ -218,6 +218,64 @@ def init_ray(address: Optional[str]) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
 
 
+def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[str],
+               fingerprint: str) -> list[storage.FileEntry]:
+    """Entries the stream gave no row for and that nobody committed meanwhile (not this job's rows
+    dropped as already done, nor another job's): their block failed."""
+    missing = [e for e in entries if e.uri not in seen]
+    if not missing:
+        return []
+    have = {uri for uri, _ in keys_of(committed(config.out, fingerprint))}
+    return [e for e in missing if e.uri not in have]
+
+
+# Ray's ways of saying that a worker process went away under a task, rather than that the code raised.
+_DEATHS = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "OutOfMemoryError", "ActorUnavailableError",
+           "NodeDiedError", "WorkerBroken")
+
+
+def _cause_chain(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None]) -> None:
+    """One set-aside file as a job of its own. If its worker dies again it becomes an error row naming
+    the stage and what happened; any other failure is a fault of the job, raised."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = 0
+    try:
+        for batch in build_dataset(config, [entry], done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+            take(batch)
+    except Exception as e:  # noqa: BLE001 - sorted below: a dead worker is the file's row, anything else is raised
+        text = "\n".join(f"{type(c).__name__}: {c}" for c in _cause_chain(e))
+        if not any(name in text for name in _DEATHS):
+            raise
+        stage = next((s.name for s in STAGES if s.cls and s.cls.rsplit(".", 1)[1] in text), "unknown")
+        tries = config.faults.worker_restarts + 1
+        reason = text.splitlines()[-1][:300] if "WorkerBroken" in text else "killed, out of memory or crashed"
+        error = (f"the worker processing this file in stage {stage} died {tries} times ({reason}); "
+                 "the file is not tried again (faults.worker_restarts)")
+        take(_Committer(config, job_id)(_lost_row(entry, stage, error)))
+    finally:
+        context.max_errored_blocks = -1
+
+
+def _lost_row(entry: storage.FileEntry, stage: str, error: str) -> Batch:
+    """The columns of an error row for a file no stage returned: its hash read here (a plain streamed
+    read; nothing that decodes), its kind from its name."""
+    asset_id, _, _ = content_id(entry.uri)
+    return {"uri": np.asarray([entry.uri]), "asset_id": np.asarray([asset_id]),
+            "kind": np.asarray([kind_by_name(entry.uri)]), "format": np.asarray(["unknown"]),
+            "bytes": np.asarray([entry.size], np.int64), "modified": np.asarray([entry.modified], dtype=object),
+            "error_stage": np.asarray([stage]), "error": np.asarray([error]), RETRYABLE: np.asarray([False])}
+
+
 def run_job(config: JobConfig, address: Optional[str] = None,
             progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
             retry_errors: bool = False) -> JobSummary:
@@ -251,36 +309,47 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     stage_s: dict[str, float] = defaultdict(float)
     statuses: Counter = Counter()
     kinds: Counter = Counter()
-    seen = 0
+    seen: set[str] = set()
+
+    def take(batch: Batch) -> None:
+        for i in range(len(batch["uri"])):
+            seen.add(str(batch["uri"][i]))
+            status, kind = str(batch["status"][i]), str(batch["kind"][i])
+            statuses[status] += 1
+            kinds[kind] += 1
+            dur = float(batch["duration_s"][i])
+            if status == "ok" and not np.isnan(dur):
+                if kind == "video":
+                    summary.video_hours += dur / 3600
+                elif kind == "audio":
+                    summary.audio_hours += dur / 3600
+            if status == "ok" and kind == "pdf":
+                summary.pages += int(batch["pages"][i])
+            for stage in METRIC_STAGES:
+                w = float(batch[f"{stage}_wall_s"][i])
+                if not np.isnan(w):
+                    stage_s[stage] += w
+            if status == "error":
+                summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
+                                       "error": str(batch["error"][i])})
+            progress(f"[{len(seen) + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+                     f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s)")
+
+    context = ray.data.DataContext.get_current()
     job_started(config.out, job_id)  # compact waits while it writes
     try:
+        # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
+        # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).
+        context.max_errored_blocks = -1
         for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["uri"])):
-                seen += 1
-                status, kind = str(batch["status"][i]), str(batch["kind"][i])
-                statuses[status] += 1
-                kinds[kind] += 1
-                dur = float(batch["duration_s"][i])
-                if status == "ok" and not np.isnan(dur):
-                    if kind == "video":
-                        summary.video_hours += dur / 3600
-                    elif kind == "audio":
-                        summary.audio_hours += dur / 3600
-                if status == "ok" and kind == "pdf":
-                    summary.pages += int(batch["pages"][i])
-                for stage in METRIC_STAGES:
-                    w = float(batch[f"{stage}_wall_s"][i])
-                    if not np.isnan(w):
-                        stage_s[stage] += w
-                if status == "error":
-                    summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
-                                           "error": str(batch["error"][i])})
-                elapsed = time.time() - t0
-                progress(f"[{seen + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
-                         f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
+            take(batch)
+        for entry in _set_aside(config, entries, seen, summary.fingerprint):
+            progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
+            _run_alone(config, entry, done, job_id, take)
     finally:
+        context.max_errored_blocks = 0
         job_finished(config.out, job_id)
-    summary.already_done = len(listed) - seen
+    summary.already_done = len(listed) - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0
