@@ -28,7 +28,8 @@ from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.tables import check_out, commit, committed, job_finished, job_started, keys_of, unchanged_of
+from corpusflow.flows.tables import (KnownKeys, check_out, commit, committed, job_finished, job_started, keys_of,
+                                     unchanged_of)
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -93,8 +94,9 @@ class _Committer:
     """The commit step, as an actor: commits of one job go through one pool (one actor by default), so
     they do not race each other for the same Delta log; each batch is one transaction per table."""
 
-    def __init__(self, config: JobConfig, job_id: str):
+    def __init__(self, config: JobConfig, job_id: str, append_new: bool = False):
         self.config, self.job_id, self.fingerprint = config, job_id, config.fingerprint()
+        self.known = KnownKeys(config.out, job_id) if append_new else None
         # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
         self.shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
                        for s in STAGES}
@@ -102,7 +104,7 @@ class _Committer:
     def __call__(self, batch: Batch) -> Batch:
         config, job_id = self.config, self.job_id
         tables = rows_for_batch(batch, self.fingerprint, job_id, config.usd_per_hour, self.shares)
-        commit(tables, config.out, job_id)
+        commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
         record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
@@ -143,10 +145,11 @@ def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
 
 
 def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
-                  commit_rows: bool = True):
+                  commit_rows: bool = True, append_new: bool = False):
     """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
 
-    ``commit_rows=False`` stops before the commit step, exposing the stages' columns.
+    ``commit_rows=False`` stops before the commit step, exposing the stages' columns. ``append_new``:
+    batches of keys new to OUT are appended (flows/tables.py:KnownKeys), where one committer commits.
     """
     import ray
 
@@ -163,7 +166,8 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
-    return add_stage(ds, BY_NAME["commit"], config, cls=_Committer, args=(job_id,))
+    append_new = append_new and config.resources.of("commit").max_actors == 1
+    return add_stage(ds, BY_NAME["commit"], config, cls=_Committer, args=(job_id, append_new))
 
 
 _WORKER_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_ENDPOINT",
@@ -341,7 +345,8 @@ def run_job(config: JobConfig, address: Optional[str] = None,
         # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
         # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).
         context.max_errored_blocks = -1
-        for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in build_dataset(config, entries, done, job_id, append_new=True).iter_batches(
+                batch_size=None, batch_format="numpy"):
             take(batch)
         for entry in _set_aside(config, entries, seen, summary.fingerprint):
             progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
