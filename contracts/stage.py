@@ -227,7 +227,8 @@ class Stage:
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:
-        limit_s = self.config.limits.row_time_s.get(self.contract.name)
+        limits = getattr(self.config, "limits", None)  # a StageConfig's; a stage may be built without one
+        limit_s = limits.row_time_s.get(self.contract.name) if limits else None
         return run_batch(self.contract, batch, self.process, self.accelerator, self.empty, limit_s)
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:

@@ -118,11 +118,12 @@ class _Committer:
         return out
 
 
-# How the listing is cut into Ray blocks. A file named as video or audio is a block of its own: it
-# never waits behind others for decode and ASR. Other files (PDFs, the unsupported) share blocks of at
-# most BLOCK_FILES files and BLOCK_BYTES, so a corpus of a million PDFs is not a million Ray tasks per stage.
+# How the listing is cut into Ray blocks, which stages take whole (StageResources.batch_size). A file
+# named as video or audio is a block of its own: it never waits behind others for decode and ASR.
+# Other files (PDFs, the unsupported) share blocks of at most BLOCK_FILES files and BLOCK_BYTES, so a
+# corpus of a million PDFs is not a million Ray tasks and calls per stage.
 BLOCK_BYTES = 64 << 20
-BLOCK_FILES = 16
+BLOCK_FILES = 64
 
 
 def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
