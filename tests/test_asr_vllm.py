@@ -11,11 +11,15 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from corpusflow.actors.asr import Transcribe
+from corpusflow.actors.speech import DetectSpeech
 from corpusflow.actors.engines.asr import SpeechTrack
 from corpusflow.actors.engines.asr_vllm import WhisperTokens, decoder_prompt, engine_kwargs, kv_cache_bytes, timed_segments
 from corpusflow.actors.models.store import resolve
@@ -112,6 +116,112 @@ def test_building_the_engine_without_vllm_names_the_extra_to_install(model_cache
     profile = TINY_RANDOM.model_copy(update={"asr_engine": "vllm"})
     with pytest.raises(ImportError, match=r"pip install 'corpusflow\[gpu\]'"):
         load_engine(profile, JobConfig(corpus="/c", out="/o", models=profile, model_cache=model_cache))
+
+
+# -- the engine's own code on CPU, vLLM's runtime stood in for by transformers --------------------------
+
+@dataclass
+class _Params:
+    """The ``vllm.SamplingParams`` fields the engine sets."""
+
+    temperature: float = 1.0
+    max_tokens: int = 16
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    allowed_token_ids: list[int] | None = None
+
+
+class _TransformersRuntime:
+    """``vllm.LLM`` for CPU tests: the same Whisper checkpoint run greedily by transformers, prompt by prompt.
+
+    It stands in for vLLM's runtime only (CI has neither a GPU nor vLLM): the engine's own code (prompts,
+    language detection, one call for every chunk, segment times, alignment) runs as on a GPU worker; the
+    ``gpu`` test below covers vLLM itself.
+    """
+
+    def __init__(self, model: str, **engine_kwargs: object) -> None:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.engine_kwargs = engine_kwargs
+        self.calls: list[int] = []
+        self._processor = WhisperProcessor.from_pretrained(model)
+        self._model = WhisperForConditionalGeneration.from_pretrained(model).eval()
+
+    def get_tokenizer(self):
+        return self._processor.tokenizer
+
+    def generate(self, prompts: list[dict], params: _Params, use_tqdm: bool = False) -> list:
+        import torch
+
+        self.calls.append(len(prompts))
+        eot = self._processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        outputs = []
+        for prompt in prompts:
+            audio, rate = prompt["encoder_prompt"]["multi_modal_data"]["audio"]
+            features = self._processor.feature_extractor(audio, sampling_rate=rate, return_tensors="pt").input_features
+            prefix = self._processor.tokenizer(prompt["decoder_prompt"], add_special_tokens=False).input_ids
+            ids = list(prefix)
+            with torch.inference_mode():
+                for step in range(params.max_tokens):
+                    logits = self._model(input_features=features, decoder_input_ids=torch.tensor([ids])).logits[0, -1]
+                    if params.allowed_token_ids:
+                        keep = torch.full_like(logits, float("-inf"))
+                        keep[params.allowed_token_ids] = 0
+                        logits = logits + keep
+                    if params.ignore_eos or step < params.min_tokens:
+                        logits[eot] = float("-inf")
+                    ids.append(int(logits.argmax()))
+                    if ids[-1] == eot:
+                        break
+            outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids[len(prefix):])]))
+        return outputs
+
+
+@pytest.fixture
+def cpu_runtime(monkeypatch):
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = _TransformersRuntime, _Params
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+
+def test_every_chunk_of_every_file_goes_in_one_call_and_each_file_gets_its_own_answer(
+        cpu_runtime, model_cache, one_torch_thread):
+    from corpusflow.actors.engines.asr_vllm import VllmWhisperEngine
+
+    profile = TINY_RANDOM.model_copy(update={"asr_engine": "vllm"})
+    config = JobConfig(corpus="/c", out="/o", models=profile, model_cache=model_cache, asr={"align_words": False})
+    engine = VllmWhisperEngine(profile, config, fixed_output_tokens=4)
+    runtime = engine._llm
+    assert runtime.engine_kwargs["max_num_seqs"] == config.asr.batch_size and runtime.engine_kwargs["enforce_eager"]
+    talk = speech_like(40.0, SR)
+    tracks = [SpeechTrack(talk, [(0.0, 30.0), (31.0, 40.0)]), SpeechTrack(np.zeros(SR, np.float32), []),
+              SpeechTrack(talk[:9 * SR], [(0.5, 4.0), (5.0, 9.0)]), SpeechTrack(talk[5 * SR:], [(2.0, 7.0)])]
+    together = engine.transcribe_many(tracks, None)
+    assert runtime.calls == [3, 5], "one call detects the three speaking files' languages, one decodes all 5 chunks"
+    assert together[1].language == "" and together[1].segments == []
+    assert all(r.language in engine._tokens.languages.values() for r in (together[0], together[2], together[3]))
+    for track, result in zip(tracks, together):
+        assert all(any(a <= s.start <= s.end <= b for a, b in track.chunks) for s in result.segments)
+    assert together == [engine.transcribe_many([t], None)[0] for t in tracks], "each file's answer is its own"
+
+
+def test_the_stage_writes_aligned_words_after_vllm_segments(cpu_runtime, model_cache, one_torch_thread):
+    """asr_engine: vllm through the Transcribe stage, with the profile's wav2vec2 aligner after it."""
+    profile = TINY_RANDOM.model_copy(update={"asr_engine": "vllm"})
+    config = JobConfig(corpus="/c", out="/o", models=profile, model_cache=model_cache, asr={"language": "en"})
+    stage = Transcribe(config)
+    stage._engine.fixed_output_tokens = 6
+    pcm = np.empty(1, dtype=object)
+    pcm[0] = speech_like(12.0, SR)
+    batch = {"asset_id": np.asarray(["a"]), "kind": np.asarray(["audio"]), "pcm": pcm,
+             "error_stage": np.asarray([""]), "error": np.asarray([""])}
+    batch = DetectSpeech(config)(batch)  # the speech chunks, as the pipeline hands them over
+    out = stage(batch)
+    assert out["error"][0] == "" and out["language"][0] == "en"
+    starts, ends = np.asarray(out["word_start"][0]), np.asarray(out["word_end"][0])
+    assert len(out["word_text"][0]) == len(starts) > 0 and np.all(starts <= ends)
+    assert np.all(starts >= 0) and np.all(ends <= 12.0)
 
 
 # -- on a GPU ---------------------------------------------------------------------------------------
