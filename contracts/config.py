@@ -91,11 +91,13 @@ class ModelsProfile(StrictModel):
 
     name: str
     asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
-                                 "a transformers checkpoint for asr_engine=transformers")
+                                 "a transformers checkpoint for asr_engine=transformers or vllm "
+                                 "(large-v3, large-v3-turbo, ...)")
     align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
-    asr_engine: Literal["whisperx", "transformers"] = Field(
-        "whisperx", description="whisperx (faster-whisper/CTranslate2) or transformers Whisper where CTranslate2 can't run")
+    asr_engine: Literal["whisperx", "transformers", "vllm"] = Field(
+        "whisperx", description="whisperx (faster-whisper/CTranslate2), transformers Whisper where CTranslate2 can't run, "
+                                "or vllm (Whisper on vLLM: CUDA graphs, chunks of all files in one continuous batch)")
     vlm_engine: Literal["transformers", "vllm"] = "transformers"
     engine_options: dict[str, VlmEngineOptions] = Field(
         default_factory=lambda: {"default": VlmEngineOptions()},
@@ -128,7 +130,12 @@ QWEN25_VL_7B = ModelsProfile(
     },
 )
 
-BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B)}
+# GPU workers with vLLM (the corpusflow[gpu] extra): both models on vLLM, Whisper large-v3-turbo (4 decoder
+# layers instead of 32: the decoder steps are the ASR's cost) with wav2vec2 word alignment after it.
+QWEN25_VL_7B_VLLM = QWEN25_VL_7B.model_copy(update={
+    "name": "qwen2.5-vl-7b-vllm", "asr": "openai/whisper-large-v3-turbo", "asr_engine": "vllm", "vlm_engine": "vllm"})
+
+BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B, QWEN25_VL_7B_VLLM)}
 
 
 def load_profile(name_or_path: str) -> ModelsProfile:
@@ -212,6 +219,8 @@ class AsrConfig(StrictModel):
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
     align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
+    segment_timestamps: bool = Field(True, description="split each speech chunk at the timestamps Whisper decodes "
+                                     "(asr_engine=vllm); False keeps one segment per chunk, as the other engines write")
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
     chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")
