@@ -231,6 +231,24 @@ class VlmConfig(StrictModel):
     max_transcript_chars: int = Field(24000, ge=0, description="transcript characters included in one prompt")
 
 
+class PdfConfig(StrictModel):
+    ocr: bool = Field(True, description="read pages that show an image but have no text layer (scans) with "
+                      "Tesseract OCR; needs Debian's tesseract-ocr and one tesseract-ocr-<lang> package per language")
+    ocr_languages: list[str] = Field(
+        default_factory=lambda: ["eng"], min_length=1,
+        description="Tesseract language codes to read scans in, e.g. [eng, deu, fra, spa]; more languages read "
+                    "mixed pages but cost time")
+    ocr_dpi: int = Field(300, ge=72, le=600, description="resolution pages are rendered at for OCR")
+
+    @field_validator("ocr_languages")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not c.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"not Tesseract language codes: {bad} (e.g. eng, deu, chi_sim)")
+        return v
+
+
 def default_cache(name: str) -> str:
     """``$XDG_CACHE_HOME/corpusflow/<name>`` (``~/.cache/corpusflow/<name>`` when unset), as the XDG spec has it."""
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "corpusflow", name)
@@ -250,6 +268,7 @@ class StageConfig(StrictModel):
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()
     limits: LimitsConfig = LimitsConfig()
+    pdf: PdfConfig = PdfConfig()
     faults: FaultsConfig = FaultsConfig()
     resources: Resources = Resources()
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
@@ -270,7 +289,7 @@ class StageConfig(StrictModel):
         """Hash of everything that changes output rows (not resources, prices or locations)."""
         keyed = {"pipeline": PIPELINE_VERSION, "profile": output_settings(self.profile),
                  "video": output_settings(self.video), "asr": output_settings(self.asr),
-                 "vlm": output_settings(self.vlm)}
+                 "vlm": output_settings(self.vlm), "pdf": output_settings(self.pdf)}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -195,3 +195,23 @@ def truncate_copy(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Pa
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return Path(dst)
+
+
+def make_scanned_pdf(path: str | Path, pages: list[str], dpi: int = 150, title: str = "scanned document") -> Path:
+    """Write an image-only PDF: each page's text typeset, rendered to a grey raster at ``dpi`` and placed
+    as the page's only content (no text layer), as a scanner writes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = pymupdf.open()
+    out.set_metadata({"title": title, "creator": "corpusflow tests (scanner simulation)"})
+    for text in pages:
+        typeset = pymupdf.open()
+        page = typeset.new_page(width=420, height=595)
+        page.insert_textbox(pymupdf.Rect(36, 48, 384, 560), text, fontsize=12, fontname="tiro")
+        pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+        scan = out.new_page(width=420, height=595)
+        scan.insert_image(scan.rect, stream=pix.tobytes("png"))
+        typeset.close()
+    out.save(str(path), garbage=3, deflate=True)
+    out.close()
+    return path
