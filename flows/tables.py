@@ -96,6 +96,18 @@ def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterab
             time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
 
+def replace_table(out: str, table: str, rows: pa.Table) -> None:
+    """One transaction: the table (created if new) holds ``rows`` and their schema, nothing else.
+
+    For tables that one run writes whole (``corpusflow eval`` results), not the job's keyed tables;
+    earlier versions stay readable by time travel.
+    """
+    from deltalake import write_deltalake
+
+    write_deltalake(table_uri(out, table), rows, mode="overwrite", schema_mode="overwrite",
+                    storage_options=storage.delta_options(out))
+
+
 def commit(tables: Mapping[str, pa.Table], out: str, job_id: str) -> None:
     """Commit one batch: data tables first, ``assets`` last (see the module docstring for why)."""
     assets = tables["assets"]
