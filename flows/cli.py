@@ -1,4 +1,5 @@
-"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job."""
+"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job,
+evaluate what the models say."""
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,12 @@ def _delegate(module: str, argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report"}
+    delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report",
+                 "eval": "corpusflow.flows.evaluate.cli"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report,eval}")
     run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")

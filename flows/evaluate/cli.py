@@ -1,0 +1,90 @@
+"""``corpusflow eval``: measure what the models say.
+
+    corpusflow eval videomme --data DIR --out OUT [--models PROFILE] [--frames 8,32] [--conditions none,subs,asr]
+    corpusflow eval kg OUT
+    corpusflow eval grounding --truth FILE OUT
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from corpusflow.contracts.config import ConfigError
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("give positive integers separated by commas, e.g. 8,32")
+    return values
+
+
+def _conditions(text: str) -> list[str]:
+    from corpusflow.flows.evaluate.videomme import CONDITIONS
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in values if v not in CONDITIONS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"conditions are {', '.join(CONDITIONS)}; got {text!r}")
+    return values
+
+
+def _videomme(args: argparse.Namespace) -> int:
+    from corpusflow.contracts.base import validated
+    from corpusflow.contracts.config import StageConfig
+    from corpusflow.flows.evaluate import videomme
+    from corpusflow.flows.evaluate.output import html_table, write_report, write_tables
+
+    settings = {"models": args.models, "video": {"fps": 30.0, "max_frames": max(args.frames),
+                                                 "frame_size": args.frame_size}}
+    if args.model_cache:
+        settings["model_cache"] = args.model_cache
+    try:
+        config = validated(StageConfig, settings, "eval config")
+    except ConfigError as e:
+        print(f"corpusflow eval: {e}", file=sys.stderr)
+        return 2
+    try:
+        rows = videomme.evaluate(args.data, config, args.frames, args.conditions, args.max_videos)
+    except FileNotFoundError as e:
+        print(f"corpusflow eval: {e}", file=sys.stderr)
+        return 2
+    if rows.num_rows == 0:
+        print(f"corpusflow eval: no question of {args.data!r} could be asked (videos missing?)", file=sys.stderr)
+        return 1
+    acc = videomme.accuracy(rows)
+    write_tables(args.out, {"eval_videomme": rows, "eval_videomme_accuracy": acc})
+    overall = acc.filter([r["task_type"] == "all" for r in acc.to_pylist()])
+    report = write_report(args.out, "eval_videomme", f"Video-MME: {config.profile.name}", [
+        ("Accuracy by duration (all task types)", videomme.plot(acc)),
+        ("Accuracy by condition, frames and duration", html_table(overall)),
+        ("Accuracy by task type", html_table(acc)),
+    ])
+    for r in overall.to_pylist():
+        if r["duration"] == "all":
+            print(f"{r['condition']:5s} {r['frames']:4d} frames: accuracy {r['accuracy']:.3f} ± {r['se']:.3f} "
+                  f"({r['questions']} questions, {r['videos']} videos)")
+    print(f"wrote {args.out}/eval_videomme, {args.out}/eval_videomme_accuracy and {report}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(prog="corpusflow eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    vm = sub.add_parser("videomme", help="multiple-choice accuracy on a local or s3:// copy of Video-MME")
+    vm.add_argument("--data", required=True, help="folder or s3:// prefix: question Parquet, videos, SRT subtitles")
+    vm.add_argument("--out", required=True, help="where the result tables and eval_videomme.html go")
+    vm.add_argument("--models", default="tiny-random", help="models profile (built-in name or YAML)")
+    vm.add_argument("--frames", type=_ints, default=[8, 32], help="frame budgets, e.g. 8,32 (default)")
+    vm.add_argument("--conditions", type=_conditions, default=["none", "subs", "asr"],
+                    help="none, subs (official subtitles), asr (our transcript); default all three")
+    vm.add_argument("--frame-size", type=int, default=448, help="frames fit a square of this side (multiple of 28)")
+    vm.add_argument("--max-videos", type=int, help="only the first N videos (by videoID), for a quick look")
+    vm.add_argument("--model-cache", help="folder for generated and synced models")
+    vm.set_defaults(func=_videomme)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
