@@ -70,6 +70,39 @@ def _videomme(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kg(args: argparse.Namespace) -> int:
+    import html
+
+    from corpusflow.flows.evaluate import kg
+    from corpusflow.flows.evaluate.output import html_table, write_report, write_tables
+    from corpusflow.flows.tables import OutputError
+
+    try:
+        rows, graphs = kg.evaluate(args.out)
+    except (OSError, OutputError) as e:
+        print(f"corpusflow eval: {e}", file=sys.stderr)
+        return 2
+    if rows.num_rows == 0:
+        print(f"corpusflow eval: no video with a summary under {args.out!r}", file=sys.stderr)
+        return 1
+    write_tables(args.out, {"eval_kg": rows})
+    pictures = "".join(f"<h3>{html.escape(r['uri'])}</h3>" + kg.picture(graphs[r["asset_id"]], r["uri"])
+                       for r in rows.to_pylist()[:args.pictures])
+    report = write_report(args.out, "eval_kg", "Reference-free scores of summaries and keyframes (knowledge graphs)", [
+        ("Method", "<p>Our reconstruction of the seed paper's knowledge-graph evaluation (its algorithm text is not "
+                   "available to us): each video's transcript is its reference. See flows/evaluate/kg.py.</p>"),
+        ("Scores per video", html_table(rows)),
+        ("Timeline graphs (green: in the summary, orange: central but missed, red: summary terms never said)",
+         pictures),
+    ])
+    for name in ("coverage", "grounding", "coherence", "temporal_consistency"):
+        values = [v for v in rows.column(name).to_pylist() if v is not None]
+        mean = f"{sum(values) / len(values):.3f}" if values else "n/a"
+        print(f"{name:21s} mean {mean} over {len(values)} of {rows.num_rows} videos")
+    print(f"wrote {args.out}/eval_kg and {report}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="corpusflow eval", description=__doc__.split("\n\n")[0])
@@ -85,6 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vm.add_argument("--max-videos", type=int, help="only the first N videos (by videoID), for a quick look")
     vm.add_argument("--model-cache", help="folder for generated and synced models")
     vm.set_defaults(func=_videomme)
+    kgp = sub.add_parser("kg", help="reference-free knowledge-graph scores of each video's summary and keyframes")
+    kgp.add_argument("out", help="a job's OUT (local folder or s3://): reads its tables, writes eval_kg beside them")
+    kgp.add_argument("--pictures", type=int, default=50, help="draw the graphs of the first N videos (default 50)")
+    kgp.set_defaults(func=_kg)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import io
+import warnings
 from typing import Sequence
 
 import pyarrow as pa
@@ -16,7 +17,9 @@ def svg(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with warnings.catch_warnings():  # a glyph the font lacks (model text in any script) is drawn as a box
+        warnings.simplefilter("ignore", UserWarning)
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
