@@ -103,6 +103,35 @@ def _kg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grounding(args: argparse.Namespace) -> int:
+    from corpusflow.flows.evaluate import grounding
+    from corpusflow.flows.evaluate.output import html_table, write_report, write_tables
+    from corpusflow.flows.tables import OutputError
+
+    try:
+        truth = grounding.read_rows(args.truth)
+        answers = grounding.read_rows(args.answers) if args.answers else []
+        rows = grounding.evaluate(args.out, truth, answers, args.delta)
+    except (OSError, ValueError, KeyError, OutputError) as e:
+        print(f"corpusflow eval: {e}", file=sys.stderr)
+        return 2
+    write_tables(args.out, {"eval_grounding": rows})
+    report = write_report(args.out, "eval_grounding", f"Timestamp grounding (delta {args.delta:g} s)",
+                          [("Per input and pooled", html_table(rows))])
+    pooled = rows.to_pylist()[-1]
+
+    def show(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"keyframe Hit@{args.delta:g}s {show(pooled['hit'])} (precision {show(pooled['keyframe_precision'])}, "
+          f"{pooled['events']} events); chapter boundary F1 {show(pooled['boundary_f1'])} "
+          f"({pooled['boundaries']} boundaries); R1@0.3/0.5/0.7 {show(pooled['r1_at_0_3'])}/"
+          f"{show(pooled['r1_at_0_5'])}/{show(pooled['r1_at_0_7'])}, mIoU {show(pooled['miou'])} "
+          f"({pooled['windows']} windows)")
+    print(f"wrote {args.out}/eval_grounding and {report}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="corpusflow eval", description=__doc__.split("\n\n")[0])
@@ -122,6 +151,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kgp.add_argument("out", help="a job's OUT (local folder or s3://): reads its tables, writes eval_kg beside them")
     kgp.add_argument("--pictures", type=int, default=50, help="draw the graphs of the first N videos (default 50)")
     kgp.set_defaults(func=_kg)
+    gr = sub.add_parser("grounding", help="keyframe Hit@delta, chapter boundary F1, R1@IoU/mIoU against known events")
+    gr.add_argument("out", help="a job's OUT (local folder or s3://): reads its tables, writes eval_grounding")
+    gr.add_argument("--truth", required=True, help="CSV/JSONL/Parquet: uri, kind (event|boundary|window), t_start, "
+                                                  "t_end, query")
+    gr.add_argument("--answers", help="CSV/JSONL/Parquet of answered windows: uri, query, t_start, t_end")
+    gr.add_argument("--delta", type=float, default=2.0, help="seconds a keyframe or boundary may be off (default 2)")
+    gr.set_defaults(func=_grounding)
     args = parser.parse_args(argv)
     return args.func(args)
 
