@@ -197,9 +197,11 @@ def truncate_copy(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Pa
     return Path(dst)
 
 
-def make_scanned_pdf(path: str | Path, pages: list[str], dpi: int = 150, title: str = "scanned document") -> Path:
+def make_scanned_pdf(path: str | Path, pages: list[str], dpi: int = 150, title: str = "scanned document",
+                     skew_deg: float = 0.0, noise: float = 0.0) -> Path:
     """Write an image-only PDF: each page's text typeset, rendered to a grey raster at ``dpi`` and placed
-    as the page's only content (no text layer), as a scanner writes it."""
+    as the page's only content (no text layer), as a scanner writes it; optionally skewed by ``skew_deg``
+    and with Gaussian pixel noise of ``noise`` (share of full scale), as a poor scan is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = pymupdf.open()
@@ -209,9 +211,24 @@ def make_scanned_pdf(path: str | Path, pages: list[str], dpi: int = 150, title: 
         page = typeset.new_page(width=420, height=595)
         page.insert_textbox(pymupdf.Rect(36, 48, 384, 560), text, fontsize=12, fontname="tiro")
         pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+        png = pix.tobytes("png")
+        if skew_deg or noise:
+            png = _degraded(png, skew_deg, noise)
         scan = out.new_page(width=420, height=595)
-        scan.insert_image(scan.rect, stream=pix.tobytes("png"))
+        scan.insert_image(scan.rect, stream=png)
         typeset.close()
     out.save(str(path), garbage=3, deflate=True)
     out.close()
     return path
+
+
+def _degraded(png: bytes, skew_deg: float, noise: float) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("L").rotate(skew_deg, resample=Image.BILINEAR, fillcolor=255)
+    arr = np.asarray(img, dtype=np.float32) + np.random.default_rng(0).normal(0, 255 * noise, (img.height, img.width))
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
