@@ -10,7 +10,7 @@ cross-attention). WER over the clips of a condition; word-time error = |heard st
 the words both agree on.
 
 OCR: pages of text in four languages typeset, rendered to a grey raster (a simulated scan, no text
-layer) at three resolutions, clean and as a poor scan (skewed 2°, pixel noise), read by the PDF stage
+layer) at three resolutions, clean and as a poor scan (skewed 2°, Gaussian pixel noise of 8 % of full scale), read by the PDF stage
 (Tesseract through PyMuPDF) in that page's language; CER per language × scan.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ CONDITIONS = {
 }
 SECONDS, RATE = 12.0, 16000
 # OCR scans: (dpi, skew in degrees, pixel noise as a share of full scale)
-SCANS = [(150, 0.0, 0.0), (100, 0.0, 0.0), (75, 0.0, 0.0), (150, 2.0, 0.15), (100, 2.0, 0.15)]
+SCANS = [(150, 0.0, 0.0), (100, 0.0, 0.0), (75, 0.0, 0.0), (150, 2.0, 0.08), (100, 2.0, 0.08), (75, 2.0, 0.08)]
 OCR_PAGES = {
     "eng": "The filling line was cleaned and inspected before use. The temperature stayed between two and eight "
            "degrees for the whole shift, and every vial was checked at visual inspection.",
