@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
     run.add_argument("--config", help="job config YAML (see docs/config.md)")
-    run.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
+    run.add_argument("--models", help="models profile: tiny-random, small-real, qwen2.5-vl-7b, or a profile YAML")
     run.add_argument("--fps", type=float, help="video frames sampled per second (default 0.1)")
     run.add_argument("--plan", help="size the actor pools from a plan written by `corpusflow plan --json PATH`")
     run.add_argument("--option", default="mixed", help="which option of the plan to use (default: mixed)")
