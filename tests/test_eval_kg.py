@@ -27,8 +27,9 @@ def _columns(table: str, rows: list[dict]) -> dict:
     return {name: [r[name] for r in rows] for name in TABLES[table].names}
 
 
-def _out(root: Path) -> str:
-    out = str(root / "out")
+def _out(root: Path | str) -> str:
+    """A job's OUT holding two committed videos (local folder or s3:// prefix under ``root``)."""
+    out = f"{root}/out"
     now = datetime.now(timezone.utc)
     assets, timeline, summaries = [], [], []
     for aid, (summary, keyframes) in {"good": GOOD, "made-up": MADE_UP}.items():
@@ -67,3 +68,12 @@ def test_a_grounded_summary_scores_above_a_made_up_one(tmp_path, capsys):
 def test_an_out_without_summaries_is_a_clear_refusal(tmp_path, capsys):
     assert main(["eval", "kg", str(tmp_path / "empty")]) == 1
     assert "no video with a summary" in capsys.readouterr().err
+
+
+def test_out_on_s3(s3_bucket, capsys):
+    out = _out(f"s3://{s3_bucket}/job")
+    assert main(["eval", "kg", out]) == 0
+    assert f"wrote {out}/eval_kg and {out}/eval_kg.html" in capsys.readouterr().out
+    from corpusflow.contracts import storage
+
+    assert storage.exists(f"{out}/eval_kg.html") and storage.exists(f"{out}/eval_kg/_delta_log")

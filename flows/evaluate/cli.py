@@ -48,7 +48,7 @@ def _videomme(args: argparse.Namespace) -> int:
         return 2
     try:
         rows = videomme.evaluate(args.data, config, args.frames, args.conditions, args.max_videos)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"corpusflow eval: {e}", file=sys.stderr)
         return 2
     if rows.num_rows == 0:

@@ -140,7 +140,11 @@ class Harness:
 
         limit = self.engine.max_model_len - choice.MAX_NEW_TOKENS
         lines = subtitles
-        while lines and max(self.engine.count_tokens(r) for r in requests(lines)) > limit:
+        while max(self.engine.count_tokens(r) for r in requests(lines)) > limit:
+            if not lines:
+                raise ValueError(f"{len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} and the question do "
+                                 f"not fit the model's context of {self.engine.max_model_len} tokens; lower --frames "
+                                 "or --frame-size, or use a profile with a larger max_model_len")
             lines = [lines[i] for i in np.unique(np.linspace(0, len(lines) - 1, len(lines) // 2).astype(int))]
         return self.engine.generate(requests(lines))
 
