@@ -87,7 +87,7 @@ class WhisperXEngine:
         model = self._pipeline.model
         tokens = [tokenizer.encode(" " + d.texts[k].strip()) for d, k in part]
         frames = [len(d.track.samples(d.track.chunks[k])) // model.feature_extractor.hop_length for d, k in part]
-        encoded = model.encode(features.numpy())
+        encoded = model.encode(features.cpu().numpy())
         for (d, k), timed in zip(part, model.find_alignment(tokenizer, tokens, encoded, frames)):
             merge_punctuations(timed, _PREPEND, _APPEND)  # "Monday" "." → "Monday."
             offset = d.track.chunks[k][0]
