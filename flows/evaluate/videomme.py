@@ -172,9 +172,7 @@ def evaluate(data: str, config: StageConfig, budgets: Sequence[int], conditions:
             continue
         tracks = {"none": Transcript()}
         if "subs" in conditions:
-            srt = layout.subtitles.get(video)
-            with storage.open_input(srt) if srt else _nothing() as f:
-                tracks["subs"] = read_srt(f.read().decode("utf-8", errors="replace")) if f else Transcript()
+            tracks["subs"] = _subtitles(layout.subtitles.get(video))
         if "asr" in conditions:
             tracks["asr"] = Transcript(np.asarray(seen["seg_start"]), np.asarray(seen["seg_end"]),
                                        tuple(str(t) for t in seen["seg_text"]))
@@ -193,14 +191,12 @@ def evaluate(data: str, config: StageConfig, budgets: Sequence[int], conditions:
     return pa.Table.from_pylist(rows, schema=ROWS)
 
 
-class _nothing:
-    """``with`` target for a video without a subtitle file."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _subtitles(uri: Optional[str]) -> Transcript:
+    """A video's official subtitles; none for a video without a subtitle file (Video-MME has a few)."""
+    if not uri:
+        return Transcript()
+    with storage.open_input(uri) as f:
+        return read_srt(f.read().decode("utf-8", errors="replace"))
 
 
 def accuracy(rows: pa.Table) -> pa.Table:
