@@ -1,5 +1,5 @@
 """whisperX as an ASR engine: batched faster-whisper (CTranslate2) decoding; word times from each language's
-wav2vec2 aligner or from Whisper's own cross-attention."""
+wav2vec2 aligner (asr_align.py) or from Whisper's own cross-attention."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from corpusflow.actors.engines.asr import AsrResult, Decoding, SpeechTrack, TimedText, chunk_batches
+from corpusflow.actors.engines.asr_align import WordAligner
 from corpusflow.actors.models.device import torch_device
 from corpusflow.actors.models.store import resolve
 from corpusflow.contracts.config import WHISPER_ALIGN, ModelsProfile, StageConfig
@@ -19,8 +20,8 @@ class WhisperXEngine:
     """whisperX: batched faster-whisper (CTranslate2) over the speech chunks → word alignment.
 
     Words come from the aligner the profile gives the track's language: a wav2vec2 CTC model (whisperX's
-    alignment), or ``whisper``, the decoder's cross-attention over the chunk (faster-whisper's word
-    timestamps). A language without one gets segments and no words.
+    alignment, asr_align.py), or ``whisper``, the decoder's cross-attention over the chunk (faster-whisper's
+    word timestamps). A language without one gets segments and no words.
 
     The chunks of all tracks handed over together share decoder batches (whisperX alone batches only
     within one track), so concurrent short requests fill the batch a long file would.
@@ -31,7 +32,7 @@ class WhisperXEngine:
         import whisperx
 
         self._device = torch_device()
-        self._profile, self._cache = profile, config.model_cache
+        self._profile, self._align_words = profile, config.asr.align_words
         self._batch_size = config.asr.batch_size
         model_dir = resolve(profile.asr, "whisper-ct2", config.model_cache)
         # whisperX's own transcribe() (VAD + merge + decode of one track) is not used: speech
@@ -44,9 +45,7 @@ class WhisperXEngine:
         if forced is not None and forced not in self._pipeline.model.supported_languages:
             raise ValueError(f"asr.language {forced!r} is not a language this Whisper model knows "
                              f"(one of {', '.join(self._pipeline.model.supported_languages)})")
-        # Aligners by source, loaded when a language first needs one (a corpus may hold few languages).
-        self._align_words = config.asr.align_words
-        self._aligners: dict[str, tuple[Any, dict, str]] = {}
+        self._aligner = WordAligner(profile, config, self._device) if WordAligner.wanted(profile, config) else None
 
     def transcribe_many(self, tracks: list[SpeechTrack], language: str | None) -> list[AsrResult]:
         """Language per track, the speech chunks of all tracks decoded together, alignment per track."""
@@ -102,49 +101,12 @@ class WhisperXEngine:
         return self._pipeline.preprocess({"inputs": samples})["inputs"]
 
     def _result(self, d: Decoding) -> AsrResult:
-        if not d.track.chunks:
-            return AsrResult(d.language)
-        # whisperX's segment shape: one segment per chunk, times rounded to the millisecond
-        segments = [{"text": text, "start": round(a, 3), "end": round(b, 3)}
-                    for (a, b), text in zip(d.track.chunks, d.texts)]
-        source = self._profile.aligner_for(d.language) if self._align_words else None
-        plain = [TimedText(s["start"], s["end"], s["text"]) for s in segments]
-        if source == WHISPER_ALIGN:
-            return AsrResult(d.language, plain, sorted(d.words, key=lambda w: w.start))
-        aligned = self._align(segments, d.track.pcm, d.language, source) if source else None
-        return AsrResult(d.language, plain) if aligned is None else AsrResult(d.language, *aligned)
-
-    def _aligner(self, source: str, language: str) -> tuple[Any, dict, str]:
-        import whisperx
-
-        if source not in self._aligners:
-            model, metadata = whisperx.load_align_model(
-                language, self._device, model_name=resolve(source, "wav2vec2-align", self._cache))
-            self._aligners[source] = (model, metadata["dictionary"], metadata["type"])
-        return self._aligners[source]
-
-    def _align(self, segments: list[dict], pcm: np.ndarray, language: str, source: str
-               ) -> tuple[list[TimedText], list[TimedText]] | None:
-        """Sentence segments and words from wav2vec2 alignment; None keeps whisper's segments and no words.
-
-        Alignment fails for text the model's alphabet cannot spell (a language it was not trained on);
-        that costs the words, never the row.
-        """
-        import whisperx
-
-        model, dictionary, kind = self._aligner(source, language)
-        metadata = {"language": language, "dictionary": dictionary, "type": kind}
-        try:
-            out = whisperx.align(segments, model, metadata, pcm, self._device)
-        except Exception as e:  # noqa: BLE001 - see docstring
-            log.warning("word alignment failed for language %r, keeping segment times: %s", language, e)
-            return None
-        segs = [TimedText(float(s["start"]), float(s["end"]), s["text"]) for s in out["segments"]]
-        if not segs or not all(np.isfinite([s.start for s in segs] + [s.end for s in segs])):
-            return None
-        words = [TimedText(float(w["start"]), float(w["end"]), w["word"])
-                 for w in out["word_segments"] if "start" in w and "end" in w]
-        return segs, words
+        # one segment per chunk; times rounded to the millisecond, as whisperX writes them
+        segments = [TimedText(round(a, 3), round(b, 3), text) for (a, b), text in zip(d.track.chunks, d.texts)]
+        if self._align_words and self._profile.aligner_for(d.language) == WHISPER_ALIGN:
+            return AsrResult(d.language, segments, sorted(d.words, key=lambda w: w.start))
+        aligned = self._aligner.align(segments, d.track.pcm, d.language) if self._aligner and segments else None
+        return AsrResult(d.language, *aligned) if aligned else AsrResult(d.language, segments)
 
 
 _NO_VAD = object()  # see WhisperXEngine.__init__
