@@ -10,11 +10,21 @@ $(BIN)/corpusflow: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup sample test lint
+.PHONY: setup system-deps sample test lint
 setup: $(BIN)/corpusflow
+	@{ command -v espeak-ng && tesseract --list-langs 2>&1 | grep -qx spa; } >/dev/null 2>&1 || $(MAKE) system-deps \
+	  || echo "could not install $(SYSTEM_PACKAGES): OCR of scanned PDFs and the ASR quality test need them"
 
-sample: setup
-	$(BIN)/corpusflow run examples/sample --out out/sample --models tiny-random
+# Debian packages: Tesseract OCR (scanned PDFs) with English, German, French and Spanish data, and espeak-ng
+# (speech with known words for the ASR quality test and the sample). Needs root (or sudo) and apt-get.
+SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra tesseract-ocr-spa espeak-ng
+system-deps:
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null
+
+MODELS ?= tiny-random
+sample: setup  # `make sample MODELS=small-real`: real Whisper tiny.en transcripts, offline
+	$(BIN)/corpusflow run examples/sample --out out/sample --models $(MODELS)
 
 test: setup
 	$(BIN)/python -m pytest -q

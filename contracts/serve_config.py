@@ -12,7 +12,8 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from corpusflow.contracts.base import StrictModel, read_mapping, validated
-from corpusflow.contracts.config import AsrConfig, StageConfig, VideoConfig, VlmConfig, default_cache, load_profile
+from corpusflow.contracts.config import (AsrConfig, PdfConfig, StageConfig, VideoConfig, VlmConfig, default_cache,
+                                        load_profile)
 from corpusflow.contracts.registry import STAGES
 
 # The HTTP ingress, then one deployment per stage the registry serves.
@@ -119,6 +120,7 @@ class ServeConfig(StrictModel):
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()
+    pdf: PdfConfig = PdfConfig()
     model_cache: str = Field(default_factory=lambda: default_cache("models"),
                              description="per-node folder for synced and generated models")
     api_key_header: str = Field("X-API-Key", description="request header carrying the key")
@@ -166,7 +168,7 @@ class ServeConfig(StrictModel):
 
     def stage_config(self) -> StageConfig:
         """What the stage classes see: the same settings type the batch job hands them."""
-        return StageConfig(models=self.models, video=self.video, asr=self.asr, vlm=self.vlm,
+        return StageConfig(models=self.models, video=self.video, asr=self.asr, vlm=self.vlm, pdf=self.pdf,
                            model_cache=self.model_cache)
 
     @classmethod

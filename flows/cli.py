@@ -1,4 +1,5 @@
-"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job."""
+"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job,
+evaluate what the models say."""
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,17 @@ def _delegate(module: str, argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report"}
+    delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report",
+                 "eval": "corpusflow.flows.evaluate.cli"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report,eval}")
     run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
     run.add_argument("--config", help="job config YAML (see docs/config.md)")
-    run.add_argument("--models", help="models profile: tiny-random, qwen2.5-vl-7b, or a profile YAML")
+    run.add_argument("--models", help="models profile: tiny-random, small-real, qwen2.5-vl-7b, or a profile YAML")
     run.add_argument("--fps", type=float, help="video frames sampled per second (default 0.1)")
     run.add_argument("--plan", help="size the actor pools from a plan written by `corpusflow plan --json PATH`")
     run.add_argument("--option", default="mixed", help="which option of the plan to use (default: mixed)")

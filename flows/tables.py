@@ -89,13 +89,27 @@ def replace_rows(out: str, table: str, rows: pa.Table, keys: Optional[Mapping[st
     how: dict[str, Any] = {"mode": "append"} if keys is None else {"mode": "overwrite",
                                                                  "predicate": _predicate(table, rows, keys)}
     for attempt in range(_COMMIT_ATTEMPTS):
-        try:  # the first commit creates the table, with the schema ``rows`` carry (conformed to TABLES)
-            write_deltalake(table_uri(out, table), rows, storage_options=options, **how)
+        # The first commit creates the table with the schema ``rows`` carry (conformed to TABLES); "merge"
+        # lets a table written before a nullable column was added take it (its older rows read null).
+        try:
+            write_deltalake(table_uri(out, table), rows, schema_mode="merge", storage_options=options, **how)
             return
         except CommitFailedError:
             if attempt == _COMMIT_ATTEMPTS - 1:
                 raise
             time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+def replace_table(out: str, table: str, rows: pa.Table) -> None:
+    """One transaction: the table (created if new) holds ``rows`` and their schema, nothing else.
+
+    For tables that one run writes whole (``corpusflow eval`` results), not the job's keyed tables;
+    earlier versions stay readable by time travel.
+    """
+    from deltalake import write_deltalake
+
+    write_deltalake(table_uri(out, table), rows, mode="overwrite", schema_mode="overwrite",
+                    storage_options=storage.delta_options(out))
 
 
 def commit(tables: Mapping[str, pa.Table], out: str, job_id: str, new_keys: bool = False) -> None:
@@ -170,9 +184,14 @@ def open_table(out: str, table: str, version: Optional[int] = None) -> pads.Data
 
 def read_table(out: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
     """The current rows of a table (what any Delta reader sees at the latest version), in our schema."""
-    got = open_table(out, table).to_table(columns=columns)
+    dataset = open_table(out, table)
     schema = TABLES[table] if columns is None else pa.schema([TABLES[table].field(c) for c in columns])
-    return got.cast(schema)
+    present = set(dataset.schema.names)
+    got = dataset.to_table(columns=[c for c in schema.names if c in present])
+    for f in schema:  # a nullable column added after the table was last written: null in its rows
+        if f.name not in present and f.nullable:
+            got = got.append_column(f.name, pa.nulls(got.num_rows, f.type))
+    return got.select(schema.names).cast(schema)
 
 
 def _done(fingerprint: str, retry_errors: bool) -> pc.Expression:

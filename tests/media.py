@@ -69,10 +69,12 @@ def scene_frame(i: int, n: int, fps: float, size: tuple[int, int], scenes: int, 
 
 def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tuple[int, int] = (160, 120),
                audio: bool = True, container: str = "mp4", scenes: int = 3,
-               title: str | None = "corpusflow test video", language: str = "eng", rotation: int = 0) -> Path:
+               title: str | None = "corpusflow test video", language: str = "eng", rotation: int = 0,
+               speech: tuple[np.ndarray, int] | None = None) -> Path:
     """Write a short video with ``scenes`` distinct scenes and a keyframe every second; returns its path.
 
     ``rotation`` (degrees counter-clockwise) goes into the display matrix, as phones record portrait video.
+    ``speech`` (samples, rate), e.g. from tests/spoken.py, is the audio track instead of a speech-like tone.
     """
     muxer, options, vcodec, acodec, rate = _VIDEO_RECIPES[container]
     path = Path(path)
@@ -99,7 +101,7 @@ def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tupl
             astream.layout = "mono"
             astream.bit_rate = 64000
             astream.metadata["language"] = language
-            pcm = speech_like(n / fps, rate)
+            pcm = _track(n / fps, rate, speech)
         samples_done = 0
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(scene_frame(i, n, fps, size, scenes, seconds), format="rgb24")
@@ -127,12 +129,23 @@ def _mux_audio(out: av.container.OutputContainer, stream: av.audio.stream.AudioS
     return stop
 
 
-def make_audio(path: str | Path, seconds: float = 4.0, container: str = "wav") -> Path:
-    """Write a speech-like mono audio file; returns its path."""
+def _track(seconds: float, rate: int, speech: tuple[np.ndarray, int] | None) -> np.ndarray:
+    """``seconds`` of audio at ``rate``: the given speech (cut or padded with silence), else a speech-like tone."""
+    if speech is None:
+        return speech_like(seconds, rate)
+    from tests.spoken import resample
+
+    pcm = resample(speech[0], speech[1], rate)[:int(seconds * rate)]
+    return np.pad(pcm, (0, int(seconds * rate) - len(pcm)))
+
+
+def make_audio(path: str | Path, seconds: float = 4.0, container: str = "wav",
+               speech: tuple[np.ndarray, int] | None = None) -> Path:
+    """Write a mono audio file: ``speech`` (samples, rate) if given, else a speech-like tone; returns its path."""
     muxer, options, codec, rate = _AUDIO_RECIPES[container]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pcm = speech_like(seconds, rate)
+    pcm = _track(seconds, rate, speech)
     with av.open(str(path), "w", format=muxer, options=options) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.layout = "mono"
@@ -182,3 +195,40 @@ def truncate_copy(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Pa
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return Path(dst)
+
+
+def make_scanned_pdf(path: str | Path, pages: list[str], dpi: int = 150, title: str = "scanned document",
+                     skew_deg: float = 0.0, noise: float = 0.0) -> Path:
+    """Write an image-only PDF: each page's text typeset, rendered to a grey raster at ``dpi`` and placed
+    as the page's only content (no text layer), as a scanner writes it; optionally skewed by ``skew_deg``
+    and with Gaussian pixel noise of ``noise`` (share of full scale), as a poor scan is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = pymupdf.open()
+    out.set_metadata({"title": title, "creator": "corpusflow tests (scanner simulation)"})
+    for text in pages:
+        typeset = pymupdf.open()
+        page = typeset.new_page(width=420, height=595)
+        page.insert_textbox(pymupdf.Rect(36, 48, 384, 560), text, fontsize=12, fontname="tiro")
+        pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+        png = pix.tobytes("png")
+        if skew_deg or noise:
+            png = _degraded(png, skew_deg, noise)
+        scan = out.new_page(width=420, height=595)
+        scan.insert_image(scan.rect, stream=png)
+        typeset.close()
+    out.save(str(path), garbage=3, deflate=True)
+    out.close()
+    return path
+
+
+def _degraded(png: bytes, skew_deg: float, noise: float) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("L").rotate(skew_deg, resample=Image.BILINEAR, fillcolor=255)
+    arr = np.asarray(img, dtype=np.float32) + np.random.default_rng(0).normal(0, 255 * noise, (img.height, img.width))
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

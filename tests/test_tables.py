@@ -58,7 +58,7 @@ def test_conform_refuses_wrong_shapes():
     with pytest.raises(SchemaError, match="missing"):
         conform("pages", {"asset_id": ["x"]})
     with pytest.raises(SchemaError, match="null"):
-        conform("pages", {"asset_id": [None], "page": [1], "text": ["t"], "images": [0], "chars": [1]})
+        conform("pages", {"asset_id": [None], "page": [1], "text": ["t"], "images": [0], "chars": [1], "ocr_language": [None]})
 
 
 def _commit(out, uris, fp="fp", job="job", **kw):

@@ -81,6 +81,7 @@ class Decoding:
     track: SpeechTrack
     language: str
     texts: list[str] = field(default_factory=list)
+    words: list[TimedText] = field(default_factory=list)  # filled by engines that time words while decoding
 
 
 def chunk_batches(work: list[Decoding], batch_size: int) -> Iterator[tuple[str, list[tuple[Decoding, int]]]]:
@@ -92,7 +93,7 @@ def chunk_batches(work: list[Decoding], batch_size: int) -> Iterator[tuple[str, 
     """
     by_language: dict[str, list[tuple[Decoding, int]]] = {}
     for d in work:
-        d.texts = [""] * len(d.track.chunks)
+        d.texts, d.words = [""] * len(d.track.chunks), []
         if d.track.chunks:
             by_language.setdefault(d.language, []).extend((d, k) for k in range(len(d.track.chunks)))
     for language, chunks in by_language.items():

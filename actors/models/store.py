@@ -1,8 +1,10 @@
 """Resolve a model source to a local folder, once per node.
 
 A source is a Hugging Face id (``org/name``), a local folder, an ``s3://`` prefix (synced into the
-node's cache under a file lock, so concurrent actors on one node download it once), or
-``tiny-random`` (a tiny randomly initialised model of the real architecture, built offline).
+node's cache under a file lock, so concurrent actors on one node download it once), a folder inside
+an installed Python package (``package:module/path``: weights that a pip dependency ships, used in
+place, offline), or ``tiny-random`` (a tiny randomly initialised model of the real architecture,
+built offline).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pyarrow.fs as pafs
 from corpusflow.contracts import storage
 
 TINY = "tiny-random"
+PACKAGE = "package:"
 
 # Model kind → "module:function" writing a tiny random model of that architecture into a folder.
 # Engines name the kind they load; only a ``tiny-random`` source imports its builder.
@@ -57,6 +60,21 @@ def _sync_s3(uri: str, dest: Path) -> None:
     tmp.rename(dest)
 
 
+def _package_folder(source: str) -> str:
+    """``package:module/sub/folder`` → that folder of the installed package (found by import, not by path)."""
+    from importlib.resources import files
+
+    module, _, sub = source[len(PACKAGE):].partition("/")
+    try:
+        root = files(module)
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(f"model source {source!r}: Python package {module!r} is not installed") from e
+    folder = root.joinpath(sub) if sub else root
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model source {source!r}: package {module!r} has no folder {sub!r}")
+    return str(folder)
+
+
 def resolve(source: str, kind: str, cache_dir: str) -> str:
     """A local path (or, for hub ids, the id itself when already a local snapshot is not needed).
 
@@ -79,6 +97,8 @@ def resolve(source: str, kind: str, cache_dir: str) -> str:
                 build_tiny(dest)
                 (dest / ".complete").touch()
         return str(dest)
+    if source.startswith(PACKAGE):
+        return _package_folder(source)
     if source.startswith("s3://"):
         dest = cache / "s3" / hashlib.sha256(source.encode()).hexdigest()[:16]
         with _node_lock(dest):
@@ -90,4 +110,5 @@ def resolve(source: str, kind: str, cache_dir: str) -> str:
     if source.count("/") == 1 and not source.startswith(("/", ".")):
         from huggingface_hub import snapshot_download
         return snapshot_download(source)
-    raise FileNotFoundError(f"model source {source!r} is not a folder, an s3:// prefix, a Hugging Face id or {TINY!r}")
+    raise FileNotFoundError(f"model source {source!r} is not a folder, an s3:// prefix, a Hugging Face id, "
+                            f"{PACKAGE}module/path or {TINY!r}")
