@@ -140,6 +140,7 @@ class Hit(StrictModel):
     """One ranked unit (or, grouped by asset, an asset's best unit)."""
 
     rank: int
+    unit_id: str = Field(description="stable id of the unit (unchanged while its text and place are)")
     score: float = Field(description="fused reciprocal-rank score (hybrid) or the retriever's own score")
     asset_id: str
     uri: str

@@ -24,14 +24,14 @@ import numpy as np
 import pyarrow as pa
 
 from corpusflow.actors.engines.embed import index_version
-from corpusflow.actors.search.store import IndexWriter, version_uri, with_search_columns
+from corpusflow.actors.search.store import IndexWriter, latest, version_uri, with_search_columns
 from corpusflow.actors.search.units import AssetInfo, units_of_asset
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.registry import EMBED
 from corpusflow.contracts.search import UNITS, IndexConfig
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.tables import open_table, read_table, table_uri
+from corpusflow.flows.tables import exists, open_table, read_table, table_uri
 
 # One row shape for the three tables, so that one groupby brings an asset's rows together.
 _ROW = pa.schema([("asset_id", pa.string()), ("table", pa.string()), ("source", pa.string()), ("detail", pa.string()),
@@ -140,6 +140,14 @@ def _arrow(batch: dict[str, np.ndarray]) -> tuple[pa.Table, pa.Array]:
     return pa.table(cols, schema=UNITS), pa.array(vectors, pa.list_(pa.float32()))
 
 
+def table_versions(out: str) -> dict[str, int]:
+    """The Delta version of each table the index reads: equal versions mean nothing to do."""
+    from deltalake import DeltaTable
+
+    return {t: DeltaTable(table_uri(out, t), storage_options=storage.delta_options(out)).version()
+            for t in ("assets", *_READ) if exists(out, t)}
+
+
 def build_index(out: str, config: StageConfig, index: IndexConfig, address: Optional[str] = None,
                 progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> IndexSummary:
     """Bring OUT's search index for the profile's embedding model up to date with OUT's tables."""
@@ -151,6 +159,12 @@ def build_index(out: str, config: StageConfig, index: IndexConfig, address: Opti
     model = config.profile.embedding
     version = index_version(model)
     summary = IndexSummary(version=version, location=version_uri(out, version))
+    tables_now = table_versions(out)
+    done = latest(out, version)
+    if done is not None and done.get("tables") == tables_now:  # no commit since: not even Ray is needed
+        summary.units, summary.wall_s = int(done["units"]), time.time() - t0
+        progress(f"corpusflow index: the tables are unchanged since index {version} was written")
+        return summary
     assets = live_assets(out)
     init_ray(address)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
@@ -192,7 +206,7 @@ def build_index(out: str, config: StageConfig, index: IndexConfig, address: Opti
                 progress(f"corpusflow index: {summary.embedded}/{len(new)} units embedded ({time.time() - t0:.0f} s)")
             summary.embed_s = time.time() - t1
         summary.deleted = writer.delete(have - current)
-        summary.units = writer.finish(index.vector_index_rows)
+        summary.units = writer.finish(index.vector_index_rows, tables_now)
     summary.wall_s = time.time() - t0
     storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(summary.location, "_last_run.json"))
     return summary

@@ -150,7 +150,7 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
     if reranker is not None:
         ranked = reranker.rerank(req.query, ranked)
     page = ranked[offset:want]
-    hits = [Hit(rank=offset + i + 1, score=round(float(u["score"]), 6), asset_id=u["asset_id"], uri=u["uri"],
+    hits = [Hit(rank=offset + i + 1, unit_id=u["unit_id"], score=round(float(u["score"]), 6), asset_id=u["asset_id"], uri=u["uri"],
                 kind=u["kind"], modality=u["modality"], source=u["source"], t_start=u["t_start"], t_end=u["t_end"],
                 page=u["page"], language=u["language"], snippet=snippet(u["text"], req.query), matched=u["matched"],
                 link=link(u["uri"], u["t_start"], u["t_end"], u["page"]))

