@@ -15,8 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from corpusflow.contracts.base import StrictModel
 from corpusflow.contracts.registry import StageResources
 
-MODALITIES = ("speech", "visual", "pdf", "summary")
 Modality = Literal["speech", "visual", "pdf", "summary"]
+MODALITIES: tuple[Modality, ...] = ("speech", "visual", "pdf", "summary")
 Mode = Literal["hybrid", "semantic", "lexical"]
 RETRIEVERS = ("lexical", "semantic")
 MAX_LIMIT = 50

@@ -70,6 +70,8 @@ def live_assets(out: str) -> dict[str, AssetInfo]:
 
 def _files(out: str, table: str) -> list[str]:
     """Filesystem paths of the table's current Parquet files (its latest Delta version)."""
+    if not exists(out, table):
+        return []
     root = storage.filesystem(table_uri(out, table))[1]
     return [f"{root}/{name}" for name in open_table(out, table).files]
 
