@@ -1,5 +1,5 @@
 # One entry point for people and CI. `make sample` sets up and runs the main job on the bundled sample
-# corpus; `make test` sets up and runs the tests. Both create .venv on first use.
+# corpus (tables and search index), then one search; `make test` sets up and runs the tests. Both create .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,6 +15,7 @@ setup: $(BIN)/corpusflow
 
 sample: setup
 	$(BIN)/corpusflow run examples/sample --out out/sample --models tiny-random
+	$(BIN)/corpusflow search out/sample "dosing schedule" --limit 3
 
 test: setup
 	$(BIN)/python -m pytest -q
