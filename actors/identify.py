@@ -148,6 +148,18 @@ def kind_by_name(uri: str) -> str | None:
 _UNKNOWN = {"asset_id": "", "kind": "other", "format": "unknown"}
 
 
+def content_id(uri: str) -> tuple[str, bytes, int]:
+    """(asset id: sha256 of the bytes, the first HEAD bytes, size) from one streamed read."""
+    digest, head, size = hashlib.sha256(), b"", 0
+    with storage.open_input(uri) as f:
+        while chunk := f.read(CHUNK):
+            if not head:
+                head = bytes(chunk[:HEAD])
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), head, size
+
+
 class Identify(Stage):
     """Every row → asset_id (sha256 of its bytes), kind (video|audio|pdf|other) and format, from content."""
 
@@ -166,14 +178,8 @@ class Identify(Stage):
 
     def _identify(self, uri: str) -> tuple[dict[str, str], str]:
         """(values, error sentence or ""): one streamed read for the hash, the head sniffed on the way."""
-        digest, head, size = hashlib.sha256(), b"", 0
-        with storage.open_input(uri) as f:
-            while chunk := f.read(CHUNK):
-                if not head:
-                    head = bytes(chunk[:HEAD])
-                digest.update(chunk)
-                size += len(chunk)
-        values = {"asset_id": digest.hexdigest(), "kind": "other", "format": "unknown"}
+        asset_id, head, size = content_id(uri)
+        values = {"asset_id": asset_id, "kind": "other", "format": "unknown"}
         if size == 0:
             return values, "file is empty (0 bytes)"
         found = sniff(head)

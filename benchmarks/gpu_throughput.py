@@ -91,22 +91,25 @@ def make_qwen7b(dest: Path) -> str:
     return str(dest)
 
 
-def make_whisper_large_v3(dest: Path) -> str:
-    """Whisper large-v3's architecture (1280 wide, 32+32 layers, 20 heads, 128 mels) with random weights."""
+WHISPER_DECODER_LAYERS = {"large-v3": 32, "large-v3-turbo": 4}  # both: 1280 wide, 32 encoder layers, 20 heads, 128 mels
+
+
+def make_whisper(dest: Path, name: str) -> str:
+    """Whisper large-v3's or large-v3-turbo's architecture with random weights (transformers layout)."""
     import torch
 
     from corpusflow.actors.models.tiny_whisper import build_whisper_hf
 
     if not (dest / ".complete").exists():
         with torch.device("cuda"):
-            build_whisper_hf(dest, d_model=1280, layers=32, heads=20)
+            build_whisper_hf(dest, d_model=1280, layers=32, heads=20, decoder_layers=WHISPER_DECODER_LAYERS[name])
         torch.cuda.empty_cache()
         (dest / ".complete").touch()
     return str(dest)
 
 
 def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_cache_gib: float = 32.0,
-                  vllm_options: dict | None = None) -> str:
+                  vllm_options: dict | None = None, asr_engine: str = "transformers") -> str:
     """A models profile file: our engines with this benchmark's engine shape for the H200.
 
     vLLM gets 16 sequences at once; the transformers engine one (padding a batch of 50k-token
@@ -125,9 +128,9 @@ def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_c
         if engine == "vllm":
             shape.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **(vllm_options or {}))
         opts = {"H200": shape, "H100": shape, "default": shape}
-    profile = {"name": f"bench-{engine}", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
+    profile = {"name": f"bench-{engine}", "asr": asr, "align": None, "vlm": vlm, "asr_engine": asr_engine,
                "vlm_engine": engine, "engine_options": opts}
-    path = work / f"profile_{engine}.yaml"
+    path = work / f"profile_{engine}_{asr_engine}.yaml"
     path.write_text(yaml.safe_dump(profile))
     return str(path)
 
@@ -382,13 +385,12 @@ def fixed_transformers_engine(config, tokens: int):
 def bench_stages(config, vlm_tokens: int, asr_tokens: int):
     """Transcribe and Describe subclasses with fixed-length engines that stamp when they are ready and done."""
     from corpusflow.actors.asr import Transcribe
-    from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
     from corpusflow.actors.vlm import Describe
 
     class FixedTranscribe(Transcribe):
         def __init__(self, cfg) -> None:
             super().__init__(cfg)
-            assert isinstance(self._engine, TransformersWhisperEngine), "the benchmark profile names transformers ASR"
+            assert hasattr(self._engine, "fixed_output_tokens"), "the benchmark's ASR engines: transformers, vllm"
             self._engine.fixed_output_tokens = asr_tokens
             self.ready = time.time()
 
@@ -463,7 +465,8 @@ def _pipeline_source(corpus: list[str]):
 
 
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
-                 engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None) -> dict:
+                 engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None,
+                 asr_rows: int = 1) -> dict:
     """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
     from corpusflow.contracts.registry import Resources, spec
     from corpusflow.flows.adapter import add_stage
@@ -473,7 +476,8 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     one = {"num_cpus": 1, "batch_size": 1}
     config = config.model_copy(update={"resources": Resources.model_validate({
         "identify": one, "decode": one,
-        "asr": {**one, "num_gpus": gpus * gpu_share_asr / asr_actors, "min_actors": asr_actors, "max_actors": asr_actors},
+        "asr": {**one, "batch_size": asr_rows, "num_gpus": gpus * gpu_share_asr / asr_actors, "min_actors": asr_actors,
+                "max_actors": asr_actors},
         # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
         "vlm": config.resources.vlm if engine == "vllm" else {**one, "num_gpus": gpus * (1 - gpu_share_asr)}})})
     with GpuSampler() as gpu:
@@ -652,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr-batch", type=int, default=128, help="ASR chunks per batch in corpusflow's pipeline")
     p.add_argument("--asr-gpu-share", type=float, default=0.2, help="GPU share of all ASR actors together")
     p.add_argument("--asr-actors", type=int, default=2, help="ASR actors in corpusflow's pipeline (VAD runs on CPU)")
+    p.add_argument("--asr-engine", choices=("transformers", "vllm"), default="transformers",
+                   help="corpusflow_vllm's ASR engine (the other contenders keep transformers)")
+    p.add_argument("--asr-model", choices=tuple(WHISPER_DECODER_LAYERS), default="large-v3", help="Whisper architecture")
+    p.add_argument("--asr-rows", type=int, default=1, help="rows (files) per ASR call in the pipelines: their chunks "
+                   "share the engine's batches")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-random models, minutes of video, on CPU")
     a = p.parse_args(argv)
@@ -687,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         vlm_dir = asr_dir = "tiny-random"
     else:
         vlm_dir = step("qwen2.5-vl-7b weights", lambda: make_qwen7b(work_dir / "models" / "qwen2.5-vl-7b"))
-        asr_dir = step("whisper-large-v3 weights", lambda: make_whisper_large_v3(work_dir / "models" / "whisper-large-v3"))
+        asr_dir = step(f"whisper-{a.asr_model} weights",
+                       lambda: make_whisper(work_dir / "models" / f"whisper-{a.asr_model}", a.asr_model))
     release_gpu()  # the checkpoints were written from this process's GPU memory
     base = dict(corpus=str(work_dir / f"corpus_{a.corpus}"), out=str(work_dir / "tables"),
                 model_cache=str(work_dir / "cache"),
@@ -696,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     naive_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "transformers"))
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib,
-                                                                json.loads(a.vllm_options)),
+                                                                json.loads(a.vllm_options), a.asr_engine),
                                **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share})
     from corpusflow.actors.engines.vlm_vllm import model_path
 
@@ -705,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
                        "asr_batch_pipeline": a.asr_batch, "asr_gpu_share_pipeline": a.asr_gpu_share, "asr_actors_pipeline": a.asr_actors,
+                       "asr_engine_corpusflow_vllm": a.asr_engine, "asr_model": a.asr_model, "asr_rows_per_call": a.asr_rows,
                        "vlm_engine_shape": {"vllm": vllm_cfg.profile.options_for("H200").model_dump(),
                                             "transformers": flow_cfg.profile.options_for("H200").model_dump()},
                        "prefix_caching": "vLLM default (on); no two requests share frames",
@@ -752,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = vllm_cfg if engine == "vllm" else flow_cfg
             fig = step(name, lambda: run_pipeline(cfg, corpus, work, peak, a.vlm_tokens, a.asr_tokens, engine,
                                                   a.asr_gpu_share, a.asr_actors, smoke,
-                                                  keep_rows=transcripts if engine == "vllm" else None))
+                                                  keep_rows=transcripts if engine == "vllm" else None, asr_rows=a.asr_rows))
         result["contenders"][name] = fig
         save()
         release_gpu()

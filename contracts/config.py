@@ -94,11 +94,13 @@ class ModelsProfile(StrictModel):
 
     name: str
     asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
-                                 "a transformers checkpoint for asr_engine=transformers")
+                                 "a transformers checkpoint for asr_engine=transformers or vllm "
+                                 "(large-v3, large-v3-turbo, ...)")
     align: Optional[str] = Field(None, description="wav2vec2 CTC model for word alignment; None disables alignment")
     vlm: str = Field(description="Qwen2.5-VL checkpoint")
-    asr_engine: Literal["whisperx", "transformers"] = Field(
-        "whisperx", description="whisperx (faster-whisper/CTranslate2) or transformers Whisper where CTranslate2 can't run")
+    asr_engine: Literal["whisperx", "transformers", "vllm"] = Field(
+        "whisperx", description="whisperx (faster-whisper/CTranslate2), transformers Whisper where CTranslate2 can't run, "
+                                "or vllm (Whisper on vLLM: CUDA graphs, chunks of all files in one continuous batch)")
     vlm_engine: Literal["transformers", "vllm"] = "transformers"
     engine_options: dict[str, VlmEngineOptions] = Field(
         default_factory=lambda: {"default": VlmEngineOptions()},
@@ -136,7 +138,12 @@ QWEN25_VL_7B = ModelsProfile(
     },
 )
 
-BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B)}
+# GPU workers with vLLM (the corpusflow[gpu] extra): both models on vLLM, Whisper large-v3-turbo (4 decoder
+# layers instead of 32: the decoder steps are the ASR's cost) with wav2vec2 word alignment after it.
+QWEN25_VL_7B_VLLM = QWEN25_VL_7B.model_copy(update={
+    "name": "qwen2.5-vl-7b-vllm", "asr": "openai/whisper-large-v3-turbo", "asr_engine": "vllm", "vlm_engine": "vllm"})
+
+BUILTIN_PROFILES = {p.name: p for p in (TINY_RANDOM, QWEN25_VL_7B, QWEN25_VL_7B_VLLM)}
 
 
 def load_profile(name_or_path: str) -> ModelsProfile:
@@ -172,6 +179,11 @@ class VideoConfig(StrictModel):
         return v
 
 
+# Per-file time limits by stage: generous for 12-hour media on slow hardware, yet a file that hangs a
+# worker frees it within the hour.
+ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "speech": 1800.0, "pdf": 600.0, "asr": 3600.0, "vlm": 3600.0}
+
+
 class LimitsConfig(StrictModel):
     """Bounds on what one input may cost, checked before the work: a hostile or broken file becomes an
     error row in bounded time and memory instead of stalling or killing a worker.
@@ -186,6 +198,20 @@ class LimitsConfig(StrictModel):
                             "checked from the stream header before any decoding")
     pdf_max_mb: float = Field(512, gt=0, description="largest PDF read (PDFs are read into memory whole)")
     pdf_max_pages: int = Field(5000, ge=1, description="most pages extracted from one PDF")
+    row_time_s: dict[str, float] = Field(
+        default_factory=lambda: dict(ROW_TIME_S),
+        description="longest time one file may take in each stage, in seconds (a batch over its total is run "
+        "again file by file so that only the slow file fails); keys are stage names; 0 removes a limit")
+
+    @field_validator("row_time_s")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(ROW_TIME_S))
+        if unknown:
+            raise ValueError(f"no stage named {', '.join(unknown)}; stages with a time limit: {', '.join(ROW_TIME_S)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("a time limit is 0 (none) or a number of seconds")
+        return {**ROW_TIME_S, **value}
 
 
 class FaultsConfig(StrictModel):
@@ -201,6 +227,8 @@ class AsrConfig(StrictModel):
     language: Optional[str] = Field(None, description="force a language code; None detects it")
     compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
     align_words: bool = Field(True, description="word timestamps by wav2vec2 alignment")
+    segment_timestamps: bool = Field(True, description="split each speech chunk at the timestamps Whisper decodes "
+                                     "(asr_engine=vllm); False keeps one segment per chunk, as the other engines write")
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
     chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")

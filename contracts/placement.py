@@ -46,7 +46,7 @@ class Target(StrictModel):
     allowed: bool = Field(True, description="false forbids the stage on this type (overrides a default)")
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0, le=8, description="GPUs per actor; 0.5 puts two actors on one GPU")
-    batch_size: int = Field(1, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1, description="rows per call (see StageResources.batch_size)")
     env: str = Field("base", description="stage environment, a key of ENVIRONMENTS")
     engine: dict[str, Union[bool, int, float, str]] = Field(
         default_factory=dict, description="device-dependent overrides of the stage config (asr.*, VLM engine options)")
@@ -102,24 +102,24 @@ class Placement(StrictModel):
         return validated(cls, read_yaml(path, "placement"), f"placement {path}")
 
 
-def _cpu(num_cpus: float = 1, batch_size: int = 1) -> StagePlacement:
+def _cpu(num_cpus: float = 1, batch_size: Optional[int] = None) -> StagePlacement:
     return StagePlacement(targets={"cpu": Target(num_cpus=num_cpus, batch_size=batch_size)})
 
 
 # ASR prefers the A10G (faster-whisper large-v3 needs ~5 GB; two actors share an H100); the VLM prefers
 # the H100, whose memory holds a whole long video in one context (splitting breaks temporal coherence).
 DEFAULT_PLACEMENT = Placement(stages={
-    "identify": _cpu(1, 4),
+    "identify": _cpu(1),
     "decode": _cpu(2),
     "asr": StagePlacement(targets={
-        "A10G": Target(num_cpus=4, num_gpus=1, batch_size=1, engine={"compute_type": "float16", "batch_size": 16}),
-        "H100": Target(num_cpus=4, num_gpus=0.5, batch_size=1, engine={"compute_type": "float16", "batch_size": 32}),
+        "A10G": Target(num_cpus=4, num_gpus=1, engine={"compute_type": "float16", "batch_size": 16}),
+        "H100": Target(num_cpus=4, num_gpus=0.5, engine={"compute_type": "float16", "batch_size": 32}),
     }),
     "vlm": StagePlacement(targets={
         "H100": Target(num_cpus=8, num_gpus=1, env="vllm"),
         "A10G": Target(num_cpus=4, num_gpus=1, env="vllm"),
     }),
-    "pdf": _cpu(1, 4),
+    "pdf": _cpu(1),
     "commit": _cpu(0.5, 8),
 })
 

@@ -32,7 +32,9 @@ class StageResources(StrictModel):
     accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(1, ge=1)
-    batch_size: int = Field(1, ge=1)
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="rows per call; none: one listing block per call (a media file alone, or up to "
+        "64 small files), so Ray bundles no media files together and small files cost one call per block")
     memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per task/actor")
     ray_options: dict[str, Any] = Field(
         default_factory=dict, description="further Ray Data map_batches / remote arguments (max_restarts, "
@@ -74,13 +76,13 @@ _ACTORS = "corpusflow.actors"
 
 # In pipeline order. Videos, audio and PDFs flow interleaved; each stage's contract says which kinds it takes.
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("identify", f"{_ACTORS}.identify.Identify", "tasks", "file", StageResources(num_cpus=1, batch_size=4)),
+    StageSpec("identify", f"{_ACTORS}.identify.Identify", "tasks", "file", StageResources(num_cpus=1)),
     StageSpec("decode", f"{_ACTORS}.decode.DecodeMedia", "tasks", "media_s", StageResources(num_cpus=1),
               serve="single"),
     # CPU VAD on decode's reservation: the ASR actors then spend their GPU share decoding speech
     # chunks only, and PCM is not shipped between the two.
     StageSpec("speech", f"{_ACTORS}.speech.DetectSpeech", "tasks", "media_s", fused_into="decode"),
-    StageSpec("pdf", f"{_ACTORS}.pdf.ExtractPdf", "tasks", "page", StageResources(num_cpus=1, batch_size=4),
+    StageSpec("pdf", f"{_ACTORS}.pdf.ExtractPdf", "tasks", "page", StageResources(num_cpus=1),
               serve="single"),
     # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the
     # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)

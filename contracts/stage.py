@@ -21,6 +21,8 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
+from corpusflow.contracts.deadline import TimeLimit, time_limit
+
 Batch = dict[str, np.ndarray]
 Row = dict[str, Any]
 
@@ -154,21 +156,37 @@ def outcome_of(fn: Callable[[Row], Mapping[str, Any]], row: Row) -> RowOutcome:
         return RowOutcome({}, e, time.perf_counter() - t0)
 
 
+def _within(limit_s: Optional[float], name: str, process: Callable[[list[Row]], Sequence[RowOutcome]],
+              rows: list[Row]) -> Sequence[RowOutcome]:
+    """``process(rows)`` given ``limit_s`` per row. A batch that runs past its time is run again one row
+    at a time, so that only the row that is too slow fails (with a sentence naming the limit)."""
+    try:
+        with time_limit(limit_s * len(rows) if limit_s else None):
+            return process(rows)
+    except TimeLimit:
+        if len(rows) > 1:
+            return [out for row in rows for out in _within(limit_s, name, process, [row])]
+        failure = StageFailure(f"took longer than the limit of {limit_s:g} s per file (limits.row_time_s.{name})")
+        return [RowOutcome({}, failure, float(limit_s or 0))]
+
+
 def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row]], Sequence[RowOutcome]],
-              accelerator: str = "cpu", empty: Mapping[str, Any] | None = None) -> Batch:
+              accelerator: str = "cpu", empty: Mapping[str, Any] | None = None,
+              limit_s: Optional[float] = None) -> Batch:
     """Run ``process(rows) -> [RowOutcome]`` on the rows this stage takes and assemble the output batch.
 
     It takes the rows that have not failed and whose kind is in ``contract.kinds``, each as a dict of
     the columns the contract reads. Every other row passes through with empty values and NaN metric
     seconds (no metrics row: it was not processed here). Empty values are :func:`empty_value` of each
-    column's kind, or what ``empty`` gives.
+    column's kind, or what ``empty`` gives. ``limit_s`` bounds the time per row.
     """
     n = contract.check_input(batch)
     errors, stages = list(batch["error"]), list(batch["error_stage"])
     retryable = [bool(x) for x in batch[RETRYABLE]] if RETRYABLE in batch else [False] * n
     live = [i for i in range(n) if not errors[i]
             and (contract.kinds is None or str(batch["kind"][i]) in contract.kinds)]
-    outcomes = process([{c: batch[c][i] for c in contract.reads} for i in live]) if live else []
+    rows = [{c: batch[c][i] for c in contract.reads} for i in live]
+    outcomes = _within(limit_s, contract.name, process, rows) if live else []
     if len(outcomes) != len(live):
         raise ContractError(f"stage {contract.name!r} returned {len(outcomes)} outcomes for {len(live)} rows")
     empty = {**{c: empty_value(k) for c, k in contract.writes.items()}, **(empty or {})}
@@ -209,7 +227,9 @@ class Stage:
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:
-        return run_batch(self.contract, batch, self.process, self.accelerator, self.empty)
+        limits = getattr(self.config, "limits", None)  # a StageConfig's; a stage may be built without one
+        limit_s = limits.row_time_s.get(self.contract.name) if limits else None
+        return run_batch(self.contract, batch, self.process, self.accelerator, self.empty, limit_s)
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:
         """One outcome per row, in order. By default each row through :meth:`process_row`, timed."""

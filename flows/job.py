@@ -21,14 +21,15 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from corpusflow.actors.identify import kind_by_name
+from corpusflow.actors.identify import content_id, kind_by_name
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.tables import check_out, commit, committed, job_finished, job_started, keys_of, unchanged_of
+from corpusflow.flows.tables import (KnownKeys, check_out, commit, committed, job_finished, job_started, keys_of,
+                                     unchanged_of)
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -93,8 +94,9 @@ class _Committer:
     """The commit step, as an actor: commits of one job go through one pool (one actor by default), so
     they do not race each other for the same Delta log; each batch is one transaction per table."""
 
-    def __init__(self, config: JobConfig, job_id: str):
+    def __init__(self, config: JobConfig, job_id: str, append_new: bool = False):
         self.config, self.job_id, self.fingerprint = config, job_id, config.fingerprint()
+        self.known = KnownKeys(config.out, job_id) if append_new else None
         # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
         self.shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
                        for s in STAGES}
@@ -102,7 +104,7 @@ class _Committer:
     def __call__(self, batch: Batch) -> Batch:
         config, job_id = self.config, self.job_id
         tables = rows_for_batch(batch, self.fingerprint, job_id, config.usd_per_hour, self.shares)
-        commit(tables, config.out, job_id)
+        commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
         record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
@@ -116,11 +118,12 @@ class _Committer:
         return out
 
 
-# How the listing is cut into Ray blocks. A file named as video or audio is a block of its own: it
-# never waits behind others for decode and ASR. Other files (PDFs, the unsupported) share blocks of at
-# most BLOCK_FILES files and BLOCK_BYTES, so a corpus of a million PDFs is not a million Ray tasks per stage.
+# How the listing is cut into Ray blocks, which stages take whole (StageResources.batch_size). A file
+# named as video or audio is a block of its own: it never waits behind others for decode and ASR.
+# Other files (PDFs, the unsupported) share blocks of at most BLOCK_FILES files and BLOCK_BYTES, so a
+# corpus of a million PDFs is not a million Ray tasks and calls per stage.
 BLOCK_BYTES = 64 << 20
-BLOCK_FILES = 16
+BLOCK_FILES = 64
 
 
 def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
@@ -143,10 +146,11 @@ def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
 
 
 def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
-                  commit_rows: bool = True):
+                  commit_rows: bool = True, append_new: bool = False):
     """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
 
-    ``commit_rows=False`` stops before the commit step, exposing the stages' columns.
+    ``commit_rows=False`` stops before the commit step, exposing the stages' columns. ``append_new``:
+    batches of keys new to OUT are appended (flows/tables.py:KnownKeys), where one committer commits.
     """
     import ray
 
@@ -163,7 +167,8 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
-    return add_stage(ds, BY_NAME["commit"], config, cls=_Committer, args=(job_id,))
+    append_new = append_new and config.resources.of("commit").max_actors == 1
+    return add_stage(ds, BY_NAME["commit"], config, cls=_Committer, args=(job_id, append_new))
 
 
 _WORKER_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_ENDPOINT",
@@ -218,6 +223,64 @@ def init_ray(address: Optional[str]) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
 
 
+def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[str],
+               fingerprint: str) -> list[storage.FileEntry]:
+    """Entries the stream gave no row for and that nobody committed meanwhile (not this job's rows
+    dropped as already done, nor another job's): their block failed."""
+    missing = [e for e in entries if e.uri not in seen]
+    if not missing:
+        return []
+    have = {uri for uri, _ in keys_of(committed(config.out, fingerprint))}
+    return [e for e in missing if e.uri not in have]
+
+
+# Ray's ways of saying that a worker process went away under a task, rather than that the code raised.
+_DEATHS = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "OutOfMemoryError", "ActorUnavailableError",
+           "NodeDiedError", "WorkerBroken")
+
+
+def _cause_chain(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None]) -> None:
+    """One set-aside file as a job of its own. If its worker dies again it becomes an error row naming
+    the stage and what happened; any other failure is a fault of the job, raised."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = 0
+    try:
+        for batch in build_dataset(config, [entry], done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+            take(batch)
+    except Exception as e:  # noqa: BLE001 - sorted below: a dead worker is the file's row, anything else is raised
+        text = "\n".join(f"{type(c).__name__}: {c}" for c in _cause_chain(e))
+        if not any(name in text for name in _DEATHS):
+            raise
+        stage = next((s.name for s in STAGES if s.cls and s.cls.rsplit(".", 1)[1] in text), "unknown")
+        tries = config.faults.worker_restarts + 1
+        reason = text.splitlines()[-1][:300] if "WorkerBroken" in text else "killed, out of memory or crashed"
+        error = (f"the worker processing this file in stage {stage} died {tries} times ({reason}); "
+                 "the file is not tried again (faults.worker_restarts)")
+        take(_Committer(config, job_id)(_lost_row(entry, stage, error)))
+    finally:
+        context.max_errored_blocks = -1
+
+
+def _lost_row(entry: storage.FileEntry, stage: str, error: str) -> Batch:
+    """The columns of an error row for a file no stage returned: its hash read here (a plain streamed
+    read; nothing that decodes), its kind from its name."""
+    asset_id, _, _ = content_id(entry.uri)
+    return {"uri": np.asarray([entry.uri]), "asset_id": np.asarray([asset_id]),
+            "kind": np.asarray([kind_by_name(entry.uri)]), "format": np.asarray(["unknown"]),
+            "bytes": np.asarray([entry.size], np.int64), "modified": np.asarray([entry.modified], dtype=object),
+            "error_stage": np.asarray([stage]), "error": np.asarray([error]), RETRYABLE: np.asarray([False])}
+
+
 def run_job(config: JobConfig, address: Optional[str] = None,
             progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
             retry_errors: bool = False) -> JobSummary:
@@ -251,36 +314,48 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     stage_s: dict[str, float] = defaultdict(float)
     statuses: Counter = Counter()
     kinds: Counter = Counter()
-    seen = 0
+    seen: set[str] = set()
+
+    def take(batch: Batch) -> None:
+        for i in range(len(batch["uri"])):
+            seen.add(str(batch["uri"][i]))
+            status, kind = str(batch["status"][i]), str(batch["kind"][i])
+            statuses[status] += 1
+            kinds[kind] += 1
+            dur = float(batch["duration_s"][i])
+            if status == "ok" and not np.isnan(dur):
+                if kind == "video":
+                    summary.video_hours += dur / 3600
+                elif kind == "audio":
+                    summary.audio_hours += dur / 3600
+            if status == "ok" and kind == "pdf":
+                summary.pages += int(batch["pages"][i])
+            for stage in METRIC_STAGES:
+                w = float(batch[f"{stage}_wall_s"][i])
+                if not np.isnan(w):
+                    stage_s[stage] += w
+            if status == "error":
+                summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
+                                       "error": str(batch["error"][i])})
+            progress(f"[{len(seen) + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+                     f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s)")
+
+    context = ray.data.DataContext.get_current()
     job_started(config.out, job_id)  # compact waits while it writes
     try:
-        for batch in build_dataset(config, entries, done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["uri"])):
-                seen += 1
-                status, kind = str(batch["status"][i]), str(batch["kind"][i])
-                statuses[status] += 1
-                kinds[kind] += 1
-                dur = float(batch["duration_s"][i])
-                if status == "ok" and not np.isnan(dur):
-                    if kind == "video":
-                        summary.video_hours += dur / 3600
-                    elif kind == "audio":
-                        summary.audio_hours += dur / 3600
-                if status == "ok" and kind == "pdf":
-                    summary.pages += int(batch["pages"][i])
-                for stage in METRIC_STAGES:
-                    w = float(batch[f"{stage}_wall_s"][i])
-                    if not np.isnan(w):
-                        stage_s[stage] += w
-                if status == "error":
-                    summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
-                                           "error": str(batch["error"][i])})
-                elapsed = time.time() - t0
-                progress(f"[{seen + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
-                         f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {elapsed:.0f} s)")
+        # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
+        # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).
+        context.max_errored_blocks = -1
+        for batch in build_dataset(config, entries, done, job_id, append_new=True).iter_batches(
+                batch_size=None, batch_format="numpy"):
+            take(batch)
+        for entry in _set_aside(config, entries, seen, summary.fingerprint):
+            progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
+            _run_alone(config, entry, done, job_id, take)
     finally:
+        context.max_errored_blocks = 0
         job_finished(config.out, job_id)
-    summary.already_done = len(listed) - seen
+    summary.already_done = len(listed) - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0

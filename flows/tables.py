@@ -76,17 +76,21 @@ def _predicate(table: str, rows: pa.Table, keys: Mapping[str, Iterable[str]]) ->
     return " AND ".join(parts)
 
 
-def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterable[str]]) -> None:
-    """One transaction: the rows under ``keys`` (column → values) become ``rows``; retried on a lost race."""
+def replace_rows(out: str, table: str, rows: pa.Table, keys: Optional[Mapping[str, Iterable[str]]]) -> None:
+    """One transaction: the rows under ``keys`` (column → values) become ``rows``; retried on a lost race.
+
+    ``keys=None`` appends: for keys OUT has never held, where a replacement would only cost a scan of
+    every file its predicate may match (content hashes leave no file statistics to prune with).
+    """
     from deltalake import write_deltalake
     from deltalake.exceptions import CommitFailedError
 
     options = storage.delta_options(out)
-    predicate = _predicate(table, rows, keys)
+    how: dict[str, Any] = {"mode": "append"} if keys is None else {"mode": "overwrite",
+                                                                 "predicate": _predicate(table, rows, keys)}
     for attempt in range(_COMMIT_ATTEMPTS):
         try:  # the first commit creates the table, with the schema ``rows`` carry (conformed to TABLES)
-            write_deltalake(table_uri(out, table), rows, mode="overwrite", predicate=predicate,
-                            storage_options=options)
+            write_deltalake(table_uri(out, table), rows, storage_options=options, **how)
             return
         except CommitFailedError:
             if attempt == _COMMIT_ATTEMPTS - 1:
@@ -94,14 +98,62 @@ def replace_rows(out: str, table: str, rows: pa.Table, keys: Mapping[str, Iterab
             time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
 
-def commit(tables: Mapping[str, pa.Table], out: str, job_id: str) -> None:
-    """Commit one batch: data tables first, ``assets`` last (see the module docstring for why)."""
+def commit(tables: Mapping[str, pa.Table], out: str, job_id: str, new_keys: bool = False) -> None:
+    """Commit one batch: data tables first, ``assets`` last (see the module docstring for why).
+
+    ``new_keys``: the caller knows that OUT holds none of the batch's URIs and content hashes and that
+    no other job writes to it (see :class:`KnownKeys`): the rows are appended.
+    """
     assets = tables["assets"]
     ids = assets["asset_id"].to_pylist()
     for name in DATA_TABLES:
-        keys = {"asset_id": ids, "job_id": [job_id]}
-        replace_rows(out, name, tables[name], keys)
-    replace_rows(out, "assets", assets, {"uri": assets["uri"].to_pylist()})
+        replace_rows(out, name, tables[name], None if new_keys else {"asset_id": ids, "job_id": [job_id]})
+    replace_rows(out, "assets", assets, None if new_keys else {"uri": assets["uri"].to_pylist()})
+
+
+class KnownKeys:
+    """The URIs and content hashes OUT holds, kept up to date by a job's one committer: a batch of keys
+    never seen is appended instead of replacing.
+
+    Appending is only safe while nobody else writes. Any other job's mark in ``_jobs/running`` (a live
+    job, or one that died and may have left data rows without their ``assets`` row) makes a commit a
+    replacement; a commit of another job since ours (the ``assets`` version moved) makes the keys be
+    read again. ``compact`` clears dead jobs' marks.
+    """
+
+    def __init__(self, out: str, job_id: str):
+        self.out, self.job_id = out, job_id
+        self._read()
+
+    def _read(self) -> None:
+        self.version = assets_version(self.out)
+        held = open_table(self.out, "assets", self.version).to_table(columns=["uri", "asset_id"])
+        self.uris, self.ids = set(held["uri"].to_pylist()), set(held["asset_id"].to_pylist())
+
+    def all_new(self, assets: pa.Table) -> bool:
+        """Whether to append the batch, which is then committed (one more ``assets`` version)."""
+        if [j for j in storage.list_names(_running(self.out)) if j != self.job_id]:
+            new = False
+        else:
+            if assets_version(self.out) != self.version:
+                self._read()
+            uris, ids = set(assets["uri"].to_pylist()), set(assets["asset_id"].to_pylist())
+            new = not (uris & self.uris or ids & self.ids)
+        self.uris.update(assets["uri"].to_pylist())
+        self.ids.update(assets["asset_id"].to_pylist())
+        self.version = (self.version if self.version is not None else -1) + 1
+        return new
+
+
+def assets_version(out: str) -> Optional[int]:
+    """The latest version of ``assets`` (None before its first commit)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(table_uri(out, "assets"), storage_options=storage.delta_options(out)).version()
+    except TableNotFoundError:
+        return None
 
 
 def open_table(out: str, table: str, version: Optional[int] = None) -> pads.Dataset:
@@ -203,4 +255,6 @@ def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:
                          "files_removed": merged.get("numFilesRemoved", 0), "files_vacuumed": len(vacuumed)}
     if not report:
         raise OutputError(f"{out} holds no corpusflow tables: name the OUT of a job")
+    for job in storage.list_names(_running(out)):  # dead jobs' marks: their orphans are gone now
+        storage.delete(storage.join(_running(out), job))
     return report

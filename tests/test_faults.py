@@ -101,3 +101,52 @@ def test_an_asr_actor_killed_mid_job_is_replaced_and_no_row_is_lost(tmp_path, mo
     assets = read_table(str(out), "assets").to_pylist()
     assert sorted(a["uri"].rsplit("/", 1)[1] for a in assets) == [f"call_{i}.wav" for i in range(4)]
     assert {a["status"] for a in assets} == {"ok"}
+
+
+def test_a_file_that_kills_its_worker_every_time_becomes_one_error_row(tmp_path, model_cache):
+    """The poison file: whenever an ASR actor is working on it, it is killed (as a decoder segfault or
+    the OOM killer would be on that file). The job finishes; the other files are right."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "corpus"
+    media.make_audio(corpus / "poison.wav", seconds=8.0)
+    for i in range(3):
+        media.make_pdf(corpus / f"leaflet_{i}.pdf", pages=1)
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    config.write_text(f"model_cache: {model_cache}\nfaults:\n  worker_restarts: 1\n")
+    job = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out),
+                            "--config", str(config)], start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kills, working_since = 0, {}
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and job.poll() is None:
+            # Ray titles an actor's process with the method it runs: .submit while it works on a batch.
+            # Passing the PDFs' rows through takes milliseconds; transcribing the audio takes seconds.
+            for actor in _descendants_named(job.pid, "(Transcribe)).submit"):
+                since = working_since.setdefault(actor.pid, time.time())
+                if time.time() - since > 0.3:
+                    try:
+                        actor.send_signal(signal.SIGKILL)
+                        kills += 1
+                    except Exception:  # noqa: BLE001 - it may be gone already
+                        pass
+            time.sleep(0.05)
+        output, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-3000:]
+    assert kills >= 2
+    assets = {a["uri"].rsplit("/", 1)[1]: a for a in read_table(str(out), "assets").to_pylist()}
+    assert {n: a["status"] for n, a in assets.items()} == {
+        "poison.wav": "error", **{f"leaflet_{i}.pdf": "ok" for i in range(3)}}
+    poison = assets["poison.wav"]
+    assert poison["error_stage"] == "asr" and "died 2 times" in poison["error"], poison
+    assert len(poison["asset_id"]) == 64 and not poison["retryable"]
+    assert "poison.wav" in output and "running it alone" in output

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from corpusflow.actors.decode import DecodeMedia
 from corpusflow.actors.pdf import ExtractPdf
+from corpusflow.contracts.base import ConfigError, validated
 from corpusflow.contracts.config import JobConfig
 from tests import media
 
@@ -52,3 +55,22 @@ def test_pdfs_over_the_limits_are_refused(tmp_path):
     assert "3 pages, over the limit of 2 (limits.pdf_max_pages)" in out["error"][0]
     out = ExtractPdf(_config(pdf_max_mb=0.001))(_batch([pdf], ["pdf"]))
     assert "(limits.pdf_max_mb)" in out["error"][0]
+
+
+def test_a_file_over_its_stage_time_limit_fails_alone(tmp_path):
+    slow = media.make_pdf(tmp_path / "slow.pdf", pages=1500, images=0)
+    quick = media.make_pdf(tmp_path / "quick.pdf", pages=1)
+    stage = ExtractPdf(_config(row_time_s={"pdf": 0.3}))
+    t0 = time.perf_counter()
+    # Off the main thread, as Ray runs actor stages.
+    with ThreadPoolExecutor(1) as pool:
+        out = pool.submit(stage, _batch([quick, slow, quick], ["pdf"] * 3)).result()
+    assert list(out["error"]) == ["", "took longer than the limit of 0.3 s per file (limits.row_time_s.pdf)", ""]
+    assert list(out["pages"]) == [1, 0, 1] and "Page 1 of 1" in out["page_text"][0][0]
+    assert time.perf_counter() - t0 < 5.0
+    assert not out["error_retryable"][1]  # the same file would take as long again
+
+
+def test_time_limits_name_known_stages():
+    with pytest.raises(ConfigError, match="limits.row_time_s: no stage named transcode"):
+        validated(JobConfig, {"corpus": "/tmp/c", "out": "/tmp/o", "limits": {"row_time_s": {"transcode": 5}}}, "job config")

@@ -1,7 +1,5 @@
 """The output tables: schema-enforced rows, Delta transactions any reader sees alike, nothing twice, S3 too."""
-import json
 import threading
-import urllib.parse
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +13,7 @@ from corpusflow.contracts.stage import list_column, tensor_column
 from corpusflow.flows.cli import main
 from corpusflow.flows.tables import OutputError, check_out, commit, committed_keys, compact, job_finished, \
     job_started, read_table
+from tests.readers import live_files
 
 PRICES = {"cpu": 0.05, "H100": 6.88}
 
@@ -72,19 +71,10 @@ def _latest(out, table):
 
 
 def _protocol_read(table_dir):
-    """A Delta reader written from the open protocol alone: replay the log's add/remove actions, then
-    read the live Parquet files with plain pyarrow (what any engine does; no delta-rs, no corpusflow)."""
+    """A Delta reader from the open protocol alone, reading the live Parquet files with plain pyarrow."""
     import pyarrow.parquet as pq
 
-    live = {}
-    for log in sorted((table_dir / "_delta_log").glob("*.json")):
-        for line in log.read_text().splitlines():
-            action = json.loads(line)
-            if "add" in action:
-                live[action["add"]["path"]] = True
-            elif "remove" in action:
-                live.pop(action["remove"]["path"], None)
-    parts = [pq.read_table(table_dir / urllib.parse.unquote(p)) for p in live]
+    parts = [pq.read_table(p) for p in live_files(table_dir)]
     return pa.concat_tables(parts) if parts else None
 
 

@@ -109,6 +109,7 @@ def chunk_batches(work: list[Decoding], batch_size: int) -> Iterator[tuple[str, 
 ENGINES = {
     "whisperx": "corpusflow.actors.engines.asr_whisperx:WhisperXEngine",
     "transformers": "corpusflow.actors.engines.asr_transformers:TransformersWhisperEngine",
+    "vllm": "corpusflow.actors.engines.asr_vllm:VllmWhisperEngine",
 }
 
 

@@ -1,4 +1,4 @@
-"""whisperX as an ASR engine: batched faster-whisper (CTranslate2) decoding, wav2vec2 word alignment."""
+"""whisperX as an ASR engine: batched faster-whisper (CTranslate2) decoding, wav2vec2 word alignment (asr_align.py)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from corpusflow.actors.engines.asr import AsrResult, Decoding, SpeechTrack, TimedText, chunk_batches
+from corpusflow.actors.engines.asr_align import WordAligner
 from corpusflow.actors.models.device import torch_device
 from corpusflow.actors.models.store import resolve
 from corpusflow.contracts.config import ModelsProfile, StageConfig
@@ -38,11 +39,7 @@ class WhisperXEngine:
         if forced is not None and forced not in self._pipeline.model.supported_languages:
             raise ValueError(f"asr.language {forced!r} is not a language this Whisper model knows "
                              f"(one of {', '.join(self._pipeline.model.supported_languages)})")
-        self._aligner = None
-        if config.asr.align_words and profile.align:
-            align_dir = resolve(profile.align, "wav2vec2-align", config.model_cache)
-            model, metadata = whisperx.load_align_model("en", self._device, model_name=align_dir)
-            self._aligner = (model, metadata["dictionary"], metadata["type"])
+        self._aligner = WordAligner(profile, config, self._device) if WordAligner.wanted(profile, config) else None
 
     def transcribe_many(self, tracks: list[SpeechTrack], language: str | None) -> list[AsrResult]:
         """Language per track, the speech chunks of all tracks decoded together, alignment per track."""
@@ -71,38 +68,10 @@ class WhisperXEngine:
         return self._pipeline.preprocess({"inputs": samples})["inputs"]
 
     def _result(self, d: Decoding) -> AsrResult:
-        if not d.track.chunks:
-            return AsrResult(d.language)
-        # whisperX's segment shape: one segment per chunk, times rounded to the millisecond
-        segments = [{"text": text, "start": round(a, 3), "end": round(b, 3)}
-                    for (a, b), text in zip(d.track.chunks, d.texts)]
-        aligned = self._align(segments, d.track.pcm, d.language) if self._aligner else None
-        if aligned is None:
-            return AsrResult(d.language, [TimedText(s["start"], s["end"], s["text"]) for s in segments])
-        return AsrResult(d.language, *aligned)
-
-    def _align(self, segments: list[dict], pcm: np.ndarray, language: str
-               ) -> tuple[list[TimedText], list[TimedText]] | None:
-        """Sentence segments and words from wav2vec2 alignment; None keeps whisper's segments and no words.
-
-        Alignment fails for text the model's alphabet cannot spell (a language it was not trained on);
-        that costs the words, never the row.
-        """
-        import whisperx
-
-        model, dictionary, kind = self._aligner
-        metadata = {"language": language, "dictionary": dictionary, "type": kind}
-        try:
-            out = whisperx.align(segments, model, metadata, pcm, self._device)
-        except Exception as e:  # noqa: BLE001 - see docstring
-            log.warning("word alignment failed for language %r, keeping segment times: %s", language, e)
-            return None
-        segs = [TimedText(float(s["start"]), float(s["end"]), s["text"]) for s in out["segments"]]
-        if not segs or not all(np.isfinite([s.start for s in segs] + [s.end for s in segs])):
-            return None
-        words = [TimedText(float(w["start"]), float(w["end"]), w["word"])
-                 for w in out["word_segments"] if "start" in w and "end" in w]
-        return segs, words
+        # one segment per chunk; times rounded to the millisecond, as whisperX writes them
+        segments = [TimedText(round(a, 3), round(b, 3), text) for (a, b), text in zip(d.track.chunks, d.texts)]
+        aligned = self._aligner.align(segments, d.track.pcm, d.language) if self._aligner and segments else None
+        return AsrResult(d.language, *aligned) if aligned else AsrResult(d.language, segments)
 
 
 _NO_VAD = object()  # see WhisperXEngine.__init__

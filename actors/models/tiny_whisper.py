@@ -73,8 +73,13 @@ def _whisper_tokenizer_json(languages: list[str]) -> tuple[dict, dict[str, int]]
     return tok, {t: ids[t] for t in specials}
 
 
-def build_whisper_hf(dest: Path, seed: int = 0, d_model: int = 64, layers: int = 2, heads: int = 4) -> None:
-    """Write a tiny multilingual ``WhisperForConditionalGeneration`` with tokenizer and processor (transformers layout)."""
+def build_whisper_hf(dest: Path, seed: int = 0, d_model: int = 64, layers: int = 2, heads: int = 4,
+                     decoder_layers: int | None = None) -> None:
+    """Write a tiny multilingual ``WhisperForConditionalGeneration`` with tokenizer and processor (transformers layout).
+
+    The sizes also give the real architectures with random weights (benchmarks): large-v3 is 1280 wide
+    with 32 + 32 layers and 20 heads; large-v3-turbo the same with 4 decoder layers.
+    """
     import torch
     from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
                               WhisperForConditionalGeneration)
@@ -94,7 +99,8 @@ def build_whisper_hf(dest: Path, seed: int = 0, d_model: int = 64, layers: int =
     WhisperFeatureExtractor(feature_size=N_MELS).save_pretrained(dest)
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=N_MELS, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        vocab_size=vocab_size, num_mel_bins=N_MELS, d_model=d_model, encoder_layers=layers,
+        decoder_layers=decoder_layers or layers,
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_model * 4,
         decoder_ffn_dim=d_model * 4, max_source_positions=1500, max_target_positions=448,
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
@@ -108,7 +114,7 @@ def build_whisper_hf(dest: Path, seed: int = 0, d_model: int = 64, layers: int =
         is_multilingual=True, no_timestamps_token_id=ids["<|notimestamps|>"],
         lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in languages},
         task_to_id={"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]},
-        alignment_heads=[[layers - 1, h] for h in range(heads)],
+        alignment_heads=[[(decoder_layers or layers) - 1, h] for h in range(heads)],
     )
     model.save_pretrained(dest)
 
