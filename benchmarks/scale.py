@@ -29,7 +29,8 @@ def make_corpus(root: Path, files: int, pdf_share: float) -> None:
     """``files`` small inputs under ``root`` (kept between runs: building 100k files takes a while)."""
     import pymupdf
 
-    marker = root / f".complete-{files}-{pdf_share}"
+    # Beside the corpus, not in it: every file under CORPUS is an input.
+    marker = root.parent / f".{root.name}-complete-{files}-{pdf_share}"
     if marker.exists():
         return
     shutil.rmtree(root, ignore_errors=True)
@@ -56,9 +57,10 @@ def run_job(code: Path, corpus: Path, out: Path, config: Path) -> dict:
                              "--config", str(config)], cwd=code, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     driver = psutil.Process(proc.pid)
-    peak, first = 0, None
+    peak, first, tail = 0, None, []
     assert proc.stdout is not None
     for line in proc.stdout:
+        tail = (tail + [line])[-40:]
         if first is None and line.startswith("["):  # the job prints one "[i/n] status ..." line per commit
             first = time.time() - t0
         try:
@@ -67,7 +69,7 @@ def run_job(code: Path, corpus: Path, out: Path, config: Path) -> dict:
             pass
     proc.wait()
     if proc.returncode:
-        raise SystemExit(f"the job failed ({proc.returncode}) under {code}")
+        raise SystemExit(f"the job failed ({proc.returncode}) under {code}:\n" + "".join(tail))
     return {"wall_s": round(time.time() - t0, 2), "first_commit_s": round(first, 2) if first else None,
             "driver_peak_rss_mb": round(peak / 2**20, 1)}
 
