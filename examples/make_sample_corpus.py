@@ -19,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tests import media  # noqa: E402
 from tests.spoken import script, speak  # noqa: E402
 
-PROTOCOL_TEXT = (
+PROTOCOL_TEXT = (  # one text per page, so that a search for a topic lands on its page
     "Protocol CF-101-02: a randomised, double-blind study of CF-101 versus placebo in adults with "
-    "moderate asthma. Primary endpoint: change in FEV1 at week 12. Adverse events are recorded at "
-    "every visit and reviewed by the safety board."
+    "moderate asthma. Primary endpoint: change in FEV1 at week 12.",
+    "Dosing schedule: one 50 mg tablet of CF-101 or placebo each morning for 12 weeks, taken with water. "
+    "A missed dose is skipped, never doubled.",
+    "Adverse events are recorded at every visit and reviewed by the safety board within 48 hours.",
+    "Visits: screening, baseline, weeks 2, 4, 8 and 12, and a follow-up call two weeks after the last dose.",
 )
 LEAFLET_TEXT = "Patient leaflet: take one tablet of CF-101 each morning with water. Do not exceed the stated dose."
 SCANNED_PAGES = [

@@ -49,13 +49,15 @@ def _task(cls: type, config: StageConfig, args: tuple) -> Callable[[Batch], Batc
     return run
 
 
-def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None, args: tuple = ()) -> Any:
+def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None, args: tuple = (),
+              resources: StageResources | None = None) -> Any:
     """``ds`` followed by ``spec``'s stage, as the stage declares and the config reserves.
 
     ``cls`` runs another class in its place: a subclass of the registered stage (the benchmarks'
-    fixed-length engines), or the job's own committer, built as ``cls(config, *args)``.
+    fixed-length engines), or the job's own committer, built as ``cls(config, *args)``. ``resources``
+    reserves for a stage outside the corpus job's ``resources`` (the index job's embedding stage).
     """
-    res = config.resources.of(spec.name)
+    res = resources or config.resources.of(spec.name)
     ray_args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
     if cls is None:
         if spec.cls is None:

@@ -36,6 +36,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
     print(summary.to_text())
+    if config.index.enabled and not args.no_index:
+        from corpusflow.actors.search.store import SearchIndexError
+        from corpusflow.flows.index import build_index
+
+        try:
+            print(build_index(config.out, config, config.index, address=args.address).to_text())
+        except SearchIndexError as e:  # the tables are committed; only the index waits for its writer
+            print(f"corpusflow: search index not updated: {e}", file=sys.stderr)
     return 0
 
 
@@ -61,11 +69,12 @@ def _delegate(module: str, argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report",
-                 "eval": "corpusflow.flows.evaluate.cli"}
+                 "eval": "corpusflow.flows.evaluate.cli",
+                 "index": "corpusflow.flows.index_cli", "search": "corpusflow.flows.search_cli"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report,eval,index,search}")
     run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
@@ -77,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
     run.add_argument("--retry-errors", action="store_true",
                      help="process again the inputs whose last failure was transient (throttling, timeouts, GPU memory)")
+    run.add_argument("--no-index", action="store_true",
+                     help="do not build/update OUT's search index at the end (also: index.enabled: false)")
     run.set_defaults(func=_run)
     comp = sub.add_parser("compact", help="merge OUT's small files, drop rows no asset points at, vacuum old versions")
     comp.add_argument("out", help="the job's OUT (local folder or s3://bucket/prefix)")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Awaitable, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -23,6 +24,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from corpusflow.contracts.search import AskRequest, AskResult, SearchRequest, SearchResult
 from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.contracts.stage import Batch
 from corpusflow.contracts.rows import rows_for_batch
@@ -83,8 +85,8 @@ class RequestMetrics:
 
 
 def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[DeploymentHandle] = None) -> FastAPI:
-    """The FastAPI app (with the ``/v1/stream`` WebSocket when ``stream`` is given); raises ConfigError
-    when no API key is configured (it fails closed)."""
+    """The FastAPI app (with the ``/v1/stream`` WebSocket when ``stream`` is given, and the search routes
+    when ``settings.index`` names an index); raises ConfigError when no API key is configured (it fails closed)."""
     digests = load_api_keys(settings.api_keys_env, settings.api_keys_file)
     registry = CollectorRegistry()
     fingerprint = settings.stage_config().fingerprint()
@@ -165,6 +167,35 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
             return {"asset": tables(batch)["assets"][0], "question": question, **answer}
 
         return await served(x_request_timeout, work)
+
+    if settings.index:
+        @v1.post("/search", response_model=SearchResult)
+        async def search(body: SearchRequest, x_request_timeout: Deadline = None) -> dict[str, Any]:
+            """Ranked moments (video/audio, with times) and pages (PDF) across the corpus for a query in any language."""
+            return await served(x_request_timeout, lambda: pipeline.search(body.model_dump(mode="json")))
+
+        @v1.post("/search/ask", response_model=AskResult)
+        async def ask_corpus(body: AskRequest, x_request_timeout: Deadline = None) -> dict[str, Any]:
+            """An answer across the corpus: retrieve, then answer from the retrieved passages, citing only
+            moments and pages that were retrieved."""
+            try:
+                request = SearchRequest.model_validate({"limit": 8, **body.search, "query": body.question})
+            except ValidationError as e:
+                raise ApiError(422, f"search.{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']}") from None
+
+            async def work() -> dict[str, Any]:
+                found = await pipeline.search(request.model_dump(mode="json"), with_text=True)
+                hits = found["hits"]
+                if not hits:
+                    return {"question": body.question, "answer": "Nothing in the corpus matches the question.",
+                            "citations": [], "hits": []}
+                answer = await pipeline.ask_corpus(body.question, found["texts"])
+                cited = [hits[n - 1] for n in dict.fromkeys(answer["citations"])]
+                keys = ("asset_id", "uri", "t_start", "t_end", "page", "link")
+                return {"question": body.question, "answer": answer["answer"], "hits": hits,
+                        "citations": [{k: h[k] for k in keys} for h in cited]}
+
+            return await served(x_request_timeout, work)
 
     @app.get("/healthz", responses={200: {"description": "the ingress is alive"}})
     async def healthz() -> dict[str, str]:

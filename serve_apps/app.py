@@ -17,6 +17,7 @@ from corpusflow.contracts.registry import STAGES as REGISTRY
 from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.serve_apps.api import build_api
 from corpusflow.serve_apps.pipeline import Pipeline
+from corpusflow.serve_apps.search import SearchServer
 from corpusflow.serve_apps.stages import BatchedStageServer, StageServer
 from corpusflow.serve_apps.streaming import StreamServer
 
@@ -35,9 +36,11 @@ class Ingress:
     """HTTP front door: checks, routes and answers; the stage deployments do the heavy work."""
 
     def __init__(self, settings: dict[str, Any], decode: DeploymentHandle, pdf: DeploymentHandle,
-                 asr: DeploymentHandle, vlm: DeploymentHandle, stream: Optional[DeploymentHandle] = None):
+                 asr: DeploymentHandle, vlm: DeploymentHandle, stream: Optional[DeploymentHandle] = None,
+                 search: Optional[DeploymentHandle] = None):
         self.settings = ServeConfig.model_validate(settings)
-        self.pipeline = Pipeline(self.settings, {"decode": decode, "pdf": pdf, "asr": asr, "vlm": vlm})
+        handles = {"decode": decode, "pdf": pdf, "asr": asr, "vlm": vlm, **({"search": search} if search else {})}
+        self.pipeline = Pipeline(self.settings, handles)
         self.stream = stream
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -60,6 +63,9 @@ def build_app(settings: ServeConfig) -> Application:
 
         StreamConfig.model_validate(settings.streaming.session)  # a bad override fails here, not in a replica loop
         bound["stream"] = StreamServer.options(name="stream", **settings.streaming.deployment.serve_options()).bind(
+            settings.model_dump(mode="json"))
+    if settings.index:  # the corpus index, read-only: /v1/search and /v1/search/ask
+        bound["search"] = SearchServer.options(name="search", **settings.deployments.search.serve_options()).bind(
             settings.model_dump(mode="json"))
     api = settings.deployments.api
     overload = BackpressureConfig(status_code=settings.overload_status, retry_after_s=settings.retry_after_s)

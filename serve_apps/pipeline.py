@@ -128,6 +128,20 @@ class Pipeline:
             raise ApiError(422, f"cannot answer about this video: {answer['error']}")
         return answer
 
+    async def search(self, request: dict[str, Any], with_text: bool = False) -> dict[str, Any]:
+        """The search deployment's answer (serve_apps/search.py); its refusals become ApiErrors."""
+        out = await self._call("search", "search", request, with_text)
+        if "error" in out:
+            raise ApiError(int(out["error"]), str(out["detail"]))
+        return out
+
+    async def ask_corpus(self, question: str, passages: list[str]) -> dict[str, Any]:
+        """``{answer, citations}`` (passage numbers) from the VLM's text path; 422 when it cannot answer."""
+        answer = await self._call("vlm", "ask_corpus", question, passages)
+        if "error" in answer:
+            raise ApiError(422, f"cannot answer from the retrieved passages: {answer['error']}")
+        return answer
+
     async def analyze(self, source: Source) -> Batch:
         batch = await self.extract(await self.identify(source), source)
         if str(batch["kind"][0]) in MEDIA_KINDS:

@@ -32,6 +32,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--route-prefix", help="serve the API under this path, e.g. /cf (default /)")
     p.add_argument("--api-keys-file", help="file with one accepted key per line (also: $CORPUSFLOW_API_KEYS)")
     p.add_argument("--api-key", help="accept this key; visible in ps, so prefer $CORPUSFLOW_API_KEYS or --api-keys-file")
+    p.add_argument("--index", help="a job's OUT whose search index /v1/search and /v1/search/ask answer from")
     p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
     p.add_argument("--num-cpus", type=float,
                    help="logical CPUs of the local Ray (default: the cores, or what the replicas reserve if more)")
@@ -81,7 +82,8 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     try:
         settings = ServeConfig.load(args.config, models=args.models, host=args.host, port=args.port,
-                                    route_prefix=args.route_prefix, api_keys_file=args.api_keys_file)
+                                    route_prefix=args.route_prefix, api_keys_file=args.api_keys_file,
+                                    index=args.index)
         if settings.api_keys_file:  # a missing or empty key file fails here, not in every ingress replica
             load_api_keys(settings.api_keys_env, settings.api_keys_file)
     except ConfigError as e:

@@ -145,5 +145,13 @@ class BatchedStageServer:
             return {"error": str(e)}
         return answer.model_dump()
 
+    async def ask_corpus(self, question: str, passages: list[str]) -> dict[str, Any]:
+        """The VLM's answer from retrieved passages, citing their numbers, or ``{"error": sentence}``."""
+        try:
+            answer = await self.exclusive.run(self.stage.ask_passages, question, passages)
+        except StageFailure as e:
+            return {"error": str(e)}
+        return answer.model_dump()
+
     async def ready(self) -> bool:
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fractions
 import random
+from typing import Sequence
 from pathlib import Path
 
 import av
@@ -158,9 +159,10 @@ def make_audio(path: str | Path, seconds: float = 4.0, container: str = "wav",
 
 
 def make_pdf(path: str | Path, pages: int = 3, images: int = 1, encrypted: bool = False,
-             text: str = "Study protocol for compound CF-101. Adverse events were mild and transient.",
+             text: str | Sequence[str] = "Study protocol for compound CF-101. Adverse events were mild and transient.",
              title: str = "corpusflow test document", password: str = "secret") -> Path:
-    """Write a PDF with ``text`` on every page and ``images`` small raster images on the first page."""
+    """Write a PDF with ``text`` on every page (or ``text[i]`` on page i + 1) and ``images`` small raster
+    images on the first page."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = pymupdf.open()
@@ -168,7 +170,7 @@ def make_pdf(path: str | Path, pages: int = 3, images: int = 1, encrypted: bool 
     for p in range(pages):
         page = doc.new_page(width=420, height=595)
         page.insert_text((36, 60), f"Page {p + 1} of {pages}", fontsize=14)
-        page.insert_textbox(pymupdf.Rect(36, 80, 384, 300), text, fontsize=11)
+        page.insert_textbox(pymupdf.Rect(36, 80, 384, 300), text if isinstance(text, str) else text[p], fontsize=11)
         if p == 0:
             for k in range(images):
                 pix = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 32, 24), False)

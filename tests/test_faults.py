@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def _config(tmp_path: Path, model_cache: str) -> str:
     f = tmp_path / "job.yaml"
-    f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\n")
+    # The search index has its own tests (tests/test_search.py).
+    f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\nindex:\n  enabled: false\n")
     return str(f)
 
 
@@ -117,7 +118,7 @@ def test_a_file_that_kills_its_worker_every_time_becomes_one_error_row(tmp_path,
         media.make_pdf(corpus / f"leaflet_{i}.pdf", pages=1)
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
-    config.write_text(f"model_cache: {model_cache}\nfaults:\n  worker_restarts: 1\n")
+    config.write_text(f"model_cache: {model_cache}\nfaults:\n  worker_restarts: 1\nindex:\n  enabled: false\n")
     job = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out),
                             "--config", str(config)], start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -31,6 +31,7 @@ TINY_BUILDERS = {
     "whisper-hf": "corpusflow.actors.models.tiny_whisper:build_whisper_hf",
     "wav2vec2-align": "corpusflow.actors.models.tiny_whisper:build_wav2vec2",
     "qwen2_5_vl": "corpusflow.actors.models.tiny_qwen:build_qwen25vl",
+    "bert-embed": "corpusflow.actors.models.tiny_bert:build_bert_embed",
 }
 
 

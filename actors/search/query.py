@@ -1,0 +1,160 @@
+"""The one query function: the CLI (`corpusflow search`) and the API (`POST /v1/search`) both call :func:`search`.
+
+Lexical (BM25 over the language-tokenised full-text columns) and semantic (cosine over the unit
+vectors) retrieval run with the same SQL pre-filter; hybrid fuses their ranked lists by reciprocal
+rank (RRF, k = 60), which needs no score calibration between BM25 and cosine. Each hit says which
+retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused candidates
+before paging. Page tokens carry the offset and a hash of the request, so a token cannot page
+through a different query.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any, Optional, Protocol
+
+from corpusflow.actors.engines.embed import Embedder
+from corpusflow.actors.search.store import IndexReader
+from corpusflow.contracts.search import MAX_DEPTH, Hit, SearchRequest, SearchResult
+
+RRF_K = 60
+SNIPPET_CHARS = 240
+_COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class QueryError(ValueError):
+    """A request the index cannot answer as asked (a page token of another query, ...)."""
+
+
+class Reranker(Protocol):
+    """Reorders fused candidates (a cross-encoder, a business rule); returns the same hits, best first."""
+
+    def rerank(self, query: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(_sql(v) for v in values)})"
+
+
+def where_clause(req: SearchRequest) -> Optional[str]:
+    """The SQL pre-filter both retrievers apply before ranking (so filters never empty a page of hits)."""
+    parts = []
+    if set(req.modalities) != {"speech", "visual", "pdf", "summary"}:
+        parts.append(_in("modality", req.modalities))
+    if req.asset_ids:
+        parts.append(_in("asset_id", req.asset_ids))
+    if req.kinds:
+        parts.append(_in("kind", req.kinds))
+    if req.languages:
+        parts.append(_in("language", req.languages))
+    if req.uri_prefix:
+        parts.append(f"starts_with(uri, {_sql(req.uri_prefix)})")
+    if req.min_duration_s is not None:
+        parts.append(f"duration_s >= {float(req.min_duration_s)!r}")
+    if req.max_duration_s is not None:
+        parts.append(f"duration_s <= {float(req.max_duration_s)!r}")
+    if req.t_from is not None:
+        parts.append(f"t_end >= {float(req.t_from)!r}")
+    if req.t_to is not None:
+        parts.append(f"t_start <= {float(req.t_to)!r}")
+    return " AND ".join(parts) or None
+
+
+def _fingerprint(req: SearchRequest) -> str:
+    keyed = req.model_dump(exclude={"page_token", "limit"})
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _offset(req: SearchRequest) -> int:
+    if not req.page_token:
+        return 0
+    try:
+        token = json.loads(base64.urlsafe_b64decode(req.page_token.encode()))
+        offset, of = int(token["o"]), str(token["q"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise QueryError("page_token is not one this server issued") from e
+    if of != _fingerprint(req):
+        raise QueryError("page_token belongs to another query or other filters")
+    return offset
+
+
+def _token(req: SearchRequest, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": _fingerprint(req)}).encode()).decode()
+
+
+def link(uri: str, t_start: Optional[float], t_end: Optional[float], page: Optional[int]) -> str:
+    """A deep link: Media Fragments ``#t=start,end`` for moments, ``#page=N`` (PDF open parameters) for pages."""
+    if page is not None:
+        return f"{uri}#page={page}"
+    if t_start is not None and t_end is not None:
+        return f"{uri}#t={t_start:.1f},{t_end:.1f}"
+    return uri
+
+
+def snippet(text: str, query: str, chars: int = SNIPPET_CHARS) -> str:
+    """Up to ``chars`` of ``text`` around the first query word it contains (its start when none)."""
+    text = " ".join(text.split())
+    if len(text) <= chars:
+        return text
+    lowered = text.lower()
+    hits = [lowered.find(w.lower()) for w in _WORD.findall(query) if len(w) > 2]
+    at = min((h for h in hits if h >= 0), default=0)
+    start = max(0, min(at - chars // 3, len(text) - chars))
+    cut = text[start:start + chars]
+    return ("…" if start else "") + cut + ("…" if start + chars < len(text) else "")
+
+
+def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    for r in rows:
+        r["_retriever_score"] = (1.0 - r[score]) if score == "_distance" else r[score]
+    return rows
+
+
+def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest,
+           reranker: Optional[Reranker] = None) -> SearchResult:
+    """Ranked hits for ``req`` over the reader's index version (``embedder`` may be None for lexical mode)."""
+    offset = _offset(req)
+    want = offset + req.limit
+    if want > MAX_DEPTH:
+        raise QueryError(f"pages reach at most {MAX_DEPTH} hits deep; narrow the query with filters")
+    depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
+    where = where_clause(req)
+    lists: dict[str, list[dict[str, Any]]] = {}
+    if req.mode in ("hybrid", "lexical"):
+        lists["lexical"] = _ranked(reader.text_search(req.query, where, depth, _COLUMNS), "_score")
+    if req.mode in ("hybrid", "semantic"):
+        if embedder is None:
+            raise QueryError("semantic search needs the index's embedding model")
+        vector = embedder.queries([req.query])[0]
+        lists["semantic"] = _ranked(reader.vector_search(vector, where, depth, _COLUMNS), "_distance")
+    fused: dict[str, dict[str, Any]] = {}
+    for name, rows in lists.items():
+        for rank, row in enumerate(rows, 1):
+            unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "score": 0.0})
+            unit["matched"][name] = rank
+            unit["score"] += 1.0 / (RRF_K + rank) if req.mode == "hybrid" else row["_retriever_score"]
+    ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
+    if req.group_by == "asset":
+        best: dict[str, dict[str, Any]] = {}
+        for unit in ranked:
+            best.setdefault(unit["asset_id"], unit)
+        ranked = list(best.values())
+    if reranker is not None:
+        ranked = reranker.rerank(req.query, ranked)
+    page = ranked[offset:want]
+    hits = [Hit(rank=offset + i + 1, unit_id=u["unit_id"], score=round(float(u["score"]), 6), asset_id=u["asset_id"], uri=u["uri"],
+                kind=u["kind"], modality=u["modality"], source=u["source"], t_start=u["t_start"], t_end=u["t_end"],
+                page=u["page"], language=u["language"], snippet=snippet(u["text"], req.query), matched=u["matched"],
+                link=link(u["uri"], u["t_start"], u["t_end"], u["page"]))
+            for i, u in enumerate(page)]
+    more = len(ranked) > want and want < MAX_DEPTH
+    return SearchResult(query=req.query, mode=req.mode, index_version=reader.version, hits=hits,
+                        next_page_token=_token(req, want) if more else None)

