@@ -50,11 +50,18 @@ def make_corpus(root: Path, files: int, pdf_share: float) -> None:
 
 
 def run_job(code: Path, corpus: Path, out: Path, config: Path) -> dict:
-    """One ``corpusflow run``: wall seconds, time to the first committed file, the driver's peak RSS."""
+    """One ``corpusflow run``: wall seconds, time to the first committed file, the driver's peak RSS.
+
+    The corpus job alone: a checkout that builds the search index at the end of a run is told not to
+    (older checkouts do not know the flag).
+    """
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
+    usage = subprocess.run([sys.executable, "-m", "corpusflow", "run", "--help"], cwd=code, env=env,
+                           capture_output=True, text=True).stdout
+    job_only = ["--no-index"] if "--no-index" in usage else []
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out),
-                             "--config", str(config)], cwd=code, env=env, stdout=subprocess.PIPE,
+                             "--config", str(config), *job_only], cwd=code, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     driver = psutil.Process(proc.pid)
     peak, first, tail = 0, None, []
