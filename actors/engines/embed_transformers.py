@@ -26,8 +26,11 @@ class TransformersEmbedder:
     def __init__(self, model: EmbeddingModel, cache_dir: str):
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from corpusflow.actors.models.device import torch_device
+
+        hf_logging.disable_progress_bar()  # a weight-loading bar would land in `corpusflow search`'s answer
 
         folder = Path(resolve(model.source, "bert-embed", cache_dir))
         self.spec, self.device = model, torch_device()
