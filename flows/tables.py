@@ -137,11 +137,27 @@ class KnownKeys:
 
     def __init__(self, out: str, job_id: str):
         self.out, self.job_id = out, job_id
+        self._log: Any = None  # the assets table, once it exists: refreshed by reading only new log entries
         self._read()
 
+    def _latest(self) -> Optional[int]:
+        """The latest ``assets`` version (None before its first commit)."""
+        if self._log is None:
+            from deltalake import DeltaTable
+            from deltalake.exceptions import TableNotFoundError
+
+            try:
+                self._log = DeltaTable(table_uri(self.out, "assets"), storage_options=storage.delta_options(self.out))
+            except TableNotFoundError:
+                return None
+        else:
+            self._log.update_incremental()
+        return self._log.version()
+
     def _read(self) -> None:
-        self.version = assets_version(self.out)
-        held = open_table(self.out, "assets", self.version).to_table(columns=["uri", "asset_id"])
+        self.version = self._latest()
+        held = (self._log.to_pyarrow_dataset() if self._log is not None else open_table(self.out, "assets")).to_table(
+            columns=["uri", "asset_id"])
         self.uris, self.ids = set(held["uri"].to_pylist()), set(held["asset_id"].to_pylist())
 
     def all_new(self, assets: pa.Table) -> bool:
@@ -149,7 +165,7 @@ class KnownKeys:
         if [j for j in storage.list_names(_running(self.out)) if j != self.job_id]:
             new = False
         else:
-            if assets_version(self.out) != self.version:
+            if self._latest() != self.version:
                 self._read()
             uris, ids = set(assets["uri"].to_pylist()), set(assets["asset_id"].to_pylist())
             new = not (uris & self.uris or ids & self.ids)
@@ -158,16 +174,6 @@ class KnownKeys:
         self.version = (self.version if self.version is not None else -1) + 1
         return new
 
-
-def assets_version(out: str) -> Optional[int]:
-    """The latest version of ``assets`` (None before its first commit)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        return DeltaTable(table_uri(out, "assets"), storage_options=storage.delta_options(out)).version()
-    except TableNotFoundError:
-        return None
 
 
 def open_table(out: str, table: str, version: Optional[int] = None) -> pads.Dataset:
