@@ -11,7 +11,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import pyarrow.fs as pafs
 
@@ -99,18 +99,42 @@ def list_files(uri: str) -> list[FileEntry]:
 
     ``uri`` may also name a single file.
     """
+    return sorted(iter_files(uri), key=lambda e: e.uri)
+
+
+def iter_files(uri: str) -> Iterator[FileEntry]:
+    """The files of :func:`list_files`, streamed: S3 one page of up to 1,000 keys at a time (in key
+    order), a local folder one directory at a time, so a caller that keeps few of them holds few.
+
+    Sizes and modified times are what :func:`list_files` always gave (they decide whether a committed
+    file is unchanged).
+    """
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"corpus {uri!r} does not exist")
     if info.type == pafs.FileType.File:
-        return [FileEntry(_to_uri(uri, path), info.size, info.mtime)]
-    out = []
-    for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if f.type != pafs.FileType.File:
-            continue
-        out.append(FileEntry(_to_uri(uri, f.path), f.size, f.mtime))
-    return sorted(out, key=lambda e: e.uri)
+        yield FileEntry(_to_uri(uri, path), info.size, info.mtime)
+        return
+    if is_s3(uri):
+        bucket, _, prefix = path.partition("/")
+        pages = _boto_s3(_endpoint(), _region()).get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # a zero-byte "folder" made by a console is no file
+                    yield FileEntry(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]),
+                                    obj["LastModified"].astimezone(timezone.utc))
+        return
+    folders = [path]
+    while folders:
+        here = fs.get_file_info(pafs.FileSelector(folders.pop(), recursive=False))
+        for f in sorted(here, key=lambda f: f.path, reverse=True):
+            if f.type == pafs.FileType.Directory:
+                folders.append(f.path)
+        for f in sorted(here, key=lambda f: f.path):
+            if f.type == pafs.FileType.File:
+                yield FileEntry(f.path, f.size, f.mtime)
 
 
 def open_input(uri: str) -> BinaryIO:

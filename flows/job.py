@@ -329,18 +329,22 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
-    listed = storage.list_files(config.corpus)
-    summary.files = len(listed)
     check_out(config.out)
-    # Unchanged since committed (same uri, size and modified time): skipped without reading a byte.
+    # Unchanged since committed (same uri, size and modified time): skipped without reading a byte. The
+    # listing streams past that check, so the driver holds only the files it will process.
     committed_now = committed(config.out, summary.fingerprint, retry_errors)
     unchanged = unchanged_of(committed_now)
-    entries = [e for e in listed if (e.uri, e.size, e.modified) not in unchanged]
+    entries = []
+    for entry in storage.iter_files(config.corpus):
+        summary.files += 1
+        if (entry.uri, entry.size, entry.modified) not in unchanged:
+            entries.append(entry)
+    del unchanged
     done = keys_of(committed_now)
-    progress(f"corpusflow: {len(listed)} files under {config.corpus}, {len(listed) - len(entries)} unchanged since "
+    progress(f"corpusflow: {summary.files} files under {config.corpus}, {summary.files - len(entries)} unchanged since "
              f"committed for config {summary.fingerprint}; writing to {config.out}")
     if not entries:
-        summary.already_done = len(listed)
+        summary.already_done = summary.files
         summary.wall_s = time.time() - t0
         return summary
 
@@ -381,7 +385,7 @@ def run_job(config: JobConfig, address: Optional[str] = None,
             if status == "error":
                 summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
                                        "error": str(batch["error"][i])})
-            progress(f"[{len(seen) + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+            progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {status:7s} {kind:5s} {batch['uri'][i]}"
                      f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s)")
 
     context = ray.data.DataContext.get_current()
@@ -404,7 +408,7 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                 _run_alone(config, entry, done, job_id, take)
         finally:
             context.max_errored_blocks = 0
-    summary.already_done = len(listed) - len(seen)
+    summary.already_done = summary.files - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0
