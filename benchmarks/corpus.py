@@ -250,21 +250,22 @@ def sound_variant(args: tuple[str, str, float]) -> str:
     src, dst, gain = args
     if os.path.exists(dst):
         return dst
-    tmp = dst + ".partial.mp4"
+    tmp = dst + ".partial" + os.path.splitext(dst)[1]  # the container follows the name
     with av.open(src) as inp, av.open(tmp, "w") as out:
         vin, ain = inp.streams.video[0], inp.streams.audio[0]
         vout = out.add_stream_from_template(vin)
         aout = out.add_stream("aac", rate=ain.rate, layout=ain.layout.name)
         aout.bit_rate = ain.bit_rate or 64000
+        as_float = av.AudioResampler(format="fltp", layout=ain.layout.name, rate=ain.rate)  # AAC's input, any source
         for packet in inp.demux(vin, ain):
             if packet.stream.index == vin.index:
-                if packet.dts is not None:
+                if packet.size:  # not the demuxer's empty flush packet
                     packet.stream = vout
                     out.mux(packet)
                 continue
-            for frame in packet.decode():
+            for frame in (f for decoded in packet.decode() for f in as_float.resample(decoded)):
                 pcm = np.clip(frame.to_ndarray() * gain, -1.0, 1.0).astype(np.float32)
-                louder = av.AudioFrame.from_ndarray(pcm, format=frame.format.name, layout=frame.layout.name)
+                louder = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=frame.layout.name)
                 louder.sample_rate, louder.pts, louder.time_base = frame.sample_rate, frame.pts, frame.time_base
                 out.mux(aout.encode(louder))
         out.mux(aout.encode(None))

@@ -65,14 +65,15 @@ def plan_inputs(folder: Path, run: dict, accelerator: str, gpus: int, cores: int
 
 
 def predict(folder: Path, run: dict, corpus_dir: str, accelerator: str, gpu_counts: list[int],
-            asr_share: float, asr_actors: int) -> dict:
-    """``corpusflow plan`` for each GPU count: its command, wall time, bottleneck and pools."""
+            asr_share: float, asr_actors: int, cores: int | None = None) -> dict:
+    """``corpusflow plan`` for each GPU count (a node of ``cores``, default this machine's): its command,
+    wall time, bottleneck and pools."""
     from corpusflow.flows import plan
 
     out = {}
     for n in gpu_counts:
         sub = folder / f"{n}gpu"
-        files = plan_inputs(sub, run, accelerator, n, os.cpu_count() or 1, asr_share, asr_actors)
+        files = plan_inputs(sub, run, accelerator, n, cores or os.cpu_count() or 1, asr_share, asr_actors)
         argv = ["--cluster", files["cluster"], "--placement", files["placement"], "--throughput", files["throughput"],
                 "--corpus", corpus_dir, "--json", str(sub / "plan.json")]
         plan.main(argv)

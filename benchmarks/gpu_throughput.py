@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -581,28 +581,32 @@ def _save_transcripts(rows: list[dict], path: Path) -> None:
     path.write_text(json.dumps(data))
 
 
+def _decoded_for_prompt(args: tuple[Any, str]) -> dict:
+    """Identify + decode one file in this (worker) process: the row without its audio, which prompts don't use."""
+    from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.identify import Identify
+
+    config, uri = args
+    batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
+             "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
+    return {k: v[0] for k, v in DecodeMedia(config)(Identify(config)(batch)).items() if k != "pcm"}
+
+
 def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int,
                      transcripts: Path, n_gpus: int = 1) -> dict:
     """Ray's processor as its documentation shows it, on the prompts corpusflow_vllm built (VLM work only)."""
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from corpusflow.actors.decode import DecodeMedia
-    from corpusflow.actors.identify import Identify
     from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
     from corpusflow.flows.vllm_stage import build_request
 
     by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
-    identify, decode = Identify(config), DecodeMedia(config)
-
-    def decoded(uri: str) -> dict:
-        batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
-                 "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-        return {k: v[0] for k, v in decode(identify(batch)).items()}
-
     prompts = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # preparation, not timed: the VLM alone is
-        rows = list(pool.map(decoded, corpus))
+    # Preparation, not timed (this contender is the VLM alone). One process per file: in threads of this
+    # process the GIL-bound decode of 64 lecture files (16 h) had not finished after 6 minutes, twice.
+    with ProcessPoolExecutor(max_workers=min(len(corpus), os.cpu_count() or 1)) as pool:
+        rows = list(pool.map(_decoded_for_prompt, [(config, u) for u in corpus]))
     for uri, row in zip(corpus, rows):
         t = by_uri[uri]
         row.update(language=t["language"], seg_start=np.asarray(t["seg_start"], dtype=np.float64),
