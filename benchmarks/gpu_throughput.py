@@ -1,6 +1,7 @@
 """Side-by-side GPU throughput: a naive per-video loop, Ray's ray.data.llm vLLM processor, corpusflow's pipeline.
 
-One script, one corpus, one GPU (run on the lent H200; see docs/benchmarks.md for the command):
+One script, one corpus, one GPU or several (``--gpus N``: one vLLM engine per GPU; run on the lent H200s; see
+docs/benchmarks.md for the commands):
 
 1. generates N long videos with speech (benchmarks/corpus.py: ``--corpus tiny``, 64×64 at 1 fps, or
    ``--corpus lecture``, 1080p/720p H.264 talks with slides and a moving speaker; no two videos share
@@ -24,6 +25,9 @@ Engine start-up (weights load, compile, CUDA graphs) is reported apart and left 
 it is paid once per actor per job. For the pipelines, ASR work done while the VLM engine was still
 starting is added back to GPU time, so overlapping with start-up earns nothing.
 
+``--copies K`` makes a corpus of many hours from few encodes (each video plus K-1 copies with the same
+picture and other sound); ``--plan-gpus`` puts ``corpusflow plan``'s prediction for this machine, from the
+corpusflow_vllm run's rates, beside the measurement (benchmarks/gpu_plan.py).
 Results go to ``--out``/gpu_throughput.json after every contender; a rerun skips contenders already
 in that file (a lease's commands are limited to 10 minutes). ``--cpu-smoke`` runs the same code on
 CPU with the tiny-random models, minutes of video, and skips vLLM when it is not installed.
