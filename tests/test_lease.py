@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from corpusflow.flows.lease import COMMITTED, Heartbeat, alive, take_lease
+from corpusflow.flows.lease import COMMITTED, alive, take_lease
 
 
 def _race(out: str, jobs: int) -> list:
