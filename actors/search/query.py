@@ -2,8 +2,12 @@
 
 Lexical (BM25 over the language-tokenised full-text columns) and semantic (cosine over the unit
 vectors) retrieval run with the same SQL pre-filter; hybrid fuses their ranked lists by reciprocal
-rank (RRF, k = 60), which needs no score calibration between BM25 and cosine. Each hit says which
-retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused candidates
+rank (RRF, k = 60), which needs no score calibration between BM25 and cosine, with the lexical list
+gated by evidence: a lexical hit counts in the fusion only when it holds most of the query's words
+(:func:`coverage` ≥ MIN_COVERAGE), weighted by that share. BM25 ranks any document sharing one query
+word, and the dense side already finds loose and cross-lingual matches; what BM25 adds is exact
+words (identifiers, names, jargon the embedder never saw), and a unit that holds most of them is
+that. Each hit says which retrievers found it and at which rank (lexical ranks as BM25 gave them). A :class:`Reranker`, when given, reorders the fused candidates
 before paging. Page tokens carry the offset and a hash of the request, so a token cannot page
 through a different query.
 """
@@ -13,6 +17,7 @@ import base64
 import hashlib
 import json
 import re
+import unicodedata
 from typing import Any, Optional, Protocol
 
 from corpusflow.actors.engines.embed import Embedder
@@ -20,6 +25,8 @@ from corpusflow.actors.search.store import IndexReader
 from corpusflow.contracts.search import MAX_DEPTH, Hit, SearchRequest, SearchResult
 
 RRF_K = 60
+# Share of the query's words a lexical hit must hold to count in hybrid fusion (docs/architecture.md, Search).
+MIN_COVERAGE = 2 / 3
 SNIPPET_CHARS = 240
 _COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -111,6 +118,28 @@ def snippet(text: str, query: str, chars: int = SNIPPET_CHARS) -> str:
     return ("…" if start else "") + cut + ("…" if start + chars < len(text) else "")
 
 
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c))
+
+
+def query_terms(query: str) -> list[str]:
+    """The words coverage counts: folded, distinct, four letters or more or holding a digit. Identifier parts
+    like "4711" count; articles, prepositions and particles of the languages we index ("the", "del", "des",
+    "und") are mostly shorter, and the BM25 side drops them as stop words anyway."""
+    words = _WORD.findall(_fold(query))
+    return list(dict.fromkeys(w for w in words if len(w) >= 4 or any(c.isdigit() for c in w)))
+
+
+def coverage(terms: list[str], text: str) -> float:
+    """Share of ``terms`` found in ``text``; a word also matches one with the same first letters (all but its last
+    two, at least four), a language-blind stand-in for the index's stemmers ("tablets" ~ "tablet")."""
+    if not terms:
+        return 0.0
+    words = set(_WORD.findall(_fold(text)))
+    stems = {w[:n] for w in words for n in range(4, len(w) + 1)}
+    return sum(t in words or (len(t) >= 4 and t[:max(4, len(t) - 2)] in stems) for t in terms) / len(terms)
+
+
 def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
     rows = table.to_pylist()
     for r in rows:
@@ -135,12 +164,20 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
             raise QueryError("semantic search needs the index's embedding model")
         vector = embedder.queries([req.query])[0]
         lists["semantic"] = _ranked(reader.vector_search(vector, where, depth, _COLUMNS), "_distance")
+    terms = query_terms(req.query)
     fused: dict[str, dict[str, Any]] = {}
     for name, rows in lists.items():
+        counted = 0
         for rank, row in enumerate(rows, 1):
+            weight = 1.0
+            if req.mode == "hybrid" and name == "lexical":
+                weight = coverage(terms, row["text"])
+                if weight < MIN_COVERAGE:
+                    continue
+            counted += 1
             unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "score": 0.0})
             unit["matched"][name] = rank
-            unit["score"] += 1.0 / (RRF_K + rank) if req.mode == "hybrid" else row["_retriever_score"]
+            unit["score"] += weight / (RRF_K + counted) if req.mode == "hybrid" else row["_retriever_score"]
     ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
     if req.group_by == "asset":
         best: dict[str, dict[str, Any]] = {}
