@@ -18,11 +18,12 @@ import hashlib
 import json
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
 from corpusflow.actors.engines.embed import Embedder
 from corpusflow.actors.search.store import IndexReader
-from corpusflow.contracts.search import MAX_DEPTH, Hit, SearchRequest, SearchResult
+from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
 RRF_K = 60
 # Share of the query's words a lexical hit must hold to count in hybrid fusion (docs/architecture.md, Search).
@@ -30,6 +31,8 @@ MIN_COVERAGE = 2 / 3
 SNIPPET_CHARS = 240
 _COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
+# Hybrid runs its two retrievers side by side; threads outlive queries (starting two per query costs ms).
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
 
 
 class QueryError(ValueError):
@@ -119,7 +122,10 @@ def snippet(text: str, query: str, chars: int = SNIPPET_CHARS) -> str:
 
 
 def _fold(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c))
+    text = text.lower()
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def query_terms(query: str) -> list[str]:
@@ -136,8 +142,11 @@ def coverage(terms: list[str], text: str) -> float:
     if not terms:
         return 0.0
     words = set(_WORD.findall(_fold(text)))
-    stems = {w[:n] for w in words for n in range(4, len(w) + 1)}
-    return sum(t in words or (len(t) >= 4 and t[:max(4, len(t) - 2)] in stems) for t in terms) / len(terms)
+    found = 0
+    for t in terms:
+        stem = t[:max(4, len(t) - 2)]
+        found += t in words or (len(t) >= 4 and any(w.startswith(stem) for w in words))
+    return found / len(terms)
 
 
 def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
@@ -156,14 +165,23 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
         raise QueryError(f"pages reach at most {MAX_DEPTH} hits deep; narrow the query with filters")
     depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
     where = where_clause(req)
-    lists: dict[str, list[dict[str, Any]]] = {}
-    if req.mode in ("hybrid", "lexical"):
-        lists["lexical"] = _ranked(reader.text_search(req.query, where, depth, _COLUMNS), "_score")
-    if req.mode in ("hybrid", "semantic"):
-        if embedder is None:
-            raise QueryError("semantic search needs the index's embedding model")
+    if req.mode != "lexical" and embedder is None:
+        raise QueryError("semantic search needs the index's embedding model")
+
+    def lexical() -> list[dict[str, Any]]:
+        return _ranked(reader.text_search(req.query, where, depth, _COLUMNS), "_score")
+
+    def semantic() -> list[dict[str, Any]]:
+        assert embedder is not None
         vector = embedder.queries([req.query])[0]
-        lists["semantic"] = _ranked(reader.vector_search(vector, where, depth, _COLUMNS), "_distance")
+        return _ranked(reader.vector_search(vector, where, depth, _COLUMNS), "_distance")
+
+    retrievers = {"lexical": lexical, "semantic": semantic}
+    wanted = RETRIEVERS if req.mode == "hybrid" else (req.mode,)
+    # Hybrid: BM25 runs while the query is embedded and the vectors searched (both release the GIL), so a
+    # query waits for the slower retriever, not for both.
+    futures = {name: _POOL.submit(retrievers[name]) for name in wanted}
+    lists = {name: future.result() for name, future in futures.items()}
     terms = query_terms(req.query)
     fused: dict[str, dict[str, Any]] = {}
     for name, rows in lists.items():

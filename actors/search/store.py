@@ -10,7 +10,9 @@ atomic (a new manifest per version of the table), so readers never see a half-wr
 
 Columns: the unit schema (contracts/search.py), the unit's text again in the full-text column of its
 language (``text_en``, ``text_es``... or ``text_other``), each with a BM25 index tokenised for that
-language, and ``vector`` (cosine; IVF-PQ once the table reaches ``index.vector_index_rows``).
+language, and ``vector`` (cosine; IVF-PQ once the table reaches ``index.vector_index_rows``). The
+columns queries filter on carry scalar indices (SCALAR_INDICES), so a pre-filter is an index lookup
+rather than a scan of every unit's values.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ TABLE = "units"
 LATEST = "_latest.json"
 VERSION = "_version.json"
 LEASE_HOURS = 6.0
+# Filter columns (query.where_clause) → scalar index: bitmaps for the few-valued ones, B-trees for ids and ranges.
+SCALAR_INDICES = {"modality": "BITMAP", "kind": "BITMAP", "language": "BITMAP", "asset_id": "BTREE",
+                  "t_start": "BTREE", "t_end": "BTREE", "duration_s": "BTREE"}
 
 
 class SearchIndexError(RuntimeError):
@@ -157,6 +162,9 @@ class IndexWriter:
                 config = FTS(language=FTS_LANGUAGES[col.removeprefix("text_")], stem=True, remove_stop_words=True,
                              ascii_folding=True)
             self.table.create_index(col, config=config, name=f"fts_{col}")
+        for col, kind in SCALAR_INDICES.items():
+            if f"{col}_idx" not in existing:
+                self.table.create_scalar_index(col, index_type=kind, name=f"{col}_idx")
         rows = self.table.count_rows()
         if rows >= vector_index_rows and "vector_idx" not in existing:
             self.table.create_index("vector", config=IvfPq(distance_type="cosine", num_sub_vectors=dim // 8),
