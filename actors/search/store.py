@@ -170,7 +170,9 @@ class IndexWriter:
             self.table.create_index("vector", config=IvfPq(distance_type="cosine", num_sub_vectors=dim // 8),
                                     name="vector_idx")
         self.table.optimize()  # merges small fragments and adds the rows written since into every index
-        info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows,
+        # The languages present: queries search only their full-text columns (each index searched costs time).
+        fts_columns = [c for c in FTS_COLUMNS if self.table.count_rows(f"{c} IS NOT NULL")]
+        info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows, "fts_columns": fts_columns,
                            "tables": tables, "updated_at": time.time()})
         storage.write_json(info, storage.join(version_uri(self.out, self.version), VERSION))
         storage.write_json(info, storage.join(index_root(self.out), LATEST))  # last: readers switch now
@@ -199,15 +201,20 @@ class IndexReader:
             raise SearchIndexError(f"index version {info['version']} under {index_root(self.out)} holds no units")
         self.table, self.version, self.info = db.open_table(TABLE), info["version"], info
         self.indexed = {i.name for i in self.table.list_indices()}
+        self.fts_columns = tuple(info.get("fts_columns", FTS_COLUMNS))  # indices written before it was recorded: all
         return True
 
-    def text_search(self, query: str, where: Optional[str], k: int, columns: list[str]) -> pa.Table:
-        """BM25 over every language's full-text column (each tokenises the query its own way), best first."""
+    def text_search(self, query: str, where: Optional[str], k: int, columns: list[str], prefilter: bool = True,
+                    languages: tuple[str, ...] = ()) -> pa.Table:
+        """BM25 over every language's full-text column (each tokenises the query its own way), or only the
+        columns of ``languages`` (the units of other languages are null there), best first.
+        ``prefilter=False``: the best ``k`` by BM25, then ``where`` on those (fewer than ``k`` may remain)."""
         from lancedb.query import MultiMatchQuery
 
-        search = self.table.search(MultiMatchQuery(query, list(FTS_COLUMNS)), query_type="fts")
+        fts = sorted({fts_column(lang) for lang in languages}) if languages else list(self.fts_columns)
+        search = self.table.search(MultiMatchQuery(query, fts), query_type="fts")
         if where:
-            search = search.where(where, prefilter=True)
+            search = search.where(where, prefilter=prefilter)
         return search.select([*columns, "_score"]).limit(k).to_arrow()
 
     def texts(self, unit_ids: list[str]) -> dict[str, str]:
@@ -219,11 +226,12 @@ class IndexReader:
         rows = got.to_arrow()
         return dict(zip(rows["unit_id"].to_pylist(), rows["text"].to_pylist()))
 
-    def vector_search(self, vector: Any, where: Optional[str], k: int, columns: list[str]) -> pa.Table:
-        """Nearest units by cosine distance, best first (IVF-PQ with exact re-ranking when indexed)."""
+    def vector_search(self, vector: Any, where: Optional[str], k: int, columns: list[str], prefilter: bool = True) -> pa.Table:
+        """Nearest units by cosine distance, best first (IVF-PQ with exact re-ranking when indexed);
+        ``prefilter`` as in :meth:`text_search`."""
         search = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
         if "vector_idx" in self.indexed:
             search = search.nprobes(20).refine_factor(4)
         if where:
-            search = search.where(where, prefilter=True)
+            search = search.where(where, prefilter=prefilter)
         return search.select([*columns, "_distance"]).limit(k).to_arrow()
