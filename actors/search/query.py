@@ -1,7 +1,7 @@
 """The one query function: the CLI (`corpusflow search`) and the API (`POST /v1/search`) both call :func:`search`.
 
 Lexical (BM25 over the language-tokenised full-text columns) and semantic (cosine over the unit
-vectors) retrieval run with the same SQL pre-filter; hybrid fuses their ranked lists by reciprocal
+vectors) retrieval run side by side with the same SQL filter (see POSTFILTER_OVERFETCH); hybrid fuses their ranked lists by reciprocal
 rank (RRF, k = 60), which needs no score calibration between BM25 and cosine, with the lexical list
 gated by evidence: a lexical hit counts in the fusion only when it holds most of the query's words
 (:func:`coverage` ≥ MIN_COVERAGE), weighted by that share. BM25 ranks any document sharing one query
