@@ -4,7 +4,7 @@ whisperX's shape is VAD → speech merged into chunks of at most ``asr.chunk_s``
 The first two steps are CPU work (Silero VAD takes ~4 s of one core per 30-minute track) and run
 inside decode (actors/decode.py feeds each resampled frame to a :class:`SpeechFinder`), so the ASR
 actors' GPU share only decodes chunks and no stage ever holds a whole track: the finder runs the VAD
-over windows of :data:`VAD_WINDOW_S`, keeps the samples of the chunks it has closed as int16
+over windows of :data:`VAD_WINDOW_S` (two minutes), keeps the samples of the chunks it has closed as int16
 (Whisper's features come from 16-bit audio anyway) and forgets the rest. A long lecture with 10%
 speech carries 10% of its audio at half the bytes of float32; a track with no speech carries none.
 
@@ -22,8 +22,10 @@ from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import StageFailure
 
 SAMPLE_RATE = 16000
-# The VAD runs over this much audio at a time: 19 MB of float32, whatever the track's length.
-VAD_WINDOW_S = 300.0
+# The VAD runs over this much audio at a time, whatever the track's length. Its working set is about
+# 0.5 MB per second of window (the ONNX model's activations over every 32 ms frame at once, measured):
+# ~100 MB here, ~180 MB for 300 s; shorter windows re-detect their last 11 s more often.
+VAD_WINDOW_S = 120.0
 # Speech ending this close to a window's end is not trusted yet: the VAD ends a region only after
 # ``min_silence_duration_ms`` (2 s) of silence, plus 0.4 s of padding. Such speech is detected again
 # with the next window, from just before it, so speech across a window edge is neither cut nor doubled.

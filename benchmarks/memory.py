@@ -7,9 +7,10 @@ tone where espeak-ng is missing) between silences, ``--speech-share`` of the tim
 runs in a fresh Python process with the checkout on its path, as a Ray worker would run it: decode
 (with whatever stages the checkout fuses into it, speech detection on the main of 2026-11-27), then
 ASR on the row decode wrote (tiny-random models: the model weighs ~nothing, the row is what is
-measured). Per stage it reports the process's RSS once the stage is built, its peak RSS after the row,
-and their difference: what one row costs. ``--code DIR`` (repeatable) adds another checkout, e.g. a
-``git worktree`` of main, measured on the same file in the same session.
+measured). Each process first runs a 10-minute file (models load lazily, allocators grow to full
+decoder batches), then the long one; per stage it reports the RSS after the warm-up, the peak RSS,
+and their difference: what the long row costs. ``--code DIR`` (repeatable) adds another checkout,
+e.g. a ``git worktree`` of main, measured on the same file in the same session.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
 
-stage, uri, rows, cache = sys.argv[1:5]
+stage, cache = sys.argv[1:3]
+inputs = sys.argv[3:]  # (uri, rows file) for the warm-up file, then for the long one
 from corpusflow.actors import stage_class
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import STAGES, spec
@@ -47,25 +49,26 @@ if stage == "decode":
     stages = [stage_class(s.cls)(config) for s in STAGES if s.name == "decode" or s.fused_into == "decode"]
 else:
     stages = [stage_class(spec("asr").cls)(config)]
-built = rss_mb()
-t0 = time.perf_counter()
-if stage == "decode":
-    batch = {"uri": np.asarray([uri]), "kind": np.asarray(["audio"]), "asset_id": np.asarray(["long"]),
-             "error_stage": np.asarray([""]), "error": np.asarray([""])}
-else:
-    with open(rows, "rb") as f:
-        batch = pickle.load(f)
-for s in stages:
-    batch = s(batch)
-seconds = time.perf_counter() - t0
+for uri, rows in zip(inputs[::2], inputs[1::2]):
+    warm = rss_mb()  # after the first file: models loaded lazily, allocators and buffers grown
+    t0 = time.perf_counter()
+    if stage == "decode":
+        batch = {"uri": np.asarray([uri]), "kind": np.asarray(["audio"]), "asset_id": np.asarray(["long"]),
+                 "error_stage": np.asarray([""]), "error": np.asarray([""])}
+    else:
+        with open(rows, "rb") as f:
+            batch = pickle.load(f)
+    for s in stages:
+        batch = s(batch)
+    seconds = time.perf_counter() - t0
+    assert not batch["error"][0], batch["error"][0]
+    if stage == "decode":
+        with open(rows, "wb") as f:
+            pickle.dump(batch, f, protocol=5)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-assert not batch["error"][0], batch["error"][0]
 carried = {k: int(batch[k][0].nbytes) for k in ("pcm", "speech_pcm", "frames") if k in batch}
-if stage == "decode":
-    with open(rows, "wb") as f:
-        pickle.dump(batch, f, protocol=5)
-print(json.dumps({"built_mb": built, "peak_mb": peak, "row_mb": peak - built, "seconds": seconds,
-                  "carried_bytes": carried, "segments": len(batch.get("seg_start", [[]])[0])}))
+print(json.dumps({"warm_mb": warm, "peak_mb": peak, "row_mb": peak - warm, "seconds": seconds,
+                  "carried_bytes": carried}))
 '''
 
 
@@ -105,18 +108,21 @@ def make_audio(path: Path, hours: float, speech_share: float) -> Path:
     return path
 
 
-def measure(code: Path, audio: Path, work: Path, cache: str) -> dict:
-    """Decode, then ASR on decode's row, each in a fresh process running ``code``'s corpusflow."""
+def measure(code: Path, files: list[Path], work: Path, cache: str) -> dict:
+    """Decode, then ASR on decode's rows, each in a fresh process running ``code``'s corpusflow: the
+    first file warms the process up, the last one is measured."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
-    rows = work / f"row-{abs(hash(str(code)))}.pkl"
+    rows = [work / f"row-{k}.pkl" for k in range(len(files))]
+    args = [str(x) for pair in zip(files, rows) for x in pair]
     got = {}
     for stage in ("decode", "asr"):
-        done = subprocess.run([sys.executable, "-c", _CHILD, stage, str(audio), str(rows), cache], cwd=code, env=env,
+        done = subprocess.run([sys.executable, "-c", _CHILD, stage, cache, *args], cwd=code, env=env,
                               capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{stage} in {code} failed:\n{done.stderr[-3000:]}")
         got[stage] = json.loads(done.stdout.strip().splitlines()[-1])
-    rows.unlink(missing_ok=True)
+    for r in rows:
+        r.unlink(missing_ok=True)
     return got
 
 
@@ -135,16 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    warm_up = make_audio(work / f"warm-up-{a.speech_share:g}.wav", 600 / 3600, a.speech_share)
     audio = make_audio(work / f"long-{a.hours:g}h-{a.speech_share:g}.wav", a.hours, a.speech_share)
     cache = str(work / "models")
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
                "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "hours": a.hours, "speech_share": a.speech_share,
                "runs": []}
     for code in [*map(Path, a.code), REPO]:
-        got = measure(code.resolve(), audio, work, cache)
+        got = measure(code.resolve(), [warm_up, audio], work, cache)
         results["runs"].append({"code": str(code), "commit": _commit(code), **got})
         for stage, r in got.items():
-            print(f"{_commit(code)[:40]:40s} {stage:6s} built {r['built_mb']:7.0f} MB  peak {r['peak_mb']:7.0f} MB  "
+            print(f"{_commit(code)[:40]:40s} {stage:6s} warm {r['warm_mb']:7.0f} MB  peak {r['peak_mb']:7.0f} MB  "
                   f"row {r['row_mb']:7.0f} MB  {r['seconds']:6.1f} s  carried {r['carried_bytes']}")
     if len(results["runs"]) > 1:
         base, new = results["runs"][0], results["runs"][-1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corpusflow.actors.speech import SpeechDetector, merge_speech, to_int16
+from corpusflow.actors.speech import VAD_WINDOW_S, SpeechDetector, merge_speech, to_int16
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.stage import StageFailure
 from tests.media import speech_like
@@ -22,7 +22,7 @@ def _talk(*parts: tuple[str, float]) -> np.ndarray:
     return np.concatenate([speech_like(s, SR) if kind == "talk" else _silence(s) for kind, s in parts])
 
 
-def _detector(window_s: float = 300.0, **asr: object) -> SpeechDetector:
+def _detector(window_s: float = VAD_WINDOW_S, **asr: object) -> SpeechDetector:
     return SpeechDetector(JobConfig(corpus="/corpus", out="/out", asr=asr), window_s=window_s)
 
 
