@@ -237,6 +237,60 @@ def make_corpus(folder: Path, videos: int, minutes: float, clip: str, kind: str 
         return list(pool.map(fn, jobs))
 
 
+def sound_variant(args: tuple[str, str, float]) -> str:
+    """A copy of ``src`` at ``dst`` whose picture is the same bitstream (packets copied, not re-encoded) and
+    whose sound is re-encoded at ``gain``: other bytes and other audio for the price of an AAC encode.
+
+    Many distinct files of a realistic size without encoding 1080p video again (hours of CPU): the VLM
+    sees the same frames as in ``src``, so a benchmark over such copies must keep vLLM's prefix caching
+    off; the ASR hears a different signal.
+    """
+    import av
+
+    src, dst, gain = args
+    if os.path.exists(dst):
+        return dst
+    tmp = dst + ".partial" + os.path.splitext(dst)[1]  # the container follows the name
+    with av.open(src) as inp, av.open(tmp, "w") as out:
+        vin, ain = inp.streams.video[0], inp.streams.audio[0]
+        vout = out.add_stream_from_template(vin)
+        aout = out.add_stream("aac", rate=ain.rate, layout=ain.layout.name)
+        aout.bit_rate = ain.bit_rate or 64000
+        as_float = av.AudioResampler(format="fltp", layout=ain.layout.name, rate=ain.rate)  # AAC's input, any source
+        for packet in inp.demux(vin, ain):
+            if packet.stream.index == vin.index:
+                if packet.size:  # not the demuxer's empty flush packet
+                    packet.stream = vout
+                    out.mux(packet)
+                continue
+            for frame in (f for decoded in packet.decode() for f in as_float.resample(decoded)):
+                pcm = np.clip(frame.to_ndarray() * gain, -1.0, 1.0).astype(np.float32)
+                louder = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=frame.layout.name)
+                louder.sample_rate, louder.pts, louder.time_base = frame.sample_rate, frame.pts, frame.time_base
+                out.mux(aout.encode(louder))
+        out.mux(aout.encode(None))
+    os.replace(tmp, dst)
+    return dst
+
+
+def with_copies(paths: list[str], copies: int, folder: Path) -> list[str]:
+    """``paths`` and ``copies - 1`` sound variants of each, all in ``folder`` (originals hard-linked there)."""
+    if copies <= 1:
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs, out = [], []
+    for p in paths:
+        stem, ext = os.path.splitext(os.path.basename(p))
+        first = folder / f"{stem}_c00{ext}"
+        if not first.exists():
+            os.link(p, first)
+        out.append(str(first))
+        for k in range(1, copies):
+            jobs.append((p, str(folder / f"{stem}_c{k:02d}{ext}"), 1.0 / (1.0 + 0.02 * k)))
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        return out + list(pool.map(sound_variant, jobs))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)

@@ -1,6 +1,7 @@
 """Side-by-side GPU throughput: a naive per-video loop, Ray's ray.data.llm vLLM processor, corpusflow's pipeline.
 
-One script, one corpus, one GPU (run on the lent H200; see docs/benchmarks.md for the command):
+One script, one corpus, one GPU or several (``--gpus N``: one vLLM engine per GPU; run on the lent H200s; see
+docs/benchmarks.md for the commands):
 
 1. generates N long videos with speech (benchmarks/corpus.py: ``--corpus tiny``, 64×64 at 1 fps, or
    ``--corpus lecture``, 1080p/720p H.264 talks with slides and a moving speaker; no two videos share
@@ -24,6 +25,9 @@ Engine start-up (weights load, compile, CUDA graphs) is reported apart and left 
 it is paid once per actor per job. For the pipelines, ASR work done while the VLM engine was still
 starting is added back to GPU time, so overlapping with start-up earns nothing.
 
+``--copies K`` makes a corpus of many hours from few encodes (each video plus K-1 copies with the same
+picture and other sound); ``--plan-gpus`` puts ``corpusflow plan``'s prediction for this machine, from the
+corpusflow_vllm run's rates, beside the measurement (benchmarks/gpu_plan.py).
 Results go to ``--out``/gpu_throughput.json after every contender; a rerun skips contenders already
 in that file (a lease's commands are limited to 10 minutes). ``--cpu-smoke`` runs the same code on
 CPU with the tiny-random models, minutes of video, and skips vLLM when it is not installed.
@@ -40,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.corpus import make_corpus, speech_clip  # noqa: E402 - after the checkout is on the path
+from benchmarks.corpus import make_corpus, speech_clip, with_copies  # noqa: E402 - after the checkout is on the path
 
 CONTENDERS = ("corpusflow_vllm", "ray_data_llm", "naive_transformers", "corpusflow_transformers")
 
@@ -137,10 +141,18 @@ def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_c
 
 # -- measuring -------------------------------------------------------------------------------------
 
-class GpuSampler:
-    """GPU utilisation and memory in use (all processes), sampled by NVML every 0.2 s."""
+def visible_gpus(n: int) -> list[int]:
+    """NVML indices of the first ``n`` GPUs this process may use (NVML ignores CUDA_VISIBLE_DEVICES)."""
+    listed = [int(g) for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip().isdigit()]
+    return (listed or list(range(n)))[:n]
 
-    def __init__(self) -> None:
+
+class GpuSampler:
+    """GPU utilisation (mean over the run's GPUs) and the most memory in use on one of them (all
+    processes), sampled by NVML every 0.2 s."""
+
+    def __init__(self, gpus: int = 1) -> None:
+        self.gpus = gpus
         self.util: list[float] = []
         self.mem: list[float] = []
         self._stop = threading.Event()
@@ -151,14 +163,14 @@ class GpuSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in visible_gpus(self.gpus)]
         except Exception:  # noqa: BLE001 - no GPU (CPU smoke): nothing to sample
             return self
 
         def loop() -> None:
             while not self._stop.wait(0.2):
-                self.util.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-                self.mem.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30)
+                self.util.append(float(np.mean([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles])))
+                self.mem.append(max(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) / 2**30)
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
         return self
@@ -393,12 +405,16 @@ def bench_stages(config, vlm_tokens: int, asr_tokens: int):
             assert hasattr(self._engine, "fixed_output_tokens"), "the benchmark's ASR engines: transformers, vllm"
             self._engine.fixed_output_tokens = asr_tokens
             self.ready = time.time()
+            import ray
+
+            self.gpu = ",".join(str(g) for g in ray.get_gpu_ids()) or "none"  # where Ray's fractional share landed
 
         def __call__(self, batch):
             t0 = time.time()
             out = super().__call__(batch)
             out["bench_asr_ready"] = np.full(len(out["error"]), self.ready)
             out["bench_asr_span"] = np.asarray([[t0, time.time()]] * len(out["error"]), dtype=np.float64)
+            out["bench_asr_gpu"] = np.full(len(out["error"]), self.gpu, dtype=object)
             return out
 
     class FixedDescribe(Describe):
@@ -464,8 +480,14 @@ def _pipeline_source(corpus: list[str]):
 
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
                  engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None,
-                 asr_rows: int = 1) -> dict:
-    """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPU."""
+                 asr_rows: int = 1, n_gpus: int = 1) -> dict:
+    """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPUs.
+
+    On ``n_gpus`` GPUs the vLLM path runs one VLM engine per GPU (``resources.vlm`` min = max actors, set
+    by the caller) and the ASR actors split the ASR share between them, so that however Ray packs the
+    fractional shares each GPU keeps room for one engine; where they landed is recorded.
+    GPU time is ``n_gpus`` × the wall time after start-up, plus ASR done before it on each GPU.
+    """
     from corpusflow.contracts.registry import Resources, spec
     from corpusflow.flows.adapter import add_stage
 
@@ -478,7 +500,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
                 "max_actors": asr_actors},
         # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
         "vlm": config.resources.vlm if engine == "vllm" else {**one, "num_gpus": gpus * (1 - gpu_share_asr)}})})
-    with GpuSampler() as gpu:
+    with GpuSampler(max(n_gpus, 1)) as gpu:
         t0 = time.time()
         ds = _pipeline_source(corpus)
         for name in ("identify", "decode"):
@@ -502,9 +524,15 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     else:
         vlm_ready = max(float(r.get("bench_vlm_ready", t0)) for r in rows)
     ready = max(asr_ready, vlm_ready)
-    spans = [(float(a), float(b)) for a, b in (r["bench_asr_span"] for r in rows if "bench_asr_span" in r)]
-    asr_before_ready = union_s([(a, min(b, ready)) for a, b in spans])
-    asr_s = union_s(spans)
+    by_gpu: dict[str, list[tuple[float, float]]] = {}  # concurrent ASR calls on one GPU share its time
+    for r in rows:
+        if "bench_asr_span" in r:
+            a, b = (float(x) for x in r["bench_asr_span"])
+            by_gpu.setdefault(str(r["bench_asr_gpu"]), []).append((a, b))
+    asr_before_ready = sum(union_s([(a, min(b, ready)) for a, b in spans]) for spans in by_gpu.values())
+    asr_s = union_s([s for spans in by_gpu.values() for s in spans])
+    # Each batch call's span once (a call's rows share it): actor-seconds of ASR, for the plan's per-actor rate.
+    asr_actor_s = sum(b - a for spans in by_gpu.values() for a, b in set(spans))
     for r in rows:
         if engine == "vllm":
             _count_vllm_row(r, work, config)
@@ -512,9 +540,11 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
             _count_row(r, work, config)
     if keep_rows is not None:
         _save_transcripts(rows, keep_rows)
-    gpu_s = (t_end - ready) + asr_before_ready
+    gpu_s = max(n_gpus, 1) * (t_end - ready) + asr_before_ready
     return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(),
-                   {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": sorted(work.errors)})
+                   {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": sorted(work.errors),
+                    "gpus": n_gpus, "after_startup_s": round(t_end - ready, 1), "asr_actor_s": round(asr_actor_s, 1),
+                    "asr_actors": asr_actors, "asr_rows_by_gpu": {g: len(v) for g, v in sorted(by_gpu.items())}})
 
 
 def union_s(spans: list[tuple[float, float]]) -> float:
@@ -553,28 +583,32 @@ def _save_transcripts(rows: list[dict], path: Path) -> None:
     path.write_text(json.dumps(data))
 
 
+def _decoded_for_prompt(args: tuple[Any, str]) -> dict:
+    """Identify + decode one file in this (worker) process: the row without its audio, which prompts don't use."""
+    from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.identify import Identify
+
+    config, uri = args
+    batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
+             "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
+    return {k: v[0] for k, v in DecodeMedia(config)(Identify(config)(batch)).items() if k != "pcm"}
+
+
 def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int,
-                     transcripts: Path) -> dict:
+                     transcripts: Path, n_gpus: int = 1) -> dict:
     """Ray's processor as its documentation shows it, on the prompts corpusflow_vllm built (VLM work only)."""
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from corpusflow.actors.decode import DecodeMedia
-    from corpusflow.actors.identify import Identify
     from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
     from corpusflow.flows.vllm_stage import build_request
 
     by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
-    identify, decode = Identify(config), DecodeMedia(config)
-
-    def decoded(uri: str) -> dict:
-        batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
-                 "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-        return {k: v[0] for k, v in decode(identify(batch)).items()}
-
     prompts = []
-    with ThreadPoolExecutor(max_workers=8) as pool:  # preparation, not timed: this contender is the VLM alone
-        rows = list(pool.map(decoded, corpus))
+    # Preparation, not timed (this contender is the VLM alone). One process per file: in threads of this
+    # process the GIL-bound decode of 64 lecture files (16 h) had not finished after 6 minutes, twice.
+    with ProcessPoolExecutor(max_workers=min(len(corpus), os.cpu_count() or 1)) as pool:
+        rows = list(pool.map(_decoded_for_prompt, [(config, u) for u in corpus]))
     for uri, row in zip(corpus, rows):
         t = by_uri[uri]
         row.update(language=t["language"], seg_start=np.asarray(t["seg_start"], dtype=np.float64),
@@ -588,20 +622,21 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
                                                                  "kv_cache_memory_bytes": None})
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=model_path(config.profile, config.model_cache),
-                                  engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=1, log_engine_metrics=False,
+                                  engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=n_gpus, log_engine_metrics=False,
                                   prepare_multimodal_stage={"enabled": True,  # images stay after their labels
                                                             "chat_template_content_format": "openai"}),
         preprocess=lambda row: {**row, "sampling_params": sampling_params(vlm_tokens, None, True)},
         postprocess=lambda row: {"n_in": row["num_input_tokens"], "n_out": row["num_generated_tokens"],
                                  "llm_s": row["time_taken_llm"], "end": time.time()})
-    with GpuSampler() as gpu:
+    with GpuSampler(n_gpus) as gpu:
         t0 = time.time()
         out = processor(ray.data.from_items(prompts)).take_all()
         t_end = time.time()
     ready = min(r["end"] - r["llm_s"] for r in out)
     measured = sum(int(r["n_in"]) for r in out)
-    return figures(work, t_end - ready, ready - t0, t_end - t0, 0.0, peak, gpu.figures(),
-                   {"vllm_prompt_tokens": measured, "output_tokens": sum(int(r["n_out"]) for r in out)})
+    return figures(work, n_gpus * (t_end - ready), ready - t0, t_end - t0, 0.0, peak, gpu.figures(),
+                   {"gpus": n_gpus, "after_startup_s": round(t_end - ready, 1), "vllm_prompt_tokens": measured,
+                    "output_tokens": sum(int(r["n_out"]) for r in out)})
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -659,6 +694,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr-model", choices=tuple(WHISPER_DECODER_LAYERS), default="large-v3", help="Whisper architecture")
     p.add_argument("--asr-rows", type=int, default=1, help="rows (files) per ASR call in the pipelines: their chunks "
                    "share the engine's batches")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of this machine the run uses (CUDA_VISIBLE_DEVICES picks "
+                   "which): one VLM engine per GPU; --asr-actors share --asr-gpu-share between them")
+    p.add_argument("--copies", type=int, default=1, help="files per generated video: the video plus copies with the "
+                   "same picture and re-encoded sound (benchmarks/corpus.py with_copies); turn prefix caching off")
+    p.add_argument("--plan-gpus", default="", help="after corpusflow_vllm: corpusflow plan's prediction for these GPU "
+                   "counts of this machine from the run's rates (comma-separated, e.g. 1,2; benchmarks/gpu_plan.py)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-random models, minutes of video, on CPU")
     a = p.parse_args(argv)
@@ -690,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     clip = a.speech_clip or speech_clip(work_dir / "speech.wav")
     corpus = step("corpus", lambda: make_corpus(work_dir / f"corpus_{a.corpus}", a.videos, a.minutes, clip,
                                                 a.corpus, a.preset))
+    corpus_dir = work_dir / (f"corpus_{a.corpus}_x{a.copies}" if a.copies > 1 else f"corpus_{a.corpus}")
+    corpus = step("copies", lambda: with_copies(corpus, a.copies, corpus_dir))
     if smoke:
         vlm_dir = asr_dir = "tiny-random"
     else:
@@ -705,18 +748,22 @@ def main(argv: list[str] | None = None) -> int:
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib,
                                                                 json.loads(a.vllm_options), a.asr_engine),
-                               **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share})
+                               **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share,
+                                  "resources.vlm.min_actors": a.gpus, "resources.vlm.max_actors": a.gpus})
     from corpusflow.actors.engines.vlm_vllm import model_path
 
     model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)  # builds tiny-random when smoking
-    result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "fps_sampled": flow_cfg.video.fps,
+    vllm_shape = vllm_cfg.profile.options_for("H200")
+    result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "copies": a.copies, "files": len(corpus),
+                       "gpus": a.gpus, "fps_sampled": flow_cfg.video.fps,
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
                        "asr_batch_pipeline": a.asr_batch, "asr_gpu_share_pipeline": a.asr_gpu_share, "asr_actors_pipeline": a.asr_actors,
                        "asr_engine_corpusflow_vllm": a.asr_engine, "asr_model": a.asr_model, "asr_rows_per_call": a.asr_rows,
                        "vlm_engine_shape": {"vllm": vllm_cfg.profile.options_for("H200").model_dump(),
                                             "transformers": flow_cfg.profile.options_for("H200").model_dump()},
-                       "prefix_caching": "vLLM default (on); no two requests share frames",
+                       "prefix_caching": ("vLLM default (on); no two requests share frames"
+                                          if vllm_shape.enable_prefix_caching is None else vllm_shape.enable_prefix_caching),
                        "corpus": a.corpus, "seek": a.seek, "dedup_threshold": a.dedup_threshold}
     save()
     modes = [m for m in a.decode_modes.split(",") if m]
@@ -728,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     # Logical CPUs are accounting: each actor holds one, so small machines need headroom for the tasks.
-    ray.init(num_cpus=max(os.cpu_count() or 1, 8), num_gpus=0 if smoke else 1, include_dashboard=False, log_to_driver=True,
+    ray.init(num_cpus=max(os.cpu_count() or 1, 8), num_gpus=0 if smoke else a.gpus, include_dashboard=False, log_to_driver=True,
              _temp_dir=str(work_dir / "ray"), runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}})
     import ray.data
@@ -755,16 +802,26 @@ def main(argv: list[str] | None = None) -> int:
             if not transcripts.exists():
                 result["contenders"][name] = {"skipped": "needs corpusflow_vllm's transcripts first"}
                 continue
-            fig = step(name, lambda: run_ray_data_llm(vllm_cfg, corpus, work, peak, a.vlm_tokens, transcripts))
+            fig = step(name, lambda: run_ray_data_llm(vllm_cfg, corpus, work, peak, a.vlm_tokens, transcripts, a.gpus))
         else:
             engine = "vllm" if name == "corpusflow_vllm" else "transformers"
             cfg = vllm_cfg if engine == "vllm" else flow_cfg
             fig = step(name, lambda: run_pipeline(cfg, corpus, work, peak, a.vlm_tokens, a.asr_tokens, engine,
                                                   a.asr_gpu_share, a.asr_actors, smoke,
-                                                  keep_rows=transcripts if engine == "vllm" else None, asr_rows=a.asr_rows))
+                                                  keep_rows=transcripts if engine == "vllm" else None, asr_rows=a.asr_rows,
+                                                  n_gpus=a.gpus))
         result["contenders"][name] = fig
         save()
         release_gpu()
+    flow = result["contenders"].get("corpusflow_vllm", {})
+    if a.plan_gpus and "after_startup_s" in flow and "plan" not in result:
+        from benchmarks.gpu_plan import predict
+        from corpusflow.actors.models.device import accelerator
+
+        result["plan"] = step("plan", lambda: predict(out_dir / "plan", flow, str(corpus_dir), accelerator(),
+                                                      [int(n) for n in a.plan_gpus.split(",")], a.asr_gpu_share,
+                                                      a.asr_actors))
+        save()
     ray.shutdown()
     print_table(result)
     return 0

@@ -77,6 +77,11 @@ class VlmEngineOptions(StrictModel):
         None, ge=0, json_schema_extra=SPEED_ONLY,
         description="vLLM: cache of preprocessed images keyed by content, in GiB; 0 turns it off (every frame "
         "of a corpus is new, so it only costs memory and hashing); None leaves vLLM's default (4)")
+    enable_prefix_caching: Optional[bool] = Field(
+        None, json_schema_extra=SPEED_ONLY,
+        description="vLLM: reuse the KV of a prompt prefix (and the encoder output of a repeated image) seen before; "
+        "None leaves vLLM's default (on). Off for benchmarks whose files repeat content, so no request is served "
+        "from another's cache")
     max_frame_pixels: Optional[int] = Field(
         None, ge=28 * 28, description="pixels of one frame as the VLM sees it (the image processor's max_pixels); "
         "frames above it are scaled down, 256 visual tokens = 448x448; None keeps the sampled frame size")

@@ -6,10 +6,12 @@ at an S3-compatible store. The output tables go through Delta Lake (flows/tables
 """
 from __future__ import annotations
 
+import functools
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import pyarrow.fs as pafs
 
@@ -97,18 +99,42 @@ def list_files(uri: str) -> list[FileEntry]:
 
     ``uri`` may also name a single file.
     """
+    return sorted(iter_files(uri), key=lambda e: e.uri)
+
+
+def iter_files(uri: str) -> Iterator[FileEntry]:
+    """The files of :func:`list_files`, streamed: S3 one page of up to 1,000 keys at a time (in key
+    order), a local folder one directory at a time, so a caller that keeps few of them holds few.
+
+    Sizes and modified times are what :func:`list_files` always gave (they decide whether a committed
+    file is unchanged).
+    """
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"corpus {uri!r} does not exist")
     if info.type == pafs.FileType.File:
-        return [FileEntry(_to_uri(uri, path), info.size, info.mtime)]
-    out = []
-    for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if f.type != pafs.FileType.File:
-            continue
-        out.append(FileEntry(_to_uri(uri, f.path), f.size, f.mtime))
-    return sorted(out, key=lambda e: e.uri)
+        yield FileEntry(_to_uri(uri, path), info.size, info.mtime)
+        return
+    if is_s3(uri):
+        bucket, _, prefix = path.partition("/")
+        pages = _boto_s3(_endpoint(), _region()).get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # a zero-byte "folder" made by a console is no file
+                    yield FileEntry(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]),
+                                    obj["LastModified"].astimezone(timezone.utc))
+        return
+    folders = [path]
+    while folders:
+        here = fs.get_file_info(pafs.FileSelector(folders.pop(), recursive=False))
+        for f in sorted(here, key=lambda f: f.path, reverse=True):
+            if f.type == pafs.FileType.Directory:
+                folders.append(f.path)
+        for f in sorted(here, key=lambda f: f.path):
+            if f.type == pafs.FileType.File:
+                yield FileEntry(f.path, f.size, f.mtime)
 
 
 def open_input(uri: str) -> BinaryIO:
@@ -141,6 +167,63 @@ def age_s(uri: str) -> float:
 def delete(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.delete_file(path)
+
+
+def delete_tree(uri: str) -> None:
+    """Delete the folder at ``uri`` and everything under it; nothing there is fine."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def read_text(uri: str) -> str:
+    """A small text file whole; FileNotFoundError when there is none."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+@functools.cache
+def _boto_s3(endpoint: Optional[str], region: str) -> Any:
+    """boto3's S3 client, for the one request pyarrow cannot make: a conditional PUT."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region,
+                        config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS}))
+
+
+def create_new(uri: str, text: str) -> bool:
+    """Write a small file at ``uri`` only if none is there: True if this call created it.
+
+    Of several writers racing for one name, exactly one gets True, and a reader never sees the file
+    half-written: a hard link of a finished temporary file locally, a conditional PUT
+    (``If-None-Match: *``) on S3. A PUT retried after a lost reply finds its own file: callers write
+    something that tells them it is theirs.
+    """
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = uri[len("s3://"):].split("/", 1)
+        try:
+            _boto_s3(_endpoint(), _region()).put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+    path = filesystem(uri)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def write_json(text: str, uri: str) -> None:

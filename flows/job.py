@@ -28,8 +28,8 @@ from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.tables import (KnownKeys, check_out, commit, committed, job_finished, job_started, keys_of,
-                                     unchanged_of)
+from corpusflow.flows.lease import Heartbeat, alive, lease_rows, leased
+from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -103,12 +103,16 @@ class _Committer:
 
     def __call__(self, batch: Batch) -> Batch:
         config, job_id = self.config, self.job_id
-        tables = rows_for_batch(batch, self.fingerprint, job_id, config.usd_per_hour, self.shares)
-        commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
-        record_live(tables["metrics"], job_id)
+        deferred = leased(batch)  # another job processes these: its commit, not ours
+        if not deferred.all():
+            ours = {c: v[~deferred] for c, v in batch.items()} if deferred.any() else batch
+            tables = rows_for_batch(ours, self.fingerprint, job_id, config.usd_per_hour, self.shares)
+            commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
+            record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
-        out["status"] = np.array([status_of(k, e) for k, e in zip(batch["kind"], batch["error"])], dtype=object)
+        out["status"] = np.array(["deferred" if d else status_of(k, e)
+                                  for k, e, d in zip(batch["kind"], batch["error"], deferred)], dtype=object)
         out["duration_s"] = np.array([float(batch["duration_s"][i]) if "duration_s" in batch else np.nan
                                       for i in range(n)], dtype=np.float64)
         out["pages"] = np.array([int(batch["pages"][i]) if "pages" in batch else 0 for i in range(n)], dtype=np.int64)
@@ -165,6 +169,9 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
             ds = add_stage(ds, spec, config)
         if spec.name == "identify" and done:  # the content hash is known from here on
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
+        if spec.name == "identify" and commit_rows:  # before any expensive stage: one job per input at a time
+            ds = ds.map_batches(lease_rows(config.out, config.fingerprint(), job_id), batch_format="numpy",
+                                batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
     append_new = append_new and config.resources.of("commit").max_actors == 1
@@ -234,6 +241,37 @@ def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[st
     return [e for e in missing if e.uri not in have]
 
 
+# How often a job waiting for files that other jobs lease looks at OUT again.
+_WAIT_POLL_S = 2.0
+
+
+def _wait_for_others(config: JobConfig, deferred: dict[str, str], fingerprint: str,
+                     progress: Callable[[str], None]) -> list[str]:
+    """Wait until every deferred URI is committed (by the job leasing it) or its job has died; the
+    URIs of dead jobs come back, to be processed by this one."""
+    holders = {uri: text.split()[1] for uri, text in deferred.items()}  # "job <id> is processing it"
+    orphaned: list[str] = []
+    said = 0.0
+    while holders:
+        have = {uri for uri, _ in keys_of(committed(config.out, fingerprint))}
+        for uri in [u for u in holders if u in have]:
+            del holders[uri]
+        for job in set(holders.values()):
+            if not alive(config.out, job):
+                gone = [u for u, j in holders.items() if j == job]
+                progress(f"corpusflow: job {job} died holding {len(gone)} files; processing them here")
+                orphaned += gone
+                for uri in gone:
+                    del holders[uri]
+        if holders:
+            if time.time() - said > 30:
+                progress(f"corpusflow: waiting for {len(holders)} files other jobs are processing "
+                         f"({', '.join(sorted(set(holders.values())))})")
+                said = time.time()
+            time.sleep(_WAIT_POLL_S)
+    return orphaned
+
+
 # Ray's ways of saying that a worker process went away under a task, rather than that the code raised.
 _DEATHS = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "OutOfMemoryError", "ActorUnavailableError",
            "NodeDiedError", "WorkerBroken")
@@ -291,18 +329,22 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
-    listed = storage.list_files(config.corpus)
-    summary.files = len(listed)
     check_out(config.out)
-    # Unchanged since committed (same uri, size and modified time): skipped without reading a byte.
+    # Unchanged since committed (same uri, size and modified time): skipped without reading a byte. The
+    # listing streams past that check, so the driver holds only the files it will process.
     committed_now = committed(config.out, summary.fingerprint, retry_errors)
     unchanged = unchanged_of(committed_now)
-    entries = [e for e in listed if (e.uri, e.size, e.modified) not in unchanged]
+    entries = []
+    for entry in storage.iter_files(config.corpus):
+        summary.files += 1
+        if (entry.uri, entry.size, entry.modified) not in unchanged:
+            entries.append(entry)
+    del unchanged
     done = keys_of(committed_now)
-    progress(f"corpusflow: {len(listed)} files under {config.corpus}, {len(listed) - len(entries)} unchanged since "
+    progress(f"corpusflow: {summary.files} files under {config.corpus}, {summary.files - len(entries)} unchanged since "
              f"committed for config {summary.fingerprint}; writing to {config.out}")
     if not entries:
-        summary.already_done = len(listed)
+        summary.already_done = summary.files
         summary.wall_s = time.time() - t0
         return summary
 
@@ -316,10 +358,16 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     kinds: Counter = Counter()
     seen: set[str] = set()
 
+    deferred: dict[str, str] = {}  # uri → what the lease said: another live job processes it
+
     def take(batch: Batch) -> None:
         for i in range(len(batch["uri"])):
-            seen.add(str(batch["uri"][i]))
             status, kind = str(batch["status"][i]), str(batch["kind"][i])
+            if status == "deferred":
+                deferred[str(batch["uri"][i])] = str(batch["error"][i])
+                progress(f"corpusflow: {batch['uri'][i]}: {batch['error'][i]}; left to it")
+                continue
+            seen.add(str(batch["uri"][i]))
             statuses[status] += 1
             kinds[kind] += 1
             dur = float(batch["duration_s"][i])
@@ -337,25 +385,30 @@ def run_job(config: JobConfig, address: Optional[str] = None,
             if status == "error":
                 summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
                                        "error": str(batch["error"][i])})
-            progress(f"[{len(seen) + len(listed) - len(entries)}/{len(listed)}] {status:7s} {kind:5s} {batch['uri'][i]}"
+            progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {status:7s} {kind:5s} {batch['uri'][i]}"
                      f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s)")
 
     context = ray.data.DataContext.get_current()
-    job_started(config.out, job_id)  # compact waits while it writes
-    try:
-        # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
-        # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).
-        context.max_errored_blocks = -1
-        for batch in build_dataset(config, entries, done, job_id, append_new=True).iter_batches(
-                batch_size=None, batch_format="numpy"):
-            take(batch)
-        for entry in _set_aside(config, entries, seen, summary.fingerprint):
-            progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
-            _run_alone(config, entry, done, job_id, take)
-    finally:
-        context.max_errored_blocks = 0
-        job_finished(config.out, job_id)
-    summary.already_done = len(listed) - len(seen)
+    by_uri = {e.uri: e for e in entries}
+    with Heartbeat(config.out, job_id):  # compact waits while it writes; other jobs see its leases live
+        try:
+            # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
+            # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).
+            context.max_errored_blocks = -1
+            pending = entries
+            while pending:
+                for batch in build_dataset(config, pending, done, job_id, append_new=True).iter_batches(
+                        batch_size=None, batch_format="numpy"):
+                    take(batch)
+                # Files other jobs held: theirs once committed; ours again if their job died first.
+                pending = [by_uri[u] for u in _wait_for_others(config, deferred, summary.fingerprint, progress)]
+                deferred.clear()
+            for entry in _set_aside(config, entries, seen, summary.fingerprint):
+                progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
+                _run_alone(config, entry, done, job_id, take)
+        finally:
+            context.max_errored_blocks = 0
+    summary.already_done = summary.files - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
     summary.wall_s = time.time() - t0

@@ -235,13 +235,14 @@ def _running(out: str) -> str:
     return storage.join(out, "_jobs", "running")
 
 
-def job_started(out: str, job_id: str) -> None:
-    """Mark ``job_id`` as writing to OUT, so that ``compact`` waits for it."""
-    storage.write_json(job_id, storage.join(_running(out), job_id))
+def claims_root(out: str) -> str:
+    """Where jobs lease the inputs they process (flows/lease.py)."""
+    return storage.join(out, "_jobs", "claims")
 
 
-def job_finished(out: str, job_id: str) -> None:
-    storage.delete(storage.join(_running(out), job_id))
+def running_mark(out: str, job_id: str) -> str:
+    """Where ``job_id`` marks itself as writing to OUT (flows/lease.py:Heartbeat), so that ``compact`` waits."""
+    return storage.join(_running(out), job_id)
 
 
 def running_jobs(out: str) -> list[str]:
@@ -282,4 +283,5 @@ def compact(out: str, retain_hours: float = 168.0) -> dict[str, dict[str, int]]:
         raise OutputError(f"{out} holds no corpusflow tables: name the OUT of a job")
     for job in storage.list_names(_running(out)):  # dead jobs' marks: their orphans are gone now
         storage.delete(storage.join(_running(out), job))
+    storage.delete_tree(claims_root(out))  # no job runs: no lease is held
     return report

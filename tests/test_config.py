@@ -29,7 +29,7 @@ def test_fingerprint_ignores_engine_speed_knobs_but_not_what_the_model_sees(tmp_
     plain = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "plain"))
     tuned = JobConfig.build(None, corpus="a", out="b", models=_profile(
         tmp_path, "tuned", max_num_batched_tokens=16384, renderer_num_workers=8, mm_processor_cache_gb=0,
-        max_num_seqs=64, gpu_memory_utilization=0.5))
+        max_num_seqs=64, gpu_memory_utilization=0.5, enable_prefix_caching=False))
     smaller = JobConfig.build(None, corpus="a", out="b", models=_profile(tmp_path, "smaller", max_frame_pixels=224 * 224))
     assert plain.fingerprint() == tuned.fingerprint()
     assert smaller.fingerprint() != plain.fingerprint()

@@ -191,7 +191,8 @@ def test_s3_corpus_to_s3_tables(s3_bucket, s3_server, tmp_path, model_cache):
 
 def test_two_jobs_on_one_out_lose_nothing_and_duplicate_nothing(tmp_path, model_cache):
     """A re-launch while the first run still works (or a scheduled job overlapping the last): both
-    finish, and the tables hold each file once, whichever job committed it."""
+    finish, the tables hold each file once, whichever job committed it, and no file was processed by
+    both (each leases a file before working on it)."""
     corpus = tmp_path / "corpus"
     media.make_audio(corpus / "call.wav", seconds=3.0)
     for i in range(5):
@@ -214,3 +215,8 @@ def test_two_jobs_on_one_out_lose_nothing_and_duplicate_nothing(tmp_path, model_
     assert len(pages) == len(set(pages)) == 5 * 2
     timeline = [(r["asset_id"], r["t_start"], r["detail"], r["text"]) for r in read_table(str(out), "timeline").to_pylist()]
     assert timeline and len(timeline) == len(set(timeline))
+    worked: dict[str, set] = {}
+    for r in read_table(str(out), "metrics").to_pylist():
+        if r["kind"] != "other":
+            worked.setdefault(r["asset_id"], set()).add(r["job_id"])
+    assert len(worked) == 6 and all(len(jobs) == 1 for jobs in worked.values()), worked

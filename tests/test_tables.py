@@ -11,8 +11,8 @@ from corpusflow.contracts.rows import rows_for_batch
 from corpusflow.contracts.schemas import TABLES, SchemaError, conform
 from corpusflow.contracts.stage import list_column, tensor_column
 from corpusflow.flows.cli import main
-from corpusflow.flows.tables import OutputError, check_out, commit, committed_keys, compact, job_finished, \
-    job_started, read_table
+from corpusflow.flows.lease import Heartbeat
+from corpusflow.flows.tables import OutputError, check_out, commit, committed_keys, compact, read_table
 from tests.readers import live_files
 
 PRICES = {"cpu": 0.05, "H100": 6.88}
@@ -168,10 +168,9 @@ def test_an_out_of_bare_parquet_files_is_refused(tmp_path):
 def test_compact_waits_for_running_jobs(tmp_path, capsys):
     out = str(tmp_path)
     _commit(out, ["a.wav"])
-    job_started(out, "job-busy")
-    assert main(["compact", out]) == 2
-    assert "job-busy" in capsys.readouterr().err
-    job_finished(out, "job-busy")
+    with Heartbeat(out, "job-busy"):
+        assert main(["compact", out]) == 2
+        assert "job-busy" in capsys.readouterr().err
     assert main(["compact", out, "--retain-hours", "0"]) == 0
     assert "timeline" in capsys.readouterr().out
     assert read_table(out, "timeline").num_rows == 2

@@ -33,7 +33,8 @@ def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
     tuned = {k: v for k, v in {"kv_cache_memory_bytes": opts.kv_cache_memory_bytes,
                                "max_num_batched_tokens": opts.max_num_batched_tokens,
                                "renderer_num_workers": opts.renderer_num_workers,
-                               "mm_processor_cache_gb": opts.mm_processor_cache_gb}.items() if v is not None}
+                               "mm_processor_cache_gb": opts.mm_processor_cache_gb,
+                               "enable_prefix_caching": opts.enable_prefix_caching}.items() if v is not None}
     frame_pixels = processor_kwargs(opts)
     if frame_pixels:
         tuned["mm_processor_kwargs"] = frame_pixels

@@ -1,0 +1,65 @@
+"""The GPU benchmark's inputs, on CPU: a many-hour corpus from few encodes, and the plan it is compared with."""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.corpus import make_corpus, speech_clip, with_copies  # noqa: E402
+from benchmarks.gpu_plan import predict  # noqa: E402
+from corpusflow.actors.engines.vlm_vllm import engine_kwargs  # noqa: E402
+from corpusflow.contracts.config import VlmEngineOptions  # noqa: E402
+
+
+def _decoded(path: str) -> tuple[list[np.ndarray], np.ndarray, float]:
+    with av.open(path) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(path) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        duration = c.duration / av.time_base
+    return frames, pcm, duration
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[str]:
+    work = tmp_path_factory.mktemp("bench")
+    clip = speech_clip(work / "speech.wav", seconds=12)
+    originals = make_corpus(work / "corpus", videos=1, minutes=0.4, clip=clip, kind="tiny")
+    return with_copies(originals, 3, work / "corpus_x3")
+
+
+def test_copies_show_the_same_picture_with_other_sound_and_other_bytes(corpus):
+    assert len(corpus) == 3 and len({Path(p).parent for p in corpus}) == 1
+    digests = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in corpus}
+    assert len(digests) == 3  # a job that skips identical bytes processes every copy
+    (f0, a0, d0), *others = [_decoded(p) for p in corpus]
+    for frames, pcm, duration in others:
+        assert len(frames) == len(f0) and all(np.array_equal(a, b) for a, b in zip(frames, f0))
+        assert duration == pytest.approx(d0, abs=0.1)
+        n = min(len(pcm), len(a0))
+        assert n > 0.9 * len(a0) and not np.allclose(pcm[:n], a0[:n])  # the ASR hears another signal
+
+
+def test_plan_from_a_one_gpu_run_gives_two_gpus_an_engine_each(corpus, tmp_path):
+    video_s = 3 * 0.4 * 60
+    run = {"videos_h": video_s / 3600, "startup_s": 200.0, "after_startup_s": 10.0, "asr_actor_s": 4.0, "gpus": 1}
+    plans = predict(tmp_path, run, str(Path(corpus[0]).parent), "H200", [1, 2], asr_share=0.2, asr_actors=1, cores=32)
+    one, two = plans["1"], plans["2"]
+    assert one["feasible"] and two["feasible"]
+    assert one["pools"]["vlm@H200"] == 1 and two["pools"]["vlm@H200"] == 2
+    # the measured engine's rate: one engine needs the run's 10 s, two need half (start-up is measured apart)
+    assert one["busy_s"]["vlm"] == pytest.approx(10.0, rel=0.05)
+    assert two["busy_s"]["vlm"] == pytest.approx(5.0, rel=0.05)
+    assert two["command"].startswith("corpusflow plan --cluster")
+
+
+def test_prefix_caching_reaches_vllm_only_when_the_profile_sets_it():
+    assert engine_kwargs(VlmEngineOptions(enable_prefix_caching=False))["enable_prefix_caching"] is False
+    assert "enable_prefix_caching" not in engine_kwargs(VlmEngineOptions())
