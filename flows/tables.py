@@ -216,6 +216,27 @@ def committed(out: str, fingerprint: str, retry_errors: bool = False) -> pa.Tabl
                                               filter=_done(fingerprint, retry_errors))
 
 
+def share_content(out: str, fingerprint: str, job_id: str, files: Mapping[str, tuple[str, int, Any]]) -> pa.Table:
+    """Commit an ``assets`` row for each of ``files`` (uri → (asset_id, bytes, modified)) whose content is
+    committed under another URI: the same outcome, pointing at the same data rows. Returns the rows
+    committed; files whose content is not committed are left out."""
+    import datetime
+
+    if not files:
+        return TABLES["assets"].empty_table()
+    ids = pa.array(sorted({a for a, _, _ in files.values()}), pa.string())
+    source = open_table(out, "assets").to_table(
+        filter=(pc.field("config_fingerprint") == fingerprint) & pc.field("asset_id").isin(ids))
+    first = {r["asset_id"]: r for r in source.to_pylist()}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rows = [{**first[a], "uri": uri, "bytes": size, "modified": modified, "job_id": job_id, "committed_at": now}
+            for uri, (a, size, modified) in sorted(files.items()) if a in first]
+    table = pa.Table.from_pylist(rows, schema=TABLES["assets"])
+    if rows:
+        replace_rows(out, "assets", table, {"uri": table["uri"].to_pylist()})
+    return table
+
+
 def committed_keys(out: str, fingerprint: str, retry_errors: bool = False) -> set[tuple[str, str]]:
     """(uri, asset_id) pairs already committed under this config fingerprint: a re-run skips them."""
     return keys_of(committed(out, fingerprint, retry_errors))

@@ -100,6 +100,8 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     metrics = read_table(str(out), "metrics")
     assert {"identify", "decode", "asr", "vlm", "pdf"} <= set(metrics["stage"].to_pylist())
     assert all(c >= 0 for c in metrics["cost_usd"].to_pylist())
+    label = rows["docs/label.pdf"]["asset_id"]  # its bytes are also _archive/label_copy.pdf: processed once
+    assert [r["stage"] for r in metrics.to_pylist() if r["asset_id"] == label].count("pdf") == 1
     # Engines with none of our code read the same rows: delta-rs at the latest version, and DuckDB's SQL
     # over the files the Delta log names.
     for table in TABLES:

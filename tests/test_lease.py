@@ -24,7 +24,7 @@ def test_of_jobs_racing_for_one_file_exactly_one_gets_it(where, tmp_path, reques
     got = _race(out, 8)
     winners = [i for i, g in enumerate(got) if g is None]
     assert len(winners) == 1
-    assert {g for g in got if g is not None} == {f"job-{winners[0]}"}
+    assert {g for g in got if g is not None} == {f"job-{winners[0]} s3://c/a.mp4"}
     # The winner asking again (a retried task) still holds it.
     assert take_lease(out, "fp", "s3://c/a.mp4", "asset-1", f"job-{winners[0]}", lambda _: True, lambda *_: False) is None
 
@@ -39,7 +39,9 @@ def test_a_killed_jobs_lease_passes_on_unless_it_committed(tmp_path):
     assert live("job-killed")
     for uri, asset in (("a.wav", "asset-1"), ("b.wav", "asset-2")):
         assert take_lease(out, "fp", uri, asset, "job-killed", live, lambda *_: False) is None
-    assert take_lease(out, "fp", "a.wav", "asset-1", "job-next", live, lambda *_: False) == "job-killed"
+    assert take_lease(out, "fp", "a.wav", "asset-1", "job-next", live, lambda *_: False) == "job-killed a.wav"
+    # The same bytes at another URI of the holding job: processed once, the second URI waits for the first.
+    assert take_lease(out, "fp", "copy.wav", "asset-1", "job-killed", live, lambda *_: False) == "job-killed a.wav"
     job.kill()  # kill -9: no chance to say goodbye, its mark stays behind
     job.wait()
     assert not live("job-killed")

@@ -88,6 +88,21 @@ def test_keywords_match_in_their_own_language(indexed, capsys):
     assert [h["uri"].rsplit("/", 1)[1] for h in hits] == ["beipackzettel.pdf"]
 
 
+def test_hybrid_counts_a_keyword_hit_only_when_it_holds_most_of_the_query(indexed, capsys, model_cache):
+    _, out, _ = indexed
+    cache = ("--model-cache", model_cache)
+    # BM25 ranks the dosing page first for one word of four it shares with the query...
+    query = "dosing zebra quartz yodel"
+    lexical = _search(capsys, out, query, "--mode", "lexical")["hits"]
+    assert lexical[0]["uri"].endswith("protocol.pdf") and lexical[0]["page"] == 2
+    # ...which is no evidence for hybrid: the dense side decides alone
+    hybrid = _search(capsys, out, query, *cache)["hits"]
+    assert hybrid and not any("lexical" in h["matched"] for h in hybrid)
+    # a page holding the query's words keeps its lexical rank, and leads
+    hybrid = _search(capsys, out, "dosing schedule tablets", *cache)["hits"]
+    assert hybrid[0]["page"] == 2 and hybrid[0]["matched"]["lexical"] == 1
+
+
 def test_filters_grouping_and_pages(indexed, capsys, model_cache):
     corpus, out, _ = indexed
     cache = ("--model-cache", model_cache)

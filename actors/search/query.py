@@ -1,11 +1,15 @@
 """The one query function: the CLI (`corpusflow search`) and the API (`POST /v1/search`) both call :func:`search`.
 
 Lexical (BM25 over the language-tokenised full-text columns) and semantic (cosine over the unit
-vectors) retrieval run with the same SQL pre-filter; hybrid fuses their ranked lists by reciprocal
-rank (RRF, k = 60), which needs no score calibration between BM25 and cosine. Each hit says which
-retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused candidates
-before paging. Page tokens carry the offset and a hash of the request, so a token cannot page
-through a different query.
+vectors) retrieval run side by side with the same SQL filter (see POSTFILTER_OVERFETCH); hybrid fuses their ranked lists by reciprocal
+rank (RRF, k = 60), which needs no score calibration between BM25 and cosine, with the lexical list
+gated by evidence: a lexical hit counts in the fusion only when it holds most of the query's words
+(:func:`coverage` ≥ MIN_COVERAGE), weighted by that share. BM25 ranks any document sharing one query
+word, and the dense side already finds loose and cross-lingual matches; what BM25 adds is exact
+words (identifiers, names, jargon the embedder never saw), and a unit that holds most of them is
+that. Each hit says which retrievers found it and at which rank (lexical ranks as BM25 gave them).
+A :class:`Reranker`, when given, reorders the fused candidates before paging. Page tokens carry the
+offset and a hash of the request, so a token cannot page through a different query.
 """
 from __future__ import annotations
 
@@ -13,16 +17,26 @@ import base64
 import hashlib
 import json
 import re
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
 from corpusflow.actors.engines.embed import Embedder
 from corpusflow.actors.search.store import IndexReader
-from corpusflow.contracts.search import MAX_DEPTH, Hit, SearchRequest, SearchResult
+from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
 RRF_K = 60
+# A filter that usually keeps much of the index (kind, modality, language, duration, time window) is applied
+# to this many times the wanted candidates, fetched unfiltered: a pre-filter would first resolve the filter
+# over every unit (tens of ms at 10^6 units), while the best candidates that pass are the same either way.
+POSTFILTER_OVERFETCH = 6
+# Share of the query's words a lexical hit must hold to count in hybrid fusion (docs/architecture.md, Search).
+MIN_COVERAGE = 2 / 3
 SNIPPET_CHARS = 240
 _COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
+# Hybrid runs its two retrievers side by side; threads outlive queries (starting two per query costs ms).
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
 
 
 class QueryError(ValueError):
@@ -111,6 +125,34 @@ def snippet(text: str, query: str, chars: int = SNIPPET_CHARS) -> str:
     return ("…" if start else "") + cut + ("…" if start + chars < len(text) else "")
 
 
+def _fold(text: str) -> str:
+    text = text.lower()
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def query_terms(query: str) -> list[str]:
+    """The words coverage counts: folded, distinct, four letters or more or holding a digit. Identifier parts
+    like "4711" count; articles, prepositions and particles of the languages we index ("the", "del", "des",
+    "und") are mostly shorter, and the BM25 side drops them as stop words anyway."""
+    words = _WORD.findall(_fold(query))
+    return list(dict.fromkeys(w for w in words if len(w) >= 4 or any(c.isdigit() for c in w)))
+
+
+def coverage(terms: list[str], text: str) -> float:
+    """Share of ``terms`` found in ``text``; a word also matches one with the same first letters (all but its last
+    two, at least four), a language-blind stand-in for the index's stemmers ("tablets" ~ "tablet")."""
+    if not terms:
+        return 0.0
+    words = set(_WORD.findall(_fold(text)))
+    found = 0
+    for t in terms:
+        stem = t[:max(4, len(t) - 2)]
+        found += t in words or (len(t) >= 4 and any(w.startswith(stem) for w in words))
+    return found / len(terms)
+
+
 def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
     rows = table.to_pylist()
     for r in rows:
@@ -127,20 +169,49 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
         raise QueryError(f"pages reach at most {MAX_DEPTH} hits deep; narrow the query with filters")
     depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
     where = where_clause(req)
-    lists: dict[str, list[dict[str, Any]]] = {}
-    if req.mode in ("hybrid", "lexical"):
-        lists["lexical"] = _ranked(reader.text_search(req.query, where, depth, _COLUMNS), "_score")
-    if req.mode in ("hybrid", "semantic"):
-        if embedder is None:
-            raise QueryError("semantic search needs the index's embedding model")
+    if req.mode != "lexical" and embedder is None:
+        raise QueryError("semantic search needs the index's embedding model")
+
+    # Asset ids and URI prefixes pick a few assets: pre-filter those (the filter is cheap, few units pass).
+    selective = bool(req.asset_ids or req.uri_prefix)
+
+    def filtered(retrieve: Any, first: Any, **kwargs: Any) -> Any:
+        if where and not selective:
+            rows = retrieve(first, where, depth * POSTFILTER_OVERFETCH, _COLUMNS, prefilter=False, **kwargs)
+            if rows.num_rows >= depth:
+                return rows.slice(0, depth)
+        return retrieve(first, where, depth, _COLUMNS, **kwargs)  # no filter, a selective one, or too few passed
+
+    def lexical() -> list[dict[str, Any]]:
+        # A language filter also narrows BM25 to those languages' columns: fewer indices to search, and
+        # the best candidates that are left pass the rest of the filter more often.
+        return _ranked(filtered(reader.text_search, req.query, languages=req.languages), "_score")
+
+    def semantic() -> list[dict[str, Any]]:
+        assert embedder is not None
         vector = embedder.queries([req.query])[0]
-        lists["semantic"] = _ranked(reader.vector_search(vector, where, depth, _COLUMNS), "_distance")
+        return _ranked(filtered(reader.vector_search, vector), "_distance")
+
+    retrievers = {"lexical": lexical, "semantic": semantic}
+    wanted = RETRIEVERS if req.mode == "hybrid" else (req.mode,)
+    # Hybrid: BM25 runs while the query is embedded and the vectors searched (both release the GIL), so a
+    # query waits for the slower retriever, not for both.
+    futures = {name: _POOL.submit(retrievers[name]) for name in wanted}
+    lists = {name: future.result() for name, future in futures.items()}
+    terms = query_terms(req.query)
     fused: dict[str, dict[str, Any]] = {}
     for name, rows in lists.items():
+        counted = 0
         for rank, row in enumerate(rows, 1):
+            weight = 1.0
+            if req.mode == "hybrid" and name == "lexical":
+                weight = coverage(terms, row["text"])
+                if weight < MIN_COVERAGE:
+                    continue
+            counted += 1
             unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "score": 0.0})
             unit["matched"][name] = rank
-            unit["score"] += 1.0 / (RRF_K + rank) if req.mode == "hybrid" else row["_retriever_score"]
+            unit["score"] += weight / (RRF_K + counted) if req.mode == "hybrid" else row["_retriever_score"]
     ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
     if req.group_by == "asset":
         best: dict[str, dict[str, Any]] = {}

@@ -10,7 +10,9 @@ atomic (a new manifest per version of the table), so readers never see a half-wr
 
 Columns: the unit schema (contracts/search.py), the unit's text again in the full-text column of its
 language (``text_en``, ``text_es``... or ``text_other``), each with a BM25 index tokenised for that
-language, and ``vector`` (cosine; IVF-PQ once the table reaches ``index.vector_index_rows``).
+language, and ``vector`` (cosine; IVF-PQ once the table reaches ``index.vector_index_rows``). The
+columns queries filter on carry scalar indices (SCALAR_INDICES), so a pre-filter is an index lookup
+rather than a scan of every unit's values.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ TABLE = "units"
 LATEST = "_latest.json"
 VERSION = "_version.json"
 LEASE_HOURS = 6.0
+# Filter columns (query.where_clause) → scalar index: bitmaps for the few-valued ones, B-trees for ids and ranges.
+SCALAR_INDICES = {"modality": "BITMAP", "kind": "BITMAP", "language": "BITMAP", "asset_id": "BTREE",
+                  "t_start": "BTREE", "t_end": "BTREE", "duration_s": "BTREE"}
 
 
 class SearchIndexError(RuntimeError):
@@ -157,12 +162,17 @@ class IndexWriter:
                 config = FTS(language=FTS_LANGUAGES[col.removeprefix("text_")], stem=True, remove_stop_words=True,
                              ascii_folding=True)
             self.table.create_index(col, config=config, name=f"fts_{col}")
+        for col, kind in SCALAR_INDICES.items():
+            if f"{col}_idx" not in existing:
+                self.table.create_scalar_index(col, index_type=kind, name=f"{col}_idx")
         rows = self.table.count_rows()
         if rows >= vector_index_rows and "vector_idx" not in existing:
             self.table.create_index("vector", config=IvfPq(distance_type="cosine", num_sub_vectors=dim // 8),
                                     name="vector_idx")
         self.table.optimize()  # merges small fragments and adds the rows written since into every index
-        info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows,
+        # The languages present: queries search only their full-text columns (each index searched costs time).
+        fts_columns = [c for c in FTS_COLUMNS if self.table.count_rows(f"{c} IS NOT NULL")]
+        info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows, "fts_columns": fts_columns,
                            "tables": tables, "updated_at": time.time()})
         storage.write_json(info, storage.join(version_uri(self.out, self.version), VERSION))
         storage.write_json(info, storage.join(index_root(self.out), LATEST))  # last: readers switch now
@@ -191,15 +201,20 @@ class IndexReader:
             raise SearchIndexError(f"index version {info['version']} under {index_root(self.out)} holds no units")
         self.table, self.version, self.info = db.open_table(TABLE), info["version"], info
         self.indexed = {i.name for i in self.table.list_indices()}
+        self.fts_columns = tuple(info.get("fts_columns", FTS_COLUMNS))  # indices written before it was recorded: all
         return True
 
-    def text_search(self, query: str, where: Optional[str], k: int, columns: list[str]) -> pa.Table:
-        """BM25 over every language's full-text column (each tokenises the query its own way), best first."""
+    def text_search(self, query: str, where: Optional[str], k: int, columns: list[str], prefilter: bool = True,
+                    languages: tuple[str, ...] = ()) -> pa.Table:
+        """BM25 over every language's full-text column (each tokenises the query its own way), or only the
+        columns of ``languages`` (the units of other languages are null there), best first.
+        ``prefilter=False``: the best ``k`` by BM25, then ``where`` on those (fewer than ``k`` may remain)."""
         from lancedb.query import MultiMatchQuery
 
-        search = self.table.search(MultiMatchQuery(query, list(FTS_COLUMNS)), query_type="fts")
+        fts = sorted({fts_column(lang) for lang in languages}) if languages else list(self.fts_columns)
+        search = self.table.search(MultiMatchQuery(query, fts), query_type="fts")
         if where:
-            search = search.where(where, prefilter=True)
+            search = search.where(where, prefilter=prefilter)
         return search.select([*columns, "_score"]).limit(k).to_arrow()
 
     def texts(self, unit_ids: list[str]) -> dict[str, str]:
@@ -211,11 +226,12 @@ class IndexReader:
         rows = got.to_arrow()
         return dict(zip(rows["unit_id"].to_pylist(), rows["text"].to_pylist()))
 
-    def vector_search(self, vector: Any, where: Optional[str], k: int, columns: list[str]) -> pa.Table:
-        """Nearest units by cosine distance, best first (IVF-PQ with exact re-ranking when indexed)."""
+    def vector_search(self, vector: Any, where: Optional[str], k: int, columns: list[str], prefilter: bool = True) -> pa.Table:
+        """Nearest units by cosine distance, best first (IVF-PQ with exact re-ranking when indexed);
+        ``prefilter`` as in :meth:`text_search`."""
         search = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
         if "vector_idx" in self.indexed:
             search = search.nprobes(20).refine_factor(4)
         if where:
-            search = search.where(where, prefilter=True)
+            search = search.where(where, prefilter=prefilter)
         return search.select([*columns, "_distance"]).limit(k).to_arrow()
