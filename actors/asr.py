@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from corpusflow.actors.engines.asr import SAMPLE_RATE, AsrResult, SpeechTrack, TimedText, load_engine
+from corpusflow.actors.engines.asr import AsrResult, SpeechTrack, TimedText, load_engine
+from corpusflow.actors.speech import chunk_lengths
 from corpusflow.actors.models.device import accelerator
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import Row, RowOutcome, Stage, StageContract, StageFailure
@@ -22,14 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class Transcribe(Stage):
-    """Ray Data / Serve stage: ``pcm`` and its speech chunks → language, segments and words on the media's time axis."""
+    """Ray Data / Serve stage: speech chunks (actors/speech.py) → language, segments and words on the media's time axis."""
 
     contract = StageContract(
-        name="asr", reads=("asset_id", "pcm", "speech_start_s", "speech_end_s"), kinds=("video", "audio"),
+        name="asr", reads=("asset_id", "duration_s", "speech_pcm", "speech_start_s", "speech_end_s"),
+        kinds=("video", "audio"),
         writes={"language": "str", "seg_start": "tensor[float64]", "seg_end": "tensor[float64]",
                 "seg_text": "list[str]", "word_start": "tensor[float64]", "word_end": "tensor[float64]",
                 "word_text": "list[str]"},
-        drops=("pcm",),
+        drops=("speech_pcm",),
     )
 
     def __init__(self, config: StageConfig) -> None:
@@ -48,7 +50,7 @@ class Transcribe(Stage):
             failed: dict[int, StageFailure] = {}
             for i, row in enumerate(rows):
                 try:
-                    tracks[i] = _checked_track(row["pcm"], row["speech_start_s"], row["speech_end_s"])
+                    tracks[i] = checked_track(row["speech_pcm"], row["speech_start_s"], row["speech_end_s"])
                 except StageFailure as e:
                     failed[i] = e
             heard, seconds = self._hear(tracks)
@@ -58,7 +60,8 @@ class Transcribe(Stage):
             if isinstance(got, Exception):
                 outcomes.append(RowOutcome(error=got, wall_s=seconds.get(i, 0.0)))
             else:
-                outcomes.append(RowOutcome(_columns(got, len(tracks[i].pcm) / SAMPLE_RATE), wall_s=seconds.get(i, 0.0)))
+                outcomes.append(RowOutcome(_columns(got, _duration(rows[i]["duration_s"], tracks[i])),
+                                           wall_s=seconds.get(i, 0.0)))
         return outcomes
 
     def _hear(self, tracks: dict[int, SpeechTrack]) -> tuple[dict[int, AsrResult | Exception], dict[int, float]]:
@@ -95,27 +98,28 @@ class Transcribe(Stage):
         return heard, seconds
 
 
-def checked_pcm(pcm: Any) -> np.ndarray:
-    """The row's samples, or a StageFailure saying why they cannot be audio."""
-    if not isinstance(pcm, np.ndarray) or pcm.ndim != 1 or pcm.dtype != np.float32:
+def checked_track(pcm: Any, starts: Any, ends: Any) -> SpeechTrack:
+    """The row's speech chunks and their samples, or a StageFailure saying what is wrong with them."""
+    if not isinstance(pcm, np.ndarray) or pcm.ndim != 1 or pcm.dtype != np.int16:
         got = f"{pcm.dtype} array of shape {pcm.shape}" if isinstance(pcm, np.ndarray) else type(pcm).__name__
-        raise StageFailure(f"audio must be 16 kHz mono float32 samples (one 1-D array), got a {got}")
-    bad = int(np.count_nonzero(~np.isfinite(pcm)))
-    if bad:
-        raise StageFailure(f"audio holds {bad} non-finite samples (NaN or infinity); the decoded track is corrupt")
-    return pcm
-
-
-def _checked_track(pcm: Any, starts: Any, ends: Any) -> SpeechTrack:
-    """The row's samples and speech chunks, or a StageFailure saying what is wrong with them."""
-    pcm = checked_pcm(pcm)
+        raise StageFailure(f"speech audio must be 16 kHz mono int16 samples (one 1-D array), got a {got}")
     starts, ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
-    duration = len(pcm) / SAMPLE_RATE
     if starts.ndim != 1 or starts.shape != ends.shape or not np.all(np.isfinite(starts) & np.isfinite(ends)) \
-            or np.any(starts < 0) or np.any(ends <= starts) or np.any(ends > duration + 1 / SAMPLE_RATE):
-        raise StageFailure(f"speech chunks (speech_start_s/speech_end_s) must be finite, non-empty spans inside "
-                           f"the {duration:.3f} s of audio; got {len(starts)} starts and {len(ends)} ends")
+            or np.any(starts < 0) or np.any(ends <= starts) or np.any(starts[1:] < ends[:-1]):
+        raise StageFailure("speech chunks (speech_start_s/speech_end_s) must be finite, non-empty, ordered spans; "
+                           f"got {len(starts)} starts and {len(ends)} ends")
+    held = int(chunk_lengths(starts, ends).sum())
+    if held != len(pcm):
+        raise StageFailure(f"speech chunks (speech_start_s/speech_end_s) span {held} samples but the row holds "
+                           f"{len(pcm)} samples of speech audio")
     return SpeechTrack(pcm, [(float(a), float(b)) for a, b in zip(starts, ends)])
+
+
+def _duration(duration_s: Any, track: SpeechTrack) -> float:
+    """Where times are clamped: the media's end (never before the last chunk's)."""
+    last = track.chunks[-1][1] if track.chunks else 0.0
+    duration = float(duration_s)
+    return max(duration, last) if np.isfinite(duration) else last
 
 
 def _columns(result: AsrResult, duration: float) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""Decode a video or audio file into what the model stages need: sampled frames, shots, keyframes, 16 kHz PCM.
+"""Decode a video or audio file into what the model stages need: sampled frames, shots, keyframes, speech.
 
 Frames are sampled by *seeking* (to the keyframe before each target time, then decoding forward to
 the first frame at/after it), so a 3-hour video at 0.1 fps costs ~1,080 short GOP decodes, not
 ~650,000 frame decodes; ``video.seek: keyframe`` takes the keyframe nearest each time instead and
 decodes that one picture alone. ``video.dedup_threshold`` leaves out frames that look like the last
-kept one (a slide on screen for minutes). The audio track is decoded once, streamed through a resampler; the same
-demux pass records the video keyframe times without decoding any video packet.
+kept one (a slide on screen for minutes). The audio track is decoded once, streamed through a resampler
+into speech detection (actors/speech.py), which keeps only the speech chunks, as int16: the whole track is
+never held. The same demux pass records the video keyframe times without decoding any video packet.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import av.error
 import numpy as np
 
 from corpusflow.contracts import storage
+from corpusflow.actors.speech import SAMPLE_RATE, SpeechDetector, SpeechFinder
 from corpusflow.contracts.config import StageConfig, VideoConfig
 from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
-PCM_RATE = 16000
 # Without a container index, listing keyframes means reading every packet of the file; with an
 # audio track that pass happens anyway, without one we only pay it for files up to this size.
 KEYFRAME_SCAN_MAX_BYTES = 1 << 30
@@ -124,40 +125,24 @@ def shot_boundaries(frames: np.ndarray, times: np.ndarray, threshold: float) -> 
     return np.asarray(cuts, dtype=np.float64)
 
 
-class _PcmBuffer:
-    """Growable float32 buffer, pre-sized from the duration, so a long file's PCM is not held twice."""
-
-    def __init__(self, expected_s: float):
-        self.data = np.empty(int(max(expected_s, 1.0) * PCM_RATE * 1.02) + PCM_RATE, dtype=np.float32)
-        self.n = 0
-
-    def append(self, chunk: np.ndarray) -> None:
-        if self.n + len(chunk) > len(self.data):
-            self.data = np.resize(self.data, max(2 * len(self.data), self.n + len(chunk)))
-        self.data[self.n:self.n + len(chunk)] = chunk
-        self.n += len(chunk)
-
-    def pad_to(self, samples: int) -> None:
-        if samples > self.n:
-            self.append(np.zeros(samples - self.n, dtype=np.float32))
-
-    def array(self) -> np.ndarray:
-        return self.data[:self.n]
-
-
 class DecodeMedia(Stage):
-    """Video and audio rows → duration, metadata, sampled frames, shot and keyframe times, 16 kHz PCM."""
+    """Video and audio rows → duration, metadata, sampled frames, shot and keyframe times, speech chunks.
+
+    The speech columns are actors/speech.py's :class:`~corpusflow.actors.speech.Speech`: the chunks'
+    16 kHz int16 samples back to back and their spans on the media's time axis.
+    """
 
     contract = StageContract(
         name="decode", reads=("uri", "kind"), kinds=("video", "audio"),
         writes={"duration_s": "float64", "meta_json": "str", "frames": "tensor[uint8]", "frame_ts": "tensor[float64]",
-                "shot_ts": "tensor[float64]", "iframe_ts": "tensor[float64]", "pcm": "tensor[float32]",
-                "has_audio": "bool"})
+                "shot_ts": "tensor[float64]", "iframe_ts": "tensor[float64]", "speech_pcm": "tensor[int16]",
+                "speech_start_s": "tensor[float64]", "speech_end_s": "tensor[float64]", "has_audio": "bool"})
 
     def __init__(self, config: StageConfig):
         super().__init__(config)
         self.video = config.video
         self.limits = config.limits
+        self.speech = SpeechDetector(config)
         # Frames are (n, H, W, 3) in every row, none included: Ray's tensor column needs one ndim.
         side = config.video.frame_size
         self.empty = {"frames": np.zeros((0, side, side, 3), np.uint8)}
@@ -185,12 +170,15 @@ class DecodeMedia(Stage):
         self._check_limits(kind, vs, declared)
 
         iframes = _indexed_keyframes(vs, t0) if vs is not None else None
-        pcm, iframes_seen, last_ts = np.zeros(0, np.float32), [], 0.0
+        speech = self.speech.finder()
+        iframes_seen: list[float] = []
+        last_ts = 0.0
         if audio is not None or (vs is not None and iframes is None and _size(uri) <= KEYFRAME_SCAN_MAX_BYTES):
-            pcm, iframes_seen, last_ts = _demux_pass(container, audio, vs if iframes is None else None, t0,
-                                                     declared or 0.0, self.limits.max_duration_s)
+            iframes_seen, last_ts = _demux_pass(container, audio, vs if iframes is None else None, t0,
+                                                self.limits.max_duration_s, speech)
             if iframes is None and vs is not None:
                 iframes = np.asarray(sorted(iframes_seen), dtype=np.float64)
+        heard = speech.finish()  # before frames are sampled: the VAD's window is freed
         duration = declared if declared else last_ts
         if declared and last_ts and last_ts < 0.9 * declared - 1.0:
             raise StageFailure(f"{kind} is truncated or corrupt: the header says {declared:.1f} s "
@@ -209,8 +197,8 @@ class DecodeMedia(Stage):
             meta["duplicate_frames_dropped"] = self.duplicates_dropped
         return {"duration_s": float(duration), "meta_json": json.dumps(meta, ensure_ascii=False), "frames": frames,
                 "frame_ts": frame_ts, "shot_ts": shots,
-                "iframe_ts": iframes if iframes is not None else np.zeros(0), "pcm": pcm,
-                "has_audio": audio is not None and len(pcm) > 0}
+                "iframe_ts": iframes if iframes is not None else np.zeros(0), **heard.columns(),
+                "has_audio": audio is not None and heard.track_samples > 0}
 
     def _check_limits(self, kind: str, vs: av.video.stream.VideoStream | None, declared: float) -> None:
         """Refuse, from the headers alone, what would take unbounded time or memory to decode."""
@@ -319,15 +307,15 @@ def _indexed_keyframes(vs: av.video.stream.VideoStream, t0: float) -> np.ndarray
 
 
 def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.AudioStream | None,
-                vs: av.video.stream.VideoStream | None, t0: float, expected_s: float, max_s: float
-                ) -> tuple[np.ndarray, list[float], float]:
-    """One read of the file: decode + resample the audio to 16 kHz mono, note video keyframe times (no decode).
+                vs: av.video.stream.VideoStream | None, t0: float, max_s: float, speech: SpeechFinder
+                ) -> tuple[list[float], float]:
+    """One read of the file: decode + resample the audio to 16 kHz mono into ``speech``, note video
+    keyframe times (no decode).
 
-    Stops at ``max_s`` of media: a file whose header declares no duration cannot grow the PCM unbounded.
+    Stops at ``max_s`` of media: a file whose header declares no duration cannot run on unbounded.
     """
     streams = [s for s in (audio, vs) if s is not None]
-    pcm = _PcmBuffer(expected_s if audio is not None else 0.0)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM_RATE) if audio is not None else None
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE) if audio is not None else None
     keyframes: list[float] = []
     last = 0.0
     started = False
@@ -344,14 +332,14 @@ def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.A
             continue
         for frame in packet.decode():
             if not started and frame.time is not None:
-                pcm.pad_to(int(round(max(0.0, frame.time - t0) * PCM_RATE)))  # audio that starts late stays aligned
+                speech.pad_to(int(round(max(0.0, frame.time - t0) * SAMPLE_RATE)))  # audio that starts late stays aligned
                 started = True
             for out in resampler.resample(frame):
-                pcm.append(out.to_ndarray()[0])
+                speech.feed(out.to_ndarray()[0])
     if resampler is not None:
         for out in resampler.resample(None):
-            pcm.append(out.to_ndarray()[0])
-    return pcm.array(), keyframes, last
+            speech.feed(out.to_ndarray()[0])
+    return keyframes, last
 
 
 def _metadata(container: av.container.InputContainer, vs: av.video.stream.VideoStream | None,

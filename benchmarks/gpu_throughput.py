@@ -434,20 +434,18 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
     """The paper's loop: one video at a time, decode → speech → transcribe → describe, GPU held throughout."""
     from corpusflow.actors.decode import DecodeMedia
     from corpusflow.actors.identify import Identify
-    from corpusflow.actors.speech import DetectSpeech
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     with GpuSampler() as gpu:
         t0 = time.time()
-        identify, decode, speech, asr, vlm = Identify(config), DecodeMedia(config), DetectSpeech(config), \
-            FixedTranscribe(config), FixedDescribe(config)
+        identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), FixedDescribe(config)
         t_ready = time.time()
         mark = len(gpu.util)
         asr_s = 0.0
         for uri in corpus:
             batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
                      "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-            batch = vlm(asr(speech(decode(identify(batch)))))
+            batch = vlm(asr(decode(identify(batch))))
             row = {k: v[0] for k, v in batch.items()}
             _count_row(row, work, config)
             asr_s += float(row["asr_wall_s"])
@@ -505,7 +503,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     with GpuSampler(max(n_gpus, 1)) as gpu:
         t0 = time.time()
         ds = _pipeline_source(corpus)
-        for name in ("identify", "decode", "speech"):
+        for name in ("identify", "decode"):
             ds = add_stage(ds, spec(name), config)
         ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe)
         if engine == "vllm":

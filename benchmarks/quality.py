@@ -105,24 +105,27 @@ def _clip(k: int, voice: str, wpm: int, bed: str | None, snr: float | None, rng:
 
 def asr_quality(model_cache: str) -> list[dict]:
     from corpusflow.actors.asr import Transcribe
-    from corpusflow.actors.speech import DetectSpeech
+    from corpusflow.actors.speech import SpeechDetector
     from corpusflow.contracts.config import JobConfig
     from corpusflow.flows.evaluate.text import wer, word_start_errors
 
     config = JobConfig(corpus="/unused/corpus", out="/unused/out", models="small-real", model_cache=model_cache)
-    detect, asr = DetectSpeech(config), Transcribe(config)
+    detect, asr = SpeechDetector(config), Transcribe(config)
     results = []
     for name, (voice, wpm, bed, snr) in CONDITIONS.items():
         rng = np.random.default_rng(0)
         clips = [_clip(k, voice, wpm, bed, snr, rng) for k in range(len(SENTENCES) // 2)]
-        pcm = np.empty(len(clips), dtype=object)
-        for i, c in enumerate(clips):
-            pcm[i] = c[0]
-        batch = {"asset_id": np.asarray([str(i) for i in range(len(clips))]), "pcm": pcm,
+        batch = {"asset_id": np.asarray([str(i) for i in range(len(clips))]),
+                 "duration_s": np.asarray([len(c[0]) / RATE for c in clips]),
                  "kind": np.asarray(["audio"] * len(clips)), "error_stage": np.asarray([""] * len(clips)),
                  "error": np.asarray([""] * len(clips))}
         t0 = time.perf_counter()
-        out = asr(detect(batch))
+        speech = [detect.detect(c[0]).columns() for c in clips]  # what decode hands ASR
+        for column in speech[0]:
+            batch[column] = np.empty(len(clips), dtype=object)
+            for i, s in enumerate(speech):
+                batch[column][i] = s[column]
+        out = asr(batch)
         spent = time.perf_counter() - t0
         said = [" ".join(t) for t in out["seg_text"]]
         errors = []

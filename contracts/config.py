@@ -213,7 +213,7 @@ class VideoConfig(StrictModel):
 
 # Per-file time limits by stage: generous for 12-hour media on slow hardware, yet a file that hangs a
 # worker frees it within the hour.
-ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "speech": 1800.0, "pdf": 600.0, "asr": 3600.0, "vlm": 3600.0}
+ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "pdf": 600.0, "asr": 3600.0, "vlm": 3600.0}
 
 
 class LimitsConfig(StrictModel):
@@ -224,8 +224,8 @@ class LimitsConfig(StrictModel):
     raising a limit, re-run into a new OUT or use ``--retry-errors`` for rows marked retryable.
     """
 
-    max_duration_s: float = Field(12 * 3600, gt=0, description="longest video or audio processed (decoded PCM is "
-                                  "16 kHz float32: 230 MB per hour)")
+    max_duration_s: float = Field(12 * 3600, gt=0, description="longest video or audio processed (its speech "
+                                  "travels as 16 kHz int16: at most 115 MB per hour)")
     max_pixels: int = Field(7680 * 4320, ge=1, description="largest video frame (width x height) decoded; "
                             "checked from the stream header before any decoding")
     pdf_max_mb: float = Field(512, gt=0, description="largest PDF read (PDFs are read into memory whole)")

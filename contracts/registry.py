@@ -77,11 +77,10 @@ _ACTORS = "corpusflow.actors"
 # In pipeline order. Videos, audio and PDFs flow interleaved; each stage's contract says which kinds it takes.
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("identify", f"{_ACTORS}.identify.Identify", "tasks", "file", StageResources(num_cpus=1)),
+    # Speech detection (CPU VAD) runs inside decode as the audio streams: the ASR actors then spend
+    # their GPU share decoding speech chunks only, and only speech travels to them, as int16.
     StageSpec("decode", f"{_ACTORS}.decode.DecodeMedia", "tasks", "media_s", StageResources(num_cpus=1),
               serve="single"),
-    # CPU VAD on decode's reservation: the ASR actors then spend their GPU share decoding speech
-    # chunks only, and PCM is not shipped between the two.
-    StageSpec("speech", f"{_ACTORS}.speech.DetectSpeech", "tasks", "media_s", fused_into="decode"),
     StageSpec("pdf", f"{_ACTORS}.pdf.ExtractPdf", "tasks", "page", StageResources(num_cpus=1),
               serve="single"),
     # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the

@@ -33,8 +33,8 @@ ERROR_COLUMNS = ("error_stage", "error")
 RETRYABLE = "error_retryable"
 
 _SCALAR_KINDS = {"str": "U", "int64": "i", "int32": "i", "float64": "f", "bool": "b"}
-_TENSOR_DTYPES = {"tensor[uint8]": np.uint8, "tensor[float32]": np.float32, "tensor[float64]": np.float64,
-                  "tensor[int32]": np.int32}
+_TENSOR_DTYPES = {"tensor[uint8]": np.uint8, "tensor[int16]": np.int16, "tensor[float32]": np.float32,
+                  "tensor[float64]": np.float64, "tensor[int32]": np.int32}
 COLUMN_KINDS = (*_SCALAR_KINDS, *_TENSOR_DTYPES, "list[str]")
 
 

@@ -362,7 +362,7 @@ def profile_from_metrics(metrics: pa.Table, models: str, startup_s: float, sourc
             if stage == "vlm":
                 sel = sel.filter(pc.equal(sel["kind"], "video"))
             wall = pc.sum(sel["wall_s"]).as_py() or 0.0
-            if stage == "decode":  # speech detection runs inside the decode tasks: its seconds are theirs
+            if stage == "decode":  # tables from before speech detection moved into decode time it as "speech"
                 speech = metrics.filter(pc.and_(pc.equal(metrics["stage"], "speech"),
                                                 pc.equal(metrics["accelerator"], acc)))
                 wall += pc.sum(speech["wall_s"]).as_py() or 0.0

@@ -1,6 +1,7 @@
 """The ASR stage through its public class, on tiny random Whisper/wav2vec2 models and synthetic audio.
 
-Batches carry the speech chunks DetectSpeech (actors/speech.py) found, as in the job and in Serve.
+Batches carry the speech chunks and their int16 samples, as decode (actors/speech.py) hands them over in
+the job and in Serve.
 
 Random weights transcribe noise; what a user relies on is the shape of the answer: every row gets a
 result or an error of its own, silence is not an error, times are sorted and lie inside the audio.
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpusflow.actors.asr import SAMPLE_RATE, SpeechTrack, Transcribe
-from corpusflow.actors.speech import DetectSpeech
+from corpusflow.actors.asr import SpeechTrack, Transcribe
+from corpusflow.actors.speech import SAMPLE_RATE, SpeechDetector
 from corpusflow.contracts.config import JobConfig
 from tests.media import speech_like
 
@@ -28,21 +29,23 @@ def _talk(*parts: tuple[str, float]) -> np.ndarray:
     return np.concatenate([speech_like(s, SAMPLE_RATE) if kind == "talk" else _silence(s) for kind, s in parts])
 
 
-_DETECT = DetectSpeech(JobConfig(corpus="/corpus", out="/out"))
+_DETECT = SpeechDetector(JobConfig(corpus="/corpus", out="/out"))
 
 
 def _batch(*pcms: np.ndarray, failed: dict[int, str] | None = None) -> dict[str, np.ndarray]:
-    """ASR's input: the rows' samples and the speech chunks DetectSpeech found in them."""
+    """ASR's input, as decode hands it over: the speech chunks found in the rows' samples, their int16 samples."""
     failed = failed or {}
-    pcm = np.empty(len(pcms), dtype=object)
-    for i, p in enumerate(pcms):
-        pcm[i] = p
-    return _DETECT({
-        "asset_id": np.asarray([f"asset-{i}" for i in range(len(pcms))]),
-        "pcm": pcm, "kind": np.asarray(["audio"] * len(pcms)),
+    speech = [_DETECT.detect(p) for p in pcms]
+    columns = {c: np.empty(len(pcms), dtype=object) for c in ("speech_pcm", "speech_start_s", "speech_end_s")}
+    for i, s in enumerate(speech):
+        for c, v in s.columns().items():
+            columns[c][i] = v
+    return {
+        "asset_id": np.asarray([f"asset-{i}" for i in range(len(pcms))]), **columns,
+        "duration_s": np.asarray([len(p) / SAMPLE_RATE for p in pcms]), "kind": np.asarray(["audio"] * len(pcms)),
         "error_stage": np.asarray([failed.get(i, ("", ""))[0] for i in range(len(pcms))]),
         "error": np.asarray([failed.get(i, ("", ""))[1] for i in range(len(pcms))]),
-    })
+    }
 
 
 def _config(model_cache: str, **asr: object) -> JobConfig:
@@ -67,7 +70,7 @@ def test_speech_rows_get_language_and_sorted_segments_inside_the_audio(stage: Tr
     short = _talk(("talk", 2.0))
     out = stage(_batch(long, short))
 
-    assert "pcm" not in out
+    assert "speech_pcm" not in out
     assert set(Transcribe.contract.writes) | {"asr_wall_s", "asr_device_s", "asr_accel"} <= set(out)
     assert list(out["error"]) == ["", ""]
     assert list(out["asset_id"]) == ["asset-0", "asset-1"]
@@ -95,19 +98,20 @@ def test_a_bad_row_fails_alone_and_earlier_failures_pass_through(stage: Transcri
     good = _talk(("talk", 2.0))
     batch = _batch(good, good, good, good, _silence(1.0), good,
                    failed={4: ("decode", "file is not a media container")})
-    nan = good.copy()
-    nan[100] = np.nan
-    batch["pcm"][0], batch["pcm"][1], batch["pcm"][2] = nan, good.astype(np.float64), np.stack([good, good])
+    samples = batch["speech_pcm"][3]
+    batch["speech_pcm"][0] = samples.astype(np.float32)
+    batch["speech_pcm"][1] = np.stack([samples, samples])
+    batch["speech_start_s"][2] = batch["speech_end_s"][2] + 0.5  # chunks that end before they start
     batch["speech_end_s"][5] = batch["speech_end_s"][5] + 60.0  # chunks from some other, longer track
     out = stage(batch)
 
     assert list(out["error_stage"]) == ["asr", "asr", "asr", "", "decode", "asr"]
-    assert "non-finite" in out["error"][0]
-    assert "float32" in out["error"][1] and "float64" in out["error"][1]
-    assert "1-D" in out["error"][2]
+    assert "int16" in out["error"][0] and "float32" in out["error"][0]
+    assert "1-D" in out["error"][1]
+    assert "non-empty, ordered spans" in out["error"][2]
     assert out["error"][3] == "" and len(out["seg_start"][3]) >= 1
     assert out["error"][4] == "file is not a media container"
-    assert "inside the 2.000 s of audio" in out["error"][5]
+    assert "samples of speech audio" in out["error"][5]
     for i in (0, 1, 2, 4, 5):
         assert out["language"][i] == "" and len(out["seg_text"][i]) == 0
 
@@ -156,13 +160,14 @@ def test_unknown_forced_language_is_refused_at_load(model_cache: str) -> None:
 
 def test_equal_length_rows_stacked_into_one_array_are_read_row_by_row(stage: Transcribe) -> None:
     """Ray Data stacks a tensor column whose rows share a shape into one 2-D array."""
-    talk, quiet = _talk(("talk", 1.5)), _silence(1.5)
-    batch = _batch(talk, quiet)
-    batch["pcm"] = np.stack([talk, quiet])
+    talk = _talk(("talk", 1.5))
+    batch = _batch(talk, talk)
+    for c in ("speech_pcm", "speech_start_s", "speech_end_s"):
+        batch[c] = np.stack(list(batch[c]))
     out = stage(batch)
 
     assert list(out["error"]) == ["", ""]
-    assert len(out["seg_start"][0]) >= 1 and len(out["seg_start"][1]) == 0
+    assert len(out["seg_start"][0]) >= 1 and out["seg_text"][0] == out["seg_text"][1]
 
 
 def test_a_multi_row_batch_decodes_its_rows_together_and_gives_each_its_answer_alone(
@@ -207,7 +212,7 @@ def test_an_engine_failure_on_one_row_of_a_shared_batch_fails_that_row_alone(
     probe = SpeechTrack.language_probe
 
     def detect(track: SpeechTrack) -> np.ndarray:
-        if len(track.pcm) == len(cursed):
+        if track.chunks[-1][1] <= 1.25:
             raise RuntimeError("language detection crashed")
         return probe(track)
 

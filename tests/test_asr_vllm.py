@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from corpusflow.actors.asr import Transcribe
-from corpusflow.actors.speech import DetectSpeech
+from corpusflow.actors.speech import SpeechDetector
 from corpusflow.actors.engines.asr import SpeechTrack
 from corpusflow.actors.engines.asr_vllm import WhisperTokens, decoder_prompt, engine_kwargs, kv_cache_bytes, timed_segments
 from corpusflow.actors.models.store import resolve
@@ -212,11 +212,12 @@ def test_the_stage_writes_aligned_words_after_vllm_segments(cpu_runtime, model_c
     config = JobConfig(corpus="/c", out="/o", models=profile, model_cache=model_cache, asr={"language": "en"})
     stage = Transcribe(config)
     stage._engine.fixed_output_tokens = 6
-    pcm = np.empty(1, dtype=object)
-    pcm[0] = speech_like(12.0, SR)
-    batch = {"asset_id": np.asarray(["a"]), "kind": np.asarray(["audio"]), "pcm": pcm,
+    speech = SpeechDetector(config).detect(speech_like(12.0, SR))  # the speech chunks, as decode hands them over
+    batch = {"asset_id": np.asarray(["a"]), "kind": np.asarray(["audio"]), "duration_s": np.asarray([12.0]),
              "error_stage": np.asarray([""]), "error": np.asarray([""])}
-    batch = DetectSpeech(config)(batch)  # the speech chunks, as the pipeline hands them over
+    for column, value in speech.columns().items():
+        batch[column] = np.empty(1, dtype=object)
+        batch[column][0] = value
     out = stage(batch)
     assert out["error"][0] == "" and out["language"][0] == "en"
     starts, ends = np.asarray(out["word_start"][0]), np.asarray(out["word_end"][0])

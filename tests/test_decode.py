@@ -1,4 +1,4 @@
-"""DecodeMedia: frames sampled by seeking, shots, keyframes, 16 kHz PCM, readable errors; local and S3."""
+"""DecodeMedia: frames sampled by seeking, shots, keyframes, speech chunks, readable errors; local and S3."""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,14 @@ def batch(paths: list[Path], kinds: list[str], errors: list[str] | None = None) 
     errors = errors or [""] * len(paths)
     return {"uri": np.asarray([str(p) for p in paths]), "kind": np.asarray(kinds),
             "error_stage": np.asarray(["earlier" if e else "" for e in errors]), "error": np.asarray(errors)}
+
+
+def _assert_speech(out: dict[str, np.ndarray], i: int, duration: float) -> None:
+    """Row ``i``'s speech chunks: ordered spans inside the media whose samples are exactly the ones carried."""
+    start, end = out["speech_start_s"][i], out["speech_end_s"][i]
+    assert len(start) >= 1 and np.all(start >= 0) and np.all(end > start) and end[-1] <= duration + 0.05
+    assert np.all(start[1:] >= end[:-1])
+    assert int(np.sum(np.rint(end * 16000) - np.rint(start * 16000))) == len(out["speech_pcm"][i])
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +60,11 @@ def test_video_round_trip(videos, container):
     assert all(np.min(np.abs(shots - cut)) <= 1.01 for cut in (2.0, 4.0)) and len(shots) <= 3
     keyframes = out["iframe_ts"][0]
     assert len(keyframes) >= 5 and np.all(np.diff(keyframes) > 0) and keyframes[-1] <= duration
-    pcm = out["pcm"][0]
-    assert out["has_audio"][0] and pcm.dtype == np.float32
-    assert abs(len(pcm) - duration * 16000) <= 0.05 * duration * 16000
-    assert 0.05 < np.abs(pcm).max() <= 1.0
+    speech = out["speech_pcm"][0]  # the soundtrack is speech-like throughout: (nearly) all of it is kept
+    assert out["has_audio"][0] and speech.dtype == np.int16
+    assert 0.8 * duration * 16000 <= len(speech) <= 1.02 * duration * 16000
+    assert 0.05 * 32768 < np.abs(speech.astype(np.int32)).max() < 32768
+    _assert_speech(out, 0, duration)
     meta = json.loads(out["meta_json"][0])
     assert meta["width"] == 160 and meta["height"] == 120
     assert meta.get("title") == ("corpusflow test video" if container != "ts" else None)  # TS has no title tag
@@ -67,9 +76,11 @@ def test_video_without_audio_and_audio_files(tmp_path):
     sounds = [media.make_audio(tmp_path / f"s.{c}", seconds=2.0, container=c) for c in ("wav", "mp3", "m4a")]
     out = DecodeMedia(config())(batch([silent, *sounds], ["video", "audio", "audio", "audio"]))
     assert list(out["error"]) == [""] * 4
-    assert not out["has_audio"][0] and len(out["pcm"][0]) == 0 and len(out["frames"][0]) == 2
+    assert not out["has_audio"][0] and len(out["speech_pcm"][0]) == 0 and len(out["frames"][0]) == 2
+    assert len(out["speech_start_s"][0]) == 0
     for i in range(1, 4):
-        assert out["has_audio"][i] and abs(len(out["pcm"][i]) - 32000) <= 1600
+        assert out["has_audio"][i] and 0.8 * 32000 <= len(out["speech_pcm"][i]) <= 32000 + 1600
+        _assert_speech(out, i, out["duration_s"][i])
         assert out["frames"][i].shape == (0, 112, 112, 3) and len(out["frame_ts"][i]) == 0
         assert abs(out["duration_s"][i] - 2.0) < 0.1
 

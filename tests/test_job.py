@@ -144,7 +144,7 @@ def test_stage_columns_are_arrow_native(corpus, tmp_path, model_cache):
         assert types[col] <= {"list<item: string>", "list<item: null>"}, (col, types[col])
     assert "list<item: string>" in types["page_text"]
     assert any("Tensor" in t for t in types["chapter_start"])
-    assert "frames" not in types and "pcm" not in types
+    assert "frames" not in types and "speech_pcm" not in types
 
 
 def test_a_killed_job_rerun_completes_without_loss_or_duplicates(corpus, tmp_path, model_cache):

@@ -1,11 +1,13 @@
-"""Speech detection (the CPU stage before ASR): Silero VAD regions merged into chunks Whisper decodes."""
+"""Speech detection as decode streams the audio: Silero VAD over windows, regions merged into chunks
+Whisper decodes, and only the chunks' samples kept, as int16."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from corpusflow.actors.speech import DetectSpeech, merge_speech
+from corpusflow.actors.speech import VAD_WINDOW_S, SpeechDetector, merge_speech, to_int16
 from corpusflow.contracts.config import JobConfig
+from corpusflow.contracts.stage import StageFailure
 from tests.media import speech_like
 
 SR = 16000
@@ -20,23 +22,13 @@ def _talk(*parts: tuple[str, float]) -> np.ndarray:
     return np.concatenate([speech_like(s, SR) if kind == "talk" else _silence(s) for kind, s in parts])
 
 
-def _batch(*pcms: np.ndarray, failed: dict[int, tuple[str, str]] | None = None) -> dict[str, np.ndarray]:
-    failed = failed or {}
-    pcm = np.empty(len(pcms), dtype=object)
-    for i, p in enumerate(pcms):
-        pcm[i] = p
-    return {"pcm": pcm, "kind": np.asarray(["audio"] * len(pcms)),
-            "error_stage": np.asarray([failed.get(i, ("", ""))[0] for i in range(len(pcms))]),
-            "error": np.asarray([failed.get(i, ("", ""))[1] for i in range(len(pcms))])}
-
-
-def _stage(**asr: object) -> DetectSpeech:
-    return DetectSpeech(JobConfig(corpus="/corpus", out="/out", asr=asr))
+def _detector(window_s: float = VAD_WINDOW_S, **asr: object) -> SpeechDetector:
+    return SpeechDetector(JobConfig(corpus="/corpus", out="/out", asr=asr), window_s=window_s)
 
 
 @pytest.fixture(scope="module")
-def stage() -> DetectSpeech:
-    return _stage()
+def detector() -> SpeechDetector:
+    return _detector()
 
 
 def _assert_chunks(start: np.ndarray, end: np.ndarray, duration: float, chunk_s: float) -> None:
@@ -46,47 +38,55 @@ def _assert_chunks(start: np.ndarray, end: np.ndarray, duration: float, chunk_s:
     assert np.all(start[1:] >= end[:-1]), "sorted and non-overlapping"
 
 
-def test_silence_and_a_missing_audio_track_have_no_speech(stage: DetectSpeech) -> None:
-    out = stage(_batch(_silence(3.0), np.zeros(0, dtype=np.float32)))
+def test_silence_and_a_missing_audio_track_carry_no_audio(detector: SpeechDetector) -> None:
+    for pcm in (_silence(3.0), np.zeros(0, dtype=np.float32)):
+        speech = detector.detect(pcm)
+        assert len(speech.start_s) == len(speech.end_s) == 0
+        assert speech.pcm.dtype == np.int16 and len(speech.pcm) == 0, "a track without speech carries nothing"
+        assert speech.track_samples == len(pcm)
 
-    assert list(out["error"]) == ["", ""]
-    assert [len(v) for v in out["speech_start_s"]] == [0, 0]
-    assert [len(v) for v in out["speech_end_s"]] == [0, 0]
 
+def test_speech_becomes_sorted_chunks_and_only_their_samples_are_kept(detector: SpeechDetector) -> None:
+    pcm = _talk(("quiet", 1.0), ("talk", 3.0), ("quiet", 2.5), ("talk", 2.0), ("quiet", 4.0))
+    speech = detector.detect(pcm)
 
-def test_speech_becomes_sorted_chunks_inside_the_track_and_pcm_stays(stage: DetectSpeech) -> None:
-    pcm = _talk(("quiet", 1.0), ("talk", 3.0), ("quiet", 2.5), ("talk", 2.0), ("quiet", 1.0))
-    out = stage(_batch(pcm))
-
-    assert out["error"][0] == ""
-    _assert_chunks(out["speech_start_s"][0], out["speech_end_s"][0], len(pcm) / SR, 30.0)
-    assert out["speech_start_s"][0][0] >= 0.5, "the leading second of silence is not speech"
-    assert out["pcm"][0] is pcm, "ASR still needs the samples"
-    assert out["speech_wall_s"][0] > 0 and out["speech_accel"][0] == "cpu"
+    _assert_chunks(speech.start_s, speech.end_s, len(pcm) / SR, 30.0)
+    assert speech.start_s[0] >= 0.5, "the leading second of silence is not speech"
+    spans = [(round(a * SR), round(b * SR)) for a, b in zip(speech.start_s, speech.end_s)]
+    np.testing.assert_array_equal(speech.pcm, np.concatenate([to_int16(pcm[a:b]) for a, b in spans]))
+    assert len(speech.pcm) < 0.8 * len(pcm), "the trailing silence is not carried"
 
 
 def test_long_speech_is_cut_into_chunks_no_longer_than_chunk_s() -> None:
     pcm = _talk(("talk", 7.0))
-    out = _stage(chunk_s=2.0)(_batch(pcm))
+    speech = _detector(chunk_s=2.0).detect(pcm)
 
-    start, end = out["speech_start_s"][0], out["speech_end_s"][0]
-    _assert_chunks(start, end, len(pcm) / SR, 2.0)
-    assert len(start) >= 3 and end[-1] - start[0] >= 6.0, "all of the speech is kept"
+    _assert_chunks(speech.start_s, speech.end_s, len(pcm) / SR, 2.0)
+    assert len(speech.start_s) >= 3 and speech.end_s[-1] - speech.start_s[0] >= 6.0, "all of the speech is kept"
 
 
-def test_rows_failed_upstream_pass_untouched_and_bad_audio_fails_here(stage: DetectSpeech) -> None:
-    talk = _talk(("talk", 2.0))
-    nan = talk.copy()
-    nan[10] = np.nan
-    out = stage(_batch(talk, nan, talk, failed={2: ("decode", "file is not a media container")}))
+def test_speech_across_window_edges_is_neither_lost_nor_doubled() -> None:
+    """Long tracks go through the VAD a window at a time; speech crossing an edge is detected once, whole."""
+    rng = np.random.default_rng(1)
+    parts: list[tuple[str, float]] = []
+    for _ in range(8):
+        parts += [("quiet", float(rng.uniform(1, 15))), ("talk", float(rng.uniform(2, 40)))]
+    pcm = _talk(*parts)
+    whole, windowed = _detector(window_s=1e9).detect(pcm), _detector(window_s=60.0).detect(pcm)
 
-    assert list(out["error_stage"]) == ["", "speech", "decode"]
-    assert "non-finite" in out["error"][1]
-    assert out["error"][2] == "file is not a media container"
-    assert out["pcm"][2] is talk
-    assert len(out["speech_start_s"][0]) >= 1
-    assert [len(out["speech_start_s"][i]) for i in (1, 2)] == [0, 0]
-    assert np.isnan(out["speech_wall_s"][2]), "a row that never ran here has no metrics"
+    assert len(pcm) / SR > 3 * 60, "the track spans several windows"
+    _assert_chunks(windowed.start_s, windowed.end_s, len(pcm) / SR, 30.0)
+    assert len(windowed.start_s) == len(whole.start_s)
+    np.testing.assert_allclose(windowed.start_s, whole.start_s, atol=0.5)
+    np.testing.assert_allclose(windowed.end_s, whole.end_s, atol=0.5)
+    assert abs(len(windowed.pcm) - len(whole.pcm)) < 0.01 * len(whole.pcm)
+
+
+def test_non_finite_samples_fail_the_track(detector: SpeechDetector) -> None:
+    pcm = _talk(("talk", 2.0))
+    pcm[10] = np.nan
+    with pytest.raises(StageFailure, match="non-finite"):
+        detector.detect(pcm)
 
 
 def test_merge_joins_neighbours_and_cuts_what_is_too_long() -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator, Protocol
 
 import numpy as np
 
+from corpusflow.actors.speech import SAMPLE_RATE, chunk_lengths, to_float32
 from corpusflow.contracts.config import ModelsProfile, StageConfig
 
-SAMPLE_RATE = 16000
 LANGUAGE_PROBE_S = 30.0  # Whisper identifies the language from one 30 s window
 
 
@@ -39,23 +40,30 @@ class AsrResult:
 
 @dataclass(frozen=True)
 class SpeechTrack:
-    """One track to transcribe: its 16 kHz mono float32 samples and the speech chunks to decode.
+    """One track to transcribe: its speech chunks and their 16 kHz mono int16 samples, never the whole track.
 
-    ``chunks`` are (start_s, end_s) on the track's time axis, as actors/speech.py:DetectSpeech
-    merged them (each at most ``asr.chunk_s`` long); none means nothing to decode.
+    ``chunks`` are (start_s, end_s) on the media's time axis, as actors/speech.py found them while the
+    track was decoded (each at most ``asr.chunk_s`` long); none means nothing to decode. ``pcm`` holds
+    the chunks' samples back to back (actors/speech.py:Speech); :meth:`samples` hands one chunk over
+    as float32, so at most a batch of chunks is ever float32 at once.
     """
 
     pcm: np.ndarray
     chunks: list[tuple[float, float]]
 
-    def samples(self, chunk: tuple[float, float]) -> np.ndarray:
-        return self.pcm[round(chunk[0] * SAMPLE_RATE):round(chunk[1] * SAMPLE_RATE)]
+    @cached_property
+    def _offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(chunk_lengths(*np.asarray(self.chunks).reshape(-1, 2).T))])
+
+    def samples(self, k: int) -> np.ndarray:
+        """Chunk ``k``'s samples as float32 in [-1, 1]."""
+        return to_float32(self.pcm[self._offsets[k]:self._offsets[k + 1]])
 
     def language_probe(self) -> np.ndarray:
         """The first 30 s of speech, where the language is detected (not the file's first 30 s, which may be music)."""
         need, parts, got = int(LANGUAGE_PROBE_S * SAMPLE_RATE), [], 0
-        for chunk in self.chunks:  # only as many chunks as the probe needs, not the whole track
-            parts.append(self.samples(chunk))
+        for k in range(len(self.chunks)):  # only as many chunks as the probe needs, not the whole track
+            parts.append(self.samples(k))
             got += len(parts[-1])
             if got >= need:
                 break

@@ -63,7 +63,7 @@ class TransformersWhisperEngine:
         fixed = self.fixed_output_tokens
         lengths = {} if fixed is None else {"min_new_tokens": fixed, "max_new_tokens": fixed}
         for lang, part in chunk_batches(work, self._batch_size):
-            features = self._features([d.track.samples(d.track.chunks[k]) for d, k in part])
+            features = self._features([d.track.samples(k) for d, k in part])
             with self._torch.inference_mode():
                 ids = self._model.generate(features, language=lang or None, task="transcribe", **lengths)
             for (d, k), text in zip(part, self._processor.tokenizer.batch_decode(ids, skip_special_tokens=True)):

@@ -1,7 +1,7 @@
 """Whisper on vLLM: the ASR engine for GPU workers (``asr_engine: vllm``, the ``corpusflow[gpu]`` extra).
 
-vLLM runs Whisper's decoder with CUDA graphs and schedules every speech chunk of every track handed
-over as one continuous batch, so a short file's chunks ride along with a long file's. Each chunk is
+vLLM runs Whisper's decoder with CUDA graphs and schedules the speech chunks of every track handed
+over as one continuous batch (16 decoder batches per call), so a short file's chunks ride along with a long file's. Each chunk is
 decoded in Whisper's timestamp mode: the decoded ``<|t|>`` tokens split the chunk into timed segments
 (``asr.segment_timestamps``; off, each chunk is one segment, as the other engines write), and the
 profile's wav2vec2 aligner (asr_align.py) places the words after that. Any Whisper checkpoint in
@@ -26,6 +26,7 @@ TIMESTAMP_STEP_S = 0.02  # <|0.00|>, <|0.02|>, ... <|30.00|>
 # and capturing CUDA graphs would take longer than the tests run.
 _TEST_SIZE_WIDTH = 512
 _TEST_GPU_MEMORY = 0.05
+_CALL_BATCHES = 16  # decoder batches (asr.batch_size chunks each) handed to one generate call
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class VllmWhisperEngine:
             raise ValueError(f"asr.language {forced!r} is not a language this Whisper model knows "
                              f"(one of {', '.join(sorted(self._tokens.languages.values()))})")
         self._timestamps = config.asr.segment_timestamps
+        self._batch_size = config.asr.batch_size
         self._max_tokens = int(hf_config["max_target_positions"]) - 4  # the prompt's four tokens
         self.fixed_output_tokens = fixed_output_tokens
         self._aligner = WordAligner(profile, config, torch_device()) if WordAligner.wanted(profile, config) else None
@@ -150,7 +152,7 @@ class VllmWhisperEngine:
         return [self._tokens.languages.get(o.outputs[0].token_ids[0], "") for o in outputs]
 
     def transcribe_many(self, tracks: list[SpeechTrack], language: str | None) -> list[AsrResult]:
-        """Languages of the tracks that need one, then every chunk of every track in one generate call."""
+        """Languages of the tracks that need one, then every chunk of every track, in as few generate calls as fit."""
         from vllm import SamplingParams
 
         speaking = [t for t in tracks if t.chunks]
@@ -160,12 +162,16 @@ class VllmWhisperEngine:
         params = SamplingParams(temperature=0.0, max_tokens=fixed or self._max_tokens, skip_special_tokens=False,
                                 **({"min_tokens": fixed, "ignore_eos": True} if fixed else {}))
         chunks = [(d, k) for d in work for k in range(len(d.track.chunks))]
-        prompts = [self._prompt(d.track.samples(d.track.chunks[k]), decoder_prompt(d.language or "en", self._timestamps))
-                   for d, k in chunks]
-        outputs = self._llm.generate(prompts, params, use_tqdm=False) if prompts else []
         segments: dict[int, list[TimedText]] = {id(d): [] for d in work}
-        for (d, k), out in zip(chunks, outputs):
-            segments[id(d)].extend(self._segments(list(out.outputs[0].token_ids), d.track.chunks[k]))
+        # Chunks go over in calls of ``_CALL_BATCHES`` decoder batches: vLLM's scheduler stays full, and
+        # no more than that many chunks are float32 at once, however long the tracks.
+        per_call = _CALL_BATCHES * self._batch_size
+        for first in range(0, len(chunks), per_call):
+            part = chunks[first:first + per_call]
+            prompts = [self._prompt(d.track.samples(k), decoder_prompt(d.language or "en", self._timestamps))
+                       for d, k in part]
+            for (d, k), out in zip(part, self._llm.generate(prompts, params, use_tqdm=False)):
+                segments[id(d)].extend(self._segments(list(out.outputs[0].token_ids), d.track.chunks[k]))
         return [self._result(d, segments[id(d)]) for d in work]
 
     def _segments(self, ids: list[int], chunk: tuple[float, float]) -> list[TimedText]:
@@ -177,7 +183,7 @@ class VllmWhisperEngine:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     def _result(self, d: Decoding, segments: list[TimedText]) -> AsrResult:
-        aligned = self._aligner.align(segments, d.track.pcm, d.language) if self._aligner and segments else None
+        aligned = self._aligner.align(segments, d.track, d.language) if self._aligner and segments else None
         return AsrResult(d.language, *aligned) if aligned else AsrResult(d.language, segments)
 
 

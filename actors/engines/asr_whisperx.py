@@ -70,7 +70,7 @@ class WhisperXEngine:
         model = self._pipeline.model
         for language, part in chunk_batches(work, self._batch_size):
             tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-            features = torch.stack([self._features(d.track.samples(d.track.chunks[k])) for d, k in part])
+            features = torch.stack([self._features(d.track.samples(k)) for d, k in part])
             for (d, k), text in zip(part, model.generate_segment_batched(features, tokenizer, self._pipeline.options)):
                 d.texts[k] = text
             if self._align_words and self._profile.aligner_for(language) == WHISPER_ALIGN:
@@ -85,7 +85,7 @@ class WhisperXEngine:
 
         model = self._pipeline.model
         tokens = [tokenizer.encode(" " + d.texts[k].strip()) for d, k in part]
-        frames = [len(d.track.samples(d.track.chunks[k])) // model.feature_extractor.hop_length for d, k in part]
+        frames = [len(d.track.samples(k)) // model.feature_extractor.hop_length for d, k in part]
         encoded = model.encode(features.cpu().numpy())
         for (d, k), timed in zip(part, model.find_alignment(tokenizer, tokens, encoded, frames)):
             merge_punctuations(timed, _PREPEND, _APPEND)  # "Monday" "." → "Monday."
@@ -105,7 +105,7 @@ class WhisperXEngine:
         segments = [TimedText(round(a, 3), round(b, 3), text) for (a, b), text in zip(d.track.chunks, d.texts)]
         if self._align_words and self._profile.aligner_for(d.language) == WHISPER_ALIGN:
             return AsrResult(d.language, segments, sorted(d.words, key=lambda w: w.start))
-        aligned = self._aligner.align(segments, d.track.pcm, d.language) if self._aligner and segments else None
+        aligned = self._aligner.align(segments, d.track, d.language) if self._aligner and segments else None
         return AsrResult(d.language, *aligned) if aligned else AsrResult(d.language, segments)
 
 

@@ -105,7 +105,7 @@ def find(data: str) -> Layout:
 
 
 class Harness:
-    """The profile's models, loaded once: the job's decoder, speech detection and ASR, and the VLM engine."""
+    """The profile's models, loaded once: the job's decoder (with its speech detection) and ASR, and the VLM engine."""
 
     def __init__(self, config: StageConfig, conditions: Sequence[str]):
         from corpusflow.actors.decode import DecodeMedia
@@ -114,12 +114,11 @@ class Harness:
         self.config = config
         self.decode = DecodeMedia(config)
         self.engine = load_engine(config.profile, config.model_cache)
-        self.speech = self.asr = None
+        self.asr = None
         if "asr" in conditions:
             from corpusflow.actors.asr import Transcribe
-            from corpusflow.actors.speech import DetectSpeech
 
-            self.speech, self.asr = DetectSpeech(config), Transcribe(config)
+            self.asr = Transcribe(config)
 
     def look(self, uri: str) -> dict[str, Any]:
         """One video decoded (frames at the largest budget), and transcribed when a condition needs it."""
@@ -127,7 +126,7 @@ class Harness:
                  "error_stage": np.asarray([""]), "error": np.asarray([""])}
         batch = self.decode(batch)
         if self.asr is not None and not batch["error"][0]:
-            batch = self.asr(self.speech(batch))
+            batch = self.asr(batch)
         return {k: v[0] for k, v in batch.items()}
 
     def ask(self, frames: np.ndarray, ts: np.ndarray, questions: list[dict], subtitles: list[str]) -> list[str]:

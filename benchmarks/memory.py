@@ -1,0 +1,168 @@
+"""Peak memory of one long audio row in decode and in ASR, for this checkout and a baseline checkout.
+
+    python benchmarks/memory.py [--hours 1] [--speech-share 0.2] [--code DIR] [--work DIR] [--json out.json]
+
+The input is a 16 kHz mono WAV of ``--hours`` hours: pieces of speech (espeak-ng sentences, or a voiced
+tone where espeak-ng is missing) between silences, ``--speech-share`` of the time speech. Each stage
+runs in a fresh Python process with the checkout on its path, as a Ray worker would run it: decode
+(with whatever stages the checkout fuses into it, speech detection on the main of 2026-11-27), then
+ASR on the row decode wrote (tiny-random models: the model weighs ~nothing, the row is what is
+measured). Each process first runs a 10-minute file (models load lazily, allocators grow to full
+decoder batches), then the long one; per stage it reports the RSS after the warm-up, the peak RSS,
+and their difference: what the long row costs. ``--code DIR`` (repeatable) adds another checkout,
+e.g. a ``git worktree`` of main, measured on the same file in the same session.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+PIECE_S = 10.0
+
+# Runs inside the checkout under test: only names both the old and the new stage API have.
+_CHILD = r'''
+import json, pickle, resource, sys, time
+import numpy as np
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+
+stage, cache = sys.argv[1:3]
+inputs = sys.argv[3:]  # (uri, rows file) for the warm-up file, then for the long one
+from corpusflow.actors import stage_class
+from corpusflow.contracts.config import JobConfig
+from corpusflow.contracts.registry import STAGES, spec
+config = JobConfig(corpus="/unused/corpus", out="/unused/out", models="tiny-random", model_cache=cache)
+if stage == "decode":
+    stages = [stage_class(s.cls)(config) for s in STAGES if s.name == "decode" or s.fused_into == "decode"]
+else:
+    stages = [stage_class(spec("asr").cls)(config)]
+for uri, rows in zip(inputs[::2], inputs[1::2]):
+    warm = rss_mb()  # after the first file: models loaded lazily, allocators and buffers grown
+    t0 = time.perf_counter()
+    if stage == "decode":
+        batch = {"uri": np.asarray([uri]), "kind": np.asarray(["audio"]), "asset_id": np.asarray(["long"]),
+                 "error_stage": np.asarray([""]), "error": np.asarray([""])}
+    else:
+        with open(rows, "rb") as f:
+            batch = pickle.load(f)
+    for s in stages:
+        batch = s(batch)
+    seconds = time.perf_counter() - t0
+    assert not batch["error"][0], batch["error"][0]
+    if stage == "decode":
+        with open(rows, "wb") as f:
+            pickle.dump(batch, f, protocol=5)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+carried = {k: int(batch[k][0].nbytes) for k in ("pcm", "speech_pcm", "frames") if k in batch}
+print(json.dumps({"warm_mb": warm, "peak_mb": peak, "row_mb": peak - warm, "seconds": seconds,
+                  "carried_bytes": carried}))
+'''
+
+
+def _pieces(seconds: float) -> list[np.ndarray]:
+    """Speech pieces of ``PIECE_S`` seconds: espeak-ng sentences where it is installed, else a voiced tone."""
+    from benchmarks.corpus import load_clip, speech_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = load_clip(speech_clip(Path(tmp) / "clip.wav", seconds=60.0))
+    n = int(PIECE_S * SR)
+    return [clip[i:i + n] for i in range(0, len(clip) - n + 1, n)]
+
+
+def make_audio(path: Path, hours: float, speech_share: float) -> Path:
+    """A 16 kHz mono WAV: ``PIECE_S``-second speech pieces spread evenly, silence between them."""
+    import av
+
+    if path.exists():
+        return path
+    pieces = _pieces(60.0)
+    total = int(hours * 3600 * SR)
+    period = int(PIECE_S / speech_share * SR)
+    tmp = path.with_suffix(".part.wav")
+    with av.open(str(tmp), "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=SR)
+        stream.layout = "mono"
+        for k, start in enumerate(range(0, total, period)):
+            block = np.zeros(min(period, total - start), np.float32)
+            piece = pieces[k % len(pieces)][:len(block)]
+            block[:len(piece)] = piece
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = SR, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        out.mux(stream.encode(None))
+    tmp.rename(path)
+    return path
+
+
+def measure(code: Path, files: list[Path], work: Path, cache: str) -> dict:
+    """Decode, then ASR on decode's rows, each in a fresh process running ``code``'s corpusflow: the
+    first file warms the process up, the last one is measured."""
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    rows = [work / f"row-{k}.pkl" for k in range(len(files))]
+    args = [str(x) for pair in zip(files, rows) for x in pair]
+    got = {}
+    for stage in ("decode", "asr"):
+        done = subprocess.run([sys.executable, "-c", _CHILD, stage, cache, *args], cwd=code, env=env,
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{stage} in {code} failed:\n{done.stderr[-3000:]}")
+        got[stage] = json.loads(done.stdout.strip().splitlines()[-1])
+    for r in rows:
+        r.unlink(missing_ok=True)
+    return got
+
+
+def _commit(code: Path) -> str:
+    done = subprocess.run(["git", "-C", str(code), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return done.stdout.strip()[:80]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--speech-share", type=float, default=0.2, help="share of the time that is speech")
+    p.add_argument("--code", action="append", default=[], help="another checkout to measure (e.g. main)")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "corpusflow-memory-bench"))
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    warm_up = make_audio(work / f"warm-up-{a.speech_share:g}.wav", 600 / 3600, a.speech_share)
+    audio = make_audio(work / f"long-{a.hours:g}h-{a.speech_share:g}.wav", a.hours, a.speech_share)
+    cache = str(work / "models")
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
+               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "hours": a.hours, "speech_share": a.speech_share,
+               "runs": []}
+    for code in [*map(Path, a.code), REPO]:
+        got = measure(code.resolve(), [warm_up, audio], work, cache)
+        results["runs"].append({"code": str(code), "commit": _commit(code), **got})
+        for stage, r in got.items():
+            print(f"{_commit(code)[:40]:40s} {stage:6s} warm {r['warm_mb']:7.0f} MB  peak {r['peak_mb']:7.0f} MB  "
+                  f"row {r['row_mb']:7.0f} MB  {r['seconds']:6.1f} s  carried {r['carried_bytes']}")
+    if len(results["runs"]) > 1:
+        base, new = results["runs"][0], results["runs"][-1]
+        for stage in ("decode", "asr"):
+            ratio = base[stage]["row_mb"] / max(new[stage]["row_mb"], 1.0)
+            print(f"{stage}: one row costs {ratio:.1f}x less than in {base['commit'][:40]}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
