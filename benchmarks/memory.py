@@ -46,7 +46,8 @@ from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import STAGES, spec
 config = JobConfig(corpus="/unused/corpus", out="/unused/out", models="tiny-random", model_cache=cache)
 if stage == "decode":
-    stages = [stage_class(s.cls)(config) for s in STAGES if s.name == "decode" or s.fused_into == "decode"]
+    # A baseline checkout may still run speech detection as a stage fused into decode's tasks.
+    stages = [stage_class(s.cls)(config) for s in STAGES if s.name == "decode" or getattr(s, "fused_into", None) == "decode"]
 else:
     stages = [stage_class(spec("asr").cls)(config)]
 for uri, rows in zip(inputs[::2], inputs[1::2]):

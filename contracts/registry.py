@@ -56,10 +56,9 @@ class StageSpec:
     """One stage as the job and the API run it.
 
     ``cls``: the stage class's import path (None for the job's own commit step). ``pool``: Ray tasks
-    (cheap to start, stateless) or an actor pool (a model loaded once per actor). ``fused_into``: the
-    stage runs on another stage's reservation, right after it (speech detection after decode), so it
-    has no resources of its own. ``unit``: what one unit of its work is, for sizing plans. ``serve``:
-    how the online API deploys it (one request per call, gathered batches, or not at all).
+    (cheap to start, stateless) or an actor pool (a model loaded once per actor). ``unit``: what one
+    unit of its work is, for sizing plans. ``serve``: how the online API deploys it (one request per
+    call, gathered batches, or not at all).
     """
 
     name: str
@@ -67,7 +66,6 @@ class StageSpec:
     pool: Literal["tasks", "actors"]
     unit: str
     resources: StageResources = StageResources()
-    fused_into: Optional[str] = None
     serve: Optional[Literal["single", "batched"]] = None
     metrics: bool = True
 
@@ -100,7 +98,7 @@ EMBED = StageSpec("embed", f"{_ACTORS}.embed.Embed", "actors", "unit", StageReso
 
 BY_NAME = {s.name: s for s in STAGES}
 # Stages with a reservation of their own: the keys of a job config's ``resources`` and of a placement.
-RESERVING = tuple(s.name for s in STAGES if s.fused_into is None)
+RESERVING = tuple(s.name for s in STAGES)
 
 
 def spec(name: str) -> StageSpec:
@@ -133,9 +131,8 @@ class Resources(RootModel[dict[str, StageResources]]):
         raise AttributeError(name)
 
     def of(self, stage: str) -> StageResources:
-        """The reservation ``stage`` runs on (a fused stage's host's)."""
-        s = spec(stage)
-        return self.root[s.fused_into or s.name]
+        """The reservation ``stage`` runs on."""
+        return self.root[spec(stage).name]
 
     def __iter__(self) -> Iterator[tuple[str, StageResources]]:  # type: ignore[override]
         return iter(self.root.items())

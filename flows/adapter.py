@@ -2,8 +2,7 @@
 
 What a stage declares decides how it runs: ``pool="tasks"`` stages run as Ray tasks, each worker
 process building the stage once and reusing it; ``pool="actors"`` stages run in an autoscaling actor
-pool that loads the model once per actor. Resources come from the job config's ``resources`` (a
-fused stage uses its host's, so Ray fuses the two into one task), and ``ray_options`` pass further
+pool that loads the model once per actor. Resources come from the job config's ``resources``, and ``ray_options`` pass further
 Ray arguments through (refused at config validation where they would collide with ours).
 """
 from __future__ import annotations

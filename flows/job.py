@@ -1,11 +1,11 @@
 """The corpus job: one Ray Data stream from listing to committed Delta Lake tables (flows/tables.py).
 
 list → identify (hash + sniff by content) → drop what this config already committed → the stages of
-the registry in order (contracts/registry.py: decode media and detect speech, extract PDFs, ASR
+the registry in order (contracts/registry.py: decode media and keep their speech, extract PDFs, ASR
 actor pool, VLM actor pool), each added by the Ray Data adapter (flows/adapter.py) → commit (one actor).
 Videos, audio and PDFs flow interleaved in one stream; each stage takes the kinds its contract
-declares. Frames and PCM travel as Arrow tensor columns; objects are fetched inside the stages that
-read them.
+declares. Frames and speech samples travel as Arrow tensor columns; objects are fetched inside the
+stages that read them.
 """
 from __future__ import annotations
 
@@ -97,7 +97,6 @@ class _Committer:
     def __init__(self, config: JobConfig, job_id: str, append_new: bool = False):
         self.config, self.job_id, self.fingerprint = config, job_id, config.fingerprint()
         self.known = KnownKeys(config.out, job_id) if append_new else None
-        # A fused stage (speech detection inside the decode tasks) is charged its host's reservation.
         self.shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
                        for s in STAGES}
 

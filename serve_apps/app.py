@@ -25,9 +25,6 @@ APP_NAME = "corpusflow"
 # Deployments of the stage registry (contracts/registry.py): name → stage class; BATCHED gather requests.
 STAGES = {s.name: s.cls for s in REGISTRY if s.serve and s.cls}
 BATCHED = tuple(s.name for s in REGISTRY if s.serve == "batched")
-# Stages a deployment runs right after its own on the same replica: a fused stage (speech detection
-# after decode) runs where its host does, so its CPU work stays off the replicas that hold GPUs.
-THEN = {host: tuple(s.cls for s in REGISTRY if s.fused_into == host and s.cls) for host in STAGES}
 
 
 @serve.deployment
@@ -57,7 +54,7 @@ def build_app(settings: ServeConfig) -> Application:
             dep = BatchedStageServer.options(name=name, **d.serve_options())
             bound[name] = dep.bind(stage, job, d.batching.max_batch_size, d.batching.batch_wait_timeout_s)
         else:
-            bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job, THEN.get(name, ()))
+            bound[name] = StageServer.options(name=name, **d.serve_options()).bind(stage, job)
     if settings.streaming.enabled:
         from corpusflow.actors.streaming import StreamConfig
 

@@ -84,16 +84,11 @@ def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
 
 @serve.deployment
 class StageServer:
-    """A stage behind a handle, one request at a time per replica (decode, PDF).
+    """A stage behind a handle, one request at a time per replica (decode, PDF)."""
 
-    ``then`` names stages run right after it on the same replica (decode is followed by speech
-    detection), so their CPU work stays off the replicas that hold GPUs.
-    """
-
-    def __init__(self, stage: str, config: dict[str, Any], then: tuple[str, ...] = ()):
-        stage_config = StageConfig.model_validate(config)
-        self.stages = [load_stage(path, stage_config) for path in (stage, *then)]
-        self.exclusive = Exclusive(f"stage-{self.stages[0].contract.name}")
+    def __init__(self, stage: str, config: dict[str, Any]):
+        self.stage = load_stage(stage, StageConfig.model_validate(config))
+        self.exclusive = Exclusive(f"stage-{self.stage.contract.name}")
 
     async def run(self, batch: Batch, payload: Optional[bytes] = None) -> Batch:
         # The temp file lives inside the worker thread's call: a cancelled request cannot delete it
@@ -105,11 +100,9 @@ class StageServer:
         t0 = time.perf_counter()
         try:
             with _Local(batch, payload) as local:
-                for stage in self.stages:
-                    local = stage(local)
-                return local
+                return self.stage(local)
         finally:
-            batch_metrics.record(self.stages[0].contract.name, 1, time.perf_counter() - t0)
+            batch_metrics.record(self.stage.contract.name, 1, time.perf_counter() - t0)
 
     async def ready(self) -> bool:
         return True

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from corpusflow.actors.search.units import page_chunks, speech_windows
+from corpusflow.actors.search.units import page_chunks, sentences, speech_windows
 from corpusflow.contracts.search import IndexConfig
 from corpusflow.contracts.serve_config import Deployments, ServeConfig
 from corpusflow.flows.cli import main
@@ -153,6 +153,20 @@ def test_speech_windows_close_at_sentences_and_overlap():
         assert 0 < e0 - s1 <= cfg.overlap_s  # the next window repeats the end of this one
     assert windows[-1][1] == 120.0
     assert all(len(c) <= 100 for c in page_chunks("One sentence here. " * 40, 100))
+
+
+def test_a_long_speech_chunk_is_cut_at_its_sentence_ends():
+    """One 30-s ASR segment holding two topics: its word times cut it, so a window can end between them."""
+    spoken = "Stability held at six months. Shelf life stays two years. The supplier failed the audit. Lactose came late."
+    words = [{"t_start": i * 1.5, "t_end": i * 1.5 + 1.2, "text": w} for i, w in enumerate(spoken.split())]
+    segment = {"t_start": 0.0, "t_end": 30.0, "text": spoken, "language": "en"}
+    pieces = sentences([segment], words)
+    assert [p["text"] for p in pieces] == ["Stability held at six months.", "Shelf life stays two years.",
+                                           "The supplier failed the audit.", "Lactose came late."]
+    assert pieces[1]["t_start"] == 7.5 and pieces[1]["t_end"] == 14.7
+    assert sentences([segment], []) == [segment]  # no aligned words: the segment stays whole
+    windows = speech_windows(pieces, IndexConfig(window_s=10, min_window_s=8, max_window_s=20, overlap_s=2))
+    assert windows[0][1] == 14.7 and windows[0][2].endswith("two years.")
 
 
 @pytest.fixture(scope="module")

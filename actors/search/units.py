@@ -1,8 +1,10 @@
 """Cut search units from the rows of the committed tables.
 
-- speech: ASR segments joined into windows of ``window_s`` (between ``min_window_s`` and
-  ``max_window_s``), closed at a sentence end where possible; the next window repeats the last
-  ``overlap_s`` of speech, so a phrase cut by a boundary is still found whole.
+- speech: ASR segments, cut at sentence ends by their word times (a segment is a speech chunk of up
+  to 30 s and may hold the end of one topic and the start of the next), joined into windows of
+  ``window_s`` (between ``min_window_s`` and ``max_window_s``), closed at a sentence end where
+  possible; the next window repeats the last ``overlap_s`` of speech, so a phrase cut by a boundary is
+  still found whole.
 - visual: every VLM chapter and keyframe description, with its times.
 - pdf: each page's text in chunks of at most ``chunk_chars``, cut at paragraph or sentence ends.
 - summary: the asset's summary, spanning the whole asset.
@@ -13,6 +15,7 @@ an incremental index run embeds only what is new.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections import Counter
@@ -78,6 +81,28 @@ def speech_windows(segments: list[dict[str, Any]], cfg: IndexConfig) -> list[tup
     return windows
 
 
+def sentences(segments: list[dict[str, Any]], words: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Segments cut at the sentence ends inside them, each piece timed by its words (t_start, t_end,
+    text, language). A segment without aligned words stays whole."""
+    words = sorted(words, key=lambda w: (w["t_start"], w["t_end"]))
+    starts = [w["t_start"] for w in words]
+    pieces: list[dict[str, Any]] = []
+    for seg in segments:
+        inside = [w for w in words[bisect.bisect_left(starts, seg["t_start"]):bisect.bisect_left(starts, seg["t_end"])]
+                  if str(w["text"]).strip()]
+        if not inside:
+            pieces.append(seg)
+            continue
+        current: list[dict[str, Any]] = []
+        for i, word in enumerate(inside):
+            current.append(word)
+            if _SENTENCE_END.search(str(word["text"])) or i == len(inside) - 1:
+                pieces.append({"t_start": current[0]["t_start"], "t_end": current[-1]["t_end"],
+                               "text": " ".join(str(w["text"]).strip() for w in current), "language": seg["language"]})
+                current = []
+    return pieces
+
+
 def _overlap(window: list[dict[str, Any]], overlap_s: float, following: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trailing segments of ``window`` that fit in ``overlap_s``: the start of the next window."""
     if following is None:
@@ -122,14 +147,16 @@ def page_chunks(text: str, max_chars: int) -> list[str]:
 def units_of_asset(asset_id: str, info: AssetInfo, timeline: Iterable[dict[str, Any]], pages: Iterable[dict[str, Any]],
                    summaries: Iterable[dict[str, Any]], cfg: IndexConfig) -> list[dict[str, Any]]:
     """Every unit of one asset, from its rows of the timeline, pages and summaries tables."""
-    units, segments = [], []
+    units, segments, words = [], [], []
     for row in timeline:
         if row["source"] == "asr" and row["detail"] == "segment":
             segments.append(row)
+        elif row["source"] == "asr" and row["detail"] == "word":
+            words.append(row)
         elif row["source"] == "vlm" and row["detail"] in ("chapter", "keyframe") and str(row["text"]).strip():
             units.append(_unit(asset_id, info, "visual", "vlm", row["detail"], str(row["text"]).strip(),
                                str(row["language"] or ""), float(row["t_start"]), float(row["t_end"])))
-    for start, end, text, language in speech_windows(segments, cfg):
+    for start, end, text, language in speech_windows(sentences(segments, words), cfg):
         units.append(_unit(asset_id, info, "speech", "asr", "window", text, language, start, end))
     for row in pages:
         for chunk in page_chunks(str(row["text"]), cfg.chunk_chars):
