@@ -218,7 +218,7 @@ class DecodeMedia(Stage):
         sar = float(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else 1.0
         display = (int(round(ctx.width * sar)), ctx.height)
         step = 1.0 / float(vs.average_rate) if vs.average_rate else 0.04
-        kept: list[np.ndarray] = []
+        kept: np.ndarray | None = None  # one slot per target, filled in place: the frames are never held twice
         times: list[float] = []
         dims: tuple[int, int] | None = None
         targets = sample_times(duration, self.video)
@@ -238,6 +238,7 @@ class DecodeMedia(Stage):
             if dims is None:  # a phone video's display matrix turns it upright: portrait, not landscape
                 upright = display[::-1] if _quarter_turns(frame) % 2 else display
                 dims = frame_dims(*upright, self.video.frame_size)
+                kept = np.empty((len(targets), dims[1], dims[0], 3), np.uint8)
             rgb = upright_rgb(frame, *dims)
             if self.video.dedup_threshold:
                 # Against the last *kept* frame, not the previous sample: slow drift still adds up to a new frame.
@@ -246,10 +247,10 @@ class DecodeMedia(Stage):
                     self.duplicates_dropped += 1
                     continue
                 last_thumb = thumb
-            kept.append(rgb)
+            kept[len(times)] = rgb
             times.append(t - t0)
         width, height = dims or frame_dims(*display, self.video.frame_size)
-        return (np.stack(kept) if kept else np.zeros((0, height, width, 3), np.uint8),
+        return (kept[:len(times)] if kept is not None else np.zeros((0, height, width, 3), np.uint8),
                 np.asarray(times, dtype=np.float64))
 
     def _frame_at(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream, target: float,
