@@ -151,12 +151,11 @@ _UNKNOWN = {"asset_id": "", "kind": "other", "format": "unknown"}
 def content_id(uri: str) -> tuple[str, bytes, int]:
     """(asset id: sha256 of the bytes, the first HEAD bytes, size) from one streamed read."""
     digest, head, size = hashlib.sha256(), b"", 0
-    with storage.open_input(uri) as f:
-        while chunk := f.read(CHUNK):
-            if not head:
-                head = bytes(chunk[:HEAD])
-            digest.update(chunk)
-            size += len(chunk)
+    for chunk in storage.read_stream(uri, CHUNK):
+        if not head:
+            head = bytes(chunk[:HEAD])
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), head, size
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -141,6 +143,33 @@ def open_input(uri: str) -> BinaryIO:
     """A streaming, seekable reader (S3 reads are ranged requests, memory stays bounded)."""
     fs, path = filesystem(uri)
     return fs.open_input_file(path)
+
+
+def read_stream(uri: str, chunk: int) -> Iterator[bytes]:
+    """The bytes at ``uri`` in pieces of ``chunk``, from one streamed read.
+
+    On S3 a read cut while the body streams (a dropped connection: the SDK's retries cover a request,
+    not a body half received) resumes at its offset, up to S3_ATTEMPTS cuts in a row, with jittered
+    backoff; a missing or forbidden object fails at once.
+    """
+    offset, cuts = 0, 0
+    while True:
+        try:
+            with open_input(uri) as f:
+                if offset:
+                    f.seek(offset)
+                while data := f.read(chunk):
+                    offset += len(data)
+                    cuts = 0
+                    yield data
+            return
+        except (FileNotFoundError, PermissionError):
+            raise
+        except OSError:
+            cuts += 1
+            if not is_s3(uri) or cuts >= S3_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0, min(5.0, 0.1 * 2 ** cuts)))
 
 
 def exists(uri: str) -> bool:
