@@ -244,7 +244,7 @@ def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[st
 _WAIT_POLL_S = 2.0
 
 
-def _wait_for_others(config: JobConfig, job_id: str, deferred: dict[str, tuple[str, str]],
+def _wait_for_others(config: JobConfig, job_id: str, fingerprint: str, deferred: dict[str, tuple[str, str]],
                      progress: Callable[[str], None]) -> tuple[list[str], list[str]]:
     """Wait until the content of every deferred URI (uri → (asset_id, holding job)) is committed, by
     the job leasing it or by this one under another URI, or its holder has died. Returns the URIs to
@@ -254,7 +254,7 @@ def _wait_for_others(config: JobConfig, job_id: str, deferred: dict[str, tuple[s
     orphaned: list[str] = []
     said = 0.0
     while waiting:
-        done = committed(config.out, config.fingerprint())
+        done = committed(config.out, fingerprint)
         have, have_ids = keys_of(done), set(done["asset_id"].to_pylist())
         verdicts: dict[str, bool] = {}
         for uri, (asset_id, job) in list(waiting.items()):
@@ -365,6 +365,9 @@ def run_job(config: JobConfig, address: Optional[str] = None,
 
     deferred: dict[str, tuple[str, str]] = {}  # uri → (asset_id, the job whose lease holds that content)
 
+    def said(status: str, kind: str, uri: str, note: str) -> None:
+        progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {status:7s} {kind:5s} {uri}  ({note})")
+
     def take(batch: Batch) -> None:
         for i in range(len(batch["uri"])):
             status, kind = str(batch["status"][i]), str(batch["kind"][i])
@@ -390,8 +393,8 @@ def run_job(config: JobConfig, address: Optional[str] = None,
             if status == "error":
                 summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
                                        "error": str(batch["error"][i])})
-            progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {status:7s} {kind:5s} {batch['uri'][i]}"
-                     f"  ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s)")
+            said(status, kind, str(batch["uri"][i]),
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s")
 
     context = ray.data.DataContext.get_current()
     by_uri = {e.uri: e for e in entries}
@@ -410,14 +413,13 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                     _run_alone(config, entry, done, job_id, take)
                 # Content leased by another job, or by this one under another URI: its rows are shared
                 # once committed; processed here if the job holding it died first.
-                shared, orphaned = _wait_for_others(config, job_id, deferred, progress)
+                shared, orphaned = _wait_for_others(config, job_id, summary.fingerprint, deferred, progress)
                 files = {u: (deferred[u][0], by_uri[u].size, by_uri[u].modified) for u in shared}
                 for row in share_content(config.out, summary.fingerprint, job_id, files).to_pylist():
                     seen.add(row["uri"])
                     statuses[row["status"]] += 1
                     kinds[row["kind"]] += 1
-                    progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {row['status']:7s} "
-                             f"{row['kind']:5s} {row['uri']}  (the same bytes as a file committed already)")
+                    said(row["status"], row["kind"], row["uri"], "the same bytes as a file committed already")
                 pending = [by_uri[u] for u in orphaned]
                 deferred.clear()
         finally:
