@@ -47,7 +47,7 @@ def plan_inputs(folder: Path, run: dict, accelerator: str, gpus: int, cores: int
         return {"targets": {"cpu": {"num_cpus": 1}}}
 
     placement = {"stages": {
-        "identify": cpu(), "decode": cpu(),
+        "identify": cpu(), "decode": cpu(), "frames": cpu(),
         "asr": {"targets": {accelerator: {"num_cpus": 1, "num_gpus": round(asr_share / asr_actors, 4)}}},
         "vlm": {"targets": {accelerator: {"num_cpus": 1, "num_gpus": round(1 - asr_share, 4)}}},
         "pdf": cpu(), "commit": {"targets": {"cpu": {"num_cpus": 0.5, "batch_size": 8}}},

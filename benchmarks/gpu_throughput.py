@@ -316,15 +316,16 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
 # -- decoding ------------------------------------------------------------------------------------
 
 def _decode_one(args: tuple[Any, str]) -> dict:
-    """Identify + decode one file in this process; its CPU time counts every thread (PyAV decodes on several)."""
+    """Identify + decode + frames of one file in this process; its CPU time counts every thread (PyAV decodes on several)."""
     from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.frames import SampleFrames
     from corpusflow.actors.identify import Identify
 
     config, uri = args
     cpu, wall = time.process_time(), time.time()
     batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
              "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-    row = {k: v[0] for k, v in DecodeMedia(config)(Identify(config)(batch)).items()}
+    row = {k: v[0] for k, v in SampleFrames(config)(DecodeMedia(config)(Identify(config)(batch))).items()}
     meta = json.loads(str(row["meta_json"]))
     return {"cpu_s": time.process_time() - cpu, "wall_s": time.time() - wall, "video_s": float(row["duration_s"]),
             "frames": len(row["frame_ts"]), "dropped": int(meta.get("duplicate_frames_dropped", 0)),
@@ -433,19 +434,21 @@ def bench_stages(config, vlm_tokens: int, asr_tokens: int):
 def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int) -> dict:
     """The paper's loop: one video at a time, decode → speech → transcribe → describe, GPU held throughout."""
     from corpusflow.actors.decode import DecodeMedia
+    from corpusflow.actors.frames import SampleFrames
     from corpusflow.actors.identify import Identify
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
     with GpuSampler() as gpu:
         t0 = time.time()
         identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), FixedDescribe(config)
+        frames = SampleFrames(config)
         t_ready = time.time()
         mark = len(gpu.util)
         asr_s = 0.0
         for uri in corpus:
             batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
                      "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-            batch = vlm(asr(decode(identify(batch))))
+            batch = vlm(frames(asr(decode(identify(batch)))))
             row = {k: v[0] for k, v in batch.items()}
             _count_row(row, work, config)
             asr_s += float(row["asr_wall_s"])
@@ -495,7 +498,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     gpus = 0 if smoke else 1
     one = {"num_cpus": 1, "batch_size": 1}
     config = config.model_copy(update={"resources": Resources.model_validate({
-        "identify": one, "decode": one,
+        "identify": one, "decode": one, "frames": one,
         "asr": {**one, "batch_size": asr_rows, "num_gpus": gpus * gpu_share_asr / asr_actors, "min_actors": asr_actors,
                 "max_actors": asr_actors},
         # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
@@ -506,6 +509,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         for name in ("identify", "decode"):
             ds = add_stage(ds, spec(name), config)
         ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe)
+        ds = add_stage(ds, spec("frames"), config)
         if engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm
 

@@ -1,9 +1,11 @@
-"""Peak memory of one long audio row in decode and in ASR, for this checkout and a baseline checkout.
+"""Peak memory of one long media row in decode and in ASR, for this checkout and a baseline checkout.
 
-    python benchmarks/memory.py [--hours 1] [--speech-share 0.2] [--code DIR] [--work DIR] [--json out.json]
+    python benchmarks/memory.py [--hours 1] [--speech-share 0.2] [--video] [--code DIR] [--work DIR] [--json out.json]
 
 The input is a 16 kHz mono WAV of ``--hours`` hours: pieces of speech (espeak-ng sentences, or a voiced
-tone where espeak-ng is missing) between silences, ``--speech-share`` of the time speech. Each stage
+tone where espeak-ng is missing) between silences, ``--speech-share`` of the time speech. With ``--video``
+it is a Matroska file of that sound and a 160×120 H.264 picture at 1 fps that changes with every piece
+(what the ASR actors hold of a video row: its speech, and its frames where decode samples them). Each stage
 runs in a fresh Python process with the checkout on its path, as a Ray worker would run it: decode
 (with whatever stages the checkout fuses into it, speech detection on the main of 2026-11-27), then
 ASR on the row decode wrote (tiny-random models: the model weighs ~nothing, the row is what is
@@ -54,7 +56,8 @@ for uri, rows in zip(inputs[::2], inputs[1::2]):
     warm = rss_mb()  # after the first file: models loaded lazily, allocators and buffers grown
     t0 = time.perf_counter()
     if stage == "decode":
-        batch = {"uri": np.asarray([uri]), "kind": np.asarray(["audio"]), "asset_id": np.asarray(["long"]),
+        kind = "video" if uri.endswith(".mkv") else "audio"
+        batch = {"uri": np.asarray([uri]), "kind": np.asarray([kind]), "asset_id": np.asarray(["long"]),
                  "error_stage": np.asarray([""]), "error": np.asarray([""])}
     else:
         with open(rows, "rb") as f:
@@ -109,6 +112,44 @@ def make_audio(path: Path, hours: float, speech_share: float) -> Path:
     return path
 
 
+def make_video(path: Path, hours: float, speech_share: float) -> Path:
+    """Matroska: :func:`make_audio`'s sound (PCM) and a 160×120 H.264 picture at 1 fps, a new colour per piece."""
+    import av
+
+    if path.exists():
+        return path
+    pieces = _pieces(60.0)
+    total = int(hours * 3600 * SR)
+    period = int(PIECE_S / speech_share * SR)
+    tmp = path.with_suffix(".part.mkv")
+    with av.open(str(tmp), "w", format="matroska") as out:
+        vs = out.add_stream("libx264", rate=1)
+        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
+        vs.codec_context.options = {"g": "10", "preset": "ultrafast", "crf": "30"}
+        stream = out.add_stream("pcm_s16le", rate=SR)
+        stream.layout = "mono"
+        second = 0
+        for k, start in enumerate(range(0, total, period)):
+            block = np.zeros(min(period, total - start), np.float32)
+            piece = pieces[k % len(pieces)][:len(block)]
+            block[:len(piece)] = piece
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = SR, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            picture = np.full((120, 160, 3), (37 * k % 256, 91 * k % 256, 53 * k % 256), np.uint8)
+            while second < (start + len(block)) / SR:
+                vf = av.VideoFrame.from_ndarray(picture, format="rgb24")
+                vf.pts = second
+                for packet in vs.encode(vf):
+                    out.mux(packet)
+                second += 1
+        out.mux(stream.encode(None))
+        out.mux(vs.encode(None))
+    tmp.rename(path)
+    return path
+
+
 def measure(code: Path, files: list[Path], work: Path, cache: str) -> dict:
     """Decode, then ASR on decode's rows, each in a fresh process running ``code``'s corpusflow: the
     first file warms the process up, the last one is measured."""
@@ -136,17 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--speech-share", type=float, default=0.2, help="share of the time that is speech")
+    p.add_argument("--video", action="store_true", help="a video (speech + 1-fps picture) instead of a WAV")
     p.add_argument("--code", action="append", default=[], help="another checkout to measure (e.g. main)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "corpusflow-memory-bench"))
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    warm_up = make_audio(work / f"warm-up-{a.speech_share:g}.wav", 600 / 3600, a.speech_share)
-    audio = make_audio(work / f"long-{a.hours:g}h-{a.speech_share:g}.wav", a.hours, a.speech_share)
+    make, suffix = (make_video, "mkv") if a.video else (make_audio, "wav")
+    warm_up = make(work / f"warm-up-{a.speech_share:g}.{suffix}", 600 / 3600, a.speech_share)
+    audio = make(work / f"long-{a.hours:g}h-{a.speech_share:g}.{suffix}", a.hours, a.speech_share)
     cache = str(work / "models")
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
                "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "hours": a.hours, "speech_share": a.speech_share,
+               "input": suffix,
                "runs": []}
     for code in [*map(Path, a.code), REPO]:
         got = measure(code.resolve(), [warm_up, audio], work, cache)

@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 def bench_settings(models: str, model_cache: str, max_batch: int, *, gpu: bool = False, asr_gpu: float = 0.0,
                    vlm_gpu: float = 0.0, video: VideoConfig = VideoConfig(fps=1, max_frames=8)) -> ServeConfig:
-    """The app's config: one replica per deployment (decode: two in GPU mode, so CPU work never caps the GPU).
+    """The app's config: one replica per deployment (decode and frames: two in GPU mode, so CPU work never caps the GPU).
 
     GPU mode's fixed-length answers never parse, so it asks once (no retries: one engine call per request).
     """
@@ -87,7 +87,8 @@ def bench_settings(models: str, model_cache: str, max_batch: int, *, gpu: bool =
         asr=AsrConfig(align_words=False, batch_size=32) if gpu else AsrConfig(),
         deployments=Deployments(api=DeploymentSettings(num_cpus=cpus, max_ongoing_requests=64, max_queued_requests=64,
                                                        autoscaling=one),
-                                decode=DeploymentSettings(**decode), pdf=DeploymentSettings(**{**stage, "num_cpus": 0.25}),
+                                decode=DeploymentSettings(**decode), frames=DeploymentSettings(**decode),
+                                pdf=DeploymentSettings(**{**stage, "num_cpus": 0.25}),
                                 asr=DeploymentSettings(**stage, num_gpus=asr_gpu, batching=batching),
                                 vlm=DeploymentSettings(**stage, num_gpus=vlm_gpu, batching=batching)),
         streaming=StreamingSettings(enabled=False))  # /v1/stream has its own benchmark
@@ -460,7 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "setup": {"mode": ("gpu-cpu-smoke" if args.cpu_smoke else "gpu") if args.gpu else "cpu",
                   "warmup_s": args.warmup_s, "repeats": args.repeats, "concurrency": levels,
                   "video": settings.video.model_dump(), "stages": {**app.STAGES, **stages},
-                  "deployments": {n: getattr(settings.deployments, n).serve_options() for n in ("api", "decode", "asr", "vlm")}}}
+                  "deployments": {n: getattr(settings.deployments, n).serve_options() for n in ("api", "decode", "asr", "frames", "vlm")}}}
     if args.gpu:
         result["setup"].update(vlm_engine=args.vlm_engine, vlm_output_tokens=args.vlm_tokens,
                                asr_output_tokens_per_chunk=args.asr_tokens,

@@ -213,7 +213,7 @@ class VideoConfig(StrictModel):
 
 # Per-file time limits by stage: generous for 12-hour media on slow hardware, yet a file that hangs a
 # worker frees it within the hour.
-ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "pdf": 600.0, "asr": 3600.0, "vlm": 3600.0}
+ROW_TIME_S = {"identify": 1800.0, "decode": 3600.0, "pdf": 600.0, "asr": 3600.0, "frames": 3600.0, "vlm": 3600.0}
 
 
 class LimitsConfig(StrictModel):

@@ -111,6 +111,7 @@ def _cpu(num_cpus: float = 1, batch_size: Optional[int] = None) -> StagePlacemen
 DEFAULT_PLACEMENT = Placement(stages={
     "identify": _cpu(1),
     "decode": _cpu(2),
+    "frames": _cpu(2),
     "asr": StagePlacement(targets={
         "A10G": Target(num_cpus=4, num_gpus=1, engine={"compute_type": "float16", "batch_size": 16}),
         "H100": Target(num_cpus=4, num_gpus=0.5, engine={"compute_type": "float16", "batch_size": 32}),

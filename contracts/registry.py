@@ -84,6 +84,9 @@ STAGES: tuple[StageSpec, ...] = (
     # Two CPUs: CTranslate2 runs one intra-op thread per reserved CPU. (Different resources from the
     # CPU tasks also keep Ray from fusing decode into the ASR actors, which would serialise them.)
     StageSpec("asr", f"{_ACTORS}.asr.Transcribe", "actors", "media_s", StageResources(num_cpus=2), serve="batched"),
+    # Frames are sampled after ASR, not in decode: the ASR actors then never hold a row's pictures.
+    StageSpec("frames", f"{_ACTORS}.frames.SampleFrames", "tasks", "video_s", StageResources(num_cpus=1),
+              serve="single"),
     StageSpec("vlm", f"{_ACTORS}.vlm.Describe", "actors", "video_s", StageResources(num_cpus=1), serve="batched"),
     # One committer actor by default: a job's commits then never race each other for a Delta log
     # (delta-rs cannot prove two key-replacing commits disjoint), and a batch of 32 files is one

@@ -94,7 +94,7 @@ def rows_for_batch(batch: Mapping[str, np.ndarray], fingerprint: str, job_id: st
                 add("timeline", asset_id=aid, t_start=float(s), t_end=float(e), source="asr", detail="word",
                     language=lang, text=str(t))
         if kind == "video":
-            for t in batch["shot_ts"][i]:
+            for t in get("shot_ts", i, ()):  # absent where frames were not sampled (online /v1/transcribe)
                 add("timeline", asset_id=aid, t_start=float(t), t_end=float(t), source="shot", detail="boundary",
                     language=None, text="shot boundary")
             if "summary" in batch:

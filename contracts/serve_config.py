@@ -80,6 +80,7 @@ class Deployments(StrictModel):
 
     api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, max_queued_requests=64)
     decode: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
+    frames: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
     pdf: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=4)
     asr: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)
     vlm: DeploymentSettings = DeploymentSettings(num_cpus=1, max_ongoing_requests=16)

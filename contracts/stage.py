@@ -178,7 +178,8 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
     It takes the rows that have not failed and whose kind is in ``contract.kinds``, each as a dict of
     the columns the contract reads. Every other row passes through with empty values and NaN metric
     seconds (no metrics row: it was not processed here). Empty values are :func:`empty_value` of each
-    column's kind, or what ``empty`` gives. ``limit_s`` bounds the time per row.
+    column's kind, or what ``empty`` gives; a column the stage both reads and writes (frames adds to
+    decode's ``meta_json``) keeps its input value instead. ``limit_s`` bounds the time per row.
     """
     n = contract.check_input(batch)
     errors, stages = list(batch["error"]), list(batch["error_stage"])
@@ -190,11 +191,13 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
     if len(outcomes) != len(live):
         raise ContractError(f"stage {contract.name!r} returned {len(outcomes)} outcomes for {len(live)} rows")
     empty = {**{c: empty_value(k) for c, k in contract.writes.items()}, **(empty or {})}
-    out_cols: dict[str, list[Any]] = {c: [empty[c]] * n for c in contract.writes}
+    out_cols: dict[str, list[Any]] = {c: list(batch[c]) if c in contract.reads else [empty[c]] * n
+                                      for c in contract.writes}
     metric_cols: dict[str, list[Any]] = {c: [float("nan")] * n if k == "float64" else [""] * n
                    for c, k in contract.metric_columns.items()}
     for i, got in zip(live, outcomes):
-        values = {**empty, **got.values} if got.error is not None else got.values
+        kept = {c: out_cols[c][i] for c in contract.writes if c in contract.reads}
+        values = {**empty, **kept, **got.values} if got.error is not None else got.values
         for c in contract.writes:
             out_cols[c][i] = values[c]
         if got.error is not None:

@@ -167,6 +167,7 @@ def stage_work(stats: CorpusStats) -> dict[str, _Work]:
         "identify": _Work(stats.files, stats.files, 1),
         "decode": _Work(stats.video_s + stats.audio_s, media, max(stats.max_video_s, stats.max_audio_s)),
         "asr": _Work(stats.video_s + stats.audio_s, media, max(stats.max_video_s, stats.max_audio_s)),
+        "frames": _Work(stats.video_s, stats.video_files, stats.max_video_s),
         "vlm": _Work(stats.video_s, stats.video_files, stats.max_video_s),
         "pdf": _Work(stats.pages, stats.pdf_files, stats.max_pages),
         "commit": _Work(stats.files, stats.files, 1),

@@ -163,7 +163,7 @@ def build_api(settings: ServeConfig, pipeline: Pipeline, stream: Optional[Deploy
                 _require_kind(batch, ("video",), "ask needs a video")
                 batch = await pipeline.transcribe(await pipeline.extract(batch, source))
                 _raise_stage_error(batch, "transcription")
-                answer = await pipeline.ask(batch, question)
+                answer = await pipeline.ask(await pipeline.sample_frames(batch, source), question)
             return {"asset": tables(batch)["assets"][0], "question": question, **answer}
 
         return await served(x_request_timeout, work)

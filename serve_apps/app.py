@@ -33,10 +33,11 @@ class Ingress:
     """HTTP front door: checks, routes and answers; the stage deployments do the heavy work."""
 
     def __init__(self, settings: dict[str, Any], decode: DeploymentHandle, pdf: DeploymentHandle,
-                 asr: DeploymentHandle, vlm: DeploymentHandle, stream: Optional[DeploymentHandle] = None,
-                 search: Optional[DeploymentHandle] = None):
+                 asr: DeploymentHandle, frames: DeploymentHandle, vlm: DeploymentHandle,
+                 stream: Optional[DeploymentHandle] = None, search: Optional[DeploymentHandle] = None):
         self.settings = ServeConfig.model_validate(settings)
-        handles = {"decode": decode, "pdf": pdf, "asr": asr, "vlm": vlm, **({"search": search} if search else {})}
+        handles = {"decode": decode, "pdf": pdf, "asr": asr, "frames": frames, "vlm": vlm,
+                   **({"search": search} if search else {})}
         self.pipeline = Pipeline(self.settings, handles)
         self.stream = stream
 

@@ -1,9 +1,9 @@
 """The request's path through the stages, as the ingress drives it through DeploymentHandles.
 
 Identify runs in the ingress (it only sniffs and hashes) and decides the route: PDFs go to the PDF
-deployment, media to decode → ASR (→ VLM for video). A failure in identify, decode or PDF extraction
-means the input is unusable and becomes a 422; a later stage's failure stays in the rows, as in the
-batch tables. Full queues become the configured overload status with ``Retry-After``, and so does a
+deployment, media to decode → ASR (→ frames → VLM for video). A failure in identify, decode, frame
+sampling or PDF extraction means the input is unusable and becomes a 422; a model stage's failure stays
+in the rows, as in the batch tables. Full queues become the configured overload status with ``Retry-After``, and so does a
 replica that died under the request (Serve restarts it). Identify's hashing and the uploads' disk
 I/O run on a small pool of the ingress's own, so large inputs cannot take the event loop's default
 pool from every other request; a request that is cancelled (its deadline passed, its client left)
@@ -63,7 +63,7 @@ def _first_error(batch: Batch) -> tuple[str, str]:
 
 
 class Pipeline:
-    """Stage calls for one request at a time; ``handles`` maps decode/pdf/asr/vlm to their deployments."""
+    """Stage calls for one request at a time; ``handles`` maps decode/pdf/asr/frames/vlm to their deployments."""
 
     def __init__(self, settings: ServeConfig, handles: dict[str, DeploymentHandle]):
         self.settings = settings
@@ -105,15 +105,25 @@ class Pipeline:
         if kind not in ("pdf", *MEDIA_KINDS):
             raise ApiError(422, f"unsupported input: detected {kind!r} ({batch['format'][0]}); "
                                 "send a video, an audio file or a PDF")
-        # An upload travels as bytes (the replica may be on another node), read only for this call.
-        payload = None
-        if source.local_path:
-            payload = await asyncio.get_running_loop().run_in_executor(self.inputs, Path(source.local_path).read_bytes)
-        out = await self._call("pdf" if kind == "pdf" else "decode", "run", batch, payload)
+        out = await self._call("pdf" if kind == "pdf" else "decode", "run", batch, await self._payload(source))
         stage, error = _first_error(out)
         if error:
             raise ApiError(422, f"malformed {kind} ({stage}): {error}")
         return out
+
+    async def sample_frames(self, batch: Batch, source: Source) -> Batch:
+        """A transcribed video's frames for the VLM (sampled after ASR, as in the batch job); 422 when none decode."""
+        out = await self._call("frames", "run", batch, await self._payload(source))
+        stage, error = _first_error(out)
+        if error:
+            raise ApiError(422, f"malformed video ({stage}): {error}")
+        return out
+
+    async def _payload(self, source: Source) -> Optional[bytes]:
+        """An upload's bytes (the replica may be on another node), read for the one call that needs them."""
+        if not source.local_path:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self.inputs, Path(source.local_path).read_bytes)
 
     async def transcribe(self, batch: Batch) -> Batch:
         return await self._call("asr", "run", batch)
@@ -147,7 +157,7 @@ class Pipeline:
         if str(batch["kind"][0]) in MEDIA_KINDS:
             batch = await self.transcribe(batch)
             if str(batch["kind"][0]) == "video" and not _first_error(batch)[1]:
-                batch = await self.describe(batch)
+                batch = await self.describe(await self.sample_frames(batch, source))
         return batch
 
     async def ready(self) -> dict[str, bool]:

@@ -75,7 +75,7 @@ def _public_uri(out: Batch, batch: Batch) -> Batch:
 
 
 def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
-    """``Describe.ask``'s inputs from a one-row batch after decode and ASR."""
+    """``Describe.ask``'s inputs from a one-row batch after decode, ASR and frames."""
     from corpusflow.actors.vlm import video_inputs
 
     frames, ts, meta, transcript = video_inputs({k: v[0] for k, v in batch.items()})
@@ -84,7 +84,7 @@ def _ask_inputs(batch: Batch) -> tuple[Any, ...]:
 
 @serve.deployment
 class StageServer:
-    """A stage behind a handle, one request at a time per replica (decode, PDF)."""
+    """A stage behind a handle, one request at a time per replica (decode, frames, PDF)."""
 
     def __init__(self, stage: str, config: dict[str, Any]):
         self.stage = load_stage(stage, StageConfig.model_validate(config))

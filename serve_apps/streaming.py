@@ -244,7 +244,8 @@ def decode_images(images: list[bytes], max_frames: int, max_pixels: int) -> np.n
 
 def _video_chunks(uri: str, fps: float, per_chunk: int, side: int) -> Iterator[tuple[int, np.ndarray]]:
     """(second, frames) of a video: frames at ``fps``, grouped by whole second, at most ``per_chunk`` each."""
-    from corpusflow.actors.decode import frame_dims, open_media, picture_streams, upright_rgb
+    from corpusflow.actors.decode import open_media, picture_streams
+    from corpusflow.actors.frames import frame_dims, upright_rgb
 
     with open_media(uri) as container:
         streams = picture_streams(container)

@@ -1,4 +1,5 @@
-"""DecodeMedia: frames sampled by seeking, shots, keyframes, speech chunks, readable errors; local and S3."""
+"""Decode then frames, as the job runs them: speech chunks and keyframes, frames sampled by seeking, shots,
+readable errors; local and S3."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ import boto3
 import numpy as np
 import pytest
 
-from corpusflow.actors.decode import DecodeMedia, frame_dims, sample_times
+from corpusflow.actors.decode import DecodeMedia
+from corpusflow.actors.frames import SampleFrames, frame_dims, sample_times
 from corpusflow.actors.identify import Identify
 from corpusflow.contracts.config import JobConfig, VideoConfig
 from tests import media
@@ -24,6 +26,11 @@ def batch(paths: list[Path], kinds: list[str], errors: list[str] | None = None) 
     errors = errors or [""] * len(paths)
     return {"uri": np.asarray([str(p) for p in paths]), "kind": np.asarray(kinds),
             "error_stage": np.asarray(["earlier" if e else "" for e in errors]), "error": np.asarray(errors)}
+
+
+def decode(cfg: JobConfig, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decode, then sample frames (the job runs ASR between them)."""
+    return SampleFrames(cfg)(DecodeMedia(cfg)(rows))
 
 
 def _assert_speech(out: dict[str, np.ndarray], i: int, duration: float) -> None:
@@ -43,7 +50,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("container", media.VIDEO_CONTAINERS)
 def test_video_round_trip(videos, container):
-    out = DecodeMedia(config())(batch([videos[container]], ["video"]))
+    decoded = DecodeMedia(config())(batch([videos[container]], ["video"]))
+    assert "frames" not in decoded  # what travels through the ASR actors holds no pictures
+    out = SampleFrames(config())(decoded)
     assert out["error"][0] == ""
     duration = out["duration_s"][0]
     assert SECONDS - 0.1 <= duration <= SECONDS + 0.2
@@ -74,7 +83,7 @@ def test_video_round_trip(videos, container):
 def test_video_without_audio_and_audio_files(tmp_path):
     silent = media.make_video(tmp_path / "silent.mp4", seconds=2.0, audio=False)
     sounds = [media.make_audio(tmp_path / f"s.{c}", seconds=2.0, container=c) for c in ("wav", "mp3", "m4a")]
-    out = DecodeMedia(config())(batch([silent, *sounds], ["video", "audio", "audio", "audio"]))
+    out = decode(config(), batch([silent, *sounds], ["video", "audio", "audio", "audio"]))
     assert list(out["error"]) == [""] * 4
     assert not out["has_audio"][0] and len(out["speech_pcm"][0]) == 0 and len(out["frames"][0]) == 2
     assert len(out["speech_start_s"][0]) == 0
@@ -88,17 +97,17 @@ def test_video_without_audio_and_audio_files(tmp_path):
 def test_frame_cap_spreads_frames_and_short_video_gets_one(tmp_path):
     video = media.make_video(tmp_path / "v.mkv", seconds=6.0, container="mkv")
     short = media.make_video(tmp_path / "short.mp4", seconds=0.5, audio=False)
-    out = DecodeMedia(config(fps=2.0, max_frames=3))(batch([video], ["video"]))
+    out = decode(config(fps=2.0, max_frames=3), batch([video], ["video"]))
     assert np.allclose(out["frame_ts"][0], [0.0, 2.0, 4.0], atol=0.11)
-    out = DecodeMedia(config(fps=0.1))(batch([short], ["video"]))
+    out = decode(config(fps=0.1), batch([short], ["video"]))
     assert len(out["frame_ts"][0]) == 1 and out["frame_ts"][0][0] < 0.11
 
 
 def test_seeking_decodes_a_small_fraction_of_frames(tmp_path):
     """20 s at 10 fps = 200 frames; 5 samples with a keyframe every second need at most 5 GOPs (50 frames)."""
     video = media.make_video(tmp_path / "long.mp4", seconds=20.0, size=(64, 48), audio=False)
-    stage = DecodeMedia(config(fps=0.25))
-    out = stage(batch([video], ["video"]))
+    stage = SampleFrames(config(fps=0.25))
+    out = stage(DecodeMedia(config(fps=0.25))(batch([video], ["video"])))
     assert len(out["frame_ts"][0]) == 5
     assert stage.frames_decoded <= 5 * FPS
     assert stage.frames_decoded < 200 / 4
@@ -110,7 +119,7 @@ def test_bad_media_become_error_rows_and_others_succeed(videos, tmp_path):
     truncated_mkv = media.truncate_copy(videos["mkv"], tmp_path / "truncated.mkv", 0.4)
     garbage_audio = media.corrupt_copy(media.make_audio(tmp_path / "a.wav", 1.0), tmp_path / "bad.wav", keep=12)
     paths = [corrupt, truncated, truncated_mkv, garbage_audio, videos["webm"]]
-    out = DecodeMedia(config())(batch(paths, ["video", "video", "video", "audio", "video"]))
+    out = decode(config(), batch(paths, ["video", "video", "video", "audio", "video"]))
     assert list(out["error_stage"]) == ["decode"] * 4 + [""]
     for message in out["error"][:4]:
         assert message.startswith(("video could not be decoded: ", "video is truncated", "audio could not be decoded: "))
@@ -120,7 +129,7 @@ def test_bad_media_become_error_rows_and_others_succeed(videos, tmp_path):
 
 
 def test_rows_failed_earlier_pass_through(videos):
-    out = DecodeMedia(config())(batch([videos["mp4"], videos["avi"]], ["video", "video"], ["", "identify broke"]))
+    out = decode(config(), batch([videos["mp4"], videos["avi"]], ["video", "video"], ["", "identify broke"]))
     assert out["error"][1] == "identify broke" and out["error_stage"][1] == "earlier"
     assert len(out["frames"][0]) == 6 and len(out["frames"][1]) == 0
 
@@ -141,7 +150,7 @@ def test_identify_and_decode_read_s3(videos, s3_server, s3_bucket):
     found = Identify(cfg)({"uri": np.asarray([uri]), "bytes": np.asarray([0]), "error_stage": np.asarray([""]),
                            "error": np.asarray([""])})
     assert (found["kind"][0], found["format"][0], found["error"][0]) == ("video", "matroska", "")
-    out = DecodeMedia(cfg)(found)
+    out = decode(cfg, found)
     assert out["error"][0] == ""
     assert len(out["frames"][0]) == 6 and out["has_audio"][0] and len(out["iframe_ts"][0]) >= 5
 
@@ -149,7 +158,7 @@ def test_identify_and_decode_read_s3(videos, s3_server, s3_bucket):
 def test_portrait_phone_video_is_turned_upright(tmp_path):
     """Coded 160×120 with a 90° (counter-clockwise) display matrix is shown 120 wide × 160 high."""
     video = media.make_video(tmp_path / "phone.mp4", seconds=1.0, audio=False, rotation=90)
-    out = DecodeMedia(config())(batch([video], ["video"]))
+    out = decode(config(), batch([video], ["video"]))
     frames = out["frames"][0]
     assert frames.shape[1:] == (112, 84, 3)  # portrait, both multiples of 28
     # at t=0 the white bar is the coded picture's left edge; turned counter-clockwise it is the bottom edge
@@ -161,8 +170,8 @@ def test_portrait_phone_video_is_turned_upright(tmp_path):
 
 def test_near_duplicate_frames_are_dropped_and_kept_times_stay_exact(videos):
     """Three scenes sampled at 1 fps: 6 frames, of which 3 only move a thin bar; one frame per scene is kept."""
-    every = DecodeMedia(config())(batch([videos["mp4"]], ["video"]))
-    deduped = DecodeMedia(config(dedup_threshold=0.12))(batch([videos["mp4"]], ["video"]))
+    every = decode(config(), batch([videos["mp4"]], ["video"]))
+    deduped = decode(config(dedup_threshold=0.12), batch([videos["mp4"]], ["video"]))
     all_ts, kept_ts = every["frame_ts"][0], deduped["frame_ts"][0]
     assert len(all_ts) == 6 and len(kept_ts) == SCENES
     assert set(kept_ts) <= set(all_ts)  # the very timestamps of frames that were decoded and shown
@@ -174,9 +183,9 @@ def test_near_duplicate_frames_are_dropped_and_kept_times_stay_exact(videos):
 
 def test_keyframe_sampling_decodes_one_picture_per_frame_at_keyframe_times(tmp_path):
     video = media.make_video(tmp_path / "long.mp4", seconds=20.0, size=(64, 48), audio=False)
-    exact_stage, key_stage = DecodeMedia(config(fps=0.3)), DecodeMedia(config(fps=0.3, seek="keyframe"))
-    exact = exact_stage(batch([video], ["video"]))
-    keyed = key_stage(batch([video], ["video"]))
+    exact_stage, key_stage = SampleFrames(config(fps=0.3)), SampleFrames(config(fps=0.3, seek="keyframe"))
+    decoded = DecodeMedia(config(fps=0.3))(batch([video], ["video"]))
+    exact, keyed = exact_stage(decoded), key_stage(decoded)
     assert keyed["error"][0] == "" and len(keyed["frame_ts"][0]) == len(exact["frame_ts"][0]) == 6
     assert set(keyed["frame_ts"][0]) <= set(keyed["iframe_ts"][0])  # exact timestamps of the frames shown
     assert np.all(np.abs(keyed["frame_ts"][0] - exact["frame_ts"][0]) <= 0.5)  # the nearest keyframe (1-s GOP)

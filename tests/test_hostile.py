@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from corpusflow.actors.decode import DecodeMedia
+from corpusflow.actors.frames import SampleFrames
 from corpusflow.actors.pdf import ExtractPdf
 from corpusflow.contracts.base import ConfigError, validated
 from corpusflow.contracts.config import JobConfig
@@ -44,7 +45,7 @@ def test_tags_that_are_not_utf8_do_not_fail_a_valid_file(tmp_path):
     assert data.count(b"Cafe Ole") == 1
     latin1 = tmp_path / "latin1.mkv"
     latin1.write_bytes(data.replace(b"Cafe Ole", b"Caf\xe9 Ol\xe9"))  # a Latin-1 title, as old muxers write
-    out = DecodeMedia(_config())(_batch([latin1], ["video"]))
+    out = SampleFrames(_config())(DecodeMedia(_config())(_batch([latin1], ["video"])))
     assert out["error"][0] == "" and len(out["frames"][0]) >= 2
     assert "Caf\ufffd Ol\ufffd" in out["meta_json"][0]
 

@@ -33,7 +33,8 @@ def _cluster(a10g_nodes: int = 4, h100_nodes: int = 2) -> Cluster:
 
 
 def _profile(startup_s: float = 0.0, **rates: dict[str, float]) -> ThroughputProfile:
-    base = {"identify": {"cpu": 1000.0}, "decode": {"cpu": 1000.0}, "asr": {"A10G": 10.0, "H100": 30.0},
+    base = {"identify": {"cpu": 1000.0}, "decode": {"cpu": 1000.0}, "frames": {"cpu": 1000.0},
+            "asr": {"A10G": 10.0, "H100": 30.0},
             "vlm": {"A10G": 5.0, "H100": 25.0}, "pdf": {"cpu": 1000.0}, "commit": {"cpu": 1000.0}}
     return ThroughputProfile(models="test", source="synthetic", startup_s=startup_s, rates={**base, **rates})
 
@@ -57,7 +58,7 @@ def test_pools_balance_the_stages_on_one_gpu_type() -> None:
     assert busy["asr"] == pytest.approx(busy["vlm"], rel=0.25)
     assert option.bottleneck in ("asr", "vlm")
     # wall = start-up (0 here) + the bottleneck's busy time + one asset's pass through the other stages
-    first_rate = {"identify": 1000, "decode": 1000, "asr": 10, "vlm": 5, "commit": 1000}
+    first_rate = {"identify": 1000, "decode": 1000, "frames": 1000, "asr": 10, "vlm": 5, "commit": 1000}
     fill = sum(f.work / 100 / first_rate[f.stage] for f in option.stages if f.stage != option.bottleneck)
     assert option.wall_s == pytest.approx(busy[option.bottleneck] + fill)
 

@@ -112,7 +112,7 @@ def api(s3_server, bucket, model_cache):
         max_uri_mb=0.5, request_timeout_s=90,
         overload_status=429, retry_after_s=3, allowed_uri_prefixes=(f"s3://{bucket}/allowed/",),
         video=VideoConfig(fps=1, max_frames=4, frame_size=56),
-        deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16), decode=small(),
+        deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16), decode=small(), frames=small(),
                                 pdf=small(max_ongoing_requests=1, max_queued_requests=1),
                                 asr=small(batching=Batching(max_batch_size=4)),
                                 vlm=small(batching=Batching(max_batch_size=4))))
@@ -132,7 +132,7 @@ def post(api: str, endpoint: str, path: Path | None = None, key: str | None = KE
 def test_health_readiness_docs_and_openapi(api):
     assert requests.get(f"{api}/healthz").json() == {"status": "ok"}
     ready = requests.get(f"{api}/readyz").json()
-    assert ready == {"ready": True, "stages": {"asr": True, "decode": True, "pdf": True, "vlm": True}}
+    assert ready == {"ready": True, "stages": {"asr": True, "decode": True, "frames": True, "pdf": True, "vlm": True}}
     assert "swagger" in requests.get(f"{api}/docs").text.lower()
     spec = requests.get(f"{api}/openapi.json").json()
     assert {f"/v1/{e}" for e in V1} <= set(spec["paths"])

@@ -60,10 +60,10 @@ def test_concurrent_analyze_requests_are_counted_in_the_batch_histograms(app, tm
     deadline = time.time() + 20  # replicas export every second; allow a loaded machine some slack
     while True:
         stats = batch_stats({}, read_batch_totals(ray_metrics_urls()))
-        if all(gathered(stats, st) == REQUESTS for st in ("decode", "asr", "vlm")) or time.time() > deadline:
+        if all(gathered(stats, st) == REQUESTS for st in ("decode", "asr", "frames", "vlm")) or time.time() > deadline:
             break
         time.sleep(0.5)
-    assert set(stats) == {"decode", "asr", "vlm"}
+    assert set(stats) == {"decode", "asr", "frames", "vlm"}
     for stage, s in stats.items():
         assert gathered(stats, stage) == REQUESTS, (stage, s)  # every request in exactly one call
-        assert 1 <= s["max_size"] <= (1 if stage == "decode" else 4) and s["mean_s"] > 0, (stage, s)
+        assert 1 <= s["max_size"] <= (1 if stage in ("decode", "frames") else 4) and s["mean_s"] > 0, (stage, s)

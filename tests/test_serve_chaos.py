@@ -40,7 +40,7 @@ def app(model_cache):
         deployments=Deployments(api=fixed(max_ongoing_requests=16, max_queued_requests=16),
                                 decode=fixed(max_ongoing_requests=2, max_queued_requests=8),
                                 asr=fixed(max_ongoing_requests=8, max_queued_requests=8, batching=Batching(max_batch_size=4)),
-                                pdf=fixed(), vlm=fixed()),
+                                pdf=fixed(), frames=fixed(), vlm=fixed()),
         streaming=StreamingSettings(enabled=False))
     with served(settings) as url:
         yield url, serve

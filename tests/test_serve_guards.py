@@ -15,7 +15,7 @@ CONFIG_YAML = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
 
 def test_defaults_bound_every_queue():
     s = ServeConfig()
-    for name in ("api", "decode", "pdf", "asr", "vlm"):
+    for name in ("api", "decode", "pdf", "asr", "frames", "vlm"):
         opts = getattr(s.deployments, name).serve_options()
         assert opts["max_queued_requests"] >= 1  # -1 (unbounded) cannot be configured
         assert opts["autoscaling_config"]["min_replicas"] >= 1
@@ -111,6 +111,6 @@ def test_serve_command_refuses_a_missing_or_empty_key_file_before_starting_ray(t
 def test_min_cpus_counts_every_warm_replica():
     s = ServeConfig.load(None, deployments={"asr": {"num_cpus": 2, "autoscaling": {"min_replicas": 3, "max_replicas": 4}}})
     d = s.deployments
-    stages = d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.vlm.num_cpus
+    stages = d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.frames.num_cpus + d.vlm.num_cpus
     assert s.min_cpus == stages + s.streaming.deployment.num_cpus
     assert ServeConfig.load(None, deployments=s.deployments.model_dump(), streaming={"enabled": False}).min_cpus == stages

@@ -43,7 +43,7 @@ def app(model_cache):
         port=free_port(), model_cache=model_cache, request_timeout_s=60, overload_status=503, retry_after_s=2,
         deployments=Deployments(api=DeploymentSettings(num_cpus=0.2, max_ongoing_requests=16, max_queued_requests=16),
                                 decode=elastic(), asr=elastic(batching=Batching(max_batch_size=4)),
-                                pdf=fixed, vlm=fixed),
+                                pdf=fixed, frames=fixed, vlm=fixed),
         streaming=StreamingSettings(enabled=False))
     with served(settings) as url:
         yield url, serve

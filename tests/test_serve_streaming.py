@@ -55,7 +55,7 @@ def ws_url(s3_server, bucket, model_cache):
     settings = ServeConfig(
         port=free_port(), models="tiny-random", model_cache=model_cache, retry_after_s=7,
         deployments=Deployments(api=small(max_ongoing_requests=16), decode=small(), pdf=small(), asr=small(),
-                                vlm=small()),
+                                frames=small(), vlm=small()),
         streaming=StreamingSettings(max_sessions_per_replica=1, session=session, max_message_mb=2,
                                     allowed_video_prefixes=(f"s3://{bucket}/allowed/",), deployment=small()))
     url = start(settings, api_key=KEY, num_cpus=4)

@@ -105,14 +105,17 @@ def find(data: str) -> Layout:
 
 
 class Harness:
-    """The profile's models, loaded once: the job's decoder (with its speech detection) and ASR, and the VLM engine."""
+    """The profile's models, loaded once: the job's decoder (with its speech detection), ASR and frame
+    sampler, and the VLM engine."""
 
     def __init__(self, config: StageConfig, conditions: Sequence[str]):
         from corpusflow.actors.decode import DecodeMedia
         from corpusflow.actors.engines.vlm import load_engine
+        from corpusflow.actors.frames import SampleFrames
 
         self.config = config
         self.decode = DecodeMedia(config)
+        self.frames = SampleFrames(config)
         self.engine = load_engine(config.profile, config.model_cache)
         self.asr = None
         if "asr" in conditions:
@@ -127,7 +130,7 @@ class Harness:
         batch = self.decode(batch)
         if self.asr is not None and not batch["error"][0]:
             batch = self.asr(batch)
-        return {k: v[0] for k, v in batch.items()}
+        return {k: v[0] for k, v in self.frames(batch).items()}
 
     def ask(self, frames: np.ndarray, ts: np.ndarray, questions: list[dict], subtitles: list[str]) -> list[str]:
         """Raw answers to the questions about these frames, subtitles thinned evenly if the prompt is too long."""
