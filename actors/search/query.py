@@ -31,10 +31,12 @@ from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchReques
 # over every unit (tens of ms at 10^6 units), while the best candidates that pass are the same either way.
 POSTFILTER_OVERFETCH = 6
 # Hybrid fusion (docs/architecture.md, "Hybrid fusion"): z-scores against each retriever's first FUSION_POOL
-# candidates (a fixed pool, so every page of a query is ranked alike), weighted SEMANTIC_WEIGHT : 1 - SEMANTIC_WEIGHT.
-# The weight was chosen on the even-numbered queries of benchmarks/search_quality.py and checked on the odd ones.
-FUSION_POOL = 50
-SEMANTIC_WEIGHT = 0.8
+# candidates, weighted SEMANTIC_WEIGHT : 1 - SEMANTIC_WEIGHT. The pool is what a default query (10 hits) fetches
+# anyway, so fusion reads no extra rows, and it is fixed, so every page of a query is ranked against the same
+# candidates. The weight was chosen on the even-numbered queries of benchmarks/search_quality.py; the odd ones
+# are held out (docs/quality.md, "Search").
+FUSION_POOL = 11
+SEMANTIC_WEIGHT = 0.65
 SNIPPET_CHARS = 240
 _COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -146,14 +148,15 @@ def standardised(scores: list[float], pool: int = FUSION_POOL) -> tuple[list[flo
     return [(x - mean) / spread for x in scores], (min(ref) - mean) / spread
 
 
-def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT) -> dict[str, dict[str, Any]]:
+def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT,
+         pool: int = FUSION_POOL) -> dict[str, dict[str, Any]]:
     """Hybrid: the units of both retrievers' lists (rows with ``_retriever_score``, best first), each scored
     ``semantic_weight * z_semantic + (1 - semantic_weight) * z_lexical``."""
     weights = {"semantic": semantic_weight, "lexical": 1.0 - semantic_weight}
     fused: dict[str, dict[str, Any]] = {}
     floors = {}
     for name, rows in lists.items():
-        z, floors[name] = standardised([r["_retriever_score"] for r in rows])
+        z, floors[name] = standardised([r["_retriever_score"] for r in rows], pool)
         for rank, (row, value) in enumerate(zip(rows, z), 1):
             unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "z": {}})
             unit["matched"][name] = rank
