@@ -115,7 +115,7 @@ class SearchRequest(StrictModel):
 
     query: str = Field(min_length=1, max_length=2000)
     modalities: tuple[Modality, ...] = Field(MODALITIES, min_length=1, description="unit kinds to search")
-    mode: Mode = Field("hybrid", description="hybrid: lexical and semantic fused by reciprocal rank")
+    mode: Mode = Field("hybrid", description="hybrid: lexical and semantic scores fused as z-scores")
     asset_ids: tuple[str, ...] = ()
     kinds: tuple[Literal["video", "audio", "pdf"], ...] = ()
     languages: tuple[str, ...] = Field((), description="ISO 639-1 codes of the units' language")
@@ -141,7 +141,7 @@ class Hit(StrictModel):
 
     rank: int
     unit_id: str = Field(description="stable id of the unit (unchanged while its text and place are)")
-    score: float = Field(description="fused reciprocal-rank score (hybrid) or the retriever's own score")
+    score: float = Field(description="fused z-score (hybrid) or the retriever's own score (BM25, cosine)")
     asset_id: str
     uri: str
     kind: str
