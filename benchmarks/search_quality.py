@@ -503,7 +503,11 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
                 else:
                     scores = fn(found)
                     by_id = {r["unit_id"]: r for rows in found.values() for r in rows}
-                    hits = [by_id[u] for u in sorted(scores, key=lambda u: (-scores[u], u))]
+                    first = {}  # ties go to the better rank in either list, then the unit id, as in query.search
+                    for rows in found.values():
+                        for rank, r in enumerate(rows, 1):
+                            first[r["unit_id"]] = min(rank, first.get(r["unit_id"], rank))
+                    hits = [by_id[u] for u in sorted(scores, key=lambda u: (-scores[u], first[u], u))]
                 if level == "asset":
                     best: dict[str, Any] = {}
                     for r in hits:

@@ -138,14 +138,16 @@ def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
 
 
 def standardised(scores: list[float], pool: int = FUSION_POOL) -> tuple[list[float], float]:
-    """z-scores of one retriever's ``scores`` (best first) against its first ``pool``, and the lowest z in that pool
-    (what a unit this retriever did not return gets). Fewer than two scores, or all equal, say nothing: zeros."""
+    """z-scores of one retriever's ``scores`` (best first) against its first ``pool``, and the lowest z in that pool,
+    which every unit outside the pool gets (also one this retriever did not return): a unit's fused score then
+    never depends on how deep a page made the retrievers look. Fewer than two scores, or all equal: zeros."""
     ref = scores[:pool]
     spread = statistics.pstdev(ref) if len(ref) > 1 else 0.0
     if spread == 0.0:
         return [0.0] * len(scores), 0.0
     mean = statistics.fmean(ref)
-    return [(x - mean) / spread for x in scores], (min(ref) - mean) / spread
+    floor = (min(ref) - mean) / spread
+    return [(x - mean) / spread for x in ref] + [floor] * (len(scores) - len(ref)), floor
 
 
 def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT,
