@@ -110,6 +110,26 @@ def test_hybrid_with_a_real_embedder(indexed, tmp_path, capsys):
     assert not {h["unit_id"] for h in first["hits"]} & {h["unit_id"] for h in second["hits"]}
 
 
+def test_search_reranks_with_a_cross_encoder_named_in_the_profile(indexed, tmp_path, capsys, model_cache):
+    _, out, _ = indexed
+    args = ("adverse events", "--limit", "50", "--model-cache", model_cache)
+    plain = _search(capsys, out, *args)["hits"]
+    reranked = _search(capsys, out, *args, "--rerank", "tiny-random")["hits"]
+    # the same candidates (fewer than the reranker's 30), now in the order of the model's scores
+    assert sorted(h["unit_id"] for h in reranked) == sorted(h["unit_id"] for h in plain)
+    assert [h["matched"]["rerank"] for h in reranked] == list(range(1, len(reranked) + 1))
+    scores = [h["score"] for h in reranked]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    # a profile naming a cross-encoder in a folder loads it from there: same weights, same scores
+    folder = next(p for p in (Path(model_cache) / "tiny-random").glob("bert-rerank-*") if p.is_dir())
+    profile = tmp_path / "rerank.yaml"
+    profile.write_text(f"name: local-reranker\nasr: tiny-random\nvlm: tiny-random\nrerankers:\n  mine: {folder}\n")
+    local = _search(capsys, out, *args, "--models", str(profile), "--rerank", "mine")["hits"]
+    assert [(h["unit_id"], h["score"]) for h in local] == [(h["unit_id"], h["score"]) for h in reranked]
+    assert main(["search", str(out), "adverse events", "--rerank", "nope"]) == 2
+    assert "no reranker 'nope'" in capsys.readouterr().err
+
+
 def test_filters_grouping_and_pages(indexed, capsys, model_cache):
     corpus, out, _ = indexed
     cache = ("--model-cache", model_cache)
@@ -204,6 +224,10 @@ def test_api_search_needs_the_key_and_answers_ranked_hits(api):
     assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1)) and {h["kind"] for h in hits} == {"pdf"}
     bad = requests.post(f"{api}/v1/search", json={"query": "x", "limit": 500}, headers={"X-API-Key": KEY}, timeout=30)
     assert bad.status_code == 422
+    r = requests.post(f"{api}/v1/search", json={**body, "rerank": "tiny-random"}, headers={"X-API-Key": KEY}, timeout=60)
+    assert r.status_code == 200 and r.json()["hits"][0]["matched"]["rerank"] == 1
+    r = requests.post(f"{api}/v1/search", json={**body, "rerank": "nope"}, headers={"X-API-Key": KEY}, timeout=60)
+    assert r.status_code == 422 and "no reranker 'nope'" in r.text
     assert {"/v1/search", "/v1/search/ask"} <= set(requests.get(f"{api}/openapi.json", timeout=30).json()["paths"])
 
 

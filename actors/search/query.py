@@ -49,7 +49,9 @@ class QueryError(ValueError):
 
 
 class Reranker(Protocol):
-    """Reorders fused candidates (a cross-encoder, a business rule); returns the same hits, best first."""
+    """Reorders fused candidates (a cross-encoder: actors/search/rerank.py); returns the same hits, best first."""
+
+    depth: int  # how many fused candidates it wants to see: the retrievers fetch at least this many
 
     def rerank(self, query: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
@@ -178,6 +180,10 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
     depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
     if req.mode == "hybrid":
         depth = max(depth, FUSION_POOL)  # the pool the z-scores are taken against
+    if req.rerank and reranker is None:
+        raise QueryError(f"reranker {req.rerank!r} was asked for but not loaded")
+    if reranker is not None:
+        depth = max(depth, min(reranker.depth * (5 if req.group_by == "asset" else 1) + 1, MAX_DEPTH))
     where = where_clause(req)
     if req.mode != "lexical" and embedder is None:
         raise QueryError("semantic search needs the index's embedding model")
