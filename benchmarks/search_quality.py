@@ -452,9 +452,8 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
     retriever at moment level, 51 grouped by asset), at moment and asset level, over all queries and over
     each half (even / odd position in QUERIES): reciprocal rank fusion (k = 60), a convex combination of
     min-max normalised scores, and the product's z-score fusion (query.py:fuse) at semantic weights 0.5 ...
-    0.95, with its pool (FUSION_POOL) and with a pool of 50. The weight is chosen on the even half only: the
-    best mean of moment and asset nDCG@10 there, ties going to the largest lexical share; the odd half is
-    held out."""
+    0.95. The weight is chosen on the even half only: the best mean of moment and asset nDCG@10 there, ties
+    going to the largest lexical share; the odd half is held out."""
     from corpusflow.actors.engines.embed import load_embedder
     from corpusflow.actors.search.query import _COLUMNS, FUSION_POOL, SEMANTIC_WEIGHT, _ranked, fuse
     from corpusflow.actors.search.store import IndexReader
@@ -487,10 +486,8 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
     variants: dict[str, Any] = {"lexical": None, "semantic": None, "RRF k=60": rrf, "convex min-max 0.8 semantic":
                                 lambda found: convex(found, 0.8)}
     weights = [round(0.5 + 0.05 * i, 2) for i in range(10)]
-    for pool in (FUSION_POOL, 50):
-        for w in weights:
-            variants[f"z-score, pool {pool}, {w:.2f} semantic"] = \
-                lambda found, w=w, pool=pool: {u: v["score"] for u, v in fuse(found, w, pool).items()}
+    for w in weights:
+        variants[f"z-score, {w:.2f} semantic"] = lambda found, w=w: {u: v["score"] for u, v in fuse(found, w).items()}
     halves = {"all": lambda qid: True, "even": lambda qid: qid % 2 == 0, "odd": lambda qid: qid % 2 == 1}
     result: dict[str, Any] = {}
     for name, fn in variants.items():
@@ -518,7 +515,7 @@ def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
                     if pick(qid):
                         per_level[level][half].append(value)
         result[name] = {f"{level}/{half}": round(sum(v) / len(v), 3) for level, by in per_level.items() for half, v in by.items()}
-    product = [result[f"z-score, pool {FUSION_POOL}, {w:.2f} semantic"] for w in weights]
+    product = [result[f"z-score, {w:.2f} semantic"] for w in weights]
     on_even = {w: (r["moment/even"] + r["asset/even"]) / 2 for w, r in zip(weights, product)}
     chosen = min(w for w in weights if on_even[w] == max(on_even.values()))
     return {"ndcg@10": result, "chosen_on_even_half": chosen, "product_semantic_weight": SEMANTIC_WEIGHT}

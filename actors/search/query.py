@@ -152,15 +152,14 @@ def standardised(scores: list[float], pool: int = FUSION_POOL) -> tuple[list[flo
     return [(x - mean) / spread for x in ref] + [floor] * (len(scores) - len(ref)), floor
 
 
-def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT,
-         pool: int = FUSION_POOL) -> dict[str, dict[str, Any]]:
+def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT) -> dict[str, dict[str, Any]]:
     """Hybrid: the units of both retrievers' lists (rows with ``_retriever_score``, best first), each scored
     ``semantic_weight * z_semantic + (1 - semantic_weight) * z_lexical``."""
     weights = {"semantic": semantic_weight, "lexical": 1.0 - semantic_weight}
     fused: dict[str, dict[str, Any]] = {}
     floors = {}
     for name, rows in lists.items():
-        z, floors[name] = standardised([r["_retriever_score"] for r in rows], pool)
+        z, floors[name] = standardised([r["_retriever_score"] for r in rows])
         for rank, (row, value) in enumerate(zip(rows, z), 1):
             unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "z": {}})
             unit["matched"][name] = rank
