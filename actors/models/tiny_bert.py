@@ -1,7 +1,7 @@
-"""A tiny, randomly initialised BERT text encoder of the real architecture, built offline.
+"""A tiny, randomly initialised BERT text encoder and BERT cross-encoder of the real architectures, built offline.
 
-The ``tiny-random`` profile's embedder: the real transformers loading, tokenisation and pooling code
-runs on it; its vectors carry no meaning. The WordPiece vocabulary is single characters (ASCII and
+The ``tiny-random`` profile's embedder and reranker: the real transformers loading, tokenisation, pooling and
+scoring code runs on them; their vectors and scores carry no meaning. The WordPiece vocabulary is single characters (ASCII and
 Latin-1 letters, each also as a ``##`` continuation), so any text tokenises without a download.
 """
 from __future__ import annotations
@@ -33,3 +33,18 @@ def build_bert_embed(dest: Path, seed: int = 0, hidden: int = 32, layers: int = 
     (dest / "1_Pooling").mkdir(exist_ok=True)
     (dest / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden,
                                                                 "pooling_mode_mean_tokens": True}))
+
+
+def build_bert_cross_encoder(dest: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2) -> None:
+    """Write a tiny ``BertForSequenceClassification`` with one output (the ms-marco cross-encoders' architecture)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    dest = Path(dest)
+    vocab = _vocab()
+    (dest / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True).save_pretrained(dest)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=hidden * 2, max_position_embeddings=512, pad_token_id=0, num_labels=1)
+    BertForSequenceClassification(config).eval().save_pretrained(dest)

@@ -1,15 +1,16 @@
 """The one query function: the CLI (`corpusflow search`) and the API (`POST /v1/search`) both call :func:`search`.
 
 Lexical (BM25 over the language-tokenised full-text columns) and semantic (cosine over the unit
-vectors) retrieval run side by side with the same SQL filter (see POSTFILTER_OVERFETCH); hybrid fuses their ranked lists by reciprocal
-rank (RRF, k = 60), which needs no score calibration between BM25 and cosine, with the lexical list
-gated by evidence: a lexical hit counts in the fusion only when it holds most of the query's words
-(:func:`coverage` ≥ MIN_COVERAGE), weighted by that share. BM25 ranks any document sharing one query
-word, and the dense side already finds loose and cross-lingual matches; what BM25 adds is exact
-words (identifiers, names, jargon the embedder never saw), and a unit that holds most of them is
-that. Each hit says which retrievers found it and at which rank (lexical ranks as BM25 gave them).
-A :class:`Reranker`, when given, reorders the fused candidates before paging. Page tokens carry the
-offset and a hash of the request, so a token cannot page through a different query.
+vectors) retrieval run side by side with the same SQL filter (see POSTFILTER_OVERFETCH); hybrid fuses
+their scores: each retriever's scores are standardised (z-scores against its own first FUSION_POOL
+candidates for this query) and a unit's fused score is a convex combination of the two, with
+SEMANTIC_WEIGHT on the dense side; a unit one retriever did not return gets that retriever's lowest
+z in the pool. A z-score says how far a candidate stands out from what that retriever found for this
+query, so BM25 counts where it is evidence: one page holding a rare query word stands out, while
+many pages sharing a common one ("dose", "inspección") score alike and get small z-scores. Each hit
+says which retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused
+candidates before paging. Page tokens carry the offset and a hash of the request, so a token cannot
+page through a different query.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import base64
 import hashlib
 import json
 import re
-import unicodedata
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
@@ -25,13 +26,17 @@ from corpusflow.actors.engines.embed import Embedder
 from corpusflow.actors.search.store import IndexReader
 from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
-RRF_K = 60
 # A filter that usually keeps much of the index (kind, modality, language, duration, time window) is applied
 # to this many times the wanted candidates, fetched unfiltered: a pre-filter would first resolve the filter
 # over every unit (tens of ms at 10^6 units), while the best candidates that pass are the same either way.
 POSTFILTER_OVERFETCH = 6
-# Share of the query's words a lexical hit must hold to count in hybrid fusion (docs/architecture.md, Search).
-MIN_COVERAGE = 2 / 3
+# Hybrid fusion (docs/architecture.md, "Hybrid fusion"): z-scores against each retriever's first FUSION_POOL
+# candidates, weighted SEMANTIC_WEIGHT : 1 - SEMANTIC_WEIGHT. The pool is what a default query (10 hits) fetches
+# anyway, so fusion reads no extra rows, and it is fixed, so every page of a query is ranked against the same
+# candidates. The weight was chosen on the even-numbered queries of benchmarks/search_quality.py; the odd ones
+# are held out (docs/quality.md, "Search").
+FUSION_POOL = 11
+SEMANTIC_WEIGHT = 0.65
 SNIPPET_CHARS = 240
 _COLUMNS = ["unit_id", "asset_id", "uri", "kind", "modality", "source", "t_start", "t_end", "page", "language", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -44,7 +49,9 @@ class QueryError(ValueError):
 
 
 class Reranker(Protocol):
-    """Reorders fused candidates (a cross-encoder, a business rule); returns the same hits, best first."""
+    """Reorders fused candidates (a cross-encoder: actors/search/rerank.py); returns the same hits, best first."""
+
+    depth: int  # how many fused candidates it wants to see: the retrievers fetch at least this many
 
     def rerank(self, query: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
@@ -125,39 +132,41 @@ def snippet(text: str, query: str, chars: int = SNIPPET_CHARS) -> str:
     return ("…" if start else "") + cut + ("…" if start + chars < len(text) else "")
 
 
-def _fold(text: str) -> str:
-    text = text.lower()
-    if text.isascii():
-        return text
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-def query_terms(query: str) -> list[str]:
-    """The words coverage counts: folded, distinct, four letters or more or holding a digit. Identifier parts
-    like "4711" count; articles, prepositions and particles of the languages we index ("the", "del", "des",
-    "und") are mostly shorter, and the BM25 side drops them as stop words anyway."""
-    words = _WORD.findall(_fold(query))
-    return list(dict.fromkeys(w for w in words if len(w) >= 4 or any(c.isdigit() for c in w)))
-
-
-def coverage(terms: list[str], text: str) -> float:
-    """Share of ``terms`` found in ``text``; a word also matches one with the same first letters (all but its last
-    two, at least four), a language-blind stand-in for the index's stemmers ("tablets" ~ "tablet")."""
-    if not terms:
-        return 0.0
-    words = set(_WORD.findall(_fold(text)))
-    found = 0
-    for t in terms:
-        stem = t[:max(4, len(t) - 2)]
-        found += t in words or (len(t) >= 4 and any(w.startswith(stem) for w in words))
-    return found / len(terms)
-
-
 def _ranked(table: Any, score: str) -> list[dict[str, Any]]:
     rows = table.to_pylist()
     for r in rows:
         r["_retriever_score"] = (1.0 - r[score]) if score == "_distance" else r[score]
     return rows
+
+
+def standardised(scores: list[float], pool: int = FUSION_POOL) -> tuple[list[float], float]:
+    """z-scores of one retriever's ``scores`` (best first) against its first ``pool``, and the lowest z in that pool,
+    which every unit outside the pool gets (also one this retriever did not return): a unit's fused score then
+    never depends on how deep a page made the retrievers look. Fewer than two scores, or all equal: zeros."""
+    ref = scores[:pool]
+    spread = statistics.pstdev(ref) if len(ref) > 1 else 0.0
+    if spread == 0.0:
+        return [0.0] * len(scores), 0.0
+    mean = statistics.fmean(ref)
+    floor = (min(ref) - mean) / spread
+    return [(x - mean) / spread for x in ref] + [floor] * (len(scores) - len(ref)), floor
+
+
+def fuse(lists: dict[str, list[dict[str, Any]]], semantic_weight: float = SEMANTIC_WEIGHT) -> dict[str, dict[str, Any]]:
+    """Hybrid: the units of both retrievers' lists (rows with ``_retriever_score``, best first), each scored
+    ``semantic_weight * z_semantic + (1 - semantic_weight) * z_lexical``."""
+    weights = {"semantic": semantic_weight, "lexical": 1.0 - semantic_weight}
+    fused: dict[str, dict[str, Any]] = {}
+    floors = {}
+    for name, rows in lists.items():
+        z, floors[name] = standardised([r["_retriever_score"] for r in rows])
+        for rank, (row, value) in enumerate(zip(rows, z), 1):
+            unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "z": {}})
+            unit["matched"][name] = rank
+            unit["z"][name] = value
+    for unit in fused.values():
+        unit["score"] = sum(w * unit["z"].get(name, floors[name]) for name, w in weights.items())
+    return fused
 
 
 def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest,
@@ -168,6 +177,12 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
     if want > MAX_DEPTH:
         raise QueryError(f"pages reach at most {MAX_DEPTH} hits deep; narrow the query with filters")
     depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
+    if req.mode == "hybrid":
+        depth = max(depth, FUSION_POOL)  # the pool the z-scores are taken against
+    if req.rerank and reranker is None:
+        raise QueryError(f"reranker {req.rerank!r} was asked for but not loaded")
+    if reranker is not None:
+        depth = max(depth, min(reranker.depth * (5 if req.group_by == "asset" else 1) + 1, MAX_DEPTH))
     where = where_clause(req)
     if req.mode != "lexical" and embedder is None:
         raise QueryError("semantic search needs the index's embedding model")
@@ -198,20 +213,11 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
     # query waits for the slower retriever, not for both.
     futures = {name: _POOL.submit(retrievers[name]) for name in wanted}
     lists = {name: future.result() for name, future in futures.items()}
-    terms = query_terms(req.query)
-    fused: dict[str, dict[str, Any]] = {}
-    for name, rows in lists.items():
-        counted = 0
-        for rank, row in enumerate(rows, 1):
-            weight = 1.0
-            if req.mode == "hybrid" and name == "lexical":
-                weight = coverage(terms, row["text"])
-                if weight < MIN_COVERAGE:
-                    continue
-            counted += 1
-            unit = fused.setdefault(row["unit_id"], {**row, "matched": {}, "score": 0.0})
-            unit["matched"][name] = rank
-            unit["score"] += weight / (RRF_K + counted) if req.mode == "hybrid" else row["_retriever_score"]
+    if req.mode == "hybrid":
+        fused = fuse(lists)
+    else:
+        fused = {r["unit_id"]: {**r, "matched": {req.mode: rank}, "score": r["_retriever_score"]}
+                 for rank, r in enumerate(lists[req.mode], 1)}
     ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
     if req.group_by == "asset":
         best: dict[str, dict[str, Any]] = {}
