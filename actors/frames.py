@@ -96,7 +96,7 @@ class SampleFrames(Stage):
     """
 
     contract = StageContract(
-        name="frames", reads=("uri", "kind", "duration_s", "iframe_ts", "meta_json"), kinds=("video",),
+        name="frames", reads=("uri", "duration_s", "iframe_ts", "meta_json"), kinds=("video",),
         writes={"frames": "tensor[uint8]", "frame_ts": "tensor[float64]", "shot_ts": "tensor[float64]",
                 "meta_json": "str"})
 

@@ -206,8 +206,8 @@ def api(indexed, model_cache):
     settings = ServeConfig(port=free_port(), models="tiny-random", model_cache=model_cache, index=str(out),
                            index_refresh_s=1, request_timeout_s=90, streaming={"enabled": False},
                            deployments=Deployments(api=small(max_ongoing_requests=16, max_queued_requests=16),
-                                                   decode=small(), pdf=small(), asr=small(), vlm=small(),
-                                                   search=small()))
+                                                   decode=small(), pdf=small(), asr=small(), frames=small(),
+                                                   vlm=small(), search=small()))
     with served(settings) as url:
         yield url
 
