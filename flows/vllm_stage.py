@@ -37,8 +37,8 @@ _TOKENS_AROUND_IMAGE = 2
 # Chat-template tokens around the messages.
 _TEMPLATE_TOKENS = 64
 _JPEG_QUALITY = 95
-_KEEP = "_cf_columns"
-_ENGINE_STAGE = "vLLMEngineStage"  # Ray's name for the processor's engine stage  # names of the row's own columns, carried through the processor
+_KEEP = "_cf_columns"  # names of the row's own columns, carried through the processor
+_ENGINE_STAGE = "vLLMEngineStage"  # Ray's name for the processor's engine stage
 
 
 def _data_url(frame: np.ndarray) -> str:
