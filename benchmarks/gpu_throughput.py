@@ -482,51 +482,60 @@ def _pipeline_source(corpus: list[str]):
 
 
 def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int, asr_tokens: int,
-                 engine: str, gpu_share_asr: float, asr_actors: int, smoke: bool, keep_rows: Path | None = None,
-                 asr_rows: int = 1, n_gpus: int = 1) -> dict:
+                 engine: str, gpu_share_asr: float, asr_actors: int, keep_rows: Path | None = None,
+                 asr_rows: int = 1, n_gpus: int = 1, pairs: bool = True) -> dict:
     """corpusflow's stages on Ray Data: identify and decode as CPU tasks, ASR and VLM actors sharing the GPUs.
 
-    On ``n_gpus`` GPUs the vLLM path runs one VLM engine per GPU (``resources.vlm`` min = max actors, set
-    by the caller) and the ASR actors split the ASR share between them, so that however Ray packs the
-    fractional shares each GPU keeps room for one engine; where they landed is recorded.
+    On ``n_gpus`` GPUs the pipeline runs one VLM engine per GPU (``resources.vlm`` min = max actors) and,
+    with ``pairs``, one ASR actor beside each (``resources.asr.share_gpu_with: vlm``: a placement-group
+    bundle per GPU, flows/gpu_bundles.py); without, ``asr_actors`` ASR actors split the ASR share and
+    Ray packs them where they fit. Where they landed is recorded. ``n_gpus`` 0: CPU, no GPU shares
+    (the CPU smoke runs with Ray's logical GPUs instead, to exercise the placement).
     GPU time is ``n_gpus`` × the wall time after start-up, plus ASR done before it on each GPU.
     """
     from corpusflow.contracts.registry import Resources, spec
+    from corpusflow.flows import gpu_bundles
     from corpusflow.flows.adapter import add_stage
 
     FixedTranscribe, FixedDescribe = bench_stages(config, vlm_tokens, asr_tokens)
-    gpus = 0 if smoke else 1
+    share = gpu_share_asr if n_gpus else 0.0
+    pairs = pairs and n_gpus > 0
     one = {"num_cpus": 1, "batch_size": 1}
+    asr = ({"num_gpus": share, "min_actors": n_gpus, "max_actors": n_gpus, "share_gpu_with": "vlm"} if pairs else
+           {"num_gpus": share / asr_actors, "min_actors": asr_actors, "max_actors": asr_actors})
+    vlm = {**one, "num_gpus": 1 - share if n_gpus else 0, "min_actors": max(n_gpus, 1), "max_actors": max(n_gpus, 1)}
     config = config.model_copy(update={"resources": Resources.model_validate({
-        "identify": one, "decode": one, "frames": one,
-        "asr": {**one, "batch_size": asr_rows, "num_gpus": gpus * gpu_share_asr / asr_actors, "min_actors": asr_actors,
-                "max_actors": asr_actors},
+        "identify": one, "decode": one, "frames": one, "asr": {**one, "batch_size": asr_rows, **asr},
         # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
-        "vlm": config.resources.vlm if engine == "vllm" else {**one, "num_gpus": gpus * (1 - gpu_share_asr)}})})
+        "vlm": config.resources.vlm.model_dump() if engine == "vllm" else vlm})})
+    places = gpu_bundles.remote_args_fns(config)
     with GpuSampler(max(n_gpus, 1)) as gpu:
         t0 = time.time()
         ds = _pipeline_source(corpus)
         for name in ("identify", "decode"):
             ds = add_stage(ds, spec(name), config)
-        ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe)
+        ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe, place=places.get("asr"))
         ds = add_stage(ds, spec("frames"), config)
         if engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm
 
-            ds = describe_with_vllm(ds, config, fixed_output_tokens=True)
+            ds = describe_with_vllm(ds, config, fixed_output_tokens=True, place=places.get("vlm"))
         else:
-            ds = add_stage(ds, spec("vlm"), config, cls=FixedDescribe)
+            ds = add_stage(ds, spec("vlm"), config, cls=FixedDescribe, place=places.get("vlm"))
         rows = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             now = time.time()
             for i in range(len(batch["error"])):
                 rows.append({**{k: v[i] for k, v in batch.items()}, "bench_end": now})
         t_end = time.time()
+    gpu_bundles.release()
     asr_ready = max(float(r.get("bench_asr_ready", t0)) for r in rows)
     if engine == "vllm":  # a request entered the engine only once it was ready
-        vlm_ready = min(float(r["bench_end"]) - float(r["vlm_device_s"]) for r in rows)
+        starts = sorted(float(r["bench_end"]) - float(r["vlm_device_s"]) for r in rows)
+        vlm_ready = starts[0]
     else:
-        vlm_ready = max(float(r.get("bench_vlm_ready", t0)) for r in rows)
+        starts = sorted(float(r.get("bench_vlm_ready", t0)) for r in rows)
+        vlm_ready = starts[-1]
     ready = max(asr_ready, vlm_ready)
     by_gpu: dict[str, list[tuple[float, float]]] = {}  # concurrent ASR calls on one GPU share its time
     for r in rows:
@@ -548,7 +557,11 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(),
                    {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": sorted(work.errors),
                     "gpus": n_gpus, "after_startup_s": round(t_end - ready, 1), "asr_actor_s": round(asr_actor_s, 1),
-                    "asr_actors": asr_actors, "asr_rows_by_gpu": {g: len(v) for g, v in sorted(by_gpu.items())}})
+                    "asr_actors": n_gpus if pairs else asr_actors, "asr_pairs_per_gpu": pairs,
+                    "asr_rows_by_gpu": {g: len(v) for g, v in sorted(by_gpu.items())},
+                    # When each request entered an engine, from the first engine's readiness (the engines'
+                    # readiness spread shows in the first rows: each takes its in-flight batches at once)
+                    "vlm_row_starts_s": [round(x - ready, 1) for x in starts]})
 
 
 def union_s(spans: list[tuple[float, float]]) -> float:
@@ -692,7 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-kv-gib", type=float, default=32.0, help="corpusflow_vllm's KV cache (it shares the GPU)")
     p.add_argument("--asr-batch", type=int, default=128, help="ASR chunks per batch in corpusflow's pipeline")
     p.add_argument("--asr-gpu-share", type=float, default=0.2, help="GPU share of all ASR actors together")
-    p.add_argument("--asr-actors", type=int, default=2, help="ASR actors in corpusflow's pipeline (VAD runs on CPU)")
+    p.add_argument("--asr-actors", type=int, default=2, help="ASR actors in corpusflow's pipeline with "
+                   "--asr-placement free (VAD runs on CPU)")
+    p.add_argument("--asr-placement", choices=("pairs", "free"), default="pairs",
+                   help="pairs: one ASR actor beside each VLM engine, one pair per GPU (resources.asr.share_gpu_with); "
+                   "free: --asr-actors ASR actors wherever Ray packs their shares")
     p.add_argument("--asr-engine", choices=("transformers", "vllm"), default="transformers",
                    help="corpusflow_vllm's ASR engine (the other contenders keep transformers)")
     p.add_argument("--asr-model", choices=tuple(WHISPER_DECODER_LAYERS), default="large-v3", help="Whisper architecture")
@@ -779,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     # Logical CPUs are accounting: each actor holds one, so small machines need headroom for the tasks.
-    ray.init(num_cpus=max(os.cpu_count() or 1, 8), num_gpus=0 if smoke else a.gpus, include_dashboard=False, log_to_driver=True,
+    # The CPU smoke declares logical GPUs too: the pipeline's per-GPU placement then runs as on the device.
+    ray.init(num_cpus=max(os.cpu_count() or 1, 8), num_gpus=a.gpus, include_dashboard=False, log_to_driver=True,
              _temp_dir=str(work_dir / "ray"), runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}})
     import ray.data
@@ -811,24 +829,30 @@ def main(argv: list[str] | None = None) -> int:
             engine = "vllm" if name == "corpusflow_vllm" else "transformers"
             cfg = vllm_cfg if engine == "vllm" else flow_cfg
             fig = step(name, lambda: run_pipeline(cfg, corpus, work, peak, a.vlm_tokens, a.asr_tokens, engine,
-                                                  a.asr_gpu_share, a.asr_actors, smoke,
+                                                  a.asr_gpu_share, a.asr_actors,
                                                   keep_rows=transcripts if engine == "vllm" else None, asr_rows=a.asr_rows,
-                                                  n_gpus=a.gpus))
+                                                  n_gpus=a.gpus, pairs=a.asr_placement == "pairs"))
         result["contenders"][name] = fig
         save()
         release_gpu()
-    flow = result["contenders"].get("corpusflow_vllm", {})
-    if a.plan_gpus and "after_startup_s" in flow and "plan" not in result:
+    # The plan from the vLLM pipeline's rates (the transformers one's where vLLM is absent: the CPU smoke)
+    flow = next((f for n, f in result["contenders"].items() if n.startswith("corpusflow") and "after_startup_s" in f), {})
+    if a.plan_gpus and flow and "plan" not in result:
         from benchmarks.gpu_plan import predict
         from corpusflow.actors.models.device import accelerator
 
         result["plan"] = step("plan", lambda: predict(out_dir / "plan", flow, str(corpus_dir), accelerator(),
                                                       [int(n) for n in a.plan_gpus.split(",")], a.asr_gpu_share,
-                                                      a.asr_actors))
+                                                      a.asr_actors, decode_cpu_s_per_h=_decode_rate(result, a.seek)))
         save()
     ray.shutdown()
     print_table(result)
     return 0
+
+
+def _decode_rate(result: dict, seek: str) -> float | None:
+    """Decode CPU-s per video-hour measured in this run for the pipeline's seek mode, if it was measured."""
+    return result.get("decode", {}).get(seek, {}).get("cpu_s_per_video_h")
 
 
 def print_table(result: dict) -> None:

@@ -50,6 +50,9 @@ class Target(StrictModel):
     env: str = Field("base", description="stage environment, a key of ENVIRONMENTS")
     engine: dict[str, Union[bool, int, float, str]] = Field(
         default_factory=dict, description="device-dependent overrides of the stage config (asr.*, VLM engine options)")
+    share_gpu_with: Optional[str] = Field(
+        None, description="another stage whose actor each of these actors sits beside on one GPU of this type "
+        "(ASR beside the VLM engine): planned and placed in pairs, one pair per GPU (StageResources.share_gpu_with)")
 
     @model_validator(mode="after")
     def _env(self) -> "Target":
@@ -82,6 +85,16 @@ class Placement(StrictModel):
                 bad = set(t.engine) - _ENGINE_KEYS[stage]
                 if bad:
                     raise ValueError(f"{stage} on {acc}: unknown engine options {sorted(bad)}")
+        for stage, sp in self.stages.items():
+            for acc, t in sp.targets.items():
+                if t.share_gpu_with is None or not t.allowed:
+                    continue
+                other = self.target(t.share_gpu_with, acc)
+                if other is None or t.share_gpu_with == stage or other.share_gpu_with:
+                    raise ValueError(f"{stage} on {acc} shares a GPU with {t.share_gpu_with!r}, which has no target "
+                                     f"of its own on {acc}")
+                if not (t.num_gpus and other.num_gpus) or t.num_gpus + other.num_gpus > 1:
+                    raise ValueError(f"{stage} and {t.share_gpu_with} on {acc}: a GPU share each, together at most 1")
         return self
 
     def target(self, stage: str, accelerator: str) -> Optional[Target]:
@@ -202,6 +215,7 @@ class Pool(StrictModel):
     actors: int
     num_cpus: float
     num_gpus: float
+    share_gpu_with: Optional[str] = None
 
 
 class StageForecast(StrictModel):
@@ -223,6 +237,7 @@ class PlanOption(StrictModel):
     nodes: dict[str, int] = Field(default_factory=dict, description="node type -> nodes held, head included")
     stages: list[StageForecast] = []
     bottleneck: str = ""
+    lead_s: float = Field(0, description="one asset's time through the stages before the bottleneck (it overlaps the start-up)")
     wall_s: float = 0
     cost_usd: float = Field(0, description="node-hours held for the wall time x instance prices")
 

@@ -39,11 +39,17 @@ class StageResources(StrictModel):
     ray_options: dict[str, Any] = Field(
         default_factory=dict, description="further Ray Data map_batches / remote arguments (max_restarts, "
         "max_task_retries, runtime_env, scheduling_strategy...); those set by the fields above are refused")
+    share_gpu_with: Optional[str] = Field(
+        None, description="a GPU stage whose actors this stage's actors sit beside, one of each per GPU: "
+        "flows/gpu_bundles.py reserves one placement-group bundle per GPU holding both shares (left to Ray, "
+        "fractional shares land wherever they fit, e.g. two ASR actors on one GPU and none on the next)")
 
     @model_validator(mode="after")
     def _bounds(self) -> "StageResources":
         if self.max_actors < self.min_actors:
             raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
+        if self.share_gpu_with and "scheduling_strategy" in self.ray_options:
+            raise ValueError("share_gpu_with places the actors itself; drop ray_options.scheduling_strategy")
         clash = sorted(RESERVED_RAY_OPTIONS & set(self.ray_options))
         if clash:
             raise ValueError(f"ray_options may not set {clash}: they come from this stage's own fields "
@@ -126,6 +132,22 @@ class Resources(RootModel[dict[str, StageResources]]):
         if unknown:
             raise ValueError(f"unknown stages {unknown}; stages with resources are {', '.join(RESERVING)}")
         return {n: data.get(n, BY_NAME[n].resources) for n in RESERVING}
+
+    @model_validator(mode="after")
+    def _shared_gpus(self) -> "Resources":
+        for name, res in self.root.items():
+            if res.share_gpu_with is None:
+                continue
+            other = self.root.get(res.share_gpu_with)
+            if other is None or other is res or BY_NAME[name].pool != "actors" or BY_NAME[res.share_gpu_with].pool != "actors":
+                raise ValueError(f"{name}.share_gpu_with: {res.share_gpu_with!r} is not another actor stage")
+            if not (res.num_gpus and other.num_gpus) or res.num_gpus + other.num_gpus > 1:
+                raise ValueError(f"{name} shares a GPU with {res.share_gpu_with}: both need a GPU share, "
+                                 f"together at most 1 (got {res.num_gpus} + {other.num_gpus})")
+            if not (res.min_actors == res.max_actors == other.min_actors == other.max_actors):
+                raise ValueError(f"{name} shares a GPU with {res.share_gpu_with}: both pools need the same fixed "
+                                 "size (min_actors = max_actors), one actor of each per GPU")
+        return self
 
     def __getattr__(self, name: str) -> StageResources:
         root = self.__dict__.get("root", {})

@@ -49,15 +49,18 @@ def _task(cls: type, config: StageConfig, args: tuple) -> Callable[[Batch], Batc
 
 
 def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = None, args: tuple = (),
-              resources: StageResources | None = None) -> Any:
+              resources: StageResources | None = None, place: Callable[[], dict[str, Any]] | None = None) -> Any:
     """``ds`` followed by ``spec``'s stage, as the stage declares and the config reserves.
 
     ``cls`` runs another class in its place: a subclass of the registered stage (the benchmarks'
     fixed-length engines), or the job's own committer, built as ``cls(config, *args)``. ``resources``
     reserves for a stage outside the corpus job's ``resources`` (the index job's embedding stage).
+    ``place`` gives each actor started its scheduling (flows/gpu_bundles.py: one per GPU bundle).
     """
     res = resources or config.resources.of(spec.name)
     ray_args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
+    if place is not None:
+        ray_args["ray_remote_args_fn"] = place
     if cls is None:
         if spec.cls is None:
             raise ValueError(f"stage {spec.name!r} has no stage class")

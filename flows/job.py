@@ -28,6 +28,7 @@ from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.flows.adapter import add_stage
+from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
@@ -159,13 +160,14 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
 
     ds = ray.data.from_arrow(_listing_blocks(entries))
     ds = ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
+    places = remote_args_fns(config)  # stages that share GPUs: one actor of each per GPU
     for spec in (s for s in STAGES if s.cls is not None):
         if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm  # the vLLM backend: Ray's ray.data.llm processor
 
-            ds = describe_with_vllm(ds, config)
+            ds = describe_with_vllm(ds, config, place=places.get("vlm"))
         else:
-            ds = add_stage(ds, spec, config)
+            ds = add_stage(ds, spec, config, place=places.get(spec.name))
         if spec.name == "identify" and done:  # the content hash is known from here on
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
         if spec.name == "identify" and commit_rows:  # before any expensive stage: one job per input at a time

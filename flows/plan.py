@@ -272,10 +272,21 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
     packer = _Packer([t for t in cluster.node_types if t.accelerator in usable], cluster.max_workers, cpus_per_gpu)
     actors: dict[tuple[str, str], int] = {}
 
+    def beside(stage: str, acc: str) -> str | None:
+        """The stage whose actor this stage's actor sits beside on one GPU of ``acc`` (when that stage has work)."""
+        t = placement.target(stage, acc)
+        return t.share_gpu_with if t is not None and t.share_gpu_with in work else None
+
     def add(stage: str) -> bool:
-        for acc, t, _ in choices[stage]:
-            if packer.place(acc, t):
-                actors[stage, acc] = actors.get((stage, acc), 0) + 1
+        """One more actor of ``stage`` (with the actor that shares its GPU, both placed as one)."""
+        for acc, _, _ in choices[stage]:
+            lead = beside(stage, acc) or stage
+            group = [lead, *(s for s in choices if s != lead and beside(s, acc) == lead)]
+            targets = [placement.target(s, acc) for s in group]
+            pair = Target(num_cpus=sum(t.num_cpus for t in targets), num_gpus=sum(t.num_gpus for t in targets))
+            if packer.place(acc, pair):
+                for s in group:
+                    actors[s, acc] = actors.get((s, acc), 0) + 1
                 return True
         return False
 
@@ -289,7 +300,7 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
 
     # GPU stages first: their nodes exist before CPU work looks for spare cores.
     for s in sorted(work, key=lambda s: choices[s][0][0] == "cpu"):
-        if not add(s):
+        if not any(k[0] == s for k in actors) and not add(s):
             return PlanOption(name=name, accelerators=list(accelerators), feasible=False,
                               note=f"the cluster has no room for one {s} actor")
     while True:
@@ -302,8 +313,12 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
 
     busy = {s: max(times(s)) for s in work}
     b = max(busy, key=busy.get)
-    fill = sum(work[s].units / work[s].items / choices[s][0][2] for s in work if s != b)
-    wall = profile.startup_s + busy[b] + fill
+    # One asset's pass through the other stages: those before the bottleneck run while the engines
+    # start (the bottleneck has a queue when it is ready), those after it add to the end.
+    one = {s: work[s].units / work[s].items / choices[s][0][2] for s in work if s != b}
+    order = list(STAGES)
+    lead = sum(v for s, v in one.items() if order.index(s) < order.index(b))
+    wall = max(profile.startup_s, lead) + busy[b] + sum(one.values()) - lead
     forecasts = []
     for s in work:
         x = throughput(s)
@@ -314,11 +329,12 @@ def plan_option(name: str, accelerators: Sequence[str], stats: CorpusStats, clus
             stage=s, unit=UNITS[s], work=work[s].units, units_per_s=x, busy_s=busy[s],
             device_s=sum(dev.values()), cost_usd=sum(cost_usd(d, acc, prices) for acc, d in dev.items())))
     pools = [Pool(stage=s, accelerator=acc, actors=n, num_cpus=placement.target(s, acc).num_cpus,
-                  num_gpus=placement.target(s, acc).num_gpus) for (s, acc), n in actors.items()]
+                  num_gpus=placement.target(s, acc).num_gpus, share_gpu_with=beside(s, acc))
+             for (s, acc), n in actors.items()]
     nodes = packer.counts()
     price = {t.name: t.usd_per_hour for t in cluster.node_types}
     return PlanOption(name=name, accelerators=list(accelerators), feasible=True, pools=pools, nodes=nodes,
-                      stages=forecasts, bottleneck=b, wall_s=wall,
+                      stages=forecasts, bottleneck=b, lead_s=lead, wall_s=wall,
                       cost_usd=sum(price[t] * k for t, k in nodes.items()) * wall / 3600)
 
 
@@ -346,10 +362,14 @@ def resources_from_plan(option: PlanOption, base: Resources) -> Resources:
             continue
         gpu_types = {p.accelerator for p in pools if p.accelerator != "cpu"}
         n = sum(p.actors for p in pools)
+        # Pairs on one GPU stay pairs when every pool of the stage is paired with the same stage, actor for actor.
+        partner = {p.share_gpu_with for p in pools}.pop() if len({p.share_gpu_with for p in pools}) == 1 else None
+        if partner and sum(p.actors for p in option.pools if p.stage == partner) != n:
+            partner = None
         updates[stage] = getattr(base, stage).model_copy(update={
             "num_cpus": max(p.num_cpus for p in pools), "num_gpus": max(p.num_gpus for p in pools),
             "accelerator_type": gpu_types.pop() if len(gpu_types) == 1 else None,
-            "min_actors": n, "max_actors": n})
+            "min_actors": n, "max_actors": n, "share_gpu_with": partner})
     return base.model_copy(update=updates)
 
 

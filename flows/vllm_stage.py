@@ -19,7 +19,7 @@ import base64
 import io
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,6 +38,7 @@ _TOKENS_AROUND_IMAGE = 2
 _TEMPLATE_TOKENS = 64
 _JPEG_QUALITY = 95
 _KEEP = "_cf_columns"  # names of the row's own columns, carried through the processor
+_ENGINE_STAGE = "vLLMEngineStage"  # Ray's name for the processor's engine stage
 
 
 def _data_url(frame: np.ndarray) -> str:
@@ -195,15 +196,18 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
 
 
 def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
-                       max_concurrent_batches: int = 8):
+                       max_concurrent_batches: int = 8, place: Callable[[], dict[str, Any]] | None = None):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
     ``fixed_output_tokens`` is for benchmarks (see corpusflow.actors.engines.vlm_vllm.sampling_params).
+    ``place`` schedules each engine actor started (flows/gpu_bundles.py: one engine per GPU bundle).
     """
     from ray.data.llm import build_processor
 
     accel = _accelerator(config)
     processor = build_processor(processor_config(config, batch_size, max_concurrent_batches),
                                 preprocess=_Prompt(config, fixed_output_tokens))
+    if place is not None:  # the processor's config has no per-actor scheduling; its engine stage's map_batches does
+        processor.get_stage_by_name(_ENGINE_STAGE).map_batches_kwargs["ray_remote_args_fn"] = place
     model_id = config.profile.vlm
     return processor(ds).map_batches(_Answers(model_id, accel), batch_format="numpy", batch_size=None)

@@ -60,6 +60,18 @@ def test_plan_from_a_one_gpu_run_gives_two_gpus_an_engine_each(corpus, tmp_path)
     assert two["command"].startswith("corpusflow plan --cluster")
 
 
+def test_plan_of_a_paired_run_puts_one_asr_actor_beside_each_engine(corpus, tmp_path):
+    video_s = 3 * 0.4 * 60
+    run = {"videos_h": video_s / 3600, "startup_s": 200.0, "after_startup_s": 10.0, "asr_actor_s": 4.0, "gpus": 1,
+           "asr_pairs_per_gpu": True}
+    plans = predict(tmp_path, run, str(Path(corpus[0]).parent), "H200", [2], asr_share=0.2, asr_actors=1, cores=32,
+                    decode_cpu_s_per_h=20.0)
+    two = plans["2"]
+    assert two["pools"]["vlm@H200"] == two["pools"]["asr@H200"] == 2
+    # what the run's wall after start-up is compared with: the plan's wall less the lead the start-up hides
+    assert two["wall_after_startup_s"] == pytest.approx(two["wall_s"] - two["lead_s"], abs=0.11) and two["lead_s"] > 0
+
+
 def test_prefix_caching_reaches_vllm_only_when_the_profile_sets_it():
     assert engine_kwargs(VlmEngineOptions(enable_prefix_caching=False))["enable_prefix_caching"] is False
     assert "enable_prefix_caching" not in engine_kwargs(VlmEngineOptions())
