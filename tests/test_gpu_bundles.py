@@ -88,15 +88,15 @@ def test_plan_pairs_asr_with_the_engines_and_the_job_keeps_the_pairs() -> None:
         "asr": {"targets": {"H200": {"num_cpus": 1, "num_gpus": 0.2, "share_gpu_with": "vlm"}}},
         "vlm": {"targets": {"H200": {"num_cpus": 1, "num_gpus": 0.8}}}}})
     profile = ThroughputProfile(models="t", source="t", startup_s=0, rates={
-        "identify": {"cpu": 1000.0}, "decode": {"cpu": 200.0}, "asr": {"H200": 2000.0}, "vlm": {"H200": 400.0},
-        "commit": {"cpu": 1000.0}})
+        "identify": {"cpu": 1000.0}, "decode": {"cpu": 200.0}, "asr": {"H200": 2000.0}, "frames": {"cpu": 1000.0},
+        "vlm": {"H200": 400.0}, "commit": {"cpu": 1000.0}})
     stats = CorpusStats(files=128, bytes=10**9, video_files=128, video_s=128 * 900.0, max_video_s=900.0)
     option = plan.plan_option("H200-only", ["H200"], stats, cluster, placement, profile)
     pools = {p.stage: p for p in option.pools}
     assert pools["vlm"].actors == pools["asr"].actors == 4  # one pair per GPU, ASR never grown alone
     assert pools["asr"].share_gpu_with == "vlm"
-    # The first file's decode and ASR happen before the engines have work: that lead is reported apart.
-    assert option.bottleneck == "vlm" and option.lead_s == pytest.approx(1 / 1000 + 900 / 200 + 900 / 2000)
+    # The first file's decode, ASR and frames happen before the engines have work: that lead is reported apart.
+    assert option.bottleneck == "vlm" and option.lead_s == pytest.approx(1 / 1000 + 900 / 200 + 900 / 2000 + 900 / 1000)
     res = plan.resources_from_plan(option, Resources())
     assert (res.asr.share_gpu_with, res.asr.max_actors, res.vlm.max_actors) == ("vlm", 4, 4)
     with pytest.raises(ValueError, match="no target"):
