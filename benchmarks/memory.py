@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -86,27 +87,39 @@ def _pieces(seconds: float) -> list[np.ndarray]:
     return [clip[i:i + n] for i in range(0, len(clip) - n + 1, n)]
 
 
+def _pieces_in_time(hours: float, speech_share: float) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(piece number, first sample, block): ``PIECE_S``-second speech pieces spread evenly, silence between them."""
+    pieces = _pieces(60.0)
+    total = int(hours * 3600 * SR)
+    period = int(PIECE_S / speech_share * SR)
+    for k, start in enumerate(range(0, total, period)):
+        block = np.zeros(min(period, total - start), np.float32)
+        piece = pieces[k % len(pieces)][:len(block)]
+        block[:len(piece)] = piece
+        yield k, start, block
+
+
+def _mux_sound(out: Any, stream: Any, start: int, block: np.ndarray) -> None:
+    import av
+
+    frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+    frame.sample_rate, frame.pts = SR, start
+    for packet in stream.encode(frame):
+        out.mux(packet)
+
+
 def make_audio(path: Path, hours: float, speech_share: float) -> Path:
     """A 16 kHz mono WAV: ``PIECE_S``-second speech pieces spread evenly, silence between them."""
     import av
 
     if path.exists():
         return path
-    pieces = _pieces(60.0)
-    total = int(hours * 3600 * SR)
-    period = int(PIECE_S / speech_share * SR)
     tmp = path.with_suffix(".part.wav")
     with av.open(str(tmp), "w", format="wav") as out:
         stream = out.add_stream("pcm_s16le", rate=SR)
         stream.layout = "mono"
-        for k, start in enumerate(range(0, total, period)):
-            block = np.zeros(min(period, total - start), np.float32)
-            piece = pieces[k % len(pieces)][:len(block)]
-            block[:len(piece)] = piece
-            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = SR, start
-            for packet in stream.encode(frame):
-                out.mux(packet)
+        for _, start, block in _pieces_in_time(hours, speech_share):
+            _mux_sound(out, stream, start, block)
         out.mux(stream.encode(None))
     tmp.rename(path)
     return path
@@ -118,9 +131,6 @@ def make_video(path: Path, hours: float, speech_share: float) -> Path:
 
     if path.exists():
         return path
-    pieces = _pieces(60.0)
-    total = int(hours * 3600 * SR)
-    period = int(PIECE_S / speech_share * SR)
     tmp = path.with_suffix(".part.mkv")
     with av.open(str(tmp), "w", format="matroska") as out:
         vs = out.add_stream("libx264", rate=1)
@@ -129,14 +139,8 @@ def make_video(path: Path, hours: float, speech_share: float) -> Path:
         stream = out.add_stream("pcm_s16le", rate=SR)
         stream.layout = "mono"
         second = 0
-        for k, start in enumerate(range(0, total, period)):
-            block = np.zeros(min(period, total - start), np.float32)
-            piece = pieces[k % len(pieces)][:len(block)]
-            block[:len(piece)] = piece
-            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = SR, start
-            for packet in stream.encode(frame):
-                out.mux(packet)
+        for k, start, block in _pieces_in_time(hours, speech_share):
+            _mux_sound(out, stream, start, block)
             picture = np.full((120, 160, 3), (37 * k % 256, 91 * k % 256, 53 * k % 256), np.uint8)
             while second < (start + len(block)) / SR:
                 vf = av.VideoFrame.from_ndarray(picture, format="rgb24")

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from corpusflow.contracts.base import StrictModel, read_yaml, validated
 from corpusflow.contracts.config import AsrConfig, VlmEngineOptions
-from corpusflow.contracts.registry import BY_NAME, RESERVING
+from corpusflow.contracts.registry import BY_NAME, RESERVING, check_gpu_pair
 
 # Stages a placement names: those with a reservation of their own (contracts/registry.py).
 STAGES = RESERVING
@@ -93,8 +93,7 @@ class Placement(StrictModel):
                 if other is None or t.share_gpu_with == stage or other.share_gpu_with:
                     raise ValueError(f"{stage} on {acc} shares a GPU with {t.share_gpu_with!r}, which has no target "
                                      f"of its own on {acc}")
-                if not (t.num_gpus and other.num_gpus) or t.num_gpus + other.num_gpus > 1:
-                    raise ValueError(f"{stage} and {t.share_gpu_with} on {acc}: a GPU share each, together at most 1")
+                check_gpu_pair(f"{stage} and {t.share_gpu_with} on {acc}", t.num_gpus, other.num_gpus)
         return self
 
     def target(self, stage: str, accelerator: str) -> Optional[Target]:

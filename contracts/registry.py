@@ -57,6 +57,12 @@ class StageResources(StrictModel):
         return self
 
 
+def check_gpu_pair(pair: str, a: float, b: float) -> None:
+    """Two actors that share one GPU (``share_gpu_with``) each need a share of it, together at most all of it."""
+    if not (a and b) or a + b > 1:
+        raise ValueError(f"{pair} share a GPU: both need a GPU share, together at most 1 (got {a} + {b})")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage as the job and the API run it.
@@ -141,9 +147,7 @@ class Resources(RootModel[dict[str, StageResources]]):
             other = self.root.get(res.share_gpu_with)
             if other is None or other is res or BY_NAME[name].pool != "actors" or BY_NAME[res.share_gpu_with].pool != "actors":
                 raise ValueError(f"{name}.share_gpu_with: {res.share_gpu_with!r} is not another actor stage")
-            if not (res.num_gpus and other.num_gpus) or res.num_gpus + other.num_gpus > 1:
-                raise ValueError(f"{name} shares a GPU with {res.share_gpu_with}: both need a GPU share, "
-                                 f"together at most 1 (got {res.num_gpus} + {other.num_gpus})")
+            check_gpu_pair(f"{name} and {res.share_gpu_with}", res.num_gpus, other.num_gpus)
             if not (res.min_actors == res.max_actors == other.min_actors == other.max_actors):
                 raise ValueError(f"{name} shares a GPU with {res.share_gpu_with}: both pools need the same fixed "
                                  "size (min_actors = max_actors), one actor of each per GPU")

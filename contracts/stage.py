@@ -196,8 +196,9 @@ def run_batch(contract: StageContract, batch: Batch, process: Callable[[list[Row
     metric_cols: dict[str, list[Any]] = {c: [float("nan")] * n if k == "float64" else [""] * n
                    for c, k in contract.metric_columns.items()}
     for i, got in zip(live, outcomes):
-        kept = {c: out_cols[c][i] for c in contract.writes if c in contract.reads}
-        values = {**empty, **kept, **got.values} if got.error is not None else got.values
+        values = got.values
+        if got.error is not None:  # what it did not write: empty, or as it came for a column it also reads
+            values = {**empty, **{c: out_cols[c][i] for c in contract.writes if c in contract.reads}, **values}
         for c in contract.writes:
             out_cols[c][i] = values[c]
         if got.error is not None:

@@ -256,7 +256,7 @@ def _wait_for_others(config: JobConfig, job_id: str, fingerprint: str, deferred:
     orphaned: list[str] = []
     said = 0.0
     while waiting:
-        done = committed(config.out, fingerprint)
+        done = committed(config.out, fingerprint, asset_ids=(a for a, _ in waiting.values()))
         have, have_ids = keys_of(done), set(done["asset_id"].to_pylist())
         verdicts: dict[str, bool] = {}
         for uri, (asset_id, job) in list(waiting.items()):

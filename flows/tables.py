@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional
 
 import pyarrow as pa
@@ -209,26 +210,27 @@ def _done(fingerprint: str, retry_errors: bool) -> pc.Expression:
     return done
 
 
-def committed(out: str, fingerprint: str, retry_errors: bool = False) -> pa.Table:
+def committed(out: str, fingerprint: str, retry_errors: bool = False,
+              asset_ids: Optional[Iterable[str]] = None) -> pa.Table:
     """(uri, asset_id, bytes, modified) of the inputs committed under this config fingerprint, in one
-    filtered scan of ``assets``. With ``retry_errors``, transient failures (``retryable``) are not done."""
-    return open_table(out, "assets").to_table(columns=["uri", "asset_id", "bytes", "modified"],
-                                              filter=_done(fingerprint, retry_errors))
+    filtered scan of ``assets`` (of those contents only, given ``asset_ids``). With ``retry_errors``,
+    transient failures (``retryable``) are not done."""
+    done = _done(fingerprint, retry_errors)
+    if asset_ids is not None:
+        done = done & pc.field("asset_id").isin(pa.array(sorted(set(asset_ids)), pa.string()))
+    return open_table(out, "assets").to_table(columns=["uri", "asset_id", "bytes", "modified"], filter=done)
 
 
 def share_content(out: str, fingerprint: str, job_id: str, files: Mapping[str, tuple[str, int, Any]]) -> pa.Table:
     """Commit an ``assets`` row for each of ``files`` (uri → (asset_id, bytes, modified)) whose content is
     committed under another URI: the same outcome, pointing at the same data rows. Returns the rows
     committed; files whose content is not committed are left out."""
-    import datetime
-
     if not files:
         return TABLES["assets"].empty_table()
     ids = pa.array(sorted({a for a, _, _ in files.values()}), pa.string())
-    source = open_table(out, "assets").to_table(
-        filter=(pc.field("config_fingerprint") == fingerprint) & pc.field("asset_id").isin(ids))
+    source = open_table(out, "assets").to_table(filter=_done(fingerprint, False) & pc.field("asset_id").isin(ids))
     first = {r["asset_id"]: r for r in source.to_pylist()}
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.now(timezone.utc)
     rows = [{**first[a], "uri": uri, "bytes": size, "modified": modified, "job_id": job_id, "committed_at": now}
             for uri, (a, size, modified) in sorted(files.items()) if a in first]
     table = pa.Table.from_pylist(rows, schema=TABLES["assets"])

@@ -176,13 +176,14 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
     want = offset + req.limit
     if want > MAX_DEPTH:
         raise QueryError(f"pages reach at most {MAX_DEPTH} hits deep; narrow the query with filters")
-    depth = min(MAX_DEPTH, want * (5 if req.group_by == "asset" else 1) + 1)
+    per_hit = 5 if req.group_by == "asset" else 1  # units fetched per hit wanted: an asset gathers several
+    depth = min(MAX_DEPTH, want * per_hit + 1)
     if req.mode == "hybrid":
         depth = max(depth, FUSION_POOL)  # the pool the z-scores are taken against
     if req.rerank and reranker is None:
         raise QueryError(f"reranker {req.rerank!r} was asked for but not loaded")
     if reranker is not None:
-        depth = max(depth, min(reranker.depth * (5 if req.group_by == "asset" else 1) + 1, MAX_DEPTH))
+        depth = max(depth, min(reranker.depth * per_hit + 1, MAX_DEPTH))
     where = where_clause(req)
     if req.mode != "lexical" and embedder is None:
         raise QueryError("semantic search needs the index's embedding model")
