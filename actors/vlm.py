@@ -136,6 +136,10 @@ class Describe(Stage):
         self._answer_chars = int(self.vlm.max_new_tokens * per_token)
         schema_for([99999.99], self._answer_chars)  # a budget too small for any answer fails here, not per row
 
+    @property
+    def admits_concurrent_calls(self) -> bool:  # type: ignore[override]
+        return self.engine.admits_concurrent_calls
+
     def _chars_per_token(self) -> float:
         """Characters per token of this engine's tokenizer on English prose (1 for a byte-level one)."""
         empty = VlmRequest(np.zeros((0, 1, 1, 3), dtype=np.uint8), np.zeros(0), "", "", {}, 1)

@@ -226,6 +226,9 @@ class Stage:
     contract: ClassVar[StageContract]
     accelerator: str = "cpu"
     empty: Mapping[str, Any] = {}
+    # Whether calls may run at once on one instance, each joining its engine's running batch (vLLM's
+    # async engine); otherwise an online server gathers concurrent requests into one call at a time.
+    admits_concurrent_calls: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -6,17 +6,21 @@ serve_apps/exclusive.py); uploads travel
 as bytes and are written to a temporary file on the replica's own node, so a replica never depends
 on a path that exists only where the ingress runs. ``BatchedStageServer`` gathers concurrent
 requests that wait while the stage is busy (serve_apps/gather.py) and hands the stage one
-multi-row batch, as Ray Data would. Both record each call's size and seconds
+multi-row batch, as Ray Data would, unless the stage's engine batches continuously: then each request
+goes in as it comes. Both record each call's size and seconds
 (serve_apps/batch_metrics.py), so every stage's busy share shows.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import shutil
 import tempfile
 import time
 from pathlib import PurePosixPath
-from typing import Any, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 from ray import serve
@@ -27,6 +31,8 @@ from corpusflow.contracts.stage import Batch, StageFailure, tensor_column
 from corpusflow.serve_apps import batch_metrics
 from corpusflow.serve_apps.exclusive import Exclusive
 from corpusflow.serve_apps.gather import Gatherer
+
+T = TypeVar("T")
 
 
 def load_stage(path: str, config: StageConfig) -> Any:
@@ -108,20 +114,44 @@ class StageServer:
         return True
 
 
+class _Admitted:
+    """Calls that run at once, up to ``limit``, for a stage whose engine admits each into its running batch."""
+
+    def __init__(self, name: str, limit: int):
+        self._threads = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Cancelling the caller drops the call if it has not started, and otherwise lets it finish."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
+
+
 @serve.deployment
 class BatchedStageServer:
-    """A stage whose concurrent requests are gathered into one call (ASR, VLM); also serves ``ask``."""
+    """A stage whose concurrent requests share the engine (ASR, VLM); also serves ``ask``.
+
+    An engine that batches continuously (``Stage.admits_concurrent_calls``: vLLM's async engine) gets
+    each request the moment it arrives, up to ``max_batch_size`` at once: a request never waits for
+    the batch in front of it to end. Any other engine gets the requests that waited while it was
+    busy, gathered into one call (serve_apps/gather.py).
+    """
 
     def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
         self.stage = load_stage(stage, StageConfig.model_validate(config))
-        self.exclusive = Exclusive(f"stage-{self.stage.contract.name}")
-        self._gatherer = Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
+        name = f"stage-{self.stage.contract.name}"
+        self.calls: Exclusive | _Admitted
+        if self.stage.admits_concurrent_calls:
+            self.calls, self._gatherer = _Admitted(name, max_batch_size), None
+        else:
+            self.calls = Exclusive(name)
+            self._gatherer = Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
 
     async def run(self, batch: Batch) -> Batch:
+        if self._gatherer is None:
+            return await self.calls.run(self._timed, [batch])
         return await self._gatherer.submit(batch)
 
     async def _call(self, batches: list[Batch]) -> list[Batch]:
-        return split(await self.exclusive.run(self._timed, batches))
+        return split(await self.calls.run(self._timed, batches))
 
     def _timed(self, batches: list[Batch]) -> Batch:
         t0 = time.perf_counter()
@@ -133,7 +163,7 @@ class BatchedStageServer:
     async def ask(self, batch: Batch, question: str) -> dict[str, Any]:
         """The VLM's grounded answer about the one video in ``batch``, or ``{"error": sentence}``."""
         try:
-            answer = await self.exclusive.run(self.stage.ask, *_ask_inputs(batch), question)
+            answer = await self.calls.run(self.stage.ask, *_ask_inputs(batch), question)
         except StageFailure as e:
             return {"error": str(e)}
         return answer.model_dump()
@@ -141,7 +171,7 @@ class BatchedStageServer:
     async def ask_corpus(self, question: str, passages: list[str]) -> dict[str, Any]:
         """The VLM's answer from retrieved passages, citing their numbers, or ``{"error": sentence}``."""
         try:
-            answer = await self.exclusive.run(self.stage.ask_passages, question, passages)
+            answer = await self.calls.run(self.stage.ask_passages, question, passages)
         except StageFailure as e:
             return {"error": str(e)}
         return answer.model_dump()

@@ -67,6 +67,7 @@ class ScriptedEngine:
     """A protocol-conforming engine that returns given answers in order (tests of retry paths only)."""
 
     name, model_id, max_frames, max_model_len = "scripted", "scripted-model", 8, 100_000
+    admits_concurrent_calls = False
 
     def __init__(self, answers: list[str]):
         self.answers, self.requests = list(answers), []

@@ -35,6 +35,9 @@ class VlmEngine(Protocol):
     model_id: str
     max_frames: int             # frame budget of one context on this device
     max_model_len: int
+    # True when generate may be called from several threads at once and each call's requests join the
+    # batch already running (continuous batching); the online API then hands requests over as they come.
+    admits_concurrent_calls: bool
 
     def count_tokens(self, request: VlmRequest) -> int: ...   # prompt tokens incl. vision tokens
 

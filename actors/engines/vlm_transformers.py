@@ -28,6 +28,7 @@ class TransformersEngine:
     """Qwen2.5-VL through transformers, greedy, JSON-schema constrained by an xgrammar logits processor."""
 
     name = "transformers"
+    admits_concurrent_calls = False  # one padded generate at a time: concurrent callers are gathered instead
 
     def __init__(self, profile: ModelsProfile, cache_dir: str):
         import torch

@@ -1,21 +1,28 @@
 """The vLLM engine behind the VLM interface (actors/engines/vlm.py), for GPU workers.
 
 vLLM batches continuously across requests and runs CUDA graphs, which is where the GPU path gets
-its throughput; prompts are the same chat messages as the transformers engine builds, and answers
+its throughput. :class:`VllmEngine` drives vLLM's asynchronous engine (``AsyncLLM``) from a private
+event loop, so a request joins the batch already running the moment it is submitted, from any
+thread: the online API hands each request over as it arrives instead of gathering a batch and
+waiting for it to finish as a whole. Prompts are the same chat messages as the transformers engine builds, and answers
 are JSON-schema constrained by vLLM's structured outputs (xgrammar), with free whitespace off for
 the reason the transformers engine gives. :func:`engine_kwargs` is the one place that turns a
-profile's per-GPU options into vLLM engine arguments: ``vllm.LLM``, Ray Data's ``ray.data.llm``
+profile's per-GPU options into vLLM engine arguments: our engine, Ray Data's ``ray.data.llm``
 processor (flows/vllm_stage.py) and Ray Serve LLM all take that dict.
 """
 from __future__ import annotations
 
-from typing import Any
-
+import asyncio
+import itertools
+import threading
+from typing import Any, Coroutine, TypeVar
 
 from corpusflow.actors.models.device import accelerator
 from corpusflow.actors.models.store import resolve
 from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest, processor_kwargs
 from corpusflow.contracts.config import ModelsProfile, VlmEngineOptions
+
+T = TypeVar("T")
 
 # Fraction of a GPU the tiny-random model needs; keeps the tests from reserving a whole H200.
 _TINY_GPU_MEMORY = 0.1
@@ -71,13 +78,17 @@ def sampling_params(max_new_tokens: int, json_schema: dict | None,
 
 
 class VllmEngine:
-    """Qwen2.5-VL through ``vllm.LLM`` on this process's GPU, shaped by the profile's options for it."""
+    """Qwen2.5-VL through vLLM's ``AsyncLLM`` on this process's GPU, shaped by the profile's options for it.
+
+    ``generate`` may be called from many threads at once; every call's requests enter the one running
+    batch (``admits_concurrent_calls``), so callers never wait for each other's batches to end.
+    """
 
     name = "vllm"
+    admits_concurrent_calls = True
 
     def __init__(self, profile: ModelsProfile, cache_dir: str, fixed_output_tokens: bool = False):
         from transformers import AutoProcessor
-        from vllm import LLM
 
         opts = profile.options_for(accelerator())
         self.model_id = profile.vlm
@@ -86,26 +97,51 @@ class VllmEngine:
         self._fixed = fixed_output_tokens
         path = model_path(profile, cache_dir)
         self._counter = PromptCounter(AutoProcessor.from_pretrained(path, **processor_kwargs(opts)))
-        self._llm = LLM(model=path, **engine_kwargs(opts, tiny=profile.vlm == "tiny-random"))
+        self._count_lock = threading.Lock()  # a fast tokenizer is not safe to share between threads
+        self._ids = itertools.count()
+        # The engine's output handler runs as a task on the loop it was created on: one loop, one thread, for life.
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True).start()
+        self._llm = self._on_loop(self._start(path, engine_kwargs(opts, tiny=profile.vlm == "tiny-random")))
+
+    @staticmethod
+    async def _start(path: str, kwargs: dict[str, Any]) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, disable_log_stats=True, **kwargs))
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def count_tokens(self, request: VlmRequest) -> int:
-        return self._counter(request)
+        with self._count_lock:
+            return self._counter(request)
 
     def generate(self, requests: list[VlmRequest]) -> list[str]:
-        """All requests in one call, so vLLM schedules them together (continuous batching)."""
+        """The answers of ``requests``, which join whatever the engine is already running."""
         from PIL import Image
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         prompts, params = [], []
         for r in requests:
-            prompt: dict[str, Any] = {"prompt": self._counter.prompt(r)}
+            with self._count_lock:
+                prompt: dict[str, Any] = {"prompt": self._counter.prompt(r)}
             if len(r.frames):
                 prompt["multi_modal_data"] = {"image": [Image.fromarray(f) for f in r.frames]}
             prompts.append(prompt)
             fields = sampling_params(r.max_new_tokens, r.json_schema, self._fixed)
             if "structured_outputs" in fields:
                 fields["structured_outputs"] = StructuredOutputsParams(**fields["structured_outputs"])
-            params.append(SamplingParams(**fields))
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
+            params.append(SamplingParams(**fields, output_kind=RequestOutputKind.FINAL_ONLY))
+        return self._on_loop(self._answers(prompts, params))
+
+    async def _answers(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[str]:
+        return list(await asyncio.gather(*(self._answer(p, s) for p, s in zip(prompts, params))))
+
+    async def _answer(self, prompt: dict[str, Any], params: Any) -> str:
+        text = ""
+        async for out in self._llm.generate(prompt, params, f"cf-{next(self._ids)}"):
+            text = out.outputs[0].text  # FINAL_ONLY: one output, when the request has finished
+        return text
