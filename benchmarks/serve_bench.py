@@ -95,8 +95,8 @@ def bench_settings(models: str, model_cache: str, max_batch: int, *, gpu: bool =
 
 
 def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: int, smoke: bool,
-                  vlm_engine: str = "transformers", vllm_kv_gib: float = 16.0) -> str:
-    """A models profile file for GPU mode: transformers ASR, the VLM on ``vlm_engine``.
+                  vlm_engine: str = "transformers", vllm_kv_gib: float = 16.0, asr_engine: str = "transformers") -> str:
+    """A models profile file for GPU mode: Whisper on ``asr_engine``, the VLM on ``vlm_engine``.
 
     ``max_num_seqs`` equals the Serve batch, so a gathered batch is one engine call (one padded
     ``generate`` on transformers, one schedule on vLLM); bf16 with SDPA on the GPU, float32 tiny
@@ -114,7 +114,7 @@ def serve_profile(work: Path, vlm: str, asr: str, max_batch: int, max_frames: in
     else:
         shape = {"dtype": "bfloat16", "max_model_len": 16384, "max_frames": max_frames, "max_num_seqs": max_batch,
                  "attn_implementation": "sdpa"}
-    profile = {"name": "serve-bench", "asr": asr, "align": None, "vlm": vlm, "asr_engine": "transformers",
+    profile = {"name": "serve-bench", "asr": asr, "align": None, "vlm": vlm, "asr_engine": asr_engine,
                "vlm_engine": vlm_engine, "engine_options": {"default": shape}}
     work.mkdir(parents=True, exist_ok=True)
     path = work / "profile_serve.yaml"
@@ -126,7 +126,7 @@ def gpu_plan(args: argparse.Namespace, vlm: str, asr: str) -> ServeConfig:
     """GPU mode's ServeConfig from the arguments and the checkpoint folders (no model is loaded)."""
     smoke = args.cpu_smoke
     profile = serve_profile(Path(args.work), vlm, asr, args.max_batch, args.max_frames, smoke, args.vlm_engine,
-                            args.vllm_kv_gib)
+                            args.vllm_kv_gib, args.asr_engine)
     video = VideoConfig(fps=args.fps, max_frames=args.max_frames, frame_size=args.frame_size)
     return bench_settings(profile, str(Path(args.work) / "cache"), args.max_batch, gpu=True,
                           asr_gpu=0.0 if smoke else args.asr_gpu, vlm_gpu=0.0 if smoke else args.vlm_gpu,
@@ -304,11 +304,11 @@ def gpu_models(args: argparse.Namespace) -> tuple[str, str]:
     """(VLM, ASR) model sources: checkpoints with random weights written once to ``--work``, or tiny-random."""
     if args.cpu_smoke:
         return "tiny-random", "tiny-random"
-    from benchmarks.gpu_throughput import make_qwen7b, make_whisper_large_v3, release_gpu
+    from benchmarks.gpu_throughput import make_qwen7b, make_whisper, release_gpu
 
     t = time.time()
     vlm = make_qwen7b(Path(args.work) / "models" / "qwen2.5-vl-7b")
-    asr = make_whisper_large_v3(Path(args.work) / "models" / "whisper-large-v3")
+    asr = make_whisper(Path(args.work) / "models" / f"whisper-{args.asr_model}", args.asr_model)
     release_gpu()  # the checkpoints were written from this process's GPU memory
     print(f"[bench] checkpoints ready in {time.time() - t:.0f} s", flush=True)
     return vlm, asr
@@ -390,6 +390,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--frame-size", type=int, default=448)
     g.add_argument("--vlm-engine", choices=("transformers", "vllm"), default="transformers",
                    help="the VLM replica's engine (vllm: CUDA graphs, paged KV cache; needs vllm installed)")
+    g.add_argument("--asr-engine", choices=("transformers", "vllm"), default="transformers",
+                   help="Whisper's engine (vllm: its own engine beside the VLM's on the GPU)")
+    g.add_argument("--asr-model", choices=("large-v3", "large-v3-turbo"), default="large-v3",
+                   help="Whisper architecture (random weights)")
     g.add_argument("--vllm-kv-gib", type=float, default=16.0, help="vLLM's KV cache (it shares the GPU with ASR)")
     g.add_argument("--vlm-tokens", type=int, default=128, help="tokens every VLM answer has")
     g.add_argument("--asr-tokens", type=int, default=32, help="tokens every 30-s ASR chunk has")
@@ -401,8 +405,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--gpu needs --speech-clip")
     if args.cpu_smoke and not args.gpu:
         p.error("--cpu-smoke goes with --gpu")
-    if args.cpu_smoke and args.vlm_engine == "vllm":
-        p.error("--vlm-engine vllm needs a GPU; --cpu-smoke runs the transformers engines")
+    if args.cpu_smoke and "vllm" in (args.vlm_engine, args.asr_engine):
+        p.error("the vllm engines need a GPU; --cpu-smoke runs the transformers engines")
     unknown = set(args.endpoints.split(",")) - {"transcribe", "analyze"}
     if unknown:
         p.error(f"unknown endpoints {sorted(unknown)}")
@@ -414,10 +418,10 @@ GPU_MODE_MODULES = ("fastapi", "prometheus_client", "av", "pymupdf", "faster_whi
                     "transformers", "yaml")
 
 
-def missing_modules(vlm_engine: str) -> list[str]:
+def missing_modules(*engines: str) -> list[str]:
     import importlib.util
 
-    wanted = (*GPU_MODE_MODULES, "vllm") if vlm_engine == "vllm" else GPU_MODE_MODULES
+    wanted = (*GPU_MODE_MODULES, "vllm") if "vllm" in engines else GPU_MODE_MODULES
     return [m for m in wanted if importlib.util.find_spec(m) is None]
 
 
@@ -438,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stages: dict[str, str] = {}
     tmp = tempfile.TemporaryDirectory()
     if args.gpu:
-        missing = missing_modules(args.vlm_engine)
+        missing = missing_modules(args.vlm_engine, args.asr_engine)
         if missing:  # the PDF replica alone needs pymupdf, and one failed replica fails the whole app
             raise SystemExit(f"GPU mode needs these modules, missing here: {', '.join(missing)}")
         inputs, words = gpu_inputs(Path(args.work), max(levels), args.video_seconds, args.speech_clip)
@@ -448,8 +452,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ.update({ASR_TOKENS_ENV: str(args.asr_tokens), VLM_TOKENS_ENV: str(args.vlm_tokens)})
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # generate() warns on every fixed-length call
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        models = (f"Qwen2.5-VL-7B on {args.vlm_engine} + Whisper large-v3 (random weights)" if not args.cpu_smoke
-                  else "tiny-random")
+        models = ("tiny-random" if args.cpu_smoke else
+                  f"Qwen2.5-VL-7B on {args.vlm_engine} + Whisper {args.asr_model} on {args.asr_engine} (random weights)")
     else:
         inputs, words = cpu_inputs(Path(tmp.name))
         settings = bench_settings(args.models, args.model_cache, args.max_batch)
@@ -463,7 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "video": settings.video.model_dump(), "stages": {**app.STAGES, **stages},
                   "deployments": {n: getattr(settings.deployments, n).serve_options() for n in ("api", "decode", "asr", "frames", "vlm")}}}
     if args.gpu:
-        result["setup"].update(vlm_engine=args.vlm_engine, vlm_output_tokens=args.vlm_tokens,
+        result["setup"].update(vlm_engine=args.vlm_engine, asr_engine=args.asr_engine, vlm_output_tokens=args.vlm_tokens,
                                asr_output_tokens_per_chunk=args.asr_tokens,
                                engine_options=settings.stage_config().profile.options_for("default").model_dump())
     os.environ.setdefault(METRICS_INTERVAL_ENV, "1000")  # read by the Ray started below and its workers

@@ -15,7 +15,6 @@ import os
 from dataclasses import replace
 
 from corpusflow.actors.asr import Transcribe
-from corpusflow.actors.engines.asr_transformers import TransformersWhisperEngine
 from corpusflow.actors.vlm import Describe
 from corpusflow.actors.engines.vlm import VlmEngine, VlmRequest
 from benchmarks.gpu_throughput import fixed_transformers_engine
@@ -26,12 +25,12 @@ VLM_TOKENS_ENV = "CORPUSFLOW_BENCH_VLM_TOKENS"
 
 
 class FixedTranscribe(Transcribe):
-    """Transcribe whose transformers Whisper decodes exactly ``$CORPUSFLOW_BENCH_ASR_TOKENS`` tokens per chunk."""
+    """Transcribe whose Whisper (transformers or vLLM) decodes exactly ``$CORPUSFLOW_BENCH_ASR_TOKENS`` tokens per chunk."""
 
     def __init__(self, config: StageConfig) -> None:
         super().__init__(config)
-        if not isinstance(self._engine, TransformersWhisperEngine):
-            raise TypeError("the fixed-length benchmark needs asr_engine: transformers in its models profile")
+        if not hasattr(self._engine, "fixed_output_tokens"):
+            raise TypeError("the fixed-length benchmark needs asr_engine: transformers or vllm in its models profile")
         self._engine.fixed_output_tokens = int(os.environ[ASR_TOKENS_ENV])
 
 

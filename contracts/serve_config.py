@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from corpusflow.contracts.base import StrictModel, read_mapping, validated
 from corpusflow.contracts.config import (AsrConfig, PdfConfig, StageConfig, VideoConfig, VlmConfig, default_cache,
                                         load_profile)
-from corpusflow.contracts.registry import STAGES
+from corpusflow.contracts.registry import BY_NAME, RESERVING, STAGES, Resources
 
 # The HTTP ingress, then one deployment per stage the registry serves.
 DEPLOYMENTS = ("api", *(s.name for s in STAGES if s.serve))
@@ -175,9 +175,16 @@ class ServeConfig(StrictModel):
         return sum(d.num_cpus * d.autoscaling.min_replicas for d in warm)
 
     def stage_config(self) -> StageConfig:
-        """What the stage classes see: the same settings type the batch job hands them."""
+        """What the stage classes see: the same settings type the batch job hands them.
+
+        Each deployment's GPU share goes into ``resources``, as a job's actor share does, so that an
+        engine that sizes itself by its share (Whisper on vLLM: its start-up memory check) fits beside
+        the other deployments on the GPU.
+        """
+        shares = {n: BY_NAME[n].resources.model_copy(update={"num_gpus": getattr(self.deployments, n).num_gpus})
+                  for n in DEPLOYMENTS if n in RESERVING}
         return StageConfig(models=self.models, video=self.video, asr=self.asr, vlm=self.vlm, pdf=self.pdf,
-                           model_cache=self.model_cache)
+                           model_cache=self.model_cache, resources=Resources(shares))
 
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides: Any) -> "ServeConfig":

@@ -172,15 +172,22 @@ class _Answers:
         return RowOutcome({**ran, **answer_columns(answer)}, wall_s=wall, device_s=device)
 
 
-def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int = 8):
+def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_batches: int | None = None):
     """Ray's vLLM processor config: our engine shape for the vlm actors' GPU type, images parsed on CPUs.
 
     A row is a whole video's prompt (tens of thousands of tokens), so batches are small and many are
     in flight: the engine fills its sequences without waiting for a dozen videos to be transcribed.
+    By default twice ``max_num_seqs`` rows are in flight per engine: a batch's slots free only when
+    all its rows end, so with exactly ``max_num_seqs`` the engine would run short of sequences
+    whenever one row of a batch finished early; the extra rows wait inside vLLM and fill a slot the
+    moment one frees.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     profile, res = config.profile, config.resources.vlm
+    if max_concurrent_batches is None:
+        seqs = profile.options_for(_accelerator(config)).max_num_seqs
+        max_concurrent_batches = -(-2 * seqs // batch_size)
     # A share of a GPU (the ASR actor holding the rest) is asked for as one bundle; else Ray's default, one GPU.
     share = {"bundles": [{"CPU": res.num_cpus, "GPU": res.num_gpus}]} if res.num_gpus else None
     return vLLMEngineProcessorConfig(
@@ -196,7 +203,7 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
 
 
 def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
-                       max_concurrent_batches: int = 8, place: Callable[[], dict[str, Any]] | None = None):
+                       max_concurrent_batches: int | None = None, place: Callable[[], dict[str, Any]] | None = None):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
     ``fixed_output_tokens`` is for benchmarks (see corpusflow.actors.engines.vlm_vllm.sampling_params).
