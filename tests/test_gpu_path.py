@@ -183,6 +183,25 @@ def test_vllm_engine_answers_valid_json_and_counts_tokens_like_the_processor(tmp
 
 @pytest.mark.gpu
 @needs_vllm
+def test_vllm_engine_takes_calls_from_many_threads_at_once(vllm_engine):
+    """The online API calls the engine from one thread per request; every caller gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from corpusflow.actors.engines.vlm import VlmRequest
+    from corpusflow.actors.prompts.answer import validate
+
+    rows = [_video_row(n_frames=2 + i % 3) for i in range(8)]
+    reqs = [VlmRequest(r["frames"], r["frame_ts"], "system", f"describe video {i}", schema_for(r["frame_ts"], 256), 256)
+            for i, r in enumerate(rows)]
+    assert vllm_engine.admits_concurrent_calls
+    with ThreadPoolExecutor(len(reqs)) as pool:
+        answers = list(pool.map(lambda r: vllm_engine.generate([r]), reqs))
+    for [raw], r in zip(answers, rows):
+        validate(raw, r["frame_ts"], 40.0)  # each answer fits its own request's frames
+
+
+@pytest.mark.gpu
+@needs_vllm
 def test_describe_runs_on_the_vllm_engine(tmp_path, model_cache, vllm_engine):
     config = _config(tmp_path, model_cache)
     stage = Describe(config, engine=vllm_engine)
