@@ -18,7 +18,8 @@ docs/benchmarks.md for the commands):
    - corpusflow_transformers / corpusflow_vllm: corpusflow's stages on Ray Data (identify and
      decode as CPU tasks, ASR actor and VLM actor sharing the GPU), with either VLM engine; the
      vllm one is flows/vllm_stage.py (Ray's processor wrapped with our prompt and validation);
-   - ray_data_llm: Ray's vLLM processor as documented (one engine on the whole GPU), fed the
+   - ray_data_llm: Ray's vLLM processor as documented, with corpusflow_vllm's engine arguments
+     (``--rdl-whole-gpu``: one engine alone on the GPU, KV cache profiled), fed the
      same prompts as corpusflow_vllm (frames decoded and transcripts from corpusflow's ASR);
      VLM work only, so compare its prompt tokens/s and frames/s, not its video-hours.
 Engine start-up (weights load, compile, CUDA graphs) is reported apart and left out of GPU time:
@@ -612,8 +613,12 @@ def _decoded_for_prompt(args: tuple[Any, str]) -> dict:
 
 
 def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int,
-                     transcripts: Path, n_gpus: int = 1) -> dict:
-    """Ray's processor as its documentation shows it, on the prompts corpusflow_vllm built (VLM work only)."""
+                     transcripts: Path, n_gpus: int = 1, whole_gpu: bool = False) -> dict:
+    """Ray's processor as its documentation shows it, on the prompts corpusflow_vllm built (VLM work only).
+
+    Its engine gets corpusflow_vllm's engine arguments exactly (a fair peer), or with ``whole_gpu`` the
+    documented shape: one engine alone on the GPU, its KV cache profiled at 0.85.
+    """
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -634,9 +639,9 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
         text_tokens, images = request_text_tokens(req["messages"])
         work.add_request(images, work.add_video(row), text_tokens)
         prompts.append({"messages": req["messages"]})
-    # As documented: one engine on the whole GPU, its KV cache profiled (nothing else runs beside it).
-    opts = config.profile.options_for("H200").model_copy(update={"gpu_memory_utilization": 0.85,
-                                                                 "kv_cache_memory_bytes": None})
+    opts = config.profile.options_for("H200")
+    if whole_gpu:  # nothing else runs beside it
+        opts = opts.model_copy(update={"gpu_memory_utilization": 0.85, "kv_cache_memory_bytes": None})
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=model_path(config.profile, config.model_cache),
                                   engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=n_gpus, log_engine_metrics=False,
@@ -697,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(comma-separated: exact,keyframe) before the contenders")
     p.add_argument("--vllm-options", default="{}", help="JSON of VlmEngineOptions fields added to the vLLM shape, "
                    "used alike by corpusflow_vllm and ray_data_llm (e.g. max_num_batched_tokens)")
+    p.add_argument("--rdl-whole-gpu", action="store_true", help="ray_data_llm's engine as documented (alone on the "
+                   "GPU, KV cache profiled at 0.85) instead of corpusflow_vllm's engine arguments")
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--naive-videos", type=int, default=0, help="videos the naive loop runs (0: all); it is a rate")
@@ -824,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
             if not transcripts.exists():
                 result["contenders"][name] = {"skipped": "needs corpusflow_vllm's transcripts first"}
                 continue
-            fig = step(name, lambda: run_ray_data_llm(vllm_cfg, corpus, work, peak, a.vlm_tokens, transcripts, a.gpus))
+            fig = step(name, lambda: run_ray_data_llm(vllm_cfg, corpus, work, peak, a.vlm_tokens, transcripts, a.gpus,
+                                                      a.rdl_whole_gpu))
         else:
             engine = "vllm" if name == "corpusflow_vllm" else "transformers"
             cfg = vllm_cfg if engine == "vllm" else flow_cfg

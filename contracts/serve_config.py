@@ -42,7 +42,8 @@ class Autoscaling(StrictModel):
 
 
 class Batching(StrictModel):
-    """Online batching: concurrent requests to one replica are gathered into one stage call."""
+    """Online batching: concurrent requests to one replica are gathered into one stage call, or, for an
+    engine that batches continuously (the vLLM VLM engine), handed over as they come, this many at once."""
 
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for company")
