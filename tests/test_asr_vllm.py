@@ -93,6 +93,15 @@ def test_kv_cache_is_sized_for_the_batch_and_turbo_needs_an_eighth_of_large_v3s(
     assert kw["kv_cache_memory_bytes"] == kv_cache_bytes(turbo, 48, 2)
 
 
+def test_online_whisper_on_vllm_checks_for_its_deployments_gpu_share_only():
+    """Beside the VLM replica on one GPU, the ASR replica's start-up check must not ask for the whole GPU."""
+    from corpusflow.contracts.serve_config import ServeConfig
+
+    turbo = {"decoder_layers": 4, "d_model": 1280, "max_source_positions": 1500, "max_target_positions": 448}
+    serve = ServeConfig.model_validate({"deployments": {"asr": {"num_gpus": 0.3}, "vlm": {"num_gpus": 0.6}}})
+    assert engine_kwargs(serve.stage_config(), turbo)["gpu_memory_utilization"] == 0.3
+
+
 def test_the_gpu_profile_runs_large_v3_turbo_on_vllm_and_a_profile_file_can_choose_it(tmp_path):
     gpu = BUILTIN_PROFILES["qwen2.5-vl-7b-vllm"]
     assert (gpu.asr_engine, gpu.vlm_engine, gpu.asr) == ("vllm", "vllm", "openai/whisper-large-v3-turbo")
