@@ -87,6 +87,13 @@ class VlmEngineOptions(StrictModel):
     max_frame_pixels: Optional[int] = Field(
         None, ge=28 * 28, description="pixels of one frame as the VLM sees it (the image processor's max_pixels); "
         "frames above it are scaled down, 256 visual tokens = 448x448; None keeps the sampled frame size")
+    quantization: Optional[Literal["fp8"]] = Field(
+        None, description="vLLM: FP8 weights, quantized from the bf16 checkpoint as it loads (half the weight "
+        "memory and reads); answers change, so check it against bf16 on a fixed set first "
+        "(`corpusflow eval videomme` with each profile); None keeps the checkpoint's dtype")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="vLLM: fp8 stores the KV cache in 8 bits (twice the tokens per GiB); answers change "
+        "as with quantization; auto keeps the model's dtype")
 
     @model_validator(mode="after")
     def _renderer_without_cache(self) -> "VlmEngineOptions":
@@ -124,6 +131,14 @@ class ModelsProfile(StrictModel):
     rerankers: dict[str, RerankerModel] = Field(
         default_factory=dict, json_schema_extra=QUERY_ONLY,
         description="cross-encoders by name, for `corpusflow search --rerank NAME` and /v1/search's `rerank`")
+
+    @model_validator(mode="after")
+    def _fp8_needs_vllm(self) -> "ModelsProfile":
+        fp8 = sorted(k for k, o in self.engine_options.items() if o.quantization or o.kv_cache_dtype != "auto")
+        if fp8 and self.vlm_engine != "vllm":
+            raise ValueError(f"engine_options {', '.join(fp8)}: FP8 weights or KV cache need vlm_engine: vllm "
+                             f"(the {self.vlm_engine} engine would ignore them)")
+        return self
 
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()

@@ -68,6 +68,22 @@ def test_vllm_engine_shape_follows_the_gpu_type():
     assert capped["mm_processor_kwargs"] == {"max_pixels": 224 * 224}
 
 
+def test_fp8_weights_and_kv_cache_reach_vllm_change_the_fingerprint_and_need_the_vllm_engine():
+    from corpusflow.actors.engines.vlm_vllm import engine_kwargs
+    from corpusflow.contracts.config import BUILTIN_PROFILES, ModelsProfile
+
+    fp8 = VlmEngineOptions(quantization="fp8", kv_cache_dtype="fp8")
+    assert (engine_kwargs(fp8)["quantization"], engine_kwargs(fp8)["kv_cache_dtype"]) == ("fp8", "fp8")
+    assert not {"quantization", "kv_cache_dtype"} & set(engine_kwargs(VlmEngineOptions()))
+    bf16 = BUILTIN_PROFILES["qwen2.5-vl-7b-vllm"].model_dump()
+    h200 = {**bf16["engine_options"]["H200"], "kv_cache_dtype": "fp8"}
+    kv8 = ModelsProfile.model_validate({**bf16, "engine_options": {**bf16["engine_options"], "H200": h200}})
+    jobs = [JobConfig.build(corpus="/c", out="/o", models=ModelsProfile.model_validate(m)) for m in (bf16, kv8)]
+    assert jobs[0].fingerprint() != jobs[1].fingerprint(), "FP8 changes answers: a re-run must redo the videos"
+    with pytest.raises(ValueError, match="need vlm_engine: vllm"):
+        ModelsProfile.model_validate({**bf16, "vlm_engine": "transformers", "engine_options": {"H100": {"quantization": "fp8"}}})
+
+
 def test_fixed_length_sampling_has_no_schema_and_ignores_eos():
     from corpusflow.actors.engines.vlm_vllm import sampling_params
 

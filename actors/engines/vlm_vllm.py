@@ -41,7 +41,10 @@ def engine_kwargs(opts: VlmEngineOptions, tiny: bool = False) -> dict[str, Any]:
                                "max_num_batched_tokens": opts.max_num_batched_tokens,
                                "renderer_num_workers": opts.renderer_num_workers,
                                "mm_processor_cache_gb": opts.mm_processor_cache_gb,
-                               "enable_prefix_caching": opts.enable_prefix_caching}.items() if v is not None}
+                               "enable_prefix_caching": opts.enable_prefix_caching,
+                               "quantization": opts.quantization}.items() if v is not None}
+    if opts.kv_cache_dtype != "auto":
+        tuned["kv_cache_dtype"] = opts.kv_cache_dtype
     frame_pixels = processor_kwargs(opts)
     if frame_pixels:
         tuned["mm_processor_kwargs"] = frame_pixels
