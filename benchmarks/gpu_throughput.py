@@ -562,7 +562,10 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
                     "asr_rows_by_gpu": {g: len(v) for g, v in sorted(by_gpu.items())},
                     # When each request entered an engine, from the first engine's readiness (the engines'
                     # readiness spread shows in the first rows: each takes its in-flight batches at once)
-                    "vlm_row_starts_s": [round(x - ready, 1) for x in starts]})
+                    "vlm_row_starts_s": [round(x - ready, 1) for x in starts],
+                    # Ray Data's own account per operator (tasks, wall and CPU time, blocked and backpressured
+                    # time): where rows waited, which the derived starts above cannot tell
+                    "ray_data_stats": ds.stats()})
 
 
 def union_s(spans: list[tuple[float, float]]) -> float:
