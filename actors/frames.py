@@ -107,7 +107,6 @@ class SampleFrames(Stage):
         side = config.video.frame_size
         self.empty = {"frames": np.zeros((0, side, side, 3), np.uint8)}
         self.frames_decoded = 0  # video frames decoded so far by this instance: sampling cost, for tests and metrics
-        self.duplicates_dropped = 0  # of the video being sampled now: near-duplicates left out (reported in meta)
 
     def process_row(self, row: Row) -> dict[str, Any]:
         uri = str(row["uri"])
@@ -117,8 +116,8 @@ class SampleFrames(Stage):
                 if not pictures:
                     raise StageFailure("video could not be decoded: the file holds no video stream")
                 keyframes = np.asarray(row["iframe_ts"], dtype=np.float64)
-                frames, frame_ts = self._sample_frames(container, pictures[0], float(row["duration_s"]),
-                                                       start_time(container), keyframes)
+                frames, frame_ts, dropped = self._sample_frames(container, pictures[0], float(row["duration_s"]),
+                                                                start_time(container), keyframes)
         except (av.error.FFmpegError, OSError, EOFError) as e:
             raise StageFailure(describe_error("video", e)) from e
         if not len(frame_ts):
@@ -127,12 +126,13 @@ class SampleFrames(Stage):
         meta = json.loads(str(row["meta_json"]) or "{}")
         meta.update(sampled_frames=len(frames), frame_size=[int(frames.shape[2]), int(frames.shape[1])])
         if self.video.dedup_threshold:
-            meta["duplicate_frames_dropped"] = self.duplicates_dropped
+            meta["duplicate_frames_dropped"] = dropped
         return {"frames": frames, "frame_ts": frame_ts, "shot_ts": shots,
                 "meta_json": json.dumps(meta, ensure_ascii=False)}
 
     def _sample_frames(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream,
-                       duration: float, t0: float, keyframes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                       duration: float, t0: float, keyframes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frames, their times, near-duplicates left out)."""
         ctx = vs.codec_context
         sar = float(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else 1.0
         display = (int(round(ctx.width * sar)), ctx.height)
@@ -146,7 +146,7 @@ class SampleFrames(Stage):
             targets = nearest_keyframes(targets, keyframes)
             ctx.skip_frame = "NONKEY"
         last_thumb: np.ndarray | None = None
-        self.duplicates_dropped = 0
+        dropped = 0
         for target in targets:
             got = self._frame_at(container, vs, t0 + float(target), step)
             if got is None:
@@ -163,14 +163,14 @@ class SampleFrames(Stage):
                 # Against the last *kept* frame, not the previous sample: slow drift still adds up to a new frame.
                 thumb = thumbnail(rgb)
                 if last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) < self.video.dedup_threshold:
-                    self.duplicates_dropped += 1
+                    dropped += 1
                     continue
                 last_thumb = thumb
             kept[len(times)] = rgb
             times.append(t - t0)
         width, height = dims or frame_dims(*display, self.video.frame_size)
         return (kept[:len(times)] if kept is not None else np.zeros((0, height, width, 3), np.uint8),
-                np.asarray(times, dtype=np.float64))
+                np.asarray(times, dtype=np.float64), dropped)
 
     def _frame_at(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream, target: float,
                   step: float) -> tuple[av.VideoFrame, float] | None:

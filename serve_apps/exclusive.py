@@ -17,10 +17,14 @@ T = TypeVar("T")
 
 
 class Exclusive:
-    """``await exclusive.run(fn, *args)`` runs ``fn`` on the one worker thread, after every earlier call."""
+    """``await exclusive.run(fn, *args)`` runs ``fn`` on the one worker thread, after every earlier call.
 
-    def __init__(self, name: str):
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    ``workers`` above one lets that many calls run at once (a stage whose engine takes concurrent
+    calls into one running batch); a cancelled call still never runs beside more than that.
+    """
+
+    def __init__(self, name: str, workers: int = 1):
+        self._thread = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Cancelling the caller drops the call if it has not started, and otherwise lets it finish."""

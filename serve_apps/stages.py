@@ -12,15 +12,12 @@ goes in as it comes. Both record each call's size and seconds
 """
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 import shutil
 import tempfile
 import time
 from pathlib import PurePosixPath
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 import numpy as np
 from ray import serve
@@ -31,8 +28,6 @@ from corpusflow.contracts.stage import Batch, StageFailure, tensor_column
 from corpusflow.serve_apps import batch_metrics
 from corpusflow.serve_apps.exclusive import Exclusive
 from corpusflow.serve_apps.gather import Gatherer
-
-T = TypeVar("T")
 
 
 def load_stage(path: str, config: StageConfig) -> Any:
@@ -114,17 +109,6 @@ class StageServer:
         return True
 
 
-class _Admitted:
-    """Calls that run at once, up to ``limit``, for a stage whose engine admits each into its running batch."""
-
-    def __init__(self, name: str, limit: int):
-        self._threads = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Cancelling the caller drops the call if it has not started, and otherwise lets it finish."""
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
-
-
 @serve.deployment
 class BatchedStageServer:
     """A stage whose concurrent requests share the engine (ASR, VLM); also serves ``ask``.
@@ -137,13 +121,9 @@ class BatchedStageServer:
 
     def __init__(self, stage: str, config: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
         self.stage = load_stage(stage, StageConfig.model_validate(config))
-        name = f"stage-{self.stage.contract.name}"
-        self.calls: Exclusive | _Admitted
-        if self.stage.admits_concurrent_calls:
-            self.calls, self._gatherer = _Admitted(name, max_batch_size), None
-        else:
-            self.calls = Exclusive(name)
-            self._gatherer = Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
+        admits = self.stage.admits_concurrent_calls
+        self.calls = Exclusive(f"stage-{self.stage.contract.name}", workers=max_batch_size if admits else 1)
+        self._gatherer = None if admits else Gatherer(self._call, max_batch_size, batch_wait_timeout_s)
 
     async def run(self, batch: Batch) -> Batch:
         if self._gatherer is None:
