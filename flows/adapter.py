@@ -18,21 +18,56 @@ from corpusflow.contracts.stage import Batch
 _INSTANCES: dict[tuple[str, str], Any] = {}
 
 
-def ray_arguments(res: StageResources, restarts: int, actors: bool) -> dict[str, Any]:
-    """``map_batches`` keyword arguments for one stage's reservation.
+# The Ray remote options Ray Data (2.60) takes as named parameters of ``map_batches``; any other option of
+# ``ray_options`` still travels in its deprecated ``**ray_remote_args`` (see :func:`_map_batches`).
+NAMED_RAY_OPTIONS = frozenset({"label_selector", "fallback_strategy", "max_calls", "resources", "accelerator_type",
+                               "runtime_env"})
 
-    Restarts and retries are bounded (Ray's actor-pool default is unlimited: a file that crashes its
-    worker would reload the model and retry the same batch forever); ``ray_options`` may say otherwise.
+
+def ray_arguments(res: StageResources, restarts: int, actors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``map_batches`` keyword arguments for one stage's reservation: (named parameters, remote options
+    Ray Data names no parameter for).
+
+    Worker deaths are bounded by ``restarts`` (Ray Data's default is unlimited: a file that crashes its
+    worker would reload the model and retry the same batch forever): a task is retried that often; an
+    actor is restarted that often, and its calls wait while it restarts (``max_task_retries=-1``: a node
+    lost under an actor costs the calls in flight nothing, yet an actor that keeps dying still ends, as
+    its restarts run out). ``ray_options`` may say otherwise.
     """
-    bounds = {"max_restarts": restarts, "max_task_retries": restarts} if actors else {"max_retries": restarts}
-    args: dict[str, Any] = {"num_cpus": res.num_cpus, "batch_size": res.batch_size, **bounds, **res.ray_options}
+    bounds = {"max_restarts": restarts, "max_task_retries": -1} if actors else {"max_retries": restarts}
+    options = {**bounds, **res.ray_options}
+    named: dict[str, Any] = {"num_cpus": res.num_cpus, "batch_size": res.batch_size,
+                             **{k: v for k, v in options.items() if k in NAMED_RAY_OPTIONS}}
     if res.num_gpus:
-        args["num_gpus"] = res.num_gpus
+        named["num_gpus"] = res.num_gpus
     if res.accelerator_type:
-        args["accelerator_type"] = res.accelerator_type
+        named["accelerator_type"] = res.accelerator_type
     if res.memory_gb:
-        args["memory"] = int(res.memory_gb * 2**30)
-    return args
+        named["memory"] = int(res.memory_gb * 2**30)
+    return named, {k: v for k, v in options.items() if k not in NAMED_RAY_OPTIONS}
+
+
+def _map_batches(ds: Any, fn: Any, named: dict[str, Any], remote: dict[str, Any]) -> Any:
+    """``ds.map_batches`` with the remote options Ray Data has no named parameter for.
+
+    Ray 2.60 deprecates ``**ray_remote_args`` for removal in 2.64 in favour of named parameters, but
+    names none for the restart and retry bounds (``max_restarts``, ``max_task_retries``, ``max_retries``):
+    its own actor-pool operator still reads them from there (``ActorPoolMapOperator._apply_default_remote_args``).
+    Every option that has a name goes by name; the bounds stay where Ray reads them, and only that
+    call's deprecation notice is silenced, so that any other use of the deprecated path still shows.
+    """
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        if set(remote) <= _UNNAMED_BOUNDS:
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=RayDeprecationWarning)
+        return ds.map_batches(fn, **named, **remote)
+
+
+# Ray remote options that Ray Data 2.60 reads only from ``**ray_remote_args``.
+_UNNAMED_BOUNDS = frozenset({"max_restarts", "max_task_retries", "max_retries"})
 
 
 def _task(cls: type, config: StageConfig, args: tuple) -> Callable[[Batch], Batch]:
@@ -58,9 +93,9 @@ def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = 
     ``place`` gives each actor started its scheduling (flows/gpu_bundles.py: one per GPU bundle).
     """
     res = resources or config.resources.of(spec.name)
-    ray_args = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
+    named, remote = ray_arguments(res, config.faults.worker_restarts, actors=spec.pool == "actors")
     if place is not None:
-        ray_args["ray_remote_args_fn"] = place
+        named["ray_remote_args_fn"] = place
     if cls is None:
         if spec.cls is None:
             raise ValueError(f"stage {spec.name!r} has no stage class")
@@ -69,6 +104,7 @@ def add_stage(ds: Any, spec: StageSpec, config: StageConfig, cls: type | None = 
         from ray.data import ActorPoolStrategy
 
         # The stage class itself is the actor: built once with the config, then called per batch.
-        return ds.map_batches(cls, fn_constructor_args=(config, *args), batch_format="numpy",
-                              compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors), **ray_args)
-    return ds.map_batches(_task(cls, config, args), batch_format="numpy", **ray_args)
+        return _map_batches(ds, cls, {"fn_constructor_args": (config, *args), "batch_format": "numpy",
+                                      "compute": ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+                                      **named}, remote)
+    return _map_batches(ds, _task(cls, config, args), {"batch_format": "numpy", **named}, remote)

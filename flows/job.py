@@ -91,13 +91,22 @@ def _drop_done(done_ref) -> Callable[[Batch], Batch]:
     return drop
 
 
+def _restarted() -> bool:
+    """Whether this actor is a restart of one that died (False outside an actor)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
+
 class _Committer:
     """The commit step, as an actor: commits of one job go through one pool (one actor by default), so
     they do not race each other for the same Delta log; each batch is one transaction per table."""
 
     def __init__(self, config: JobConfig, job_id: str, append_new: bool = False):
         self.config, self.job_id, self.fingerprint = config, job_id, config.fingerprint()
-        self.known = KnownKeys(config.out, job_id) if append_new else None
+        # A committer restarted after its worker or node died may be handed the batch it was committing
+        # again, whose data rows may have landed without its assets rows: only a replacement is idempotent.
+        self.known = KnownKeys(config.out, job_id) if append_new and not _restarted() else None
         self.shares = {s.name: (config.resources.of(s.name).num_gpus or config.resources.of(s.name).num_cpus)
                        for s in STAGES}
 

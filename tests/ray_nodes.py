@@ -1,0 +1,190 @@
+"""Several Ray nodes on this machine (``ray.cluster_utils.Cluster``: real raylets), a corpus job run against
+them through the CLI, and a node lost the way a spot reclaim loses it, at a moment the job shows.
+
+Used by tests/test_node_loss.py and benchmarks/node_loss.py. The stages under test are steered onto the
+"spot" node with a custom resource in the job config (``resources.<stage>.ray_options.resources``), as a
+user steers stages onto node types; the node is killed (``remove_node(allow_graceful=False)``: SIGKILL of
+its raylet and workers) when one of its worker processes shows the stage at work (Ray titles a worker
+process with the task or actor method it runs), and a replacement node with the same resources comes up,
+as the autoscaler would bring one.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from tests import media
+
+# The custom resource that puts a stage on the spot node; each stage asks a sliver of it.
+SPOT = "spot"
+SPOT_STAGES = ("decode", "asr", "vlm", "commit")
+# What a worker process on the spot node is titled while each stage works (task name, actor method).
+WORKING = {"decode": "ray::MapBatches(DecodeMedia)", "asr": "(MapBatches(Transcribe)).submit",
+           "vlm": "(MapBatches(Describe)).submit", "commit": "(MapBatches(_Committer)).submit"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ports() -> dict:
+    """Ports a node would otherwise take at fixed defaults, which other Ray clusters on the machine use too."""
+    return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port()}
+
+
+class Nodes:
+    """A head node (the driver's tasks: listing, identify, leases) plus spot nodes that come and go."""
+
+    def __init__(self, spot_cpus: int = 4):
+        from ray.cluster_utils import Cluster
+
+        self.spot_cpus = spot_cpus
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 3, "gcs_server_port": free_port(), "include_dashboard": False, **_ports()})
+        self.spot = None
+        self.lost = 0
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_spot(self) -> None:
+        self.spot = self.cluster.add_node(num_cpus=self.spot_cpus, resources={SPOT: 1}, **_ports())
+
+    def lose_spot(self) -> None:
+        """SIGKILL the spot node's raylet and workers, then bring a replacement up (without waiting on the job)."""
+        self.cluster.remove_node(self.spot, allow_graceful=False)
+        self.lost += 1
+        self.add_spot()
+
+    def spot_titles(self) -> list[str]:
+        """The titles of the spot node's worker processes right now."""
+        if self.spot is None:
+            return []
+        try:
+            raylet = psutil.Process(self.spot.all_processes["raylet"][0].process.pid)
+            titles = []
+            for p in raylet.children(recursive=True):
+                try:
+                    titles.append(" ".join(p.cmdline()))
+                except psutil.Error:
+                    continue
+            return titles
+        except (psutil.Error, KeyError, IndexError):
+            return []
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def make_corpus(folder: Path) -> list[str]:
+    """Two videos with speech-like audio, one audio file, one PDF: every stage has work. Returns the names."""
+    media.make_video(folder / "tour.mp4", seconds=6.0)
+    media.make_video(folder / "briefing.mp4", seconds=5.0, scenes=2)
+    media.make_audio(folder / "call.wav", seconds=4.0)
+    media.make_pdf(folder / "leaflet.pdf", pages=2)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def job_config(path: Path, model_cache: str, worker_restarts: int = 2) -> Path:
+    spot = "".join(f"  {s}: {{ray_options: {{resources: {{{SPOT}: 0.01}}}}}}\n" for s in SPOT_STAGES)
+    path.write_text(f"model_cache: {model_cache}\nvideo: {{fps: 1.0, frame_size: 112}}\nindex: {{enabled: false}}\n"
+                    f"faults: {{worker_restarts: {worker_restarts}}}\nresources:\n{spot}")
+    return path
+
+
+@dataclass
+class Run:
+    code: int
+    output: str
+    wall_s: float
+    kills: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds into the job)
+
+
+def _delta_versions(out: Path, table: str) -> int:
+    log = out / table / "_delta_log"
+    return len(list(log.glob("*.json"))) if log.exists() else 0
+
+
+def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tuple[str, ...] = (),
+            kill_every: Optional[str] = None, timeout_s: float = 400) -> Run:
+    """``corpusflow run --address`` against ``nodes``; the spot node is lost once while each stage of
+    ``kill_during`` works on it (in that order), or, with ``kill_every``, every time that stage works on a
+    fresh spot node. A commit is killed between its data tables and its ``assets`` commit: once the
+    ``timeline`` table has a version more than when the committer started working."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.time()
+    job = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out), "--config",
+                            str(config), "--address", nodes.address], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    todo = list(kill_during)
+    kills: list[tuple[str, float]] = []
+    commit_from: Optional[int] = None
+    try:
+        while job.poll() is None and time.time() - t0 < timeout_s and (todo or kill_every):
+            stage = todo[0] if todo else kill_every
+            assert stage is not None
+            titles = nodes.spot_titles()
+            busy = any(WORKING[stage] in t for t in titles)
+            if stage == "commit" and busy:
+                commit_from = _delta_versions(out, "timeline") if commit_from is None else commit_from
+                busy = _delta_versions(out, "timeline") > commit_from
+            if busy:
+                nodes.lose_spot()
+                kills.append((stage, round(time.time() - t0, 1)))
+                commit_from = None
+                if todo:
+                    todo.pop(0)
+            time.sleep(0.05)
+        output, _ = job.communicate(timeout=max(1.0, timeout_s - (time.time() - t0)))
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        output, _ = job.communicate()
+        output += f"\n[harness] job killed after {timeout_s:.0f} s"
+    return Run(job.returncode, output, time.time() - t0, kills)
+
+
+def check_tables(out: Path, names: list[str]) -> dict[str, int]:
+    """What a user reads, with DuckDB over each Delta table's live files (tests/readers.py): one ``assets``
+    row per file, no row twice in any table, no job still marked running and no lease on content that
+    was not committed. Returns the counts for the report."""
+    import duckdb
+
+    from tests.readers import duckdb_read
+
+    assets = duckdb_read(out / "assets")
+    assert assets is not None, "no assets table"
+    rows = assets.select(["uri", "status", "asset_id"]).to_pylist()
+    uris = sorted(Path(r["uri"]).name for r in rows)
+    assert uris == names, f"assets rows {uris} != files {names}"
+    assert {r["status"] for r in rows} == {"ok"}, rows
+    duplicates = {}
+    for table in ("timeline", "summaries", "pages", "metrics"):
+        data = duckdb_read(out / table)
+        if data is not None:
+            con = duckdb.connect()
+            con.register("t", data)
+            duplicates[table] = con.sql("SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT * FROM t)) "
+                                        "FROM t").fetchall()[0][0]
+    assert not any(duplicates.values()), f"duplicate data rows: {duplicates}"
+    running = list((out / "_jobs" / "running").glob("*"))
+    assert not running, f"jobs still marked running: {running}"
+    committed = {r["asset_id"] for r in rows}
+    claims = [p for p in (out / "_jobs" / "claims").rglob("*") if p.is_file()]
+    held = [p.name for p in claims if p.name.rsplit(".", 1)[0] not in committed]
+    assert not held, f"leases on content never committed: {held}"
+    again = [p.name for p in claims if not p.name.endswith(".0")]
+    assert not again, f"content leased more than once by the one job: {again}"
+    return {"assets": len(rows), "duplicates": sum(duplicates.values()), "leases_left": len(held)}
