@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"corpusflow: cannot use plan {args.plan!r}: {e}", file=sys.stderr)
         return 2
     from corpusflow.contracts import storage
-    from corpusflow.flows.job import run_job
+    from corpusflow.flows.job import NodesLost, run_job
 
     try:
         if not storage.exists(config.corpus):
@@ -34,7 +34,11 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
         return 2
-    summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
+    try:
+        summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
+    except NodesLost as e:
+        print(f"corpusflow: {e}", file=sys.stderr)
+        return 3
     print(summary.to_text())
     if config.index.enabled and not args.no_index:
         from corpusflow.actors.search.store import SearchIndexError

@@ -301,13 +301,27 @@ def _cause_chain(e: BaseException) -> list[BaseException]:
     return chain
 
 
+class NodesLost(RuntimeError):
+    """The cluster kept losing the nodes a stage ran on, past the job's bound (``faults.worker_restarts``)."""
+
+
+def _dead_nodes() -> set[str]:
+    """The nodes Ray knows of that have died (removed, or their raylet lost)."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+
+
 def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None]) -> None:
     """One set-aside file as a job of its own. If its worker dies again it becomes an error row naming
-    the stage and what happened; any other failure is a fault of the job, raised."""
+    the stage and what happened, unless the cluster lost nodes meanwhile: the file is then not to blame,
+    and the job stops with :class:`NodesLost` (the loop a spot market could otherwise keep it in ends
+    here). Any other failure is a fault of the job, raised."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = 0
+    dead_before = _dead_nodes()
     try:
         for batch in build_dataset(config, [entry], done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
             take(batch)
@@ -317,6 +331,15 @@ def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: s
             raise
         stage = next((s.name for s in STAGES if s.cls and s.cls.rsplit(".", 1)[1] in text), "unknown")
         tries = config.faults.worker_restarts + 1
+        lost = _dead_nodes() - dead_before
+        if lost:
+            raise NodesLost(
+                f"stage {stage} lost its workers more often than faults.worker_restarts "
+                f"({config.faults.worker_restarts}) allows, and the cluster lost {len(lost)} "
+                f"node{'s' if len(lost) > 1 else ''} meanwhile (while {entry.uri} ran alone after its batch failed "
+                "the same way): the job stops rather than blame the file. What is committed stays, and a re-run "
+                "goes on from there; give the stage nodes that stay (on-demand capacity) or raise "
+                "faults.worker_restarts") from e
         reason = text.splitlines()[-1][:300] if "WorkerBroken" in text else "killed, out of memory or crashed"
         error = (f"the worker processing this file in stage {stage} died {tries} times ({reason}); "
                  "the file is not tried again (faults.worker_restarts)")
