@@ -47,7 +47,7 @@ def _ports() -> dict:
 class Nodes:
     """A head node (the driver's tasks: listing, identify, leases) plus spot nodes that come and go."""
 
-    def __init__(self, spot_cpus: int = 4):
+    def __init__(self, spot_cpus: int = 8):
         from ray.cluster_utils import Cluster
 
         self.spot_cpus = spot_cpus
@@ -144,6 +144,8 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
             if busy:
                 nodes.lose_spot()
                 kills.append((stage, round(time.time() - t0, 1)))
+                print(f"[node loss] spot node killed during {stage}, {kills[-1][1]} s into the job", file=sys.stderr,
+                      flush=True)
                 commit_from = None
                 if todo:
                     todo.pop(0)
