@@ -90,9 +90,8 @@ class Nodes:
 
 
 def make_corpus(folder: Path) -> list[str]:
-    """Two videos with speech-like audio, one audio file, one PDF: every stage has work. Returns the names."""
+    """A video with speech-like audio, an audio file, a PDF: every stage has work. Returns the names."""
     media.make_video(folder / "tour.mp4", seconds=6.0)
-    media.make_video(folder / "briefing.mp4", seconds=5.0, scenes=2)
     media.make_audio(folder / "call.wav", seconds=4.0)
     media.make_pdf(folder / "leaflet.pdf", pages=2)
     return sorted(p.name for p in folder.iterdir())
@@ -119,7 +118,7 @@ def _delta_versions(out: Path, table: str) -> int:
 
 
 def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tuple[str, ...] = (),
-            kill_every: Optional[str] = None, timeout_s: float = 400) -> Run:
+            kill_every: Optional[str] = None, timeout_s: float = 900) -> Run:
     """``corpusflow run --address`` against ``nodes``; the spot node is lost once while each stage of
     ``kill_during`` works on it (in that order), or, with ``kill_every``, every time that stage works on a
     fresh spot node. A commit is killed between its data tables and its ``assets`` commit: once the
