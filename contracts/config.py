@@ -274,6 +274,9 @@ class FaultsConfig(StrictModel):
     worker_restarts: int = Field(2, ge=0, le=20, description="times Ray restarts a crashed actor and retries a "
                                  "failed task (a file that kills its worker more often fails the job loudly "
                                  "instead of retrying forever); a stage's ray_options may override it")
+    max_nodes_lost: int = Field(10, ge=0, le=1000, description="nodes the cluster may lose while the job runs (spot "
+                                "reclaims, crashed hosts); one more and the job stops with an error saying so, "
+                                "instead of going on while a spot market keeps taking its nodes")
 
 
 class AsrConfig(StrictModel):

@@ -22,7 +22,8 @@ class TimeLimit(BaseException):
     """
 
 
-def _raise_in(thread_id: int, exc: Optional[type]) -> None:
+def raise_in(thread_id: int, exc: Optional[type]) -> None:
+    """Raise ``exc`` in thread ``thread_id`` at its next bytecode (None: withdraw one not yet raised)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
 
 
@@ -40,7 +41,7 @@ def time_limit(seconds: Optional[float]) -> Iterator[None]:
         with lock:
             if not state["done"]:
                 state["fired"] = True
-                _raise_in(target, TimeLimit)
+                raise_in(target, TimeLimit)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -54,6 +55,6 @@ def time_limit(seconds: Optional[float]) -> Iterator[None]:
             if state["fired"]:
                 # The body may have finished between the timer firing and the exception landing: clear
                 # the pending exception so that it cannot strike the caller's later code.
-                _raise_in(target, None)
+                raise_in(target, None)
     if state["fired"]:
         raise TimeLimit(f"ran past its limit of {seconds:g} s")

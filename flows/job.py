@@ -32,6 +32,7 @@ from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
+from corpusflow.flows.node_watch import NodesLost, NodeWatch, dead_nodes
 
 
 @dataclass
@@ -301,17 +302,6 @@ def _cause_chain(e: BaseException) -> list[BaseException]:
     return chain
 
 
-class NodesLost(RuntimeError):
-    """The cluster kept losing the nodes a stage ran on, past the job's bound (``faults.worker_restarts``)."""
-
-
-def _dead_nodes() -> set[str]:
-    """The nodes Ray knows of that have died (removed, or their raylet lost)."""
-    import ray
-
-    return {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
-
-
 def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None]) -> None:
     """One set-aside file as a job of its own. If its worker dies again it becomes an error row naming
     the stage and what happened, unless the cluster lost nodes meanwhile: the file is then not to blame,
@@ -321,7 +311,7 @@ def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: s
 
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = 0
-    dead_before = _dead_nodes()
+    dead_before = dead_nodes()
     try:
         for batch in build_dataset(config, [entry], done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
             take(batch)
@@ -331,7 +321,7 @@ def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: s
             raise
         stage = next((s.name for s in STAGES if s.cls and s.cls.rsplit(".", 1)[1] in text), "unknown")
         tries = config.faults.worker_restarts + 1
-        lost = _dead_nodes() - dead_before
+        lost = dead_nodes() - dead_before
         if lost:
             raise NodesLost(
                 f"stage {stage} lost its workers more often than faults.worker_restarts "
@@ -432,7 +422,8 @@ def run_job(config: JobConfig, address: Optional[str] = None,
 
     context = ray.data.DataContext.get_current()
     by_uri = {e.uri: e for e in entries}
-    with Heartbeat(config.out, job_id):  # compact waits while it writes; other jobs see its leases live
+    # compact waits while it writes; other jobs see its leases live; a cluster that keeps losing nodes stops it
+    with Heartbeat(config.out, job_id), NodeWatch(config.faults.max_nodes_lost):
         try:
             # A block whose worker died more than faults.worker_restarts times is set aside, not fatal: one
             # poison file must not stop 25,000 others. Its files are then run one at a time (_run_alone).

@@ -97,10 +97,11 @@ def make_corpus(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def job_config(path: Path, model_cache: str, worker_restarts: int = 2) -> Path:
+def job_config(path: Path, model_cache: str, worker_restarts: int = 2, max_nodes_lost: int = 10) -> Path:
     spot = "".join(f"  {s}: {{ray_options: {{resources: {{{SPOT}: 0.01}}}}}}\n" for s in SPOT_STAGES)
     path.write_text(f"model_cache: {model_cache}\nvideo: {{fps: 1.0, frame_size: 112}}\nindex: {{enabled: false}}\n"
-                    f"faults: {{worker_restarts: {worker_restarts}}}\nresources:\n{spot}")
+                    f"faults: {{worker_restarts: {worker_restarts}, max_nodes_lost: {max_nodes_lost}}}\n"
+                    f"resources:\n{spot}")
     return path
 
 
