@@ -370,21 +370,20 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
         summary.already_done = summary.files
         summary.wall_s = time.time() - t0
         return summary
+    # Before the display takes over stderr: Ray's processes must not inherit the pipe it reads.
+    init_ray(address, verbose=verbose)
     shown = JobProgress(summary.files, summary.files - len(entries), sum(e.size for e in entries), verbose=verbose,
                         every_s=progress_every_s)
     with shown:
-        _process(config, address, entries, done, job_id, summary, shown)
+        _process(config, entries, done, job_id, summary, shown)
     summary.wall_s = time.time() - t0
     storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
     return summary
 
 
-def _process(config: JobConfig, address: Optional[str], entries: list[storage.FileEntry], done: set, job_id: str,
+def _process(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
              summary: JobSummary, shown: JobProgress) -> None:
     """The stream of ``entries`` to committed rows, into ``summary`` and ``shown`` as batches commit."""
-    shown.set_phase("starting Ray")
-    init_ray(address, verbose=shown.verbose)
-    shown.set_phase("processing")
     import ray.data
 
     stage_s: dict[str, float] = defaultdict(float)

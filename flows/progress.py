@@ -9,6 +9,7 @@ the bytes still to do / the share done (bytes, not files: one long video outweig
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import sys
 import threading
@@ -37,20 +38,19 @@ class JobProgress:
     """The progress of one job; a context manager (the display is on inside it).
 
     ``listed``: files under CORPUS; ``skipped``: those unchanged since committed (done before the job
-    starts); ``todo_bytes``: the bytes of the others. ``live``: redraw in place (default: ``stream`` is a
-    terminal). ``verbose``: one line per committed file as well.
+    starts); ``todo_bytes``: the bytes of the others. It writes to stderr; ``live``: redraw in place
+    (default: stderr is a terminal). ``verbose``: one line per committed file as well.
     """
 
-    def __init__(self, listed: int, skipped: int, todo_bytes: int, stream: Optional[TextIO] = None,
-                 live: Optional[bool] = None, verbose: bool = False, every_s: float = 30.0,
-                 now: Callable[[], float] = time.monotonic):
-        self.stream = stream or sys.stderr
+    def __init__(self, listed: int, skipped: int, todo_bytes: int, live: Optional[bool] = None, verbose: bool = False,
+                 every_s: float = 30.0, now: Callable[[], float] = time.monotonic):
+        self.stream: TextIO = sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.color = self.live and not os.environ.get("NO_COLOR")
         self.verbose, self.every_s, self.now = verbose, every_s, now
         self.listed, self.done, self.todo_bytes, self.done_bytes = listed, skipped, todo_bytes, 0
         self.errors, self.media_s, self.pages, self.cost_usd = 0, 0.0, 0, 0.0
-        self.phase = "starting"
+        self.phase = "processing"
         self.t0 = now()
         self._lines = 0  # lines of the display now on the screen
         self._last_line = self.t0
@@ -58,6 +58,9 @@ class JobProgress:
         self._stop = threading.Event()
         self._ticker: Optional[threading.Thread] = None
         self._above: tuple[_Above, ...] = ()
+        self._pumper: Optional[threading.Thread] = None
+        self._pumped = threading.Event()
+        self._terminal_fd = -1
         self._saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)  # what __enter__ replaced
 
     # ------------------------------------------------------------------ what the job reports
@@ -114,10 +117,11 @@ class JobProgress:
         bar_w = max(10, min(40, width - 60))
         full = int(share * bar_w)
         c = (lambda code, text: f"{code}{text}{_RESET}") if self.color else (lambda code, text: text)  # noqa: E731
-        err = c(_RED + _BOLD, f"{self.errors} errors") if self.errors else f"{self.errors} errors"
+        errors = f"{self.errors} error{'s' * (self.errors != 1)}"
+        err = c(_RED + _BOLD, errors) if self.errors else errors
         first = [(" ", ""), (c(_GREEN, "█" * full) + c(_DIM, "░" * (bar_w - full)), "x" * bar_w),
                  (f" {self.done}/{self.listed} files {100 * share:3.0f}%", None), (" · ", None),
-                 (err, f"{self.errors} errors"), (" · ", None),
+                 (err, errors), (" · ", None),
                  (c(_CYAN + _BOLD, "ETA " + (clock(eta) if eta is not None else "--:--")), "ETA --:--")]
         second = [(f" {self.phase}: ", None), (f"{self.media_s / 3600:.3f} h media · {self.pages} pages · ", None),
                   (c(_BOLD, dollars(self.cost_usd)), dollars(self.cost_usd)),
@@ -160,12 +164,43 @@ class JobProgress:
                     self._last_line = self.now()
                     self._write_above(self.line() + "\n")
 
+    def _pump(self, pipe: int) -> None:
+        """Lines written to file descriptor 2 (Ray's C++ logs, Python's sys.stderr), above the display."""
+        pending = b""
+        while True:
+            if not select.select([pipe], [], [], 0.2)[0]:
+                if self._pumped.is_set():  # fd 2 restored and nothing left to read
+                    break
+                continue
+            data = os.read(pipe, 65536)
+            if not data:
+                break
+            pending += data
+            if b"\n" in pending:
+                lines, pending = pending.rsplit(b"\n", 1)
+                with self._lock:
+                    self._write_above(lines.decode(errors="replace") + "\n")
+        if pending:
+            with self._lock:
+                self._write_above(pending.decode(errors="replace") + "\n")
+        os.close(pipe)
+
     def __enter__(self) -> "JobProgress":
         self._saved = (sys.stdout, sys.stderr)
         if self.live:
             # Everything else this process prints goes above the display: nothing draws through it.
-            self._above = (_Above(self, sys.stdout), _Above(self, sys.stderr))
-            sys.stdout, sys.stderr = self._above
+            # Native code (Ray's core worker) writes to file descriptor 2 itself, past sys.stderr, so
+            # fd 2 becomes a pipe read here while the display draws on a copy of the terminal's fd.
+            sys.stderr.flush()
+            self._terminal_fd = os.dup(2)
+            self.stream = open(os.dup(self._terminal_fd), "w", encoding="utf-8", errors="replace", closefd=True)
+            pipe, end = os.pipe()
+            os.dup2(end, 2)
+            os.close(end)
+            self._pumper = threading.Thread(target=self._pump, args=(pipe,), name="corpusflow-stderr", daemon=True)
+            self._pumper.start()
+            self._above = (_Above(self, sys.stdout),)
+            sys.stdout = self._above[0]
             self.stream.write("\x1b[?25l")  # no blinking cursor on the bar
             self._draw()
         self._ticker = threading.Thread(target=self._tick, name="corpusflow-progress", daemon=True)
@@ -176,19 +211,26 @@ class JobProgress:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
+        if not self.live:
+            self._write_above(self.line() + "\n")
+            return
+        sys.stderr.flush()
+        os.dup2(self._terminal_fd, 2)  # the pipe's last writer closed: the pump reads what is left
+        os.close(self._terminal_fd)
+        self._pumped.set()
+        if self._pumper is not None:
+            self._pumper.join()
         with self._lock:
-            if self.live:
-                self.phase = "finished" if exc[0] is None else "stopped"
-                self._draw()
-                self.stream.write("\n\x1b[?25h")
-                self.stream.flush()
-                self._lines = 0
-                sys.stdout, sys.stderr = self._saved
-                for above in self._above:  # a last line without its newline
-                    if above._pending:
-                        above.target.write(above._pending)
-            else:
-                self._write_above(self.line() + "\n")
+            self.phase = "finished" if exc[0] is None else "stopped"
+            self._draw()
+            self.stream.write("\n\x1b[?25h")
+            self.stream.close()
+            self.stream = self._saved[1]
+            self._lines = 0
+            sys.stdout = self._saved[0]
+            for above in self._above:  # a last line without its newline
+                if above._pending:
+                    above.target.write(above._pending)
 
 
 class _Above:
