@@ -371,9 +371,12 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
         summary.wall_s = time.time() - t0
         return summary
     # Before the display takes over stderr: Ray's processes must not inherit the pipe it reads.
-    where = address or os.environ.get("RAY_ADDRESS")
-    print(f"corpusflow: joining the Ray cluster at {where}" if where else "corpusflow: starting a local Ray cluster",
-          file=sys.stderr, flush=True)
+    import ray
+
+    if not ray.is_initialized():
+        where = address or os.environ.get("RAY_ADDRESS")
+        print(f"corpusflow: joining the Ray cluster at {where}" if where else "corpusflow: starting a local Ray cluster",
+              file=sys.stderr, flush=True)
     init_ray(address, verbose=verbose)
     shown = JobProgress(summary.files, summary.files - len(entries), sum(e.size for e in entries), verbose=verbose,
                         every_s=progress_every_s)
