@@ -59,6 +59,8 @@ def run_job(code: Path, corpus: Path, out: Path, config: Path) -> dict:
     usage = subprocess.run([sys.executable, "-m", "corpusflow", "run", "--help"], cwd=code, env=env,
                            capture_output=True, text=True).stdout
     job_only = ["--no-index"] if "--no-index" in usage else []
+    # Checkouts with a progress display print the per-file lines that time the first commit on --verbose only.
+    job_only += ["--verbose"] if "--verbose" in usage else []
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out),
                              "--config", str(config), *job_only], cwd=code, env=env, stdout=subprocess.PIPE,

@@ -107,7 +107,7 @@ class ModelsProfile(StrictModel):
     """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, a folder inside an
     installed Python package (``package:module/path``), or ``tiny-random``."""
 
-    name: str
+    name: str = Field(description="the profile's name, as reports and summaries.model show it")
     asr: str = Field(description="Whisper: CTranslate2 (faster-whisper) format for asr_engine=whisperx, "
                                  "a transformers checkpoint for asr_engine=transformers or vllm "
                                  "(large-v3, large-v3-turbo, ...)")
@@ -120,7 +120,9 @@ class ModelsProfile(StrictModel):
     asr_engine: Literal["whisperx", "transformers", "vllm"] = Field(
         "whisperx", description="whisperx (faster-whisper/CTranslate2), transformers Whisper where CTranslate2 can't run, "
                                 "or vllm (Whisper on vLLM: CUDA graphs, chunks of all files in one continuous batch)")
-    vlm_engine: Literal["transformers", "vllm"] = "transformers"
+    vlm_engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (any device), or vllm (GPU workers with the corpusflow[gpu] extra: "
+                                    "continuous batching, Ray's ray.data.llm processor in the job)")
     engine_options: dict[str, VlmEngineOptions] = Field(
         default_factory=lambda: {"default": VlmEngineOptions()},
         description="per accelerator type (cpu, A10G, H100, H200, ...); 'default' for any other")
@@ -282,12 +284,15 @@ class FaultsConfig(StrictModel):
 class AsrConfig(StrictModel):
     batch_size: int = Field(8, ge=1, json_schema_extra=SPEED_ONLY, description="VAD segments decoded together")
     language: Optional[str] = Field(None, description="force a language code; None detects it")
-    compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = "default"
+    compute_type: Literal["default", "int8", "float16", "float32", "int8_float16"] = Field(
+        "default", description="CTranslate2 compute type of the whisperx engine; default: what the model was saved in, "
+                               "as the device supports it")
     align_words: bool = Field(True, description="word timestamps from the profile's aligner for the language")
     segment_timestamps: bool = Field(True, description="split each speech chunk at the timestamps Whisper decodes "
                                      "(asr_engine=vllm); False keeps one segment per chunk, as the other engines write")
-    vad_onset: float = Field(0.5, gt=0, lt=1)
-    vad_offset: float = Field(0.363, gt=0, lt=1)
+    vad_onset: float = Field(0.5, gt=0, lt=1, description="speech probability at which the voice activity "
+                             "detector starts a speech segment")
+    vad_offset: float = Field(0.363, gt=0, lt=1, description="speech probability below which it ends the segment")
     chunk_s: float = Field(30.0, gt=1, le=30, description="max VAD-merged chunk length fed to Whisper")
 
 
@@ -337,7 +342,8 @@ class StageConfig(StrictModel):
     limits: LimitsConfig = LimitsConfig()
     pdf: PdfConfig = PdfConfig()
     faults: FaultsConfig = FaultsConfig()
-    resources: Resources = Resources()
+    resources: Resources = Field(Resources(), description="Ray resources of each stage's tasks or actors: CPUs, "
+                                 "GPUs, accelerator type, actor pool bounds, batch size, further Ray options")
     usd_per_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR),
                                            description="on-demand price per accelerator type and per CPU core")
     model_cache: str = Field(default_factory=lambda: default_cache("models"),

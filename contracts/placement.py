@@ -44,7 +44,7 @@ class Target(StrictModel):
     """How one actor of a stage runs on one accelerator type ('cpu', 'A10G', 'H100', ...)."""
 
     allowed: bool = Field(True, description="false forbids the stage on this type (overrides a default)")
-    num_cpus: float = Field(1, gt=0)
+    num_cpus: float = Field(1, gt=0, description="logical CPUs each actor reserves")
     num_gpus: float = Field(0, ge=0, le=8, description="GPUs per actor; 0.5 puts two actors on one GPU")
     batch_size: Optional[int] = Field(None, ge=1, description="rows per call (see StageResources.batch_size)")
     env: str = Field("base", description="stage environment, a key of ENVIRONMENTS")
@@ -64,14 +64,17 @@ class Target(StrictModel):
 class StagePlacement(StrictModel):
     """The accelerator types a stage may use, in order of preference (a mixed plan fills them in order)."""
 
-    targets: dict[str, Target]
+    targets: dict[str, Target] = Field(description="accelerator type ('cpu', 'A10G', 'H100', ...) -> how an actor "
+                                       "runs there, in order of preference")
 
     def allowed(self) -> list[str]:
         return [acc for acc, t in self.targets.items() if t.allowed]
 
 
 class Placement(StrictModel):
-    stages: dict[str, StagePlacement]
+    """Per stage (identify, decode, pdf, asr, frames, vlm, commit), the accelerator types it may use."""
+
+    stages: dict[str, StagePlacement] = Field(description="stage name -> the accelerator types it may run on")
 
     @model_validator(mode="after")
     def _known(self) -> "Placement":

@@ -27,11 +27,12 @@ RESERVED_RAY_OPTIONS = frozenset({
 class StageResources(StrictModel):
     """Ray resources of one stage. Actor pools size between min_actors and max_actors."""
 
-    num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, gt=0, description="logical CPUs each task or actor reserves (CTranslate2 runs one "
+                            "thread per reserved CPU)")
+    num_gpus: float = Field(0, ge=0, description="GPUs each task or actor reserves; a fraction shares a GPU")
     accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1, description="actor stages: actors started at once and kept")
+    max_actors: int = Field(1, ge=1, description="actor stages: the pool grows to this many while work waits")
     batch_size: Optional[int] = Field(
         None, ge=1, description="rows per call; none: one listing block per call (a media file alone, or up to "
         "64 small files), so Ray bundles no media files together and small files cost one call per block")

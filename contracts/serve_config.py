@@ -27,7 +27,7 @@ class Autoscaling(StrictModel):
     """Ray Serve's autoscaler inputs; ``min_replicas == max_replicas`` pins the replica count."""
 
     min_replicas: int = Field(1, ge=1, description="replicas kept warm (models load in __init__, so never 0)")
-    max_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1, description="the autoscaler adds replicas up to this many")
     target_ongoing_requests: float = Field(2.0, gt=0, description="in-flight requests per replica the autoscaler aims for")
     upscale_delay_s: float = Field(30.0, ge=0, description="load must persist this long before adding replicas")
     downscale_delay_s: float = Field(600.0, ge=0, description="idle must persist this long before removing replicas")
@@ -45,15 +45,15 @@ class Batching(StrictModel):
     """Online batching: concurrent requests to one replica are gathered into one stage call, or, for an
     engine that batches continuously (the vLLM VLM engine), handed over as they come, this many at once."""
 
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1, description="requests one stage call takes at most")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for company")
 
 
 class DeploymentSettings(StrictModel):
     """Resources, admission bounds and autoscaling of one deployment."""
 
-    num_cpus: float = Field(1, ge=0)
-    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, ge=0, description="logical CPUs each replica reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves; a fraction shares a GPU")
     accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
     memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per replica")
     max_ongoing_requests: int = Field(8, ge=1, description="requests one replica works on at once")
@@ -116,7 +116,7 @@ class ServeConfig(StrictModel):
     """Everything the online endpoint needs; what the stages see is :meth:`stage_config`."""
 
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="port the HTTP proxy binds")
     route_prefix: str = Field("/", pattern=r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$",
                               description="path the app is served under, e.g. /cf (routes become /cf/v1/...)")
     models: str = Field("tiny-random", description="built-in models profile name or a profile YAML file")

@@ -169,7 +169,6 @@ def build_index(out: str, config: StageConfig, index: IndexConfig, address: Opti
         return summary
     assets = live_assets(out)
     init_ray(address)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     parts = []
     fs = storage.filesystem(out)[0]
     for table, columns in _READ.items():

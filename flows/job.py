@@ -33,6 +33,7 @@ from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leas
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
 from corpusflow.flows.live_metrics import record as record_live
 from corpusflow.flows.node_watch import NodesLost, NodeWatch, dead_nodes
+from corpusflow.flows.progress import JobProgress, dollars
 
 
 @dataclass
@@ -48,6 +49,7 @@ class JobSummary:
     pages: int = 0
     wall_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
+    cost_usd: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def to_text(self) -> str:
@@ -56,6 +58,7 @@ class JobSummary:
                                           *(f"{k} {v}" for k, v in sorted(self.by_status.items()))]),
                  "  kinds: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"),
                  f"  media: {self.video_hours:.3f} h video, {self.audio_hours:.3f} h audio, {self.pages} pages",
+                 f"  cost: {dollars(self.cost_usd)} of device time (usd_per_hour of the job config)",
                  "  time per stage (summed over assets): "
                  + (", ".join(f"{k} {v:.1f} s" for k, v in self.stage_s.items()) or "none")]
         for e in self.errors[:20]:
@@ -114,11 +117,14 @@ class _Committer:
     def __call__(self, batch: Batch) -> Batch:
         config, job_id = self.config, self.job_id
         deferred = leased(batch)  # another job processes these: its commit, not ours
+        cost: dict[str, float] = defaultdict(float)  # asset_id → US$ of this commit's metrics rows
         if not deferred.all():
             ours = {c: v[~deferred] for c, v in batch.items()} if deferred.any() else batch
             tables = rows_for_batch(ours, self.fingerprint, job_id, config.usd_per_hour, self.shares)
             commit(tables, config.out, job_id, new_keys=self.known is not None and self.known.all_new(tables["assets"]))
             record_live(tables["metrics"], job_id)
+            for asset_id, usd in zip(tables["metrics"]["asset_id"].to_pylist(), tables["metrics"]["cost_usd"].to_pylist()):
+                cost[asset_id] += usd or 0.0
         n = len(batch["uri"])
         out = {c: batch[c] for c in ("uri", "asset_id", "kind", "error_stage", "error")}
         out["status"] = np.array(["deferred" if d else status_of(k, e)
@@ -126,6 +132,9 @@ class _Committer:
         out["duration_s"] = np.array([float(batch["duration_s"][i]) if "duration_s" in batch else np.nan
                                       for i in range(n)], dtype=np.float64)
         out["pages"] = np.array([int(batch["pages"][i]) if "pages" in batch else 0 for i in range(n)], dtype=np.int64)
+        # Each asset's cost once, on its first row (copies of one content in a batch share its rows).
+        out["cost_usd"] = np.array([0.0 if d else cost.pop(str(a), 0.0) for a, d in zip(batch["asset_id"], deferred)],
+                                   dtype=np.float64)
         for stage in METRIC_STAGES:
             col = f"{stage}_wall_s"
             out[col] = batch[col].astype(np.float64) if col in batch else np.full(n, np.nan)
@@ -215,30 +224,36 @@ def _package_for_workers() -> str:
     return str(dest)
 
 
-def init_ray(address: Optional[str]) -> None:
+def init_ray(address: Optional[str], verbose: bool = False) -> None:
     """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage.
 
     Under ``ray job submit`` (``RAY_ADDRESS`` set, code shipped by ``--working-dir``) it joins that
-    cluster as it is.
+    cluster as it is. Ray's console messages: flows/ray_console.py (``verbose`` shows its INFO lines).
     """
     import ray
 
+    from corpusflow.flows.ray_console import console_level, quiet_ray, quiet_ray_data
+
+    level = console_level(verbose)
+    quiet_ray()
     if ray.is_initialized():
-        return
-    if not address and os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-        return
-    if address:
+        pass
+    elif not address and os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, logging_level=level)
+    elif address:
         # Where to reach storage and models, never credentials: workers use their own credential
         # chain (instance role, IRSA), and a copied short-lived token would expire mid-job.
         env = {"env_vars": {k: os.environ[k] for k in _WORKER_SETTINGS if k in os.environ},
                "py_modules": [_package_for_workers()]}
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=level)
     else:
         # A local cluster's workers inherit this process's environment, credentials included.
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
         # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
+        # address="local": a new cluster even where `ray start` left one running on this machine.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False,
+                 log_to_driver=False, logging_level=level)
+    quiet_ray_data(verbose)
 
 
 def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[str],
@@ -348,12 +363,13 @@ def _lost_row(entry: storage.FileEntry, stage: str, error: str) -> Batch:
             "error_stage": np.asarray([stage]), "error": np.asarray([error]), RETRYABLE: np.asarray([False])}
 
 
-def run_job(config: JobConfig, address: Optional[str] = None,
-            progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-            retry_errors: bool = False) -> JobSummary:
+def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool = False, verbose: bool = False,
+            progress_every_s: float = 30.0) -> JobSummary:
     """Run the whole job and return its summary; raises only for problems with the job itself.
 
-    ``retry_errors`` processes again the inputs whose last failure was transient.
+    ``retry_errors`` processes again the inputs whose last failure was transient. Progress goes to
+    stderr (flows/progress.py): live on a terminal, else a line every ``progress_every_s`` seconds;
+    ``verbose`` adds a line per committed file and Ray's INFO messages.
     """
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -370,18 +386,34 @@ def run_job(config: JobConfig, address: Optional[str] = None,
             entries.append(entry)
     del unchanged
     done = keys_of(committed_now)
-    progress(f"corpusflow: {summary.files} files under {config.corpus}, {summary.files - len(entries)} unchanged since "
-             f"committed for config {summary.fingerprint}; writing to {config.out}")
+    print(f"corpusflow: {summary.files} files under {config.corpus}, {summary.files - len(entries)} unchanged since "
+          f"committed for config {summary.fingerprint}; writing to {config.out}", file=sys.stderr, flush=True)
     if not entries:
         summary.already_done = summary.files
         summary.wall_s = time.time() - t0
         return summary
+    # Before the display takes over stderr: Ray's processes must not inherit the pipe it reads.
+    import ray
 
-    init_ray(address)
+    if not ray.is_initialized():
+        where = address or os.environ.get("RAY_ADDRESS")
+        print(f"corpusflow: joining the Ray cluster at {where}" if where else "corpusflow: starting a local Ray cluster",
+              file=sys.stderr, flush=True)
+    init_ray(address, verbose=verbose)
+    shown = JobProgress(summary.files, summary.files - len(entries), sum(e.size for e in entries), verbose=verbose,
+                        every_s=progress_every_s)
+    with shown:
+        _process(config, entries, done, job_id, summary, shown)
+    summary.wall_s = time.time() - t0
+    storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
+    return summary
+
+
+def _process(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
+             summary: JobSummary, shown: JobProgress) -> None:
+    """The stream of ``entries`` to committed rows, into ``summary`` and ``shown`` as batches commit."""
     import ray.data
 
-    # Ray's per-operator bars help at a terminal; in logs our one line per committed file is enough.
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     stage_s: dict[str, float] = defaultdict(float)
     statuses: Counter = Counter()
     kinds: Counter = Counter()
@@ -389,27 +421,27 @@ def run_job(config: JobConfig, address: Optional[str] = None,
 
     deferred: dict[str, tuple[str, str]] = {}  # uri → (asset_id, the job whose lease holds that content)
 
-    def said(status: str, kind: str, uri: str, note: str) -> None:
-        progress(f"[{len(seen) + summary.files - len(entries)}/{summary.files}] {status:7s} {kind:5s} {uri}  ({note})")
-
     def take(batch: Batch) -> None:
         for i in range(len(batch["uri"])):
             status, kind = str(batch["status"][i]), str(batch["kind"][i])
             if status == "deferred":
                 deferred[str(batch["uri"][i])] = (str(batch["asset_id"][i]), holder_of(str(batch["error"][i])))
-                progress(f"corpusflow: {batch['uri'][i]}: {batch['error'][i]}; waiting for its rows")
+                if shown.verbose:
+                    shown.say(f"corpusflow: {batch['uri'][i]}: {batch['error'][i]}; waiting for its rows")
                 continue
             seen.add(str(batch["uri"][i]))
             statuses[status] += 1
             kinds[kind] += 1
             dur = float(batch["duration_s"][i])
-            if status == "ok" and not np.isnan(dur):
+            media_s = dur if status == "ok" and kind in ("video", "audio") and not np.isnan(dur) else 0.0
+            if media_s:
                 if kind == "video":
                     summary.video_hours += dur / 3600
                 elif kind == "audio":
                     summary.audio_hours += dur / 3600
-            if status == "ok" and kind == "pdf":
-                summary.pages += int(batch["pages"][i])
+            pages = int(batch["pages"][i]) if status == "ok" and kind == "pdf" else 0
+            summary.pages += pages
+            summary.cost_usd += float(batch["cost_usd"][i])
             for stage in METRIC_STAGES:
                 w = float(batch[f"{stage}_wall_s"][i])
                 if not np.isnan(w):
@@ -417,8 +449,9 @@ def run_job(config: JobConfig, address: Optional[str] = None,
             if status == "error":
                 summary.errors.append({"uri": str(batch["uri"][i]), "stage": str(batch["error_stage"][i]),
                                        "error": str(batch["error"][i])})
-            said(status, kind, str(batch["uri"][i]),
-                 f"{', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}; {time.time() - t0:.0f} s")
+            uri = str(batch["uri"][i])
+            shown.file(status, kind, uri, by_uri[uri].size if uri in by_uri else 0, media_s, pages,
+                       float(batch["cost_usd"][i]), ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
 
     context = ray.data.DataContext.get_current()
     by_uri = {e.uri: e for e in entries}
@@ -434,17 +467,20 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                         batch_size=None, batch_format="numpy"):
                     take(batch)
                 for entry in _set_aside(config, pending, seen | set(deferred), summary.fingerprint):
-                    progress(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
+                    shown.say(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
                     _run_alone(config, entry, done, job_id, take)
                 # Content leased by another job, or by this one under another URI: its rows are shared
                 # once committed; processed here if the job holding it died first.
-                shared, orphaned = _wait_for_others(config, job_id, summary.fingerprint, deferred, progress)
+                if deferred:
+                    shown.set_phase("waiting for other jobs")
+                shared, orphaned = _wait_for_others(config, job_id, summary.fingerprint, deferred, shown.say)
                 files = {u: (deferred[u][0], by_uri[u].size, by_uri[u].modified) for u in shared}
                 for row in share_content(config.out, summary.fingerprint, job_id, files).to_pylist():
                     seen.add(row["uri"])
                     statuses[row["status"]] += 1
                     kinds[row["kind"]] += 1
-                    said(row["status"], row["kind"], row["uri"], "the same bytes as a file committed already")
+                    shown.file(row["status"], row["kind"], row["uri"], by_uri[row["uri"]].size,
+                               note="the same bytes as a file committed already")
                 pending = [by_uri[u] for u in orphaned]
                 deferred.clear()
         finally:
@@ -452,6 +488,3 @@ def run_job(config: JobConfig, address: Optional[str] = None,
     summary.already_done = summary.files - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
-    summary.wall_s = time.time() - t0
-    storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
-    return summary

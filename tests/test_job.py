@@ -71,7 +71,7 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     out = tmp_path / "out"
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
     printed = capsys.readouterr()
-    assert "files: 12 listed, 0 already done" in printed.out and "[12/12]" in printed.err
+    assert "files: 12 listed, 0 already done" in printed.out and "corpusflow: 12/12 files" in printed.err
 
     assets = read_table(str(out), "assets")
     assert assets.schema == TABLES["assets"]
