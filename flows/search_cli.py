@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--page-token", help="the token a previous page printed")
     p.add_argument("--version", help="search this index version instead of the newest")
     p.add_argument("--rerank", metavar="NAME", help="rescore the first hits with this reranker of the models profile")
-    p.add_argument("--models", default="tiny-random", help="models profile the reranker is named in (built-in name or YAML)")
+    p.add_argument("--models", default="small-real", help="models profile the reranker is named in (built-in name or YAML)")
     p.add_argument("--model-cache", help="folder for the embedding and reranker models (default: the per-user cache)")
     return p.parse_args(list(argv))
 

@@ -8,7 +8,7 @@ from corpusflow.flows.cli import main
 
 def test_defaults_and_overrides(tmp_path):
     cfg = JobConfig.build(None, corpus=str(tmp_path / "c"), out=str(tmp_path / "o"), **{"video.fps": 0.5})
-    assert cfg.video.fps == 0.5 and cfg.models == "tiny-random"
+    assert cfg.video.fps == 0.5 and cfg.models == "small-real"  # real models unless asked
     assert JobConfig.build(None, corpus="s3://b/p", out="s3://b/o").fingerprint() != cfg.fingerprint()
 
 

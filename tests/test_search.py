@@ -44,7 +44,7 @@ def indexed(tmp_path_factory, model_cache):
         media.make_pdf(corpus / "docs" / name, pages=len(texts), images=0, text=texts)
     media.make_audio(corpus / "audio" / "call.wav", seconds=3.0)
     config = root / "job.yaml"
-    config.write_text(f"model_cache: {model_cache}\n")
+    config.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\n")
     out = root / "out"
     assert main(["run", str(corpus), "--out", str(out), "--config", str(config)]) == 0
     yield corpus, out, config
@@ -114,7 +114,7 @@ def test_search_reranks_with_a_cross_encoder_named_in_the_profile(indexed, tmp_p
     _, out, _ = indexed
     args = ("adverse events", "--limit", "50", "--model-cache", model_cache)
     plain = _search(capsys, out, *args)["hits"]
-    reranked = _search(capsys, out, *args, "--rerank", "tiny-random")["hits"]
+    reranked = _search(capsys, out, *args, "--models", "tiny-random", "--rerank", "tiny-random")["hits"]
     # the same candidates (fewer than the reranker's 30), now in the order of the model's scores
     assert sorted(h["unit_id"] for h in reranked) == sorted(h["unit_id"] for h in plain)
     assert [h["matched"]["rerank"] for h in reranked] == list(range(1, len(reranked) + 1))
