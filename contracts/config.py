@@ -348,7 +348,8 @@ class StageConfig(StrictModel):
 
     models: Union[str, ModelsProfile] = Field(
         "small-real", description="built-in profile name (small-real: real speech and search models, offline on "
-        "a CPU; tiny-random: random weights, for tests; qwen2.5-vl-7b: every model real, on a GPU), or a profile YAML file (read once, here, so that "
+        "a CPU; tiny-random: random weights, for tests; qwen2.5-vl-7b: every model real, on a GPU), or a profile "
+        "YAML file (read once, here, so that "
         "workers on other machines need no copy of it), or the profile itself")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
