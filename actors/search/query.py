@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
 from corpusflow.actors.engines.embed import Embedder
+from corpusflow.actors.search.embedder_check import untrusted_notice
 from corpusflow.actors.search.store import IndexReader
 from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
@@ -209,16 +210,19 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
         return _ranked(filtered(reader.vector_search, vector), "_distance")
 
     retrievers = {"lexical": lexical, "semantic": semantic}
-    wanted = RETRIEVERS if req.mode == "hybrid" else (req.mode,)
+    notice = untrusted_embedder(reader)
+    # An embedder that failed its probe at index time adds only noise: hybrid ranks by words alone.
+    mode = "lexical" if req.mode == "hybrid" and notice else req.mode
+    wanted = RETRIEVERS if mode == "hybrid" else (mode,)
     # Hybrid: BM25 runs while the query is embedded and the vectors searched (both release the GIL), so a
     # query waits for the slower retriever, not for both.
     futures = {name: _POOL.submit(retrievers[name]) for name in wanted}
     lists = {name: future.result() for name, future in futures.items()}
-    if req.mode == "hybrid":
+    if mode == "hybrid":
         fused = fuse(lists)
     else:
-        fused = {r["unit_id"]: {**r, "matched": {req.mode: rank}, "score": r["_retriever_score"]}
-                 for rank, r in enumerate(lists[req.mode], 1)}
+        fused = {r["unit_id"]: {**r, "matched": {mode: rank}, "score": r["_retriever_score"]}
+                 for rank, r in enumerate(lists[mode], 1)}
     ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
     if req.group_by == "asset":
         best: dict[str, dict[str, Any]] = {}
@@ -234,5 +238,19 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
                 link=link(u["uri"], u["t_start"], u["t_end"], u["page"]))
             for i, u in enumerate(page)]
     more = len(ranked) > want and want < MAX_DEPTH
-    return SearchResult(query=req.query, mode=req.mode, index_version=reader.version, hits=hits,
-                        next_page_token=_token(req, want) if more else None)
+    return SearchResult(query=req.query, mode=req.mode, ranked_by=mode, index_version=reader.version, hits=hits,
+                        next_page_token=_token(req, want) if more else None, notice=notice)
+
+
+def untrusted_embedder(reader: IndexReader) -> Optional[str]:
+    """Why the index's vectors are not to be trusted (a sentence for the result header), or None when they are.
+
+    The index job records its embedder's probe (actors/search/embedder_check.py); an index written before
+    that is judged by its model's source."""
+    model = reader.info.get("model") or {}
+    check = reader.info.get("embedder_check")
+    if check is None and model.get("source") == "tiny-random":
+        check = {"top1": float("nan"), "probe_pairs": 0, "chance": float("nan"), "trusted": False}
+    if check is None or check["trusted"]:
+        return None
+    return untrusted_notice(check, str(model.get("source")))
