@@ -103,6 +103,10 @@ class VlmEngineOptions(StrictModel):
         return self
 
 
+def _listed(words: list[str]) -> str:
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 # A model source that builds a tiny randomly initialised model of the real architecture (tests): its output is noise.
 RANDOM_SOURCE = "tiny-random"
 
@@ -147,20 +151,24 @@ class ModelsProfile(StrictModel):
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
 
+    def _outputs(self) -> dict[str, str]:
+        return {"transcripts": self.asr, "summaries": self.vlm, "search embeddings": self.embedding.source}
+
     def random_outputs(self) -> list[str]:
         """What this profile makes with randomly initialised models (``tiny-random`` sources): noise."""
-        sources = {"transcripts": self.asr, "summaries": self.vlm, "search embeddings": self.embedding.source}
-        return [what for what, source in sources.items() if source == RANDOM_SOURCE]
+        return [what for what, source in self._outputs().items() if source == RANDOM_SOURCE]
 
     def random_notice(self) -> Optional[str]:
         """One line saying which outputs are noise under this profile (None when none are)."""
         noise = self.random_outputs()
         if not noise:
             return None
-        real = "" if len(noise) == 3 else "; the rest is real"
-        return (f"models profile {self.name}: {', '.join(noise)} come from random weights (tiny-random), "
-                f"they are noise{real}" + (" (for tests; real models: --models small-real)"
-                                           if "transcripts" in noise else " (real ones: --models qwen2.5-vl-7b on a GPU)"))
+        real = [what for what in self._outputs() if what not in noise]
+        if not real:
+            return (f"models profile {self.name}: {_listed(noise)} come from random weights, they are noise "
+                    "(for tests; real models: --models small-real)")
+        return (f"models profile {self.name}: {_listed(noise)} come from random weights (tiny-random), they are "
+                f"noise; {_listed(real)} are real (every model real: --models qwen2.5-vl-7b on a GPU)")
 
     def aligner_for(self, language: str) -> Optional[str]:
         """The word aligner configured for ``language``, None where there is none."""

@@ -73,9 +73,9 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     printed = capsys.readouterr()
     assert "files: 12 listed, 0 already done" in printed.out and "[12/12]" in printed.err
     # random models are never silent: one line at start, one in the summary, the model in every summary row
-    assert printed.err.splitlines()[0] == ("corpusflow: models profile tiny-random: transcripts, summaries, search "
-                                           "embeddings come from random weights (tiny-random), they are noise (for "
-                                           "tests; real models: --models small-real)")
+    assert printed.err.splitlines()[0] == ("corpusflow: models profile tiny-random: transcripts, summaries and "
+                                           "search embeddings come from random weights, they are noise (for tests; "
+                                           "real models: --models small-real)")
     assert "models: tiny-random; transcripts, summaries, search embeddings from random weights" in printed.out
 
     assets = read_table(str(out), "assets")
