@@ -28,7 +28,8 @@ Row = dict[str, Any]
 
 ERROR_COLUMNS = ("error_stage", "error")
 # Whether a row's failure was transient (throttling, a timeout, a dropped connection, GPU memory
-# full): such rows are recorded, and processed again by ``corpusflow run --retry-errors``. Optional
+# full) or the machine's (MachineProblem, a full disk): such rows are recorded, and processed again
+# by ``corpusflow run --retry-errors``. Optional
 # on input (absent means no transient failure yet); every stage writes it.
 RETRYABLE = "error_retryable"
 
