@@ -185,6 +185,34 @@ def language_quality(model_cache: str, save: Callable[[list[dict]], None]) -> li
     return results
 
 
+def plot_languages(results: list[dict], path: str) -> None:
+    """WER per language and bed (bars), base beside tiny.en on English; language-ID share above each language."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["model"], r["language"]) for r in results))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(BEDS)
+    for j, bed in enumerate(BEDS):
+        cells = {(r["model"], r["language"]): r for r in results if r["bed"] == bed}
+        xs = [i + (j - 1) * width for i, g in enumerate(groups) if g in cells]
+        ax.bar(xs, [cells[g]["wer"] for g in groups if g in cells], width, label=bed)
+    for i, g in enumerate(groups):
+        if g[0] != "tiny.en":
+            cells = [r for r in results if (r["model"], r["language"]) == g]
+            right = sum(r["language_id"] * r["clips"] for r in cells) / sum(r["clips"] for r in cells)
+            ax.annotate(f"ID {right:.0%}", (i, 1.02), ha="center", fontsize=8, xycoords=("data", "axes fraction"))
+    ax.set_xticks(range(len(groups)), [f"{lang}\n{model}" for model, lang in groups])
+    ax.set_ylabel("word error rate")
+    ax.set_ylim(0, max(1.0, max(r["wer"] for r in results) * 1.05))
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("Whisper base (small-real) per language, tiny.en on English; espeak-ng voices", fontsize=9, pad=18)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def ocr_quality(tmp: Path) -> list[dict]:
     from corpusflow.actors.pdf import ExtractPdf
     from corpusflow.contracts.config import JobConfig
@@ -218,6 +246,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/quality.json")
     ap.add_argument("--only", choices=("asr", "languages", "ocr"))
     ap.add_argument("--model-cache", default=None, help="folder for models (default: a temporary one)")
+    ap.add_argument("--plot", help="PNG of the per-language WER and language ID (with --only languages or all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}",
@@ -234,6 +263,8 @@ def main() -> None:
             report["ocr"] = ocr_quality(Path(tmp))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.plot and report.get("languages"):
+        plot_languages(report["languages"], args.plot)
     print(f"wrote {args.out}")
 
 
