@@ -10,7 +10,7 @@ reaches TRUSTED_TOP1, and otherwise ranks by words alone and says so in every re
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,8 +41,10 @@ def measure(embedder: Embedder) -> dict[str, Any]:
             "trusted": top1 >= TRUSTED_TOP1}
 
 
-def untrusted_notice(check: dict[str, Any], source: str) -> str:
-    """What a result header says when the index's embedder failed the probe."""
-    return (f"the index's embedder {source} matched {check['top1']:.0%} of {check['probe_pairs']} probe questions to "
-            f"their answers (chance {check['chance']:.0%}): its vectors are noise, so hits are ranked by words alone "
-            f"(BM25); re-index with a real embedder, e.g. --models small-real")
+def untrusted_notice(check: Optional[dict[str, Any]], source: str) -> str:
+    """What a result header says when the index's embedder failed the probe (None: an index written before the
+    probe, by a random model)."""
+    measured = (f"matched {check['top1']:.0%} of {check['probe_pairs']} probe questions to their answers (chance "
+                f"{check['chance']:.0%})" if check else "is a random model")
+    return (f"the index's embedder {source} {measured}: its vectors are noise, so hits are ranked by words alone "
+            "(BM25); re-index with a real embedder, e.g. corpusflow index OUT --models small-real")

@@ -10,7 +10,8 @@ query, so BM25 counts where it is evidence: one page holding a rare query word s
 many pages sharing a common one ("dose", "inspección") score alike and get small z-scores. Each hit
 says which retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused
 candidates before paging. Page tokens carry the offset and a hash of the request, so a token cannot
-page through a different query.
+page through a different query. An index whose embedder failed its probe (actors/search/embedder_check.py)
+is searched by words alone in hybrid mode, and every result says why.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Any, Optional, Protocol
 from corpusflow.actors.engines.embed import Embedder
 from corpusflow.actors.search.embedder_check import untrusted_notice
 from corpusflow.actors.search.store import IndexReader
+from corpusflow.contracts.config import RANDOM_SOURCE
 from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
 # A filter that usually keeps much of the index (kind, modality, language, duration, time window) is applied
@@ -247,10 +249,8 @@ def untrusted_embedder(reader: IndexReader) -> Optional[str]:
 
     The index job records its embedder's probe (actors/search/embedder_check.py); an index written before
     that is judged by its model's source."""
-    model = reader.info.get("model") or {}
+    source = str((reader.info.get("model") or {}).get("source"))
     check = reader.info.get("embedder_check")
-    if check is None and model.get("source") == "tiny-random":
-        check = {"top1": float("nan"), "probe_pairs": 0, "chance": float("nan"), "trusted": False}
-    if check is None or check["trusted"]:
-        return None
-    return untrusted_notice(check, str(model.get("source")))
+    if check is None:
+        return untrusted_notice(None, source) if source == RANDOM_SOURCE else None
+    return None if check["trusted"] else untrusted_notice(check, source)
