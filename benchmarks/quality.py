@@ -152,29 +152,33 @@ LANGUAGE_CLIPS = 2  # two-sentence clips per language and bed (the first four se
 ALL_BEDS = ("en", "de", "es", "fr")
 
 
-def language_quality(model_cache: str, save: Callable[[list[dict]], None]) -> list[dict]:
+def language_quality(model_cache: str, save: Callable[[list[dict]], None], only: list[str] | None = None) -> list[dict]:
     """WER and language-ID accuracy per language and bed (small-real: Whisper base), and tiny.en on English;
     ``save`` gets the results so far after each cell (a slow machine still leaves what it measured)."""
     from corpusflow.contracts.config import SMALL_REAL
     from corpusflow.flows.evaluate.text import wer
-    from tests.spoken import SENTENCES, VOICES
+    from tests.spoken import SENTENCES, VOICES, WPM_160
 
     tiny_en = SMALL_REAL.model_copy(update={"name": "tiny.en", "asr": TINY_EN})
     others = [lang for lang in VOICES if lang != "en"]
     results: list[dict] = []
     for model, profile, languages in (("base", SMALL_REAL, ["en"]), ("tiny.en", tiny_en, ["en"]),
                                       ("base", SMALL_REAL, others)):
+        languages = [lang for lang in languages if not only or lang in only]
+        if not languages:
+            continue
         stages = _stages(model_cache, profile)
         for lang in languages:
             for bed_name, (bed, snr) in BEDS.items():
                 if bed and lang not in ALL_BEDS:
                     continue
                 rng = np.random.default_rng(0)
-                clips = [_clip(k, VOICES[lang], 160, bed, snr, rng, SENTENCES[lang]) for k in range(LANGUAGE_CLIPS)]
+                wpm = WPM_160.get(lang, 160)
+                clips = [_clip(k, VOICES[lang], wpm, bed, snr, rng, SENTENCES[lang]) for k in range(LANGUAGE_CLIPS)]
                 out, spent = _transcribe(stages, clips)
                 said = [" ".join(t) for t in out["seg_text"]]
                 heard = [str(x) for x in out["language"]]
-                results.append({"model": model, "language": lang, "voice": VOICES[lang], "bed": bed_name,
+                results.append({"model": model, "language": lang, "voice": VOICES[lang], "wpm": wpm, "bed": bed_name,
                                 "clips": len(clips), "wer": wer([c[2] for c in clips], said),
                                 "language_id": float(np.mean([h == lang for h in heard])), "heard_as": heard,
                                 "seconds": spent, "audio_seconds": len(clips) * SECONDS, "example": said[0]})
@@ -246,6 +250,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/quality.json")
     ap.add_argument("--only", choices=("asr", "languages", "ocr"))
     ap.add_argument("--model-cache", default=None, help="folder for models (default: a temporary one)")
+    ap.add_argument("--languages", help="comma-separated language codes of the per-language table (default: all)")
     ap.add_argument("--plot", help="PNG of the per-language WER and language ID (with --only languages or all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,7 +263,8 @@ def main() -> None:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps({**report, "languages": results}, indent=2, ensure_ascii=False))
 
-            report["languages"] = language_quality(args.model_cache or str(Path(tmp) / "models"), save)
+            report["languages"] = language_quality(args.model_cache or str(Path(tmp) / "models"), save,
+                                                   args.languages.split(",") if args.languages else None)
         if args.only in (None, "ocr"):
             report["ocr"] = ocr_quality(Path(tmp))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

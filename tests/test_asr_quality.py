@@ -16,7 +16,7 @@ from corpusflow.actors.decode import DecodeMedia
 from corpusflow.contracts.config import SMALL_REAL, JobConfig
 from corpusflow.flows.evaluate.text import wer, word_start_errors
 from tests import media
-from tests.spoken import SENTENCES, VOICES, script, speak
+from tests.spoken import SENTENCES, VOICES, WPM_160, script, speak
 
 # (file, voice, words per minute, sentences): containers that resample differently (22.05, 44.1, 48 kHz)
 CLIPS = [
@@ -137,7 +137,8 @@ def test_a_long_mostly_silent_recording_carries_only_its_speech_and_keeps_its_ti
 
 
 def test_the_language_of_non_english_speech_is_identified_and_its_words_are_heard(tmp_path, model_cache):
-    written = [_write(tmp_path, f"{lang}.wav", VOICES[lang], 150, SENTENCES[lang][:2]) for lang in LANGUAGES]
+    written = [_write(tmp_path, f"{lang}.wav", VOICES[lang], WPM_160.get(lang, 160), SENTENCES[lang][:2])
+               for lang in LANGUAGES]
     config = JobConfig(corpus=str(tmp_path), out=str(tmp_path.parent / "out"), models="small-real", model_cache=model_cache)
     out = _hear([p for p, _, _ in written], ["audio"] * len(written), config, Transcribe(config))
     assert list(out["error"]) == [""] * len(LANGUAGES)
