@@ -22,8 +22,9 @@ system-deps:
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null
 
-# small-real: real Whisper tiny.en transcripts and a real multilingual embedder for search, offline on a CPU
-# (the VLM stays tiny and random); `make sample MODELS=tiny-random` for the tests' all-random profile.
+# small-real (the default profile): real multilingual Whisper base transcripts and language tags and a real
+# multilingual embedder for search, offline on a CPU (the VLM stays tiny and random); `make sample
+# MODELS=tiny-random` for the tests' all-random profile.
 MODELS ?= small-real
 sample: setup
 	$(BIN)/corpusflow run examples/sample --out out/sample --models $(MODELS)

@@ -38,7 +38,7 @@ class Transcribe(Stage):
         super().__init__(config)
         self._language = config.asr.language
         self.accelerator = accelerator()
-        self._engine = load_engine(config.profile, config)
+        self._engine = self.load_model(lambda: load_engine(config.profile, config), f"ASR model {config.profile.asr}")
         self._lock = threading.Lock()
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:

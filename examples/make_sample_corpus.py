@@ -1,12 +1,13 @@
-"""Write the bundled sample corpus: two short videos, one audio file, three PDFs (one scanned), a corrupt video,
-a text file.
+"""Write the bundled sample corpus: two short videos, two audio files (English and German), three PDFs (one
+scanned), a corrupt video, a text file.
 
     python examples/make_sample_corpus.py examples/sample
 
-Everything is synthetic (coloured scenes, English speech from espeak-ng, generated PDFs, a scan
+Everything is synthetic (coloured scenes, English and German speech from espeak-ng, generated PDFs, a scan
 simulated by rendering text to an image-only page), made with the same generators as the tests, so the
 corpus exercises every route of a job (video, audio, pdf, OCR, error, skipped) without shipping anyone's
-data, and a real ASR model (``--models small-real``) has words to hear. Needs Debian's espeak-ng.
+data, and a real ASR model (small-real, the default) has words to hear and languages to tell apart. Needs
+Debian's espeak-ng.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ NARRATION = {
     "lab_walkthrough": [(1.0, "en-us+f3", 145, "This is the quality control laboratory."),
                         (7.0, "en-us+f3", 145, "Samples are tested for identity, purity and dissolution."),
                         (15.0, "en-us+f3", 145, "Results are reviewed before the batch is released.")],
+    # German in the voice and pace docs/quality.md measured (base names it German in every clean clip)
+    "besprechung": [(0.7, "de", 160, "Das Qualitätsteam hat die Chargenprotokolle am Montag geprüft."),
+                    (6.5, "de", 160, "Jede Abweichung wurde vor der Freigabe des Produkts abgeschlossen.")],
 }
 
 
@@ -65,6 +69,8 @@ def make_sample_corpus(out: Path) -> list[Path]:
                          scenes=3, container="webm", title="QC lab walkthrough", speech=_speech("lab_walkthrough", 24.0)),
         media.make_audio(out / "audio" / "interview.mp3", seconds=10.0, container="mp3",
                          speech=_speech("interview", 10.0)),
+        media.make_audio(out / "audio" / "besprechung.mp3", seconds=12.0, container="mp3",
+                         speech=_speech("besprechung", 12.0)),
         media.make_pdf(out / "docs" / "protocol.pdf", pages=4, images=2, text=PROTOCOL_TEXT,
                        title="Protocol CF-101-02"),
         media.make_pdf(out / "docs" / "leaflet.pdf", pages=1, images=0, text=LEAFLET_TEXT,

@@ -24,6 +24,9 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, KeyError, ValueError) as e:
         print(f"corpusflow: cannot use plan {args.plan!r}: {e}", file=sys.stderr)
         return 2
+    notice = config.profile.random_notice()
+    if notice:
+        print(f"corpusflow: {notice}", file=sys.stderr)
     from corpusflow.contracts import storage
     from corpusflow.flows.job import NodesLost, run_job
 
@@ -96,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
     run.add_argument("--config", help="job config YAML: every option is in docs/config.md "
                      "(or `corpusflow config-reference`)")
-    run.add_argument("--models", help="models profile: tiny-random, small-real, qwen2.5-vl-7b, or a profile YAML")
+    run.add_argument("--models", help="models profile: small-real (default: real speech and search, offline on a CPU), "
+                     "qwen2.5-vl-7b (GPU), tiny-random (random weights, for tests), or a profile YAML")
     run.add_argument("--fps", type=float, help="video frames sampled per second (default 0.1)")
     run.add_argument("--plan", help="size the actor pools from a plan written by `corpusflow plan --json PATH`")
     run.add_argument("--option", default="mixed", help="which option of the plan to use (default: mixed)")

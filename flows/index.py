@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from corpusflow.actors.engines.embed import index_version
+from corpusflow.actors.engines.embed import index_version, load_embedder
+from corpusflow.actors.search.embedder_check import measure
 from corpusflow.actors.search.store import IndexWriter, latest, version_uri, with_search_columns
 from corpusflow.actors.search.units import AssetInfo, units_of_asset
 from corpusflow.contracts import storage
@@ -51,11 +52,18 @@ class IndexSummary:
     errors: int = 0
     wall_s: float = 0.0
     embed_s: float = 0.0
+    embedder_check: Optional[dict[str, Any]] = None  # actors/search/embedder_check.py's probe of the embedder
 
     def to_text(self) -> str:
         rate = f", {self.embedded / self.embed_s:.1f} units/s embedding" if self.embed_s > 0 and self.embedded else ""
-        return (f"index {self.version} at {self.location}: {self.units} units ({self.embedded} embedded, "
+        text = (f"index {self.version} at {self.location}: {self.units} units ({self.embedded} embedded, "
                 f"{self.deleted} removed, {self.errors} failed) in {self.wall_s:.1f} s{rate}")
+        check = self.embedder_check
+        if check:
+            use = "used in hybrid ranking" if check["trusted"] else "NOT used: hybrid search ranks by words alone"
+            text += (f"\n  embedder matched {check['top1']:.0%} of {check['probe_pairs']} probe questions to their "
+                     f"answers (chance {check['chance']:.0%}): {use}")
+        return text
 
 
 def live_assets(out: str) -> dict[str, AssetInfo]:
@@ -165,6 +173,7 @@ def build_index(out: str, config: StageConfig, index: IndexConfig, address: Opti
     done = latest(out, version)
     if done is not None and done.get("tables") == tables_now:  # no commit since: not even Ray is needed
         summary.units, summary.wall_s = int(done["units"]), time.time() - t0
+        summary.embedder_check = done.get("embedder_check")
         progress(f"corpusflow index: the tables are unchanged since index {version} was written")
         return summary
     assets = live_assets(out)
@@ -176,7 +185,9 @@ def build_index(out: str, config: StageConfig, index: IndexConfig, address: Opti
         if files:
             ds = ray.data.read_parquet(files, filesystem=fs).select_columns(columns)
             parts.append(ds.map_batches(_as_rows(table), batch_format="pyarrow", batch_size=None))
-    with IndexWriter(out, version, model.model_dump()) as writer:
+    # The probe's answer is a property of the model, so once per version (a version is one model).
+    summary.embedder_check = (done or {}).get("embedder_check") or measure(load_embedder(model, config.model_cache))
+    with IndexWriter(out, version, model.model_dump(), summary.embedder_check) as writer:
         have = writer.unit_ids()
         if not parts:
             units = None

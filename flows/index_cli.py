@@ -6,7 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from corpusflow.contracts.base import ConfigError, read_mapping, validated
-from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.config import RANDOM_SOURCE, StageConfig
 from corpusflow.contracts.search import IndexConfig
 
 
@@ -24,7 +24,7 @@ def load_configs(config_file: Optional[str], models: Optional[str]) -> tuple[Sta
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="corpusflow index", description=__doc__)
     p.add_argument("out", help="a job's OUT (local folder or s3://bucket/prefix)")
-    p.add_argument("--models", help="models profile whose `embedding` model embeds the units (default tiny-random)")
+    p.add_argument("--models", help="models profile whose `embedding` model embeds the units (default small-real)")
     p.add_argument("--config", help="job config YAML: model_cache, index.* (window sizes, embed resources)")
     p.add_argument("--address", help="Ray cluster address; without it a local Ray is started")
     args = p.parse_args(list(argv))
@@ -33,6 +33,9 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as e:
         print(f"corpusflow index: {e}", file=sys.stderr)
         return 2
+    if config.profile.embedding.source == RANDOM_SOURCE:
+        print(f"corpusflow index: the embedder of models profile {config.profile.name} is tiny-random: semantic "
+              "search over this index is noise and hybrid search ranks by words alone", file=sys.stderr)
     from corpusflow.actors.search.store import SearchIndexError
     from corpusflow.flows.index import build_index
     from corpusflow.flows.tables import exists

@@ -51,9 +51,13 @@ class JobSummary:
     stage_s: dict[str, float] = field(default_factory=dict)
     cost_usd: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
+    models: str = ""
+    random_outputs: list[str] = field(default_factory=list)  # made by tiny-random models: noise
 
     def to_text(self) -> str:
+        noise = f"; {', '.join(self.random_outputs)} from random weights (tiny-random): noise" if self.random_outputs else ""
         lines = [f"job {self.job_id} (config {self.fingerprint}) finished in {self.wall_s:.1f} s",
+                 f"  models: {self.models}{noise}",
                  "  files: " + ", ".join([f"{self.files} listed", f"{self.already_done} already done",
                                           *(f"{k} {v}" for k, v in sorted(self.by_status.items()))]),
                  "  kinds: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"),
@@ -373,7 +377,8 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
     """
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint())
+    summary = JobSummary(job_id=job_id, fingerprint=config.fingerprint(), models=config.profile.name,
+                         random_outputs=config.profile.random_outputs())
     check_out(config.out)
     # Unchanged since committed (same uri, size and modified time): skipped without reading a byte. The
     # listing streams past that check, so the driver holds only the files it will process.

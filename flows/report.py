@@ -22,13 +22,27 @@ import pyarrow as pa  # noqa: E402
 
 from corpusflow.contracts import storage  # noqa: E402
 from corpusflow.contracts.registry import BY_NAME  # noqa: E402
-from corpusflow.flows.tables import read_table  # noqa: E402
+from corpusflow.contracts.config import RANDOM_SOURCE  # noqa: E402
+from corpusflow.flows.tables import exists, read_table  # noqa: E402
 
 _COLORS = {"cpu": "#8c8c8c", "A10G": "#2b8cbe", "H100": "#e6550d", "H200": "#a63603", "A100": "#31a354",
            "L4": "#756bb1"}
 
 
 # ------------------------------------------------------------------------------------------------ summary
+
+def random_summaries(out: str) -> int:
+    """How many of OUT's summaries a tiny-random VLM wrote (noise: ``summaries.model`` names the model)."""
+    if not exists(out, "summaries"):
+        return 0
+    return sum(m == RANDOM_SOURCE for m in read_table(out, "summaries", ["model"])["model"].to_pylist())
+
+
+def random_notice(summary: dict[str, Any]) -> Optional[str]:
+    n = summary.get("random_summaries") or 0
+    return (f"{n} summaries come from a tiny-random VLM (summaries.model = tiny-random): they are noise; run with "
+            "a real VLM profile (qwen2.5-vl-7b) for real ones") if n else None
+
 
 def summarize(assets: pa.Table, metrics: pa.Table) -> dict[str, Any]:
     """The figures dashboards want: counts, media, time and cost per stage/accelerator/kind, failures."""
@@ -246,6 +260,8 @@ def render_html(summary: dict[str, Any], assets: pa.Table, out: str) -> str:
             ("$ / 1,000 pages", money(summary["usd_per_page"] and summary["usd_per_page"] * 1000)),
             ("$ / asset", money(summary["cost_per_asset_usd"]))]
     kpi_html = "".join(f'<div class="kpi"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for k, v in kpis)
+    notice = random_notice(summary)
+    notice_html = f'<p class="sub"><b>Note:</b> {html.escape(notice)}</p>' if notice else ""
     stage_rows = "".join(
         f"<tr><td>{html.escape(s)}</td><td>{v['rows']}</td><td>{v['wall_s']:.1f}</td><td>{v['device_s']:.1f}</td>"
         f"<td>{money(v['cost_usd'])}</td></tr>" for s, v in summary["stages"].items())
@@ -257,7 +273,7 @@ def render_html(summary: dict[str, Any], assets: pa.Table, out: str) -> str:
 <style>{_CSS}</style></head><body>
 <h1>corpusflow report</h1>
 <div class="sub">{html.escape(out)} · jobs {html.escape(jobs)} · commits {html.escape(span)}</div>
-<div class="kpis">{kpi_html}</div>
+{notice_html}<div class="kpis">{kpi_html}</div>
 <h2>Throughput over time</h2>{plot_throughput(assets)}
 <h2>Time and cost per stage</h2>{plot_stages(summary)}
 <table><tr><th>stage</th><th>rows</th><th>wall s</th><th>device s</th><th>cost</th></tr>{stage_rows}</table>
@@ -287,10 +303,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     html_path = Path(args.html or Path(args.out) / "report.html")
     json_path = Path(args.json or html_path.with_suffix(".json"))
     summary = summarize(assets, metrics)
+    summary["random_summaries"] = random_summaries(args.out)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_html(summary, assets, args.out), encoding="utf-8")
     json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"{summary['assets']} assets, {money(summary['cost_usd'])}: wrote {html_path} and {json_path}")
+    if random_notice(summary):
+        print(f"corpusflow report: {random_notice(summary)}", file=sys.stderr)
     return 0
 
 

@@ -26,14 +26,23 @@ def _clock(s: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
+# What a hit's score is, by the retrievers it came from (a reranked hit's is the cross-encoder's).
+SCORE_MEANING = {"hybrid": "score: how far a hit stands out from this query's candidates (fused z-score; 0 = average)",
+                 "lexical": "score: BM25 relevance of the hit's words to the query's (higher is better)",
+                 "semantic": "score: cosine similarity of meaning, query to hit (1 = same)"}
+
+
 def to_text(result: SearchResult) -> str:
+    notice = [f"NOTE: {result.notice}"] if result.notice else []
     if not result.hits:
-        return f"no hits for {result.query!r} (index {result.index_version})"
-    lines = [f"{len(result.hits)} hits for {result.query!r} ({result.mode}, index {result.index_version})"]
+        return "\n".join([f"no hits for {result.query!r} (index {result.index_version})", *notice])
+    ranked = result.mode if result.ranked_by == result.mode else f"{result.mode} → {result.ranked_by}"
+    lines = [f"{len(result.hits)} hits for {result.query!r} ({ranked}, index {result.index_version}); "
+             + SCORE_MEANING[result.ranked_by], *notice]
     for h in result.hits:
         found = ", ".join(f"{r} #{rank}" for r, rank in sorted(h.matched.items()))
         lines.append(f"{h.rank:3d}. {h.uri}  {_where(h)}  [{h.modality}{', ' + h.language if h.language else ''}]  "
-                     f"score {h.score:.4f} ({found})")
+                     f"score {h.score:.3f} ({found})")
         lines.append(f"     {h.snippet}")
         lines.append(f"     {h.link}")
     if result.next_page_token:
@@ -61,7 +70,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--page-token", help="the token a previous page printed")
     p.add_argument("--version", help="search this index version instead of the newest")
     p.add_argument("--rerank", metavar="NAME", help="rescore the first hits with this reranker of the models profile")
-    p.add_argument("--models", default="tiny-random", help="models profile the reranker is named in (built-in name or YAML)")
+    p.add_argument("--models", default="small-real", help="models profile the reranker is named in (built-in name or YAML)")
     p.add_argument("--model-cache", help="folder for the embedding and reranker models (default: the per-user cache)")
     return p.parse_args(list(argv))
 

@@ -26,7 +26,8 @@ from corpusflow.serve_apps.guards import load_api_keys
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="corpusflow serve", description=__doc__)
     p.add_argument("--config", help="serve config YAML (ServeConfig fields; see serve_apps/config.yaml args)")
-    p.add_argument("--models", help="models profile: tiny-random, small-real, qwen2.5-vl-7b, or a profile YAML")
+    p.add_argument("--models", help="models profile: small-real (default), qwen2.5-vl-7b, tiny-random (random weights, "
+                   "for tests), or a profile YAML")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--route-prefix", help="serve the API under this path, e.g. /cf (default /)")
@@ -89,6 +90,9 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as e:
         print(f"corpusflow serve: {e}", file=sys.stderr)
         return 2
+    notice = settings.stage_config().profile.random_notice()
+    if notice:
+        print(f"corpusflow serve: {notice}", file=sys.stderr)
     key = args.api_key
     if key:
         print(f"corpusflow serve: warning: --api-key shows in the process list and shell history; put keys in "

@@ -134,3 +134,68 @@ def script(sentences: list[tuple[float, Spoken]], seconds: float, rate: int) -> 
         track[a:a + n] += pcm[:n]
         words += [(at + ws, at + we, w) for ws, we, w in s.words if at + we <= seconds]
     return track, words
+
+
+# Sentences of the pharmaceutical-plant kind in the languages espeak-ng speaks well, and its voice for each:
+# ground truth for word error rate and language identification (benchmarks/quality.py, the ASR tests,
+# the sample corpus). Six a language (twelve in English): two sentences a clip.
+VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr", "it": "it", "pt": "pt-br", "nl": "nl", "pl": "pl"}
+# espeak-ng's French voice speaks a sentence in 0.6x the time the others take at the same nominal rate (too fast
+# for Whisper base to hear it as French at all); this rate gives it the others' pace at 160
+WPM_160 = {"fr": 100}
+SENTENCES = {
+    "en": ["The quality team reviewed the batch records on Monday.",
+           "Every deviation was closed before the product was released.",
+           "Please send the stability report to the regulatory office.",
+           "We expect the final results by the end of next week.",
+           "This room holds the filling line for sterile vials.",
+           "Operators wear gowns and gloves at all times.",
+           "The samples are stored in the freezer at a very low temperature.",
+           "Each tube carries a barcode and the date of collection.",
+           "The patient reported a mild headache after the second dose.",
+           "Blood pressure was measured at every visit during the study.",
+           "The clean room is inspected and cleaned before each shift.",
+           "Labels are printed and checked against the approved master copy."],
+    "de": ["Das Qualitätsteam hat die Chargenprotokolle am Montag geprüft.",
+           "Jede Abweichung wurde vor der Freigabe des Produkts abgeschlossen.",
+           "Bitte schicken Sie den Stabilitätsbericht an die Behörde.",
+           "Wir erwarten die Ergebnisse bis zum Ende der nächsten Woche.",
+           "In diesem Raum steht die Abfüllanlage für sterile Ampullen.",
+           "Die Mitarbeiter tragen jederzeit Kittel und Handschuhe."],
+    "es": ["El equipo de calidad revisó los registros del lote el lunes.",
+           "Cada desviación se cerró antes de liberar el producto.",
+           "Por favor envíe el informe de estabilidad a la oficina reguladora.",
+           "Esperamos los resultados finales antes del fin de la próxima semana.",
+           "En esta sala está la línea de llenado de viales estériles.",
+           "Los operarios llevan bata y guantes en todo momento."],
+    "fr": ["L'équipe qualité a examiné les dossiers de lot lundi.",
+           "Chaque écart a été clos avant la libération du produit.",
+           "Veuillez envoyer le rapport de stabilité au service réglementaire.",
+           "Nous attendons les résultats finaux avant la fin de la semaine prochaine.",
+           "Cette salle abrite la ligne de remplissage des flacons stériles.",
+           "Les opérateurs portent toujours une blouse et des gants."],
+    "it": ["Il team qualità ha esaminato i registri del lotto lunedì.",
+           "Ogni deviazione è stata chiusa prima del rilascio del prodotto.",
+           "Per favore inviate il rapporto di stabilità all'ufficio regolatorio.",
+           "Aspettiamo i risultati finali entro la fine della prossima settimana.",
+           "In questa stanza si trova la linea di riempimento delle fiale sterili.",
+           "Gli operatori indossano sempre camice e guanti."],
+    "pt": ["A equipe de qualidade revisou os registros do lote na segunda-feira.",
+           "Cada desvio foi encerrado antes da liberação do produto.",
+           "Por favor envie o relatório de estabilidade para o escritório regulatório.",
+           "Esperamos os resultados finais até o fim da próxima semana.",
+           "Nesta sala fica a linha de envase de frascos estéreis.",
+           "Os operadores usam avental e luvas o tempo todo."],
+    "nl": ["Het kwaliteitsteam heeft maandag de batchrapporten bekeken.",
+           "Elke afwijking werd gesloten voordat het product werd vrijgegeven.",
+           "Stuur het stabiliteitsrapport alstublieft naar de toezichthouder.",
+           "We verwachten de eindresultaten voor het einde van volgende week.",
+           "In deze ruimte staat de vullijn voor steriele flacons.",
+           "De medewerkers dragen altijd een schort en handschoenen."],
+    "pl": ["Zespół jakości sprawdził dokumentację serii w poniedziałek.",
+           "Każde odchylenie zostało zamknięte przed zwolnieniem produktu.",
+           "Proszę wysłać raport stabilności do działu rejestracji.",
+           "Oczekujemy wyników końcowych do końca przyszłego tygodnia.",
+           "W tym pomieszczeniu znajduje się linia napełniania sterylnych fiolek.",
+           "Pracownicy zawsze noszą fartuchy i rękawiczki."],
+}

@@ -8,7 +8,7 @@ from corpusflow.flows.cli import main
 
 def test_defaults_and_overrides(tmp_path):
     cfg = JobConfig.build(None, corpus=str(tmp_path / "c"), out=str(tmp_path / "o"), **{"video.fps": 0.5})
-    assert cfg.video.fps == 0.5 and cfg.models == "tiny-random"
+    assert cfg.video.fps == 0.5 and cfg.models == "small-real"  # real models unless asked
     assert JobConfig.build(None, corpus="s3://b/p", out="s3://b/o").fingerprint() != cfg.fingerprint()
 
 
@@ -89,3 +89,13 @@ def test_a_profile_file_travels_inside_the_config(tmp_path):
     (tmp_path / "mine.yaml").unlink()  # a worker on another machine has no copy of the file
     on_worker = JobConfig.model_validate_json(config.model_dump_json())
     assert on_worker.profile.name == "talks" and on_worker.fingerprint() == config.fingerprint()
+
+
+def test_random_models_are_named_and_real_ones_are_the_default():
+    from corpusflow.contracts.config import BUILTIN_PROFILES
+
+    assert JobConfig.build(None, corpus="a", out="b").profile.name == "small-real"
+    assert BUILTIN_PROFILES["tiny-random"].random_outputs() == ["transcripts", "summaries", "search embeddings"]
+    assert BUILTIN_PROFILES["small-real"].random_outputs() == ["summaries"]  # no small real VLM works offline
+    assert "summaries come from random weights" in BUILTIN_PROFILES["small-real"].random_notice()
+    assert BUILTIN_PROFILES["qwen2.5-vl-7b"].random_notice() is None

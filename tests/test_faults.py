@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _config(tmp_path: Path, model_cache: str) -> str:
     f = tmp_path / "job.yaml"
     # The search index has its own tests (tests/test_search.py).
-    f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\nindex:\n  enabled: false\n")
+    f.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\nindex:\n  enabled: false\n")
     return str(f)
 
 

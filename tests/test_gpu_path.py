@@ -172,7 +172,7 @@ def vllm_engine(model_cache):
     """One tiny vLLM engine for the module: each holds a share of the GPU until its process ends."""
     from corpusflow.actors.engines.vlm_vllm import VllmEngine
 
-    config = JobConfig.build(corpus="/tmp/corpus", out="/tmp/out", model_cache=model_cache)
+    config = JobConfig.build(corpus="/tmp/corpus", out="/tmp/out", models="tiny-random", model_cache=model_cache)
     return VllmEngine(config.profile, model_cache)
 
 

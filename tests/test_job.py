@@ -55,7 +55,7 @@ EXPECTED = {  # file → (kind, status, error_stage)
 def _config(tmp_path: Path, model_cache: str) -> str:
     f = tmp_path / "job.yaml"
     # The search index has its own tests (tests/test_search.py).
-    f.write_text(f"model_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\nindex:\n  enabled: false\n")
+    f.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 112\nindex:\n  enabled: false\n")
     return str(f)
 
 
@@ -72,6 +72,11 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
     assert main(["run", str(corpus), "--out", str(out), "--config", _config(tmp_path, model_cache)]) == 0
     printed = capsys.readouterr()
     assert "files: 12 listed, 0 already done" in printed.out and "corpusflow: 12/12 files" in printed.err
+    # random models are never silent: one line at start, one in the summary, the model in every summary row
+    assert printed.err.splitlines()[0] == ("corpusflow: models profile tiny-random: transcripts, summaries and "
+                                           "search embeddings come from random weights, they are noise (for tests; "
+                                           "real models: --models small-real)")
+    assert "models: tiny-random; transcripts, summaries, search embeddings from random weights" in printed.out
 
     assets = read_table(str(out), "assets")
     assert assets.schema == TABLES["assets"]
@@ -96,6 +101,9 @@ def test_every_file_lands_exactly_once_and_a_rerun_adds_nothing(corpus, tmp_path
         assert 0 <= r["t_start"] <= r["t_end"] <= 8.5
     summaries = read_table(str(out), "summaries").to_pylist()
     assert {s["asset_id"] for s in summaries} == {rows["lecture.mp4"]["asset_id"], rows["trial/silent.mkv"]["asset_id"]}
+    assert {s["model"] for s in summaries} == {"tiny-random"}
+    assert main(["report", str(out)]) == 0
+    assert "2 summaries come from a tiny-random VLM" in capsys.readouterr().err
     assert read_table(str(out), "pages").num_rows == 3 + 2
     metrics = read_table(str(out), "metrics")
     assert {"identify", "decode", "asr", "vlm", "pdf"} <= set(metrics["stage"].to_pylist())

@@ -70,6 +70,7 @@ def test_without_tesseract_a_scan_is_an_error_row_that_says_what_to_install(tmp_
     out = ExtractPdf(_config(ocr_languages=["eng", "fra"]))(_batch([scan, typed]))
 
     assert list(out["error_stage"]) == ["pdf", ""]
+    assert out["error_retryable"][0], "the machine lacks a package: the file is fine, a later run may read it"
     assert "page 1" in out["error"][0] and "apt-get install tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra" \
         in out["error"][0] and "pdf.ocr: false" in out["error"][0]
     assert out["pages"][1] == 1, "PDFs with a text layer are unaffected"
@@ -77,3 +78,40 @@ def test_without_tesseract_a_scan_is_an_error_row_that_says_what_to_install(tmp_
     kept = ExtractPdf(_config(ocr=False))(_batch([scan]))
     assert kept["error"][0] == "" and list(kept["page_text"][0]) == [""]
     assert list(kept["page_ocr_language"][0]) == [""]
+
+
+@needs_tesseract
+@pytest.mark.slow
+def test_a_scan_failed_for_want_of_tesseract_is_read_by_retry_errors_once_it_is_installed(tmp_path, monkeypatch):
+    """Through the CLI: the missing package is the machine's fault, so the row is retryable, a plain re-run leaves
+    it, and ``--retry-errors`` reads it once Tesseract is there."""
+    import ray
+
+    from corpusflow.flows.cli import main
+
+    media.make_scanned_pdf(tmp_path / "corpus" / "scan.pdf", [ENGLISH])
+    out = str(tmp_path / "out")
+    config = tmp_path / "job.yaml"
+    config.write_text(f"models: tiny-random\nmodel_cache: {tmp_path / 'models'}\nindex:\n  enabled: false\n")
+    run = ["run", str(tmp_path / "corpus"), "--out", out, "--config", str(config)]
+
+    def scan_row() -> dict:
+        return read_table(out, "assets").to_pylist()[0]
+
+    try:
+        monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path / "no-tessdata"))  # Tesseract's data is not here
+        assert main(run) == 0
+        row = scan_row()
+        assert (row["status"], row["error_stage"], row["retryable"]) == ("error", "pdf", True)
+        assert "apt-get install tesseract-ocr" in row["error"] and "--retry-errors" in row["error"]
+        ray.shutdown()  # the next runs start workers that see the machine as it is now
+
+        monkeypatch.delenv("TESSDATA_PREFIX")  # "installed"
+        assert main(run) == 0
+        assert scan_row()["status"] == "error", "a plain re-run keeps the recorded failure"
+        assert main([*run, "--retry-errors"]) == 0
+        row = scan_row()
+        assert (row["status"], row["error"], row["retryable"]) == ("ok", None, None)
+        assert "filling line" in " ".join(r["text"] for r in read_table(out, "pages").to_pylist())
+    finally:
+        ray.shutdown()

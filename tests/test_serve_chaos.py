@@ -36,7 +36,7 @@ def app(model_cache):
     from ray import serve
 
     settings = ServeConfig(
-        port=free_port(), model_cache=model_cache, request_timeout_s=DEADLINE_S, overload_status=503, retry_after_s=1,
+        port=free_port(), models="tiny-random", model_cache=model_cache, request_timeout_s=DEADLINE_S, overload_status=503, retry_after_s=1,
         deployments=Deployments(api=fixed(max_ongoing_requests=16, max_queued_requests=16),
                                 decode=fixed(max_ongoing_requests=2, max_queued_requests=8),
                                 asr=fixed(max_ongoing_requests=8, max_queued_requests=8, batching=Batching(max_batch_size=4)),

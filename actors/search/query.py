@@ -10,7 +10,8 @@ query, so BM25 counts where it is evidence: one page holding a rare query word s
 many pages sharing a common one ("dose", "inspección") score alike and get small z-scores. Each hit
 says which retrievers found it and at which rank. A :class:`Reranker`, when given, reorders the fused
 candidates before paging. Page tokens carry the offset and a hash of the request, so a token cannot
-page through a different query.
+page through a different query. An index whose embedder failed its probe (actors/search/embedder_check.py)
+is searched by words alone in hybrid mode, and every result says why.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
 from corpusflow.actors.engines.embed import Embedder
+from corpusflow.actors.search.embedder_check import untrusted_notice
 from corpusflow.actors.search.store import IndexReader
+from corpusflow.contracts.config import RANDOM_SOURCE
 from corpusflow.contracts.search import MAX_DEPTH, RETRIEVERS, Hit, SearchRequest, SearchResult
 
 # A filter that usually keeps much of the index (kind, modality, language, duration, time window) is applied
@@ -209,16 +212,19 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
         return _ranked(filtered(reader.vector_search, vector), "_distance")
 
     retrievers = {"lexical": lexical, "semantic": semantic}
-    wanted = RETRIEVERS if req.mode == "hybrid" else (req.mode,)
+    notice = untrusted_embedder(reader)
+    # An embedder that failed its probe at index time adds only noise: hybrid ranks by words alone.
+    mode = "lexical" if req.mode == "hybrid" and notice else req.mode
+    wanted = RETRIEVERS if mode == "hybrid" else (mode,)
     # Hybrid: BM25 runs while the query is embedded and the vectors searched (both release the GIL), so a
     # query waits for the slower retriever, not for both.
     futures = {name: _POOL.submit(retrievers[name]) for name in wanted}
     lists = {name: future.result() for name, future in futures.items()}
-    if req.mode == "hybrid":
+    if mode == "hybrid":
         fused = fuse(lists)
     else:
-        fused = {r["unit_id"]: {**r, "matched": {req.mode: rank}, "score": r["_retriever_score"]}
-                 for rank, r in enumerate(lists[req.mode], 1)}
+        fused = {r["unit_id"]: {**r, "matched": {mode: rank}, "score": r["_retriever_score"]}
+                 for rank, r in enumerate(lists[mode], 1)}
     ranked = sorted(fused.values(), key=lambda u: (-u["score"], min(u["matched"].values()), u["unit_id"]))
     if req.group_by == "asset":
         best: dict[str, dict[str, Any]] = {}
@@ -234,5 +240,17 @@ def search(reader: IndexReader, embedder: Optional[Embedder], req: SearchRequest
                 link=link(u["uri"], u["t_start"], u["t_end"], u["page"]))
             for i, u in enumerate(page)]
     more = len(ranked) > want and want < MAX_DEPTH
-    return SearchResult(query=req.query, mode=req.mode, index_version=reader.version, hits=hits,
-                        next_page_token=_token(req, want) if more else None)
+    return SearchResult(query=req.query, mode=req.mode, ranked_by=mode, index_version=reader.version, hits=hits,
+                        next_page_token=_token(req, want) if more else None, notice=notice)
+
+
+def untrusted_embedder(reader: IndexReader) -> Optional[str]:
+    """Why the index's vectors are not to be trusted (a sentence for the result header), or None when they are.
+
+    The index job records its embedder's probe (actors/search/embedder_check.py); an index written before
+    that is judged by its model's source."""
+    source = str((reader.info.get("model") or {}).get("source"))
+    check = reader.info.get("embedder_check")
+    if check is None:
+        return untrusted_notice(None, source) if source == RANDOM_SOURCE else None
+    return None if check["trusted"] else untrusted_notice(check, source)

@@ -101,8 +101,8 @@ def latest(out: str, version: Optional[str] = None) -> Optional[dict[str, Any]]:
 class IndexWriter:
     """The one writer of an index version, for the duration of a ``with`` block."""
 
-    def __init__(self, out: str, version: str, model: dict[str, Any]):
-        self.out, self.version, self.model = out, version, model
+    def __init__(self, out: str, version: str, model: dict[str, Any], embedder_check: Optional[dict[str, Any]] = None):
+        self.out, self.version, self.model, self.embedder_check = out, version, model, embedder_check
         self.table: Any = None
         self.lease = storage.join(version_uri(out, version), "_writer.json")
         self.owner = uuid.uuid4().hex
@@ -173,7 +173,7 @@ class IndexWriter:
         # The languages present: queries search only their full-text columns (each index searched costs time).
         fts_columns = [c for c in FTS_COLUMNS if self.table.count_rows(f"{c} IS NOT NULL")]
         info = json.dumps({"version": self.version, "model": self.model, "dim": dim, "units": rows, "fts_columns": fts_columns,
-                           "tables": tables, "updated_at": time.time()})
+                           "embedder_check": self.embedder_check, "tables": tables, "updated_at": time.time()})
         storage.write_json(info, storage.join(version_uri(self.out, self.version), VERSION))
         storage.write_json(info, storage.join(index_root(self.out), LATEST))  # last: readers switch now
         return rows
