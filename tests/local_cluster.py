@@ -128,9 +128,14 @@ class LocalCluster:
                                 "env_vars": {"RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}}
         if self.redis:
             head["external_addresses"] = [self.redis, self.redis]
-            head["_system_config"] = {"external_storage_namespace": uuid.uuid4().hex}
         self.cluster = Cluster()
-        self.head = self.cluster.add_node(**head)
+
+        def add_head() -> Any:
+            if self.redis:  # a fresh namespace: nothing of a failed try is read back
+                head["_system_config"] = {"external_storage_namespace": uuid.uuid4().hex}
+            return self.cluster.add_node(**head)
+
+        self.head = _retried(add_head)
         return self
 
     @property
@@ -140,9 +145,10 @@ class LocalCluster:
     def add_node(self, node_type: str) -> Any:
         """A node of ``node_type`` that the test owns (and may kill), outside the autoscaler's count."""
         res = dict(self.types[node_type]["resources"])
-        return self.cluster.add_node(num_cpus=res.pop("CPU", 0), num_gpus=res.pop("GPU", 0),
-                                     object_store_memory=res.pop("object_store_memory"), resources=res,
-                                     labels=self.types[node_type].get("labels") or None)
+        return _retried(lambda: self.cluster.add_node(
+            num_cpus=res.get("CPU", 0), num_gpus=res.get("GPU", 0), object_store_memory=res["object_store_memory"],
+            resources={k: v for k, v in res.items() if k not in ("CPU", "GPU", "object_store_memory")},
+            labels=self.types[node_type].get("labels") or None))
 
     def kill_node(self, node: Any) -> None:
         """SIGKILL the node's raylet and everything on it, as a spot reclaim does."""
@@ -160,3 +166,19 @@ class LocalCluster:
                 if any(session in a for a in (p.info["cmdline"] or ())) and "raylet" in " ".join(p.info["cmdline"]):
                     p.kill()  # an autoscaler-made node's raylet; its workers and agents follow it
         self.cluster = None
+
+
+def _retried(start: Any, tries: int = 3) -> Any:
+    """``start()``, again after Ray's fixed 30-s wait for a new raylet to register ran out (a busy
+    machine); the processes a failed try left are killed first (this process's new children only)."""
+    me = psutil.Process()
+    for attempt in range(tries):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            return start()
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise
+            for p in me.children(recursive=True):
+                if p.pid not in before:
+                    p.kill()
