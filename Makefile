@@ -12,12 +12,14 @@ $(BIN)/corpusflow: pyproject.toml
 
 .PHONY: setup system-deps sample test lint
 setup: $(BIN)/corpusflow
-	@{ command -v espeak-ng && tesseract --list-langs 2>&1 | grep -qx spa; } >/dev/null 2>&1 || $(MAKE) system-deps \
+	@{ command -v espeak-ng && command -v redis-server && tesseract --list-langs 2>&1 | grep -qx spa; } >/dev/null 2>&1 || $(MAKE) system-deps \
 	  || echo "could not install $(SYSTEM_PACKAGES): OCR of scanned PDFs and the ASR quality test need them"
 
-# Debian packages: Tesseract OCR (scanned PDFs) with English, German, French and Spanish data, and espeak-ng
-# (speech with known words for the ASR quality test and the sample). Needs root (or sudo) and apt-get.
-SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra tesseract-ocr-spa espeak-ng
+# Debian packages: Tesseract OCR (scanned PDFs) with English, German, French and Spanish data, espeak-ng
+# (speech with known words for the ASR quality test and the sample), and redis-server (the GCS's external
+# store in the cluster tests, as KubeRay's GCS fault tolerance has it). Needs root (or sudo) and apt-get.
+SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra tesseract-ocr-spa espeak-ng \
+	redis-server
 system-deps:
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null

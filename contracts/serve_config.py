@@ -56,6 +56,9 @@ class DeploymentSettings(StrictModel):
     num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves; a fraction shares a GPU")
     accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. A10G or H100")
     memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per replica")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="node labels a replica's node must carry, e.g. "
+        "{corpusflow/accelerator: cpu} (cluster.yaml's CPU nodes) so CPU stages leave GPU nodes to GPU stages")
     max_ongoing_requests: int = Field(8, ge=1, description="requests one replica works on at once")
     max_queued_requests: int = Field(32, ge=1, description="requests waiting per caller before 503/429 (never unbounded)")
     autoscaling: Autoscaling = Autoscaling()
@@ -68,6 +71,8 @@ class DeploymentSettings(StrictModel):
             actor["accelerator_type"] = self.accelerator_type
         if self.memory_gb:
             actor["memory"] = int(self.memory_gb * 2**30)
+        if self.label_selector:
+            actor["label_selector"] = dict(self.label_selector)
         return {
             "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests,

@@ -41,8 +41,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optional[str] = None,
-          num_cpus: Optional[float] = None) -> str:
-    """Deploy the app and return its base URL; ``api_key`` is added to the replicas' environment."""
+          num_cpus: Optional[float] = None, proxy_location: Optional[str] = None) -> str:
+    """Deploy the app and return its base URL; ``api_key`` is added to the replicas' environment.
+
+    ``proxy_location``: Serve's, e.g. ``HeadOnly`` where several Ray nodes share one host (a local
+    multi-node cluster), since every proxy binds the same host port; None is Serve's default (every node).
+    """
     import ray
     from ray import serve
 
@@ -53,7 +57,7 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
         num_cpus = math.ceil(max(os.cpu_count() or 1, settings.min_cpus))
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
              runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True)
-    serve.start(http_options={"host": settings.host, "port": settings.port,
+    serve.start(proxy_location=proxy_location, http_options={"host": settings.host, "port": settings.port,
                               # Serve's own deadline sits behind ours, so clients see our 504 with a reason
                               "request_timeout_s": settings.request_timeout_s + 10})
     serve.run(build_app(settings), name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)

@@ -114,3 +114,9 @@ def test_min_cpus_counts_every_warm_replica():
     stages = d.api.num_cpus + d.decode.num_cpus + d.pdf.num_cpus + 6 + d.frames.num_cpus + d.vlm.num_cpus
     assert s.min_cpus == stages + s.streaming.deployment.num_cpus
     assert ServeConfig.load(None, deployments=s.deployments.model_dump(), streaming={"enabled": False}).min_cpus == stages
+
+
+def test_a_label_selector_keeps_a_deployment_on_the_labelled_nodes():
+    s = ServeConfig.load(None, deployments={"decode": {"label_selector": {"corpusflow/accelerator": "cpu"}}})
+    assert s.deployments.decode.serve_options()["ray_actor_options"]["label_selector"] == {"corpusflow/accelerator": "cpu"}
+    assert "label_selector" not in s.deployments.asr.serve_options()["ray_actor_options"]

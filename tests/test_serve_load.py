@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import pytest
 import requests
@@ -55,20 +55,27 @@ def replicas(serve) -> dict[str, int]:
     return {d: sum(deployments[d].replica_states.get(s, 0) for s in ("RUNNING", "STARTING")) for d in SCALING}
 
 
-def start_clients(url: str, audio: bytes, clients: int, stop: float, timeout: float,
-                  judge: Callable[[requests.Response], Optional[str]]) -> tuple[Counter[int], list[str], list[threading.Thread]]:
-    """``clients`` threads posting ``audio`` to /v1/transcribe until ``stop``, obeying Retry-After.
+def start_clients(url: str, audio: bytes, clients: int, stop: Union[float, threading.Event], timeout: float,
+                  judge: Callable[[requests.Response], Optional[str]],
+                  answers: Optional[list[tuple[float, float, int]]] = None,
+                  ) -> tuple[Counter[int], list[str], list[threading.Thread]]:
+    """``clients`` threads posting ``audio`` to /v1/transcribe until ``stop`` (a time.time() or an
+    event), obeying Retry-After.
 
     Returns the status counts and the problems (``judge``'s sentences, transport errors) as they
-    accumulate, and the running threads.
+    accumulate, and the running threads; ``answers`` gets each answer's (sent, answered, status),
+    in time.monotonic() seconds.
     """
     statuses: Counter[int] = Counter()
     problems: list[str] = []
     lock = threading.Lock()
 
+    def stopped() -> bool:
+        return stop.is_set() if isinstance(stop, threading.Event) else time.time() >= stop
+
     def client() -> None:
         with requests.Session() as s:
-            while time.time() < stop:
+            while not stopped():
                 t0 = time.monotonic()
                 try:
                     r = s.post(f"{url}/v1/transcribe", files={"file": ("speech.wav", audio)},
@@ -79,6 +86,8 @@ def start_clients(url: str, audio: bytes, clients: int, stop: float, timeout: fl
                     continue
                 with lock:
                     statuses[r.status_code] += 1
+                    if answers is not None:
+                        answers.append((t0, time.monotonic(), r.status_code))
                     if problem := judge(r):
                         problems.append(problem)
                 if r.status_code in (429, 503):
