@@ -19,7 +19,7 @@ import base64
 import io
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -203,11 +203,14 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
 
 
 def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
-                       max_concurrent_batches: int | None = None, place: Callable[[], dict[str, Any]] | None = None):
+                       max_concurrent_batches: int | None = None, place: Callable[[], dict[str, Any]] | None = None,
+                       udfs: Mapping[str, type] | None = None):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
     ``fixed_output_tokens`` is for benchmarks (see corpusflow.actors.engines.vlm_vllm.sampling_params).
     ``place`` schedules each engine actor started (flows/gpu_bundles.py: one engine per GPU bundle).
+    ``udfs`` runs other UDF classes in the places of processor steps named in it (Ray's stage names,
+    e.g. ``vLLMEngineStage``), their batch sizes, pools and resources unchanged (benchmarks/feed_sim.py).
     """
     from ray.data.llm import build_processor
 
@@ -216,5 +219,8 @@ def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = Fals
                                 preprocess=_Prompt(config, fixed_output_tokens))
     if place is not None:  # the processor's config has no per-actor scheduling; its engine stage's map_batches does
         processor.get_stage_by_name(_ENGINE_STAGE).map_batches_kwargs["ray_remote_args_fn"] = place
+    for name, udf in (udfs or {}).items():
+        if name in processor.stages:  # a copy: Ray types some stages' fn as an instance, which assignment would refuse
+            processor.stages[name] = processor.stages[name].model_copy(update={"fn": udf})
     model_id = config.profile.vlm
     return processor(ds).map_batches(_Answers(model_id, accel), batch_format="numpy", batch_size=None)
