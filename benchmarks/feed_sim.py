@@ -10,8 +10,9 @@ each row for the time the lease measured (``measured``) and write columns of the
 
 - identify, decode and frames hold a logical CPU for their per-file CPU seconds (they sleep: the
   seconds are Ray's accounting, not this machine's cores). ``--cpu-scale k`` declares the host's
-  CPUs for these tasks divided by k and divides their holds by k, so a 2-core machine runs k times
-  fewer sleeping worker processes for the same CPU capacity (files per second);
+  CPUs left to these tasks (those the actors hold stay as they are) divided by k and divides their
+  holds by k, so a 2-core machine runs k times fewer sleeping worker processes for the same CPU
+  capacity (files per second);
 - the ASR actors hold their call for the measured seconds per 30-s chunk;
 - the engines are benchmarks/engine_feed.py's slot model: ``max_num_seqs`` slots after a start-up,
   each request holding a slot for the measured per-request time (lognormal spread);
@@ -276,12 +277,14 @@ def job_config(work: Path, engines: int, asr_rows: int):
 
 def start_ray(a: argparse.Namespace, work: Path, gpus: int) -> int:
     """One local Ray for every run of an invocation, declared like the GPU host: its ``gpus`` and its CPUs
-    (those the engine/ASR pairs hold, plus the rest divided by ``--cpu-scale``). Returns the logical CPUs."""
+    (those the actors hold, plus the rest divided by ``--cpu-scale``). Returns the logical CPUs."""
     import ray
 
     one = job_config(work, 1, a.asr_rows).resources
-    pair_cpus = gpus * (one.vlm.num_cpus + one.asr.num_cpus)
-    cpus = int(pair_cpus + math.ceil((a.host_cpus - pair_cpus) / a.cpu_scale))
+    # Actors keep their CPUs: per GPU an engine and an ASR actor, and one actor of each of Ray's four
+    # processor CPU steps (their pools are sized like the engines'; one CPU each by Ray's default).
+    actor_cpus = gpus * (one.vlm.num_cpus + one.asr.num_cpus + 4)
+    cpus = int(actor_cpus + math.ceil((a.host_cpus - actor_cpus) / a.cpu_scale))
     ray.init(num_cpus=cpus, num_gpus=gpus, object_store_memory=int(a.object_store_gib * 2**30),
              include_dashboard=False, log_to_driver=False, _temp_dir=str(work / "ray"),
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
