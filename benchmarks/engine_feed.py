@@ -7,6 +7,8 @@ engine replaced by ``--slots`` sequence slots and each row holding a slot for a 
 like answers whose prompts and lengths differ), and reports the slots' occupancy while work remained.
 It answers one question: how many rows must be offered per engine so that a slot freed by one row
 is taken at once (flows/vllm_stage.py ``processor_config`` offers twice ``max_num_seqs``).
+``engine_stand_in`` puts the same engine into Ray's own engine stage, for the whole job's graph
+(benchmarks/feed_sim.py).
 
     python -m benchmarks.engine_feed --rows 256 --slots 16 --batch-size 2 --concurrent 8,16
 """

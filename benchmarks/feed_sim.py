@@ -59,7 +59,7 @@ LEASE = "gpu_h200x4_lecture32h_{}gpu.json"
 FILE_S = 900.0  # the lecture corpus: 15-minute talks, speech throughout
 CHUNK_S = 30.0  # Whisper's window: one ASR chunk
 SAMPLE_RATE = 16_000
-GAP_S = 2.0  # a pause between an engine's requests longer than this is a stall
+GAP_S = 2.0  # a pause between an engine's requests, with a slot free, longer than this is a stall
 
 
 @dataclass
@@ -322,6 +322,16 @@ def run_once(engines: int, files: int, m: Measured, a: argparse.Namespace, work:
     return out
 
 
+def _starved(a: float, b: float, reqs: list[tuple[float, float, float]], slots: int) -> float:
+    """Seconds of the pause between entries at ``a`` and ``b`` during which a slot was free: a pause while
+    every slot is busy is the engine working, not waiting to be fed."""
+    busy = sum(1 for t_in, t_out, _ in reqs if t_in <= a < t_out)
+    if busy < slots:
+        return b - a
+    freed = [t_out for _, t_out, _ in reqs if a < t_out < b]
+    return b - min(freed) if freed else 0.0
+
+
 def summarise(log_dir: str, arrivals: list[tuple[str, float, float]], t0: float, t_end: float, engines: int,
               scale: float) -> dict[str, Any]:
     """Per engine: readiness, first request, slot occupancy, gaps; the whole wall against the ideal (unscaled s)."""
@@ -338,8 +348,8 @@ def summarise(log_dir: str, arrivals: list[tuple[str, float, float]], t0: float,
         ins = [r[0] for r in reqs]
         busy = sum(r[1] - r[0] for r in reqs)
         span = max(r[1] for r in reqs) - ready
-        gaps = [(round((a - ready) / scale, 1), round((b - a) / scale, 1)) for a, b in zip([ready, *ins], ins)
-                if b - a > GAP_S * scale]
+        gaps = [(round((a - ready) / scale, 1), round(g / scale, 1)) for a, b in zip([ready, *ins], ins)
+                if (g := _starved(a, b, reqs, slots)) > GAP_S * scale]
         per_engine.append({"ready_s": round((ready - first_ready) / scale, 1), "requests": len(reqs),
                            "first_request_s": round((ins[0] - ready) / scale, 1),
                            "occupancy_pct": round(100 * busy / (slots * span), 1),
