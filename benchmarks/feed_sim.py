@@ -183,11 +183,14 @@ def stand_ins(m: Measured, time_scale: float, cpu_scale: float, bytes_scale: flo
 
     from ray.llm._internal.batch.stages.base import StatefulStageUDF
 
-    class PrepareImages(StatefulStageUDF):
-        """Ray's multimodal preparation without vLLM: the JPEG frames decoded, text parts kept in place."""
+    class Light(StatefulStageUDF):
+        """A processor step's UDF that ignores the model arguments Ray builds its own with."""
 
         def __init__(self, data_column: str, expected_input_keys: list[str], **_: Any):
             super().__init__(data_column, expected_input_keys)
+
+    class PrepareImages(Light):
+        """Ray's multimodal preparation without vLLM: the JPEG frames decoded, text parts kept in place."""
 
         async def udf(self, rows: list[dict]):
             import base64
@@ -210,12 +213,9 @@ def stand_ins(m: Measured, time_scale: float, cpu_scale: float, bytes_scale: flo
                 yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN], "messages": conversation,
                        "multimodal_data": {"image": images} if images else None, "multimodal_uuids": None}
 
-    class ChatTemplate(StatefulStageUDF):
+    class ChatTemplate(Light):
         """The chat template without loading the model's processor: the messages' text in order, an image
         placeholder per frame (the real one renders the same text through Jinja)."""
-
-        def __init__(self, data_column: str, expected_input_keys: list[str], **_: Any):
-            super().__init__(data_column, expected_input_keys)
 
         async def udf(self, rows: list[dict]):
             for row in rows:
@@ -224,21 +224,15 @@ def stand_ins(m: Measured, time_scale: float, cpu_scale: float, bytes_scale: flo
                     + "<|im_end|>\n" for msg in row["messages"])
                 yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN], "prompt": text + "<|im_start|>assistant\n"}
 
-    class Tokenize(StatefulStageUDF):
+    class Tokenize(Light):
         """Byte-level tokens, as the benchmark's tokenizer makes (one token per byte)."""
-
-        def __init__(self, data_column: str, expected_input_keys: list[str], **_: Any):
-            super().__init__(data_column, expected_input_keys)
 
         async def udf(self, rows: list[dict]):
             for row in rows:
                 yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN],
                        "tokenized_prompt": list(row["prompt"].encode())}
 
-    class Detokenize(StatefulStageUDF):
-        def __init__(self, data_column: str, expected_input_keys: list[str], **_: Any):
-            super().__init__(data_column, expected_input_keys)
-
+    class Detokenize(Light):
         async def udf(self, rows: list[dict]):
             for row in rows:
                 yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN],
