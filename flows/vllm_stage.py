@@ -181,20 +181,28 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
     all its rows end, so with exactly ``max_num_seqs`` the engine would run short of sequences
     whenever one row of a batch finished early; the extra rows wait inside vLLM and fill a slot the
     moment one frees.
+
+    Ray Data hands an engine whole blocks (one task each), and rows reach it in blocks of one ASR
+    call's files (``resources.asr.batch_size``), not of ``batch_size``; Ray's default of twice
+    ``max_concurrent_batches`` tasks per engine would then let the first engine ready take several
+    times its share of the queued rows while the others start (benchmarks/feed_sim.py: 116 of 128
+    requests on one of 4 engines). So both are counted in blocks: twice ``max_num_seqs`` rows per engine.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     profile, res = config.profile, config.resources.vlm
+    block = max(batch_size, config.resources.asr.batch_size or 1)
     if max_concurrent_batches is None:
         seqs = profile.options_for(_accelerator(config)).max_num_seqs
-        max_concurrent_batches = -(-2 * seqs // batch_size)
+        max_concurrent_batches = -(-2 * seqs // block)
     # A share of a GPU (the ASR actor holding the rest) is asked for as one bundle; else Ray's default, one GPU.
     share = {"bundles": [{"CPU": res.num_cpus, "GPU": res.num_gpus}]} if res.num_gpus else None
     return vLLMEngineProcessorConfig(
         model_source=model_path(profile, config.model_cache),
         engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
         batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
-        concurrency=(res.min_actors, res.max_actors), accelerator_type=res.accelerator_type,
+        max_tasks_in_flight_per_actor=max_concurrent_batches, concurrency=(res.min_actors, res.max_actors),
+        accelerator_type=res.accelerator_type,
         placement_group_config=share, should_continue_on_error=True, log_engine_metrics=False,
         # "openai" keeps each image where it is in the message, after its timestamp; Ray's default
         # ("string") would move every image in front of all the text.
