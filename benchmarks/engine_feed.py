@@ -7,6 +7,8 @@ engine replaced by ``--slots`` sequence slots and each row holding a slot for a 
 like answers whose prompts and lengths differ), and reports the slots' occupancy while work remained.
 It answers one question: how many rows must be offered per engine so that a slot freed by one row
 is taken at once (flows/vllm_stage.py ``processor_config`` offers twice ``max_num_seqs``).
+``engine_stand_in`` puts the same engine into Ray's own engine stage, for the whole job's graph
+(benchmarks/feed_sim.py).
 
     python -m benchmarks.engine_feed --rows 256 --slots 16 --batch-size 2 --concurrent 8,16
 """
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
-from typing import Any
+import uuid
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,13 +37,59 @@ class Engine:
             self.slot_s += self.busy * (now - self.since)
         self.since = now
 
-    async def run(self, gate: asyncio.Semaphore, service_s: float) -> None:
+    async def run(self, gate: asyncio.Semaphore, service_s: float) -> tuple[float, float]:
+        """Hold a slot for ``service_s``; returns when the row took its slot and when it left (``time.time()``)."""
         async with gate:
             self._account()
             self.busy += 1
+            t_in = time.time()
             await asyncio.sleep(service_s)
             self._account()
             self.busy -= 1
+            return t_in, time.time()
+
+
+def engine_stand_in(log_dir: str, startup_s: float, hold_s: Callable[[dict], float], output_tokens: int) -> type:
+    """A UDF class to run in the place of Ray's ``vLLMEngineStage`` (``describe_with_vllm(udfs=...)``): the
+    stage's own batching, pool and resources stay Ray's; the engine is an :class:`Engine` of
+    ``max_num_seqs`` slots that starts after ``startup_s`` and holds each request for ``hold_s(row)``.
+
+    Each actor writes its readiness and every request's slot entry and exit (``time.time()``) to a
+    JSON-lines file of its own in ``log_dir``: the engines' request logs (benchmarks/feed_sim.py).
+    """
+    from ray.llm._internal.batch.stages.base import StatefulStageUDF
+
+    class EngineStandIn(StatefulStageUDF):
+        def __init__(self, data_column: str, expected_input_keys: list[str], engine_kwargs: dict, **_: Any):
+            super().__init__(data_column, expected_input_keys)
+            self.engine = Engine(int(engine_kwargs.get("max_num_seqs") or 16))
+            self.gate: asyncio.Semaphore | None = None
+            time.sleep(startup_s)  # the engine's start-up: weights, compile, CUDA graphs
+            self.log = open(os.path.join(log_dir, f"engine-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"), "a")
+            self._write({"ready": time.time(), "slots": self.engine.slots})
+
+        def _write(self, record: dict) -> None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+        async def _one(self, row: dict) -> dict:
+            assert self.gate is not None
+            hold = hold_s(row)
+            t_in, t_out = await self.engine.run(self.gate, hold)
+            self._write({"asset_id": str(row.get("asset_id", "")), "in": t_in, "out": t_out, "hold": hold})
+            tokens = [0] * output_tokens
+            return {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN], "generated_tokens": tokens,
+                    "generated_text": "", "num_generated_tokens": len(tokens),
+                    "num_input_tokens": len(row.get("tokenized_prompt") or ()), "time_taken_llm": t_out - t_in,
+                    "request_id": str(row[self.IDX_IN_BATCH_COLUMN]), "params": str(row.get("sampling_params"))}
+
+        async def udf(self, rows: list[dict]):
+            if self.gate is None:  # made on the actor's event loop
+                self.gate = asyncio.Semaphore(self.engine.slots)
+            for done in asyncio.as_completed([self._one(r) for r in rows]):
+                yield await done
+
+    return EngineStandIn
 
 
 class EngineStage:

@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", required=True, help="gpu_throughput.json holding the plan (the 1-GPU run's)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="corpusflow_vllm, 32 h lecture corpus")
+    p.add_argument("--contender", default="corpusflow_vllm", help="whose figures (the CPU check: corpusflow_transformers)")
     a = p.parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {int(k): json.loads(Path(v).read_text())["contenders"]["corpusflow_vllm"]
+    runs = {int(k): json.loads(Path(v).read_text())["contenders"][a.contender]
             for k, v in (r.split("=", 1) for r in a.runs)}
     rows = scaling(runs, json.loads(Path(a.plan).read_text()).get("plan", {}))
     gpus = [r["gpus"] for r in rows]

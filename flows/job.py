@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -173,24 +173,28 @@ def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
 
 
 def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
-                  commit_rows: bool = True, append_new: bool = False):
+                  commit_rows: bool = True, append_new: bool = False, stand_ins: Mapping[str, type] | None = None):
     """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
 
     ``commit_rows=False`` stops before the commit step, exposing the stages' columns. ``append_new``:
     batches of keys new to OUT are appended (flows/tables.py:KnownKeys), where one committer commits.
+    ``stand_ins`` runs other classes in the places of stages (stage name → class) and, for the vLLM
+    backend, of the steps of Ray's processor (its stage name → UDF class): the feeding benchmark
+    (benchmarks/feed_sim.py) runs this very graph with stand-ins that only hold rows for measured times.
     """
     import ray
 
     ds = ray.data.from_arrow(_listing_blocks(entries))
     ds = ds.map_batches(_start_columns, batch_format="numpy", batch_size=None, num_cpus=0.1)
+    stand_ins = stand_ins or {}
     places = remote_args_fns(config)  # stages that share GPUs: one actor of each per GPU
     for spec in (s for s in STAGES if s.cls is not None):
         if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm  # the vLLM backend: Ray's ray.data.llm processor
 
-            ds = describe_with_vllm(ds, config, place=places.get("vlm"))
+            ds = describe_with_vllm(ds, config, place=places.get("vlm"), udfs=stand_ins)
         else:
-            ds = add_stage(ds, spec, config, place=places.get(spec.name))
+            ds = add_stage(ds, spec, config, cls=stand_ins.get(spec.name), place=places.get(spec.name))
         if spec.name == "identify" and done:  # the content hash is known from here on
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
         if spec.name == "identify" and commit_rows:  # before any expensive stage: one job per input at a time

@@ -19,7 +19,7 @@ import base64
 import io
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -181,20 +181,28 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
     all its rows end, so with exactly ``max_num_seqs`` the engine would run short of sequences
     whenever one row of a batch finished early; the extra rows wait inside vLLM and fill a slot the
     moment one frees.
+
+    Ray Data hands an engine whole blocks (one task each), and rows reach it in blocks of one ASR
+    call's files (``resources.asr.batch_size``), not of ``batch_size``; Ray's default of twice
+    ``max_concurrent_batches`` tasks per engine would then let the first engine ready take several
+    times its share of the queued rows while the others start (benchmarks/feed_sim.py: 116 of 128
+    requests on one of 4 engines). So both are counted in blocks: twice ``max_num_seqs`` rows per engine.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     profile, res = config.profile, config.resources.vlm
+    block = max(batch_size, config.resources.asr.batch_size or 1)
     if max_concurrent_batches is None:
         seqs = profile.options_for(_accelerator(config)).max_num_seqs
-        max_concurrent_batches = -(-2 * seqs // batch_size)
+        max_concurrent_batches = -(-2 * seqs // block)
     # A share of a GPU (the ASR actor holding the rest) is asked for as one bundle; else Ray's default, one GPU.
     share = {"bundles": [{"CPU": res.num_cpus, "GPU": res.num_gpus}]} if res.num_gpus else None
     return vLLMEngineProcessorConfig(
         model_source=model_path(profile, config.model_cache),
         engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
         batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
-        concurrency=(res.min_actors, res.max_actors), accelerator_type=res.accelerator_type,
+        max_tasks_in_flight_per_actor=max_concurrent_batches, concurrency=(res.min_actors, res.max_actors),
+        accelerator_type=res.accelerator_type,
         placement_group_config=share, should_continue_on_error=True, log_engine_metrics=False,
         # "openai" keeps each image where it is in the message, after its timestamp; Ray's default
         # ("string") would move every image in front of all the text.
@@ -203,11 +211,14 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
 
 
 def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = False, batch_size: int = 2,
-                       max_concurrent_batches: int | None = None, place: Callable[[], dict[str, Any]] | None = None):
+                       max_concurrent_batches: int | None = None, place: Callable[[], dict[str, Any]] | None = None,
+                       udfs: Mapping[str, type] | None = None):
     """``ds`` (rows after ASR, with frames) → rows with Describe's columns, through Ray's vLLM processor.
 
     ``fixed_output_tokens`` is for benchmarks (see corpusflow.actors.engines.vlm_vllm.sampling_params).
     ``place`` schedules each engine actor started (flows/gpu_bundles.py: one engine per GPU bundle).
+    ``udfs`` runs other UDF classes in the places of processor steps named in it (Ray's stage names,
+    e.g. ``vLLMEngineStage``), their batch sizes, pools and resources unchanged (benchmarks/feed_sim.py).
     """
     from ray.data.llm import build_processor
 
@@ -216,5 +227,8 @@ def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = Fals
                                 preprocess=_Prompt(config, fixed_output_tokens))
     if place is not None:  # the processor's config has no per-actor scheduling; its engine stage's map_batches does
         processor.get_stage_by_name(_ENGINE_STAGE).map_batches_kwargs["ray_remote_args_fn"] = place
+    for name, udf in (udfs or {}).items():
+        if name in processor.stages:  # a copy: Ray types some stages' fn as an instance, which assignment would refuse
+            processor.stages[name] = processor.stages[name].model_copy(update={"fn": udf})
     model_id = config.profile.vlm
     return processor(ds).map_batches(_Answers(model_id, accel), batch_format="numpy", batch_size=None)
