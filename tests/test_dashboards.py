@@ -4,8 +4,9 @@ multi-node job, and every panel of infra/grafana/corpusflow.json answers with th
 Prometheus is Debian's binary, started here on 127.0.0.1 with the scrape config of
 infra/prometheus/prometheus.yml (its file-based discovery pointed at this cluster's session directory,
 since other Ray clusters may share this machine's /tmp/ray). The cluster is ``ray.cluster_utils.Cluster``:
-a CPU head and two GPU nodes of different accelerator types (logical GPUs: the tiny-random models run
-on the CPU while Ray accounts GPUs by type).
+a head without CPUs and two GPU nodes of different accelerator types (logical GPUs: the tiny-random
+models run on the CPU while Ray accounts GPUs by type). At the end the node that recorded the job's
+counters is killed, as a spot reclaim would, and the cost so far must not drop.
 """
 from __future__ import annotations
 
@@ -124,10 +125,11 @@ def _query(url: str, expr: str, at: float | None = None) -> list[dict]:
     return body["data"]["result"]
 
 
-def _panels(job_id: str) -> list[tuple[str, str]]:
-    """(panel title, query) for every target of the dashboard, its variables as Grafana fills them."""
+def _panels(job_id: str, range_s: float) -> list[tuple[str, str]]:
+    """(panel title, query) for every target of the dashboard, its variables as Grafana fills them for
+    one selected job and a time range of ``range_s`` seconds."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
-    subst = {"$__rate_interval": RATE_INTERVAL, "$job_id": job_id}
+    subst = {"$__rate_interval": RATE_INTERVAL, "$__range": f"{int(range_s) + 1}s", "$job_id": job_id}
     out = []
     for p in panels:
         for t in p.get("targets", []):
@@ -190,7 +192,7 @@ def test_every_panel_answers_with_the_jobs_own_figures(job, cluster, prometheus)
     out, start = job
     m = duckdb_read(out / "metrics")  # noqa: F841 (read by the SQL below)
     (job_id,) = duckdb.sql("SELECT DISTINCT job_id FROM m").fetchall()[0]
-    panels = _panels(job_id)
+    panels = _panels(job_id, time.time() - start + 60)  # a dashboard range that holds the whole job
     assert {t for t, _ in panels} == set(TABLE_FIGURES) | RATE_PANELS | ONLINE_PANELS  # a new panel needs a check
 
     expected = {}
@@ -235,6 +237,20 @@ def test_every_panel_answers_with_the_jobs_own_figures(job, cluster, prometheus)
     sources = {r["metric"]["instance"] for r in _query(
         prometheus, f'count by (instance) (ray_corpusflow_cost_usd_total{{job_id="{job_id}"}})', at)}
     assert sources and head not in sources, sources
+
+    # That node is lost (a spot reclaim): its counters go with it, yet the cost so far stays.
+    (node,) = [n for n in cluster.worker_nodes if f"{n.node_ip_address}:{n.metrics_export_port}" in sources]
+    cluster.remove_node(node, allow_graceful=False)
+    cost_now = f'sum(ray_corpusflow_cost_usd_total{{job_id="{job_id}"}})'
+    deadline = time.monotonic() + 60
+    while _query(prometheus, cost_now):  # the failed scrapes mark the node's series stale
+        assert time.monotonic() < deadline, "the lost node's series never went stale"
+        time.sleep(SCRAPE_S)
+    queries = dict(_panels(job_id, time.time() - start + 60))
+    want = expected["Job cost so far"][1][()]
+    shown = answers("Job cost so far").get((), 0.0)
+    rows.append(("Job cost so far", "after the committer's node was lost", shown, want))
+    assert shown == pytest.approx(want, rel=0.05)
     for title, key, shown, want in rows:
         ratio = f"{shown / want:.4f}" if want else "-"
         print(f"| {title} | {', '.join(key) if isinstance(key, tuple) else key} | {shown:.6g} | "
