@@ -94,9 +94,10 @@ def prometheus(cluster, tmp_path_factory):
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
+    log = open(work / "log", "w")
     proc = subprocess.Popen(["prometheus", f"--config.file={work / 'prometheus.yml'}",
                              f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -116,6 +117,7 @@ def prometheus(cluster, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
 
 
 def _query(url: str, expr: str, at: float | None = None) -> list[dict]:
