@@ -15,7 +15,7 @@ import numpy as np
 
 from corpusflow.actors.engines.asr import AsrResult, SpeechTrack, TimedText, load_engine
 from corpusflow.actors.speech import chunk_lengths
-from corpusflow.actors.models.device import accelerator
+from corpusflow.actors.models.device import reserved_accelerator
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import Row, RowOutcome, Stage, StageContract, StageFailure
 
@@ -37,7 +37,7 @@ class Transcribe(Stage):
     def __init__(self, config: StageConfig) -> None:
         super().__init__(config)
         self._language = config.asr.language
-        self.accelerator = accelerator()
+        self.accelerator = reserved_accelerator()
         self._engine = self.load_model(lambda: load_engine(config.profile, config), f"ASR model {config.profile.asr}")
         self._lock = threading.Lock()
 

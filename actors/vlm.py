@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from corpusflow.actors.models.device import accelerator
+from corpusflow.actors.models.device import reserved_accelerator
 from corpusflow.actors.prompts.answer import AnswerError, AskAnswer, VideoAnswer, ask_schema_for, schema_for, validate, \
     validate_ask
 from corpusflow.actors.engines.vlm import VlmEngine, VlmRequest, load_engine
@@ -130,7 +130,7 @@ class Describe(Stage):
         super().__init__(config)
         self.vlm = config.vlm
         self.engine = engine or load_engine(config.profile, config.model_cache)
-        self.accelerator = accelerator()
+        self.accelerator = reserved_accelerator()
         self._limit = self.engine.max_model_len - self.vlm.max_new_tokens - _NOTE_TOKENS
         per_token = max(1.0, _CHARS_PER_TOKEN_MARGIN * self._chars_per_token())
         self._answer_chars = int(self.vlm.max_new_tokens * per_token)

@@ -4,6 +4,10 @@ The job's commit step hands each committed batch of ``metrics/`` rows to :func:`
 to Ray's metrics API (``ray.util.metrics``); Ray's metrics agent exports them on every node's Prometheus
 endpoint (scraped with infra/prometheus/prometheus.yml, shown by infra/grafana/corpusflow.json). Ray
 prefixes the names with ``ray_``: ``corpusflow_cost_usd`` is scraped as ``ray_corpusflow_cost_usd_total``.
+
+Only counters: a node's metrics agent keeps a counter's total after the worker that counted it has
+exited (the committer actor ends with the job), while it drops a gauge within two report intervals.
+The price applied is therefore read back as cost over device time, not exported as a gauge.
 """
 from __future__ import annotations
 
@@ -28,14 +32,12 @@ COUNTERS = {
 @functools.lru_cache(maxsize=1)
 def _metrics():
     """Metric objects, created once per process (Ray registers each name once)."""
-    from ray.util.metrics import Counter, Gauge
+    from ray.util.metrics import Counter
 
     counters = {name: Counter(name, description=desc, tag_keys=TAGS) for name, (_, desc) in COUNTERS.items()}
     counters["corpusflow_stage_runs"] = Counter(
         "corpusflow_stage_runs", description="assets a stage finished (ok or failed)", tag_keys=TAGS)
-    price = Gauge("corpusflow_usd_per_hour", description="hourly price applied to an accelerator type's device time",
-                  tag_keys=("job_id", "accelerator"))
-    return counters, price
+    return counters
 
 
 def record(rows: pa.Table, job_id: str) -> None:
@@ -43,21 +45,17 @@ def record(rows: pa.Table, job_id: str) -> None:
 
     Rows are summed per (stage, accelerator, kind) first, so a batch costs a handful of metric updates.
     """
-    counters, price = _metrics()
+    counters = _metrics()
     sums: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    prices: dict[str, float] = {}
     cols = [c for c, _ in COUNTERS.values()]
-    for r in rows.select(["stage", "accelerator", "kind", "usd_per_hour", *cols]).to_pylist():
+    for r in rows.select(["stage", "accelerator", "kind", *cols]).to_pylist():
         agg = sums[r["stage"], r["accelerator"], r["kind"]]
         agg["runs"] += 1
         for c in cols:
             agg[c] += r[c] or 0.0
-        prices[r["accelerator"]] = r["usd_per_hour"]
     for (stage, acc, kind), agg in sums.items():
         tags = {"job_id": job_id, "stage": stage, "accelerator": acc, "kind": kind}
         counters["corpusflow_stage_runs"].inc(agg["runs"], tags=tags)
         for name, (col, _) in COUNTERS.items():
             if agg[col] > 0:
                 counters[name].inc(float(agg[col]), tags=tags)
-    for acc, usd in prices.items():
-        price.set(float(usd), tags={"job_id": job_id, "accelerator": acc})

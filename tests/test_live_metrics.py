@@ -65,4 +65,3 @@ def test_recorded_cost_reaches_the_prometheus_export() -> None:
     assert media == pytest.approx(60)
     assert _sample(body, "ray_corpusflow_pages_total", job_id="job-7", stage="pdf") == pytest.approx(24)
     assert _sample(body, "ray_corpusflow_stage_runs_total", job_id="job-7", stage="asr") == pytest.approx(4)
-    assert _sample(body, "ray_corpusflow_usd_per_hour", job_id="job-7", accelerator="A10G") == pytest.approx(1.006)

@@ -19,5 +19,23 @@ def accelerator() -> str:
     return next((t for key, t in _GPU_TYPES if key in name.upper()), name)
 
 
+@functools.lru_cache(maxsize=1)
+def reserved_accelerator() -> str:
+    """The accelerator type this Ray worker holds, which its device time is billed as: the GPU's type,
+    or, where Ray handed it GPUs that torch cannot see (the logical GPUs of a rehearsal on CPUs), the
+    ``accelerator_type:`` resource of its node; 'cpu' when it holds no GPU."""
+    found = accelerator()
+    if found != "cpu":
+        return found
+    import ray
+
+    if not ray.is_initialized() or not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        return "cpu"
+    node_id = ray.get_runtime_context().get_node_id()
+    resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
+    types = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
+    return types[0] if len(types) == 1 else "cpu"
+
+
 def torch_device() -> str:
     return "cpu" if accelerator() == "cpu" else "cuda"
