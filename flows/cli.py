@@ -1,5 +1,5 @@
-"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job,
-evaluate what the models say."""
+"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, rehearse it
+locally, report on a job, evaluate what the models say."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,13 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
         return 2
-    summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
+    from corpusflow.flows.capacity import InfeasibleError
+
+    try:
+        summary = run_job(config, address=args.address, retry_errors=args.retry_errors)
+    except InfeasibleError as e:
+        print(f"corpusflow: {e}", file=sys.stderr)
+        return 2
     print(summary.to_text())
     if config.index.enabled and not args.no_index:
         from corpusflow.actors.search.store import SearchIndexError
@@ -70,11 +76,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     delegated = {"serve": "corpusflow.serve_apps.run_local", "plan": "corpusflow.flows.plan", "report": "corpusflow.flows.report",
                  "eval": "corpusflow.flows.evaluate.cli",
-                 "index": "corpusflow.flows.index_cli", "search": "corpusflow.flows.search_cli"}
+                 "index": "corpusflow.flows.index_cli", "search": "corpusflow.flows.search_cli",
+                 "rehearse": "corpusflow.flows.rehearse"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="corpusflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compact,serve,plan,report,eval,index,search}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,compact,serve,plan,report,eval,index,search,rehearse}")
     run = sub.add_parser("run", help="turn a corpus (folder or s3://) into Parquet tables")
     run.add_argument("corpus", help="local folder or s3://bucket/prefix")
     run.add_argument("--out", required=True, help="local folder or s3://bucket/prefix for the tables")
@@ -94,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     comp.add_argument("--retain-hours", type=float, default=168.0,
                       help="keep versions this young readable by time travel (default: 168, one week)")
     comp.set_defaults(func=_compact)
+    helps = {"rehearse": "run a job on a cluster.yaml's node types, started on this machine by Ray's autoscaler"}
     for name in delegated:
-        sub.add_parser(name, help=f"see `corpusflow {name} --help`")
+        sub.add_parser(name, help=helps.get(name, f"see `corpusflow {name} --help`"))
     args = parser.parse_args(argv)
     return args.func(args)
 

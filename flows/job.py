@@ -27,7 +27,9 @@ from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
+from corpusflow.contracts.capacity import NodeShape
 from corpusflow.flows.adapter import add_stage
+from corpusflow.flows.capacity import check_job, cluster_shapes
 from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
@@ -205,8 +207,9 @@ def _package_for_workers() -> str:
     return str(dest)
 
 
-def init_ray(address: Optional[str]) -> None:
-    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage.
+def init_ray(address: Optional[str]) -> bool:
+    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage;
+    True when it started that local Ray (a cluster nothing adds nodes to).
 
     Under ``ray job submit`` (``RAY_ADDRESS`` set, code shipped by ``--working-dir``) it joins that
     cluster as it is.
@@ -214,10 +217,10 @@ def init_ray(address: Optional[str]) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if not address and os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-        return
+        return False
     if address:
         # Where to reach storage and models, never credentials: workers use their own credential
         # chain (instance role, IRSA), and a copied short-lived token would expire mid-job.
@@ -229,6 +232,8 @@ def init_ray(address: Optional[str]) -> None:
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
         # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
         ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
+        return True
+    return False
 
 
 def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[str],
@@ -328,10 +333,12 @@ def _lost_row(entry: storage.FileEntry, stage: str, error: str) -> Batch:
 
 def run_job(config: JobConfig, address: Optional[str] = None,
             progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-            retry_errors: bool = False) -> JobSummary:
+            retry_errors: bool = False, capacity: Optional[tuple[list[NodeShape], str]] = None) -> JobSummary:
     """Run the whole job and return its summary; raises only for problems with the job itself.
 
-    ``retry_errors`` processes again the inputs whose last failure was transient.
+    ``retry_errors`` processes again the inputs whose last failure was transient. ``capacity``: what the
+    cluster's node types offer and where that comes from, when the caller knows (flows/capacity.py finds
+    it otherwise); a stage no node can hold raises :class:`InfeasibleError` before any work.
     """
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -355,7 +362,8 @@ def run_job(config: JobConfig, address: Optional[str] = None,
         summary.wall_s = time.time() - t0
         return summary
 
-    init_ray(address)
+    local = init_ray(address)
+    check_job(config, *(capacity or cluster_shapes(local=local)))
     import ray.data
 
     # Ray's per-operator bars help at a terminal; in logs our one line per committed file is enough.
