@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from corpusflow.contracts.base import read_mapping
 from corpusflow.contracts.capacity import NodeShape, ask_of, unmet
-from corpusflow.contracts.config import StageConfig
+from corpusflow.contracts.config import JobConfig, StageConfig
 from corpusflow.contracts.registry import STAGES
 from corpusflow.flows.gpu_bundles import pair_bundle
 
@@ -113,3 +113,18 @@ def check_job(config: StageConfig, shapes: list[NodeShape], source: str) -> None
         sentence = unmet(stage, ask, shapes, source, unit)
         if sentence:
             raise InfeasibleError(sentence)
+
+
+def driver_only_paths(config: JobConfig) -> Optional[str]:
+    """A warning when CORPUS or OUT is a local path and nodes of other machines will read or write it:
+    identify and decode read the corpus on whichever node they run, the committer writes OUT on its own."""
+    import ray
+
+    local = [f"{name} {path!r}" for name, path in (("corpus", config.corpus), ("out", config.out))
+             if not path.startswith("s3://")]
+    here = ray.util.get_node_ip_address()
+    others = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] != here})
+    if not local or not others:
+        return None
+    return (f"corpusflow: {' and '.join(local)} must be mounted at the same path on the cluster's other machines "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), or use s3://")

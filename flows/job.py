@@ -29,7 +29,7 @@ from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.contracts.capacity import NodeShape
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.capacity import check_job, cluster_shapes
+from corpusflow.flows.capacity import check_job, cluster_shapes, driver_only_paths
 from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
@@ -364,6 +364,9 @@ def run_job(config: JobConfig, address: Optional[str] = None,
 
     local = init_ray(address)
     check_job(config, *(capacity or cluster_shapes(local=local)))
+    warning = None if local else driver_only_paths(config)
+    if warning:
+        progress(warning)
     import ray.data
 
     # Ray's per-operator bars help at a terminal; in logs our one line per committed file is enough.
