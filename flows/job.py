@@ -231,7 +231,9 @@ def init_ray(address: Optional[str]) -> bool:
         # A local cluster's workers inherit this process's environment, credentials included.
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
         # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
+        # address="local": a Ray of its own even where another runs on this machine (ray.init() alone
+        # joins that one, and then refuses num_cpus).
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False, log_to_driver=False)
         return True
     return False
 
