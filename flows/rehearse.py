@@ -150,31 +150,31 @@ def _free_port() -> int:
 class _Watcher(threading.Thread):
     """Which nodes of each type came and went, polled from the GCS while the job runs and the cluster idles."""
 
-    def __init__(self, report: Rehearsal, t0: float):
+    def __init__(self, report: Rehearsal, t0: float, dashboard: str):
         super().__init__(daemon=True)
-        self.report, self.t0, self.stop = report, t0, threading.Event()
+        self.report, self.t0, self.dashboard, self.stop = report, t0, dashboard, threading.Event()
         self.seen: dict[str, str] = {}  # node id -> type, of every worker node seen alive
         self.dead: set[str] = set()
 
     def poll(self) -> int:
-        """Worker nodes alive now."""
-        import ray
+        """Worker nodes alive now (Ray's state API over HTTP: no driver needs to stay connected)."""
+        from ray.util.state import list_nodes
 
         alive = 0
-        for n in ray.nodes():
-            kind = (n.get("Labels") or {}).get(NODE_TYPE_LABEL)
+        for n in list_nodes(address=self.dashboard, limit=10_000, raise_on_missing_output=False):
+            kind = (n.labels or {}).get(NODE_TYPE_LABEL)
             if kind is None or kind not in self.report.types:
                 continue
-            t, nid = self.report.types[kind], n["NodeID"]
-            if n["Alive"] and nid not in self.seen:
+            t, nid, up = self.report.types[kind], n.node_id, n.state == "ALIVE"
+            if up and nid not in self.seen:
                 self.seen[nid] = kind
                 t.started += 1
                 if t.first_node_s is None:
                     t.first_node_s = round(time.time() - self.t0, 1)
-            elif not n["Alive"] and nid in self.seen and nid not in self.dead:
+            elif not up and nid in self.seen and nid not in self.dead:
                 self.dead.add(nid)
                 t.stopped += 1
-            alive += bool(n["Alive"])
+            alive += up
         return alive
 
     def run(self) -> None:
@@ -182,7 +182,7 @@ class _Watcher(threading.Thread):
             self.poll()
 
 
-def _stage_nodes(watcher: _Watcher, dashboard: str) -> dict[str, dict[str, int]]:
+def _stage_nodes(watcher: _Watcher) -> dict[str, dict[str, int]]:
     """Stage -> node type -> tasks of the stage that ran there, from Ray's task records."""
     from ray.util.state import list_tasks
 
@@ -190,7 +190,7 @@ def _stage_nodes(watcher: _Watcher, dashboard: str) -> dict[str, dict[str, int]]
 
     marks = {s.name: f"({(s.cls or _Committer.__name__).rsplit('.', 1)[-1]})" for s in STAGES}
     out: dict[str, Counter] = {s.name: Counter() for s in STAGES}
-    for task in list_tasks(address=dashboard, limit=100_000, raise_on_missing_output=False):
+    for task in list_tasks(address=watcher.dashboard, limit=10_000, raise_on_missing_output=False):
         kind = watcher.seen.get(task.node_id or "")
         if kind is None:
             continue
@@ -258,13 +258,15 @@ def rehearse(cluster_yaml: str, config: JobConfig, placement: Placement, max_nod
             "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": True, "dashboard_port": dashboard_port,
             "dashboard_host": "127.0.0.1"})
         init_ray(head.address)
-        watcher = _Watcher(report, time.time())
+        watcher = _Watcher(report, time.time(), f"http://127.0.0.1:{dashboard_port}")
         watcher.start()
         summary = run_job(config, address=head.address, progress=progress, capacity=(shapes, source))
         report.summary = asdict(summary)
         gpu_bundles.release()
         time.sleep(2)  # task records reach the GCS within a second of the tasks' end
-        report.stages = _stage_nodes(watcher, f"http://127.0.0.1:{dashboard_port}")
+        report.stages = _stage_nodes(watcher)
+        # The driver leaves before the nodes go: it would print each stopped raylet as an unexpected death.
+        ray.shutdown()
         progress(f"corpusflow rehearse: job done; waiting up to {idle_timeout_s + 60:.0f} s for the autoscaler to stop idle nodes")
         deadline = time.time() + idle_timeout_s + 60
         while watcher.poll() and time.time() < deadline:
