@@ -118,7 +118,11 @@ def test_ray_job_submit_ships_the_package_to_the_worker_node(corpus, tmp_path, m
                f"{sys.executable} -m corpusflow run {corpus} --out {out} --config {_job_config(tmp_path, model_cache)}"
                f" && {sys.executable} -c \"{probe}\""]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+        while True:  # the head's job agent registers a little after the dashboard answers
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in proc.stderr or time.time() - t0 > 60:
+                break
+            time.sleep(2)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         assert "succeeded" in proc.stdout, proc.stdout[-3000:]
         shipped = [line for line in proc.stdout.splitlines() if line.startswith("worker imports")]
