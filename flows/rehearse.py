@@ -212,7 +212,7 @@ def _kill_leftovers(gcs_address: str) -> None:
             continue
 
 
-def rehearse(cluster_yaml: str, config: JobConfig, placement: Placement, max_nodes: int = 2,
+def rehearse(cluster_yaml: str, config: JobConfig, placement: Placement, max_nodes: int = 1,
              idle_timeout_s: float = 10.0, cores: Optional[int] = None,
              progress=lambda s: print(s, file=sys.stderr, flush=True)) -> Rehearsal:
     cluster = read_mapping(cluster_yaml, "cluster config")
@@ -289,7 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--models", help="models profile (tiny-random runs the GPU stages on the CPU)")
     ap.add_argument("--config", help="job config YAML (its resources are replaced by the placement's)")
     ap.add_argument("--placement", help="placement YAML (default: corpusflow.contracts.placement.DEFAULT_PLACEMENT)")
-    ap.add_argument("--max-nodes", type=int, default=2, help="nodes of each type the autoscaler may start (default 2)")
+    ap.add_argument("--max-nodes", type=int, default=1,
+                    help="nodes of each type the autoscaler may start (default 1: one machine runs them all)")
     ap.add_argument("--idle-timeout-s", type=float, default=10.0, help="autoscaler idle timeout for the rehearsal (default 10)")
     args = ap.parse_args(argv)
     try:
