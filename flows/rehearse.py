@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -278,6 +279,7 @@ def rehearse(cluster_yaml: str, config: JobConfig, placement: Placement, max_nod
         if head is not None:
             head.shutdown()
         _kill_leftovers(gcs)
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
