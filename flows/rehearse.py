@@ -257,6 +257,7 @@ def rehearse(cluster_yaml: str, config: JobConfig, placement: Placement, max_nod
         head = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "gcs_server_port": port, "autoscaling_config": config_path,
             "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": True, "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": _free_port(),
             "dashboard_host": "127.0.0.1"})
         init_ray(head.address)
         watcher = _Watcher(report, time.time(), f"http://127.0.0.1:{dashboard_port}")

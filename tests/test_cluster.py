@@ -106,9 +106,11 @@ def test_ray_job_submit_ships_the_package_to_the_worker_node(corpus, tmp_path, m
     dashboard = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard, "dashboard_host": "127.0.0.1",
+        "dashboard_agent_listen_port": _free_port(),  # Ray's fixed default (52365) may be another cluster's
         "object_store_memory": 200 << 20})
     try:
-        cluster.add_node(num_cpus=6, resources={"worker_node": 1}, object_store_memory=200 << 20)
+        cluster.add_node(num_cpus=6, resources={"worker_node": 1}, object_store_memory=200 << 20,
+                         dashboard_agent_listen_port=_free_port())
         out = tmp_path / "out"
         probe = ("import ray, corpusflow.flows; ray.init(); "
                  "f = ray.remote(resources={'worker_node': 1})(lambda: __import__('corpusflow.flows').flows.__file__); "
