@@ -117,7 +117,7 @@ def test_ray_job_submit_ships_the_package_to_the_worker_node(corpus, tmp_path, m
                  "print('worker imports', ray.get(f.remote()))")
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
                "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"excludes": [".venv", "out", ".git"]}), "--",
-               f"{sys.executable} -m corpusflow run {corpus} --out {out} --config {_job_config(tmp_path, model_cache)}"
+               "sh", "-c", f"{sys.executable} -m corpusflow run {corpus} --out {out} --config {_job_config(tmp_path, model_cache)}"
                f" && {sys.executable} -c \"{probe}\""]
         t0 = time.time()
         while True:  # the head's job agent registers a little after the dashboard answers
