@@ -35,7 +35,8 @@ class StageResources(StrictModel):
     max_actors: int = Field(1, ge=1, description="actor stages: the pool grows to this many while work waits")
     batch_size: Optional[int] = Field(
         None, ge=1, description="rows per call; none: one listing block per call (a media file alone, or up to "
-        "64 small files), so Ray bundles no media files together and small files cost one call per block")
+        "64 small files), so Ray bundles no media files together and small files cost one call per block; a stage with "
+        "GPUs gets 1 instead, since Ray needs a batch size there")
     memory_gb: Optional[float] = Field(None, gt=0, description="memory reserved per task/actor")
     ray_options: dict[str, Any] = Field(
         default_factory=dict, description="further Ray Data map_batches / remote arguments (max_restarts, "
@@ -45,12 +46,29 @@ class StageResources(StrictModel):
         "flows/gpu_bundles.py reserves one placement-group bundle per GPU holding both shares (left to Ray, "
         "fractional shares land wherever they fit, e.g. two ASR actors on one GPU and none on the next)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_batch(cls, data: Any) -> Any:
+        """Ray refuses a GPU stage without a batch size once the job runs (``map_batches`` asks for one); one
+        row per call is what no batch size means for media, whose files are listing blocks of their own."""
+        gpus = data.get("num_gpus") if isinstance(data, dict) else None
+        if isinstance(gpus, (int, float)) and gpus > 0 and data.get("batch_size") is None:
+            return {**data, "batch_size": 1}
+        return data
+
     @model_validator(mode="after")
     def _bounds(self) -> "StageResources":
         if self.max_actors < self.min_actors:
             raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
         if self.share_gpu_with and "scheduling_strategy" in self.ray_options:
             raise ValueError("share_gpu_with places the actors itself; drop ray_options.scheduling_strategy")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"num_gpus: {self.num_gpus} is not possible; Ray gives a task or actor a share of one GPU "
+                             "(at most 1) or whole GPUs")
+        custom = self.ray_options.get("resources") or {}
+        if not isinstance(custom, dict) or {"CPU", "GPU"} & set(custom):
+            raise ValueError("ray_options.resources: a mapping of custom resources; CPUs and GPUs come from "
+                             "num_cpus and num_gpus")
         clash = sorted(RESERVED_RAY_OPTIONS & set(self.ray_options))
         if clash:
             raise ValueError(f"ray_options may not set {clash}: they come from this stage's own fields "

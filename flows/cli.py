@@ -1,5 +1,5 @@
-"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, report on a job,
-evaluate what the models say, search a job's index, list every config option."""
+"""``corpusflow`` command line: run a corpus job, compact its tables, serve the API, plan a cluster, rehearse it
+locally, report on a job, evaluate what the models say, search a job's index, list every config option."""
 from __future__ import annotations
 
 import argparse
@@ -37,9 +37,14 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
         return 2
+    from corpusflow.flows.capacity import InfeasibleError
+
     try:
         summary = run_job(config, address=args.address, retry_errors=args.retry_errors, verbose=args.verbose,
                           progress_every_s=args.progress_every)
+    except InfeasibleError as e:
+        print(f"corpusflow: {e}", file=sys.stderr)
+        return 2
     except NodesLost as e:
         print(f"corpusflow: {e}", file=sys.stderr)
         return 3
@@ -83,6 +88,8 @@ DELEGATED = {
     "eval": ("corpusflow.flows.evaluate.cli", "measure what the models say: Video-MME, knowledge graphs, grounding"),
     "index": ("corpusflow.flows.index_cli", "build or update OUT's search index from its committed tables"),
     "search": ("corpusflow.flows.search_cli", "ranked moments and pages from OUT's search index"),
+    "rehearse": ("corpusflow.flows.rehearse",
+                 "run a job on a cluster.yaml's node types, started on this machine by Ray's autoscaler"),
     "config-reference": ("corpusflow.flows.config_reference",
                          "print every option of the job, models profile, serve and placement configs (Markdown)"),
 }

@@ -26,7 +26,8 @@ READY_TIMEOUT_S = 600.0
 _GROUPS: dict[tuple, Any] = {}  # shape -> placement group, for this driver
 
 
-def _bundle(a: StageResources, b: StageResources) -> dict[str, float]:
+def pair_bundle(a: StageResources, b: StageResources) -> dict[str, float]:
+    """One GPU with both stages' CPUs (and memory, accelerator types): what one pair holds on its node."""
     bundle = {"GPU": 1.0, "CPU": a.num_cpus + b.num_cpus}
     mem = (a.memory_gb or 0) + (b.memory_gb or 0)
     if mem:
@@ -62,7 +63,7 @@ def remote_args_fns(config: StageConfig) -> dict[str, Callable[[], dict[str, Any
             continue
         other = config.resources.of(res.share_gpu_with)
         n = res.max_actors
-        pg = _group(_bundle(res, other), n)
+        pg = _group(pair_bundle(res, other), n)
         for stage in (name, res.share_gpu_with):
             fns[stage] = _placer(pg, n, PlacementGroupSchedulingStrategy)
     return fns

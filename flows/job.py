@@ -27,7 +27,9 @@ from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import BY_NAME, STAGES
 from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
+from corpusflow.contracts.capacity import NodeShape
 from corpusflow.flows.adapter import add_stage
+from corpusflow.flows.capacity import check_job, cluster_shapes, driver_only_paths
 from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
@@ -232,8 +234,9 @@ def _package_for_workers() -> str:
     return str(dest)
 
 
-def init_ray(address: Optional[str], verbose: bool = False) -> None:
-    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage.
+def init_ray(address: Optional[str], verbose: bool = False) -> bool:
+    """Connect to ``address`` (shipping our packages) or start a local Ray sized for one actor per stage;
+    True when it started that local Ray (a cluster nothing adds nodes to).
 
     Under ``ray job submit`` (``RAY_ADDRESS`` set, code shipped by ``--working-dir``) it joins that
     cluster as it is. Ray's console messages: flows/ray_console.py (``verbose`` shows its INFO lines).
@@ -244,6 +247,7 @@ def init_ray(address: Optional[str], verbose: bool = False) -> None:
 
     level = console_level(verbose)
     quiet_ray()
+    local = False
     if ray.is_initialized():
         pass
     elif not address and os.environ.get("RAY_ADDRESS"):
@@ -258,10 +262,13 @@ def init_ray(address: Optional[str], verbose: bool = False) -> None:
         # A local cluster's workers inherit this process's environment, credentials included.
         # Logical CPUs are accounting: the ASR and VLM actors each hold one for the whole job, so a
         # small machine needs headroom for the decode, PDF and commit tasks to be scheduled at all.
-        # address="local": a new cluster even where `ray start` left one running on this machine.
+        # address="local": a Ray of its own even where another runs on this machine (ray.init() alone
+        # joins that one, and then refuses num_cpus).
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 6), include_dashboard=False,
                  log_to_driver=False, logging_level=level)
+        local = True
     quiet_ray_data(verbose)
+    return local
 
 
 def _set_aside(config: JobConfig, entries: list[storage.FileEntry], seen: set[str],
@@ -372,12 +379,14 @@ def _lost_row(entry: storage.FileEntry, stage: str, error: str) -> Batch:
 
 
 def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool = False, verbose: bool = False,
-            progress_every_s: float = 30.0) -> JobSummary:
+            progress_every_s: float = 30.0, capacity: Optional[tuple[list[NodeShape], str]] = None) -> JobSummary:
     """Run the whole job and return its summary; raises only for problems with the job itself.
 
     ``retry_errors`` processes again the inputs whose last failure was transient. Progress goes to
     stderr (flows/progress.py): live on a terminal, else a line every ``progress_every_s`` seconds;
-    ``verbose`` adds a line per committed file and Ray's INFO messages.
+    ``verbose`` adds a line per committed file and Ray's INFO messages. ``capacity``: what the
+    cluster's node types offer and where that comes from, when the caller knows (flows/capacity.py finds
+    it otherwise); a stage no node can hold raises :class:`InfeasibleError` before any work.
     """
     t0 = time.time()
     job_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -408,7 +417,11 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
         where = address or os.environ.get("RAY_ADDRESS")
         print(f"corpusflow: joining the Ray cluster at {where}" if where else "corpusflow: starting a local Ray cluster",
               file=sys.stderr, flush=True)
-    init_ray(address, verbose=verbose)
+    local = init_ray(address, verbose=verbose)
+    check_job(config, *(capacity or cluster_shapes(local=local)))
+    warning = None if local else driver_only_paths(config)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     shown = JobProgress(summary.files, summary.files - len(entries), sum(e.size for e in entries), verbose=verbose,
                         every_s=progress_every_s)
     with shown:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from corpusflow.contracts import storage
 from corpusflow.contracts.base import read_mapping
 from corpusflow.contracts.config import Resources
+from corpusflow.contracts.registry import StageResources
 from corpusflow.contracts.stage import StageFailure
 from corpusflow.contracts.cost import DEFAULT_USD_PER_HOUR, cost_usd, usd_per_hour
 from corpusflow.contracts.placement import (DEFAULT_PLACEMENT, DEFAULT_PROFILE_PATH, INSTANCE_USD_PER_HOUR, STAGES, UNITS,
@@ -366,7 +367,7 @@ def resources_from_plan(option: PlanOption, base: Resources) -> Resources:
         partner = {p.share_gpu_with for p in pools}.pop() if len({p.share_gpu_with for p in pools}) == 1 else None
         if partner and sum(p.actors for p in option.pools if p.stage == partner) != n:
             partner = None
-        updates[stage] = getattr(base, stage).model_copy(update={
+        updates[stage] = StageResources.model_validate({**getattr(base, stage).model_dump(),  # validated: GPUs need a batch size
             "num_cpus": max(p.num_cpus for p in pools), "num_gpus": max(p.num_gpus for p in pools),
             "accelerator_type": gpu_types.pop() if len(gpu_types) == 1 else None,
             "min_actors": n, "max_actors": n, "share_gpu_with": partner})
