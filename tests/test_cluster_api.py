@@ -46,7 +46,8 @@ def settings(types: dict[str, Any], model_cache: str) -> ServeConfig:
     args["deployments"]["asr"].update(num_gpus=0.25, accelerator_type=accelerator(types, "a10g_worker"))
     args["deployments"]["vlm"].update(num_gpus=1, accelerator_type=accelerator(types, "h100_worker"))
     args["streaming"]["enabled"] = False
-    args.update(port=free_port(), model_cache=model_cache, request_timeout_s=DEADLINE_S, retry_after_s=1)
+    args.update(models="tiny-random", port=free_port(), model_cache=model_cache, request_timeout_s=DEADLINE_S,
+                retry_after_s=1)
     return ServeConfig.model_validate(args)
 
 
