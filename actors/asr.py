@@ -39,6 +39,8 @@ class Transcribe(Stage):
         self._language = config.asr.language
         self.accelerator = accelerator()
         self._engine = load_engine(config.profile, config)
+        if config.profile.fixed_output:  # a benchmark profile (transformers and vllm engines have the knob)
+            self._engine.fixed_output_tokens = config.profile.fixed_output.asr_tokens_per_chunk  # type: ignore[attr-defined]
         self._lock = threading.Lock()
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:

@@ -165,7 +165,8 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
         if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm  # the vLLM backend: Ray's ray.data.llm processor
 
-            ds = describe_with_vllm(ds, config, place=places.get("vlm"))
+            ds = describe_with_vllm(ds, config, fixed_output_tokens=config.profile.fixed_output is not None,
+                                    place=places.get("vlm"))
         else:
             ds = add_stage(ds, spec, config, place=places.get(spec.name))
         if spec.name == "identify" and done:  # the content hash is known from here on
@@ -426,6 +427,10 @@ def run_job(config: JobConfig, address: Optional[str] = None,
                 deferred.clear()
         finally:
             context.max_errored_blocks = 0
+    if config.profile.vlm_engine == "vllm":  # the next node of this type starts warm from the store
+        from corpusflow.flows.vllm_stage import publish_engine_artifacts
+
+        publish_engine_artifacts(config)
     summary.already_done = summary.files - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}
