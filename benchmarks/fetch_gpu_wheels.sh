@@ -6,7 +6,9 @@ set -eu
 root=$(git rev-parse --show-toplevel)
 list=$(readlink -f "${1:-$(dirname "$0")/gpu_wheels.txt}")
 cd "$root"
-grep -qxF '/.gpu*/' .git/info/exclude 2>/dev/null || echo '/.gpu*/' >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+mkdir -p "$(dirname "$exclude")"
+grep -qxF '/.gpu*/' "$exclude" 2>/dev/null || echo '/.gpu*/' >> "$exclude"
 dl=$(mktemp -d)
 plats=""; for n in 5 12 17 24 26 27 28 31 34 35; do plats="$plats --platform manylinux_2_${n}_x86_64"; done
 grep -v '^#' "$list" | grep -v '^$' | while read -r req; do

@@ -28,7 +28,7 @@ if [ "$DRY" != "--dry-run" ]; then
   export PYTHONPATH=/tmp/site:$SRC HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_memory_monitor_refresh_ms=0
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$RES/nvidia_smi.csv" 2>&1 &
   smi=$!
-  common="--work $WORK --speech-clip $SRC/.gpuclip/speech.wav --corpus lecture --videos 8 --minutes 15 --copies 16
+  common="--work $WORK --speech-clip $SRC/.gpuclip/speech.flac --corpus lecture --videos 8 --minutes 15 --copies 16 --distinct-minutes 5
     --seek keyframe --dedup-threshold 0.02 --vllm-kv-gib 20 --asr-engine vllm --asr-model large-v3-turbo
     --asr-batch 128 --asr-rows 4 --asr-placement pairs --gpus 1"
   opts='{"max_num_batched_tokens":16384,"renderer_num_workers":8,"mm_processor_cache_gb":0,"enable_prefix_caching":false}'
@@ -36,7 +36,7 @@ if [ "$DRY" != "--dry-run" ]; then
   contenders=corpusflow_vllm,ray_data_llm
 else
   export PYTHONPATH=$SRC
-  common="--work $WORK --corpus lecture --videos 2 --minutes 1.5 --copies 2 --seek keyframe --dedup-threshold 0.02 --cpu-smoke"
+  common="--work $WORK --corpus tiny --videos 2 --minutes 1 --copies 2 --seek keyframe --dedup-threshold 0.02 --cpu-smoke"
   opts='{}'
   PY=${PY:-python3}
   contenders=corpusflow_transformers,ray_data_llm  # the same pipeline code on the transformers engine; no vLLM here
@@ -52,7 +52,7 @@ log "gpu_throughput exit $? ($(( $(date +%s) - t0 )) s since start)"
 cp "$WORK"/ray/session_latest/logs/ray-data.log "$RES/ray-data-bench.log" 2>/dev/null
 
 log "corpusflow run (product path, warm start)"
-corpus=$(ls -d "$WORK"/corpus_lecture_x* | head -1)
+corpus=$(ls -d "$WORK"/corpus_*_x* | head -1)
 if [ "$DRY" = "--dry-run" ]; then  # no vLLM here: the product path on the tiny-random profile
   printf 'models: tiny-random\nvideo: {seek: keyframe, dedup_threshold: 0.02}\nmodel_cache: %s\n' "$WORK/cache" > "$WORK/dry_job.yaml"
   cfg="--config $WORK/dry_job.yaml"
@@ -62,6 +62,7 @@ fi
 PYTHONUNBUFFERED=1 $PY "$SRC/benchmarks/product_run.py" --work "$WORK" --corpus "$corpus" $cfg \
   --bench "$RES/gpu_throughput.json" --json "$RES/product_run.json" > "$RES/product.log" 2>&1
 log "product run exit $? ($(( $(date +%s) - t0 )) s since start)"
+cp "$(ls -td "$WORK"/ray-product/session_*/ | head -1)"logs/ray-data.log "$RES/ray-data-product.log" 2>/dev/null
 
 [ -n "${smi:-}" ] && kill "$smi"
 du -sh "$WORK"/cache/vllm-compile/* > "$RES/compile_cache.txt" 2>&1

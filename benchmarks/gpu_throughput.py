@@ -794,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                    "espeak-ng reading English (tones without espeak-ng), made in --work")
     p.add_argument("--corpus", choices=("tiny", "lecture"), default="tiny", help="benchmarks/corpus.py's kinds")
     p.add_argument("--preset", default="veryfast", help="x264 preset of the lecture corpus")
+    p.add_argument("--distinct-minutes", type=int, help="lecture corpus: minutes of picture encoded per talk, "
+                   "cycled through its length (benchmarks/corpus.py make_lectures); default: every minute")
     p.add_argument("--seek", choices=("exact", "keyframe"), default="exact", help="video.seek of the pipelines")
     p.add_argument("--dedup-threshold", type=float, default=0.0, help="video.dedup_threshold of every contender")
     p.add_argument("--decode-modes", default="", help="measure decode CPU per video-hour for these seek modes "
@@ -857,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     result["bf16_matmul_peak_tflops"] = peak
     clip = a.speech_clip or speech_clip(work_dir / "speech.wav")
     corpus = step("corpus", lambda: make_corpus(work_dir / f"corpus_{a.corpus}", a.videos, a.minutes, clip,
-                                                a.corpus, a.preset))
+                                                a.corpus, a.preset, a.distinct_minutes))
     corpus_dir = work_dir / (f"corpus_{a.corpus}_x{a.copies}" if a.copies > 1 else f"corpus_{a.corpus}")
     corpus = step("copies", lambda: with_copies(corpus, a.copies, corpus_dir, clip))
     if smoke:
@@ -885,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     asr_path = resolve(vllm_cfg.profile.asr, "whisper-hf", vllm_cfg.model_cache)
     vllm_shape = vllm_cfg.profile.options_for("H200")
     result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "copies": a.copies, "files": len(corpus),
+                       "distinct_minutes": a.distinct_minutes,
                        "gpus": a.gpus, "fps_sampled": flow_cfg.video.fps,
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,

@@ -19,9 +19,9 @@ def operator_cpu_s(stats: str) -> dict[str, float]:
         if head:
             name = head.group(1)
             continue
-        cpu = re.search(r"Remote cpu time: .*?([\d.]+)s total", line)
+        cpu = re.search(r"Remote cpu time: .*, ([\d.]+)(us|ms|s) total", line)
         if name and cpu:
-            out[name] = out.get(name, 0.0) + float(cpu.group(1))
+            out[name] = out.get(name, 0.0) + float(cpu.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[cpu.group(2)]
     return out
 
 

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "corpusflow", "run", a.corpus, "--out", out,
            "--config", a.config or str(work / "corpusflow_vllm_job.yaml"), "--no-index"]
     print("[product] " + " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    # Its own Ray (under --work/ray-product, whose ray-data.log says where rows waited), never another on this machine
+    env = {**os.environ, "RAY_TMPDIR": str(work / "ray-product"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}
     with GpuSampler(a.gpus) as gpu:
         t0 = time.time()
         proc = subprocess.run(cmd, env=env)

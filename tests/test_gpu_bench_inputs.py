@@ -83,10 +83,10 @@ def test_every_contender_builds_its_requests_from_corpusflows_frames_and_transcr
     from corpusflow.actors.asr import Transcribe
     from corpusflow.contracts.config import JobConfig
 
-    profile = write_profile(tmp_path, True, "tiny-random", "tiny-random", "vllm")
+    profile = write_profile(tmp_path, True, "tiny-random", "tiny-random", "vllm", asr_tokens=8)  # 8 tokens a chunk
     config = JobConfig.build(corpus=str(Path(corpus[0]).parent), out=str(tmp_path / "out"),
                              model_cache=str(tmp_path / "cache"), models=profile,
-                             **{"vlm.retries": 0, "asr.align_words": False, "vlm.max_new_tokens": 64,
+                             **{"vlm.retries": 0, "asr.align_words": False, "vlm.max_new_tokens": 256,
                                 "vlm.max_transcript_chars": 400})
     decoded = [pipeline_row(config, uri) for uri in corpus[:2]]
     batch = {k: np.empty(len(decoded), dtype=object) for k in decoded[0]}
