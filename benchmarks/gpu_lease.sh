@@ -62,10 +62,11 @@ fi
 PYTHONUNBUFFERED=1 $PY "$SRC/benchmarks/product_run.py" --work "$WORK" --corpus "$corpus" $cfg \
   --bench "$RES/gpu_throughput.json" --json "$RES/product_run.json" > "$RES/product.log" 2>&1
 log "product run exit $? ($(( $(date +%s) - t0 )) s since start)"
-cp "$(ls -td "$WORK"/ray-product/session_*/ | head -1)"logs/ray-data.log "$RES/ray-data-product.log" 2>/dev/null
+cp "$WORK"/ray-product/ray/session_latest/logs/ray-data.log "$RES/ray-data-product.log" 2>/dev/null
 
 [ -n "${smi:-}" ] && kill "$smi"
 du -sh "$WORK"/cache/vllm-compile/* > "$RES/compile_cache.txt" 2>&1
+cp -r "$WORK/product_tables" "$RES/" 2>/dev/null  # small: no frames in the tables
 tar -czf "$RES/logs.tgz" -C "$RES" --exclude logs.tgz $(cd "$RES" && ls | grep -v '\.json$')
 $PY "$SRC/benchmarks/lease_summary.py" "$RES" | tee "$RES/summary.txt"
 log "done in $(( $(date +%s) - t0 )) s"

@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.time() - t0
     result = {"command": " ".join(cmd), "returncode": proc.returncode, "wall_s": round(wall, 1)}
     if proc.returncode == 0:
-        result.update(figures_from_tables(out, wall))
-        ready = t0 + result["startup_s"]
-        result.update(gpu.figures(t0, ready))
+        try:
+            result.update(figures_from_tables(out, wall))
+            result.update(gpu.figures(t0, t0 + result["startup_s"]))
+        except Exception as e:  # noqa: BLE001 - the tables travel back with the logs; the figures can be redone
+            result["figures_error"] = f"{type(e).__name__}: {e}"
+            result.update(gpu.figures(t0))
     if a.bench and Path(a.bench).exists():
         bench = json.loads(Path(a.bench).read_text())["contenders"].get("corpusflow_vllm", {})
         result["bench_corpusflow_vllm"] = {k: bench.get(k) for k in (
