@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One whole GPU measurement for issue 23, started detached on the device (setsid nohup bash gpu_lease.sh &):
+# One whole GPU measurement for issue 23, started detached on the device (setsid nohup bash gpu_lease.sh &;
+# COPIES=8 for a 16-h corpus instead of 32 h):
 # wheels installed, then in order: matmul peak and the 32-h lecture corpus (inside gpu_throughput.py), the
 # corpusflow_vllm pipeline (cold vLLM start: fills the compile cache in model_cache) with NVML sampling,
 # ray_data_llm with equal engine settings (a fresh engine process on the filled cache), then `corpusflow run`
@@ -28,7 +29,7 @@ if [ "$DRY" != "--dry-run" ]; then
   export PYTHONPATH=/tmp/site:$SRC HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_memory_monitor_refresh_ms=0
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$RES/nvidia_smi.csv" 2>&1 &
   smi=$!
-  common="--work $WORK --speech-clip $SRC/.gpuclip/speech.flac --corpus lecture --videos 8 --minutes 15 --copies 16 --distinct-minutes 5
+  common="--work $WORK --speech-clip $SRC/.gpuclip/speech.flac --corpus lecture --videos 8 --minutes 15 --copies ${COPIES:-16} --distinct-minutes 5
     --seek keyframe --dedup-threshold 0.02 --vllm-kv-gib 20 --asr-engine vllm --asr-model large-v3-turbo
     --asr-batch 128 --asr-rows 4 --asr-placement pairs --gpus 1"
   opts='{"max_num_batched_tokens":16384,"renderer_num_workers":8,"mm_processor_cache_gb":0,"enable_prefix_caching":false}'
