@@ -50,7 +50,7 @@ log "gpu_throughput: matmul peak, corpus, corpusflow_vllm (cold), ray_data_llm (
 PYTHONUNBUFFERED=1 $PY "$SRC/benchmarks/gpu_throughput.py" --out "$RES" $common --vllm-options "$opts" \
   --contenders $contenders > "$RES/bench.log" 2>&1
 log "gpu_throughput exit $? ($(( $(date +%s) - t0 )) s since start)"
-cp "$WORK"/ray/session_latest/logs/ray-data.log "$RES/ray-data-bench.log" 2>/dev/null
+cp "$WORK"/ray/session_latest/logs/ray-data/ray-data.log "$RES/ray-data-bench.log" 2>/dev/null
 
 log "corpusflow run (product path, warm start)"
 corpus=$(ls -d "$WORK"/corpus_*_x* | head -1)
@@ -63,7 +63,7 @@ fi
 PYTHONUNBUFFERED=1 $PY "$SRC/benchmarks/product_run.py" --work "$WORK" --corpus "$corpus" $cfg \
   --bench "$RES/gpu_throughput.json" --json "$RES/product_run.json" > "$RES/product.log" 2>&1
 log "product run exit $? ($(( $(date +%s) - t0 )) s since start)"
-cp "$WORK"/ray-product/ray/session_latest/logs/ray-data.log "$RES/ray-data-product.log" 2>/dev/null
+cp "$WORK"/ray-product/ray/session_latest/logs/ray-data/ray-data.log "$RES/ray-data-product.log" 2>/dev/null
 
 [ -n "${smi:-}" ] && kill "$smi"
 du -sh "$WORK"/cache/vllm-compile/* > "$RES/compile_cache.txt" 2>&1
