@@ -39,6 +39,8 @@ class Transcribe(Stage):
         self._language = config.asr.language
         self.accelerator = reserved_accelerator()
         self._engine = self.load_model(lambda: load_engine(config.profile, config), f"ASR model {config.profile.asr}")
+        if config.profile.fixed_output and self._engine is not None:  # a benchmark profile (transformers and vllm engines)
+            self._engine.fixed_output_tokens = config.profile.fixed_output.asr_tokens_per_chunk  # type: ignore[attr-defined]
         self._lock = threading.Lock()
 
     def process(self, rows: list[Row]) -> Sequence[RowOutcome]:

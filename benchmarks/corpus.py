@@ -7,7 +7,8 @@ Two kinds, written with PyAV:
 - ``lecture``: what a recorded talk looks like to the decoder and the VLM: 1080p at 25 fps or 720p at
   30 fps (alternating), H.264 with x264's usual GOP (keyint 250, a keyframe at each scene cut), a slide
   that changes every 30–120 s (title, text lines, a chart) and a speaker box where a person moves all
-  the time, AAC audio at 44.1 kHz, in MP4.
+  the time, AAC audio at 44.1 kHz, in MP4. Every minute of every talk is encoded at once, one per core
+  (a new slide and a keyframe where each minute begins), and the minutes are joined by packet copy.
 
 Speech comes from a clip (any recording; ``speech_clip`` makes one with espeak-ng where it is installed,
 else a voiced tone pattern), looped in 10-s pieces from random offsets with random gain.
@@ -84,6 +85,14 @@ def _audio_frame(pcm: np.ndarray, pts: int):
     frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
     frame.sample_rate, frame.pts = SR, pts
     return frame
+
+
+def _aac_stream(out):
+    """AAC at 44.1 kHz mono, 64 kbit/s; FFmpeg's fast coder: the default (two-loop) search took most of a
+    sound copy's time and a tenth of a lecture's, for a quality the ASR benchmark does not need."""
+    aus = out.add_stream("aac", rate=44100, layout="mono", options={"aac_coder": "fast"})
+    aus.bit_rate = 64000
+    return aus
 
 
 def make_tiny_video(args: tuple[str, float, int, str]) -> str:
@@ -183,63 +192,128 @@ class _Lecture:
         return np.concatenate([y, u.reshape(-1, self.w), v.reshape(-1, self.w)])
 
 
-def make_lecture(args: tuple[str, float, int, str, int, str]) -> str:
-    """One talk (see the module doc): ``(path, seconds, seed, speech clip, encoder threads, x264 preset)``."""
+SEGMENT_S = 60.0  # a lecture is encoded in pieces of this length, all at once on every core, then joined
+
+
+def lecture_segment(args: tuple[str, float, float, int, int, str]) -> str:
+    """One piece of a talk's picture (see the module doc), H.264 alone in an MP4:
+    ``(path, start s, seconds, talk seed, piece index, x264 preset)``. Each piece draws its slides from its
+    own seed (a new slide where it begins); the speaker moves on the talk's clock."""
     import av
 
-    path, seconds, seed, clip_path, threads, preset = args
-    if os.path.exists(path):
-        return path
-    rng = np.random.default_rng(seed)
+    path, start, seconds, seed, k, preset = args
+    rng = np.random.default_rng([seed, k])
     width, height, fps = LECTURE_FORMATS[seed % len(LECTURE_FORMATS)]
-    clip = load_clip(clip_path)
     talk = _Lecture(width, height, rng)
-    tmp = path + ".partial.mp4"
-    with av.open(tmp, "w") as out:
+    with av.open(path, "w") as out:
         vs = out.add_stream("libx264", rate=fps, options={"preset": preset, "crf": "23"})
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.thread_count = threads
-        aus = out.add_stream("aac", rate=44100, layout="mono")
-        aus.bit_rate = 64000
+        vs.thread_count = 1  # one piece per core
         next_slide = float(rng.uniform(*SLIDE_S))
-        pcm_pos = 0
-        for second in range(int(seconds)):  # one second of picture, then its second of sound: interleaved
-            if second >= next_slide:
+        for i in range(int(round(seconds * fps))):
+            t = i / fps
+            if t >= next_slide:
                 talk.slide()
                 next_slide += float(rng.uniform(*SLIDE_S))
-            for i in range(fps):
-                frame = av.VideoFrame.from_ndarray(talk.frame(second + i / fps), format="yuv420p")
-                frame.pts = second * fps + i
-                out.mux(vs.encode(frame))
-            out.mux(aus.encode(_audio_frame(speech_piece(clip, SR, rng), pcm_pos)))
-            pcm_pos += SR
+            frame = av.VideoFrame.from_ndarray(talk.frame(start + t), format="yuv420p")
+            frame.pts = i
+            out.mux(vs.encode(frame))
         out.mux(vs.encode(None))
-        out.mux(aus.encode(None))
-    os.replace(tmp, path)
     return path
 
 
+def join_with_speech(args: tuple[list[str], list[float], str, np.ndarray]) -> str:
+    """``dst``: the pictures of ``parts`` (packets copied, each part shifted to its start in seconds) and
+    ``pcm`` (16 kHz) AAC-encoded in 10-s frames (the encoder cuts them: no Python per audio frame),
+    the two streams interleaved."""
+    import av
+
+    parts, starts, dst, pcm = args
+    tmp = dst + ".partial" + os.path.splitext(dst)[1]  # the container follows the name
+    step, pos = int(SR * SPEECH_PIECE_S), 0
+    with av.open(tmp, "w") as out:
+        aout = vout = None
+        for part, start in zip(parts, starts):
+            with av.open(part) as inp:
+                vin = inp.streams.video[0]
+                if vout is None:
+                    vout, aout = out.add_stream_from_template(vin), _aac_stream(out)
+                shift = int(round(start / vin.time_base))
+                for packet in inp.demux(vin):
+                    if not packet.size:  # the demuxer's empty flush packet
+                        continue
+                    if packet.pts is not None:  # sound up to this picture's time first
+                        while pos < len(pcm) and pos / SR <= start + float(packet.pts * vin.time_base):
+                            out.mux(aout.encode(_audio_frame(pcm[pos:pos + step], pos)))
+                            pos += step
+                        packet.pts += shift
+                    if packet.dts is not None:
+                        packet.dts += shift
+                    packet.stream = vout
+                    out.mux(packet)
+        for rest in range(pos, len(pcm), step):
+            out.mux(aout.encode(_audio_frame(pcm[rest:rest + step], rest)))
+        out.mux(aout.encode(None))
+    os.replace(tmp, dst)
+    return dst
+
+
+def _join_lecture(args: tuple[str, list[str], float, int, str]) -> str:
+    path, parts, seconds, seed, clip_path = args
+    return join_with_speech((parts, [k * SEGMENT_S for k in range(len(parts))], path,
+                             speech_track(load_clip(clip_path), seconds, seed)))
+
+
+def make_lectures(paths: list[str], seconds: float, seeds: list[int], clip: str, preset: str,
+                  distinct_minutes: int | None = None) -> list[str]:
+    """Talks at ``paths`` (kept if already there): every minute of every talk encoded at once, one per core,
+    then each talk joined with its own speech. ``distinct_minutes``: each talk's picture cycles through that
+    many encoded minutes (packets copied again, later in the file) instead of encoding every minute; the
+    decoder and the VLM see as many frames and tokens, for a fraction of the encoding."""
+    todo = [(p, s) for p, s in zip(paths, seeds) if not os.path.exists(p)]
+    n = int(np.ceil(seconds / SEGMENT_S))
+    cycle = min(distinct_minutes or n, n)
+    plans, jobs = {}, {}
+    for p, s in todo:
+        parts = []
+        for k in range(n):
+            length = min(SEGMENT_S, seconds - k * SEGMENT_S)
+            key = k % cycle if length == SEGMENT_S else k  # a short last minute is its own piece
+            job = (f"{p}.part{key:03d}.mp4", key * SEGMENT_S, length, s, key, preset)
+            jobs[job[0]] = job
+            parts.append(job[0])
+        plans[p] = parts
+    with ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        list(pool.map(lecture_segment, jobs.values()))
+        list(pool.map(_join_lecture, [(p, plans[p], seconds, s, clip) for p, s in todo]))
+    for part in jobs:
+        os.remove(part)
+    return paths
+
+
 def make_corpus(folder: Path, videos: int, minutes: float, clip: str, kind: str = "tiny",
-                preset: str = "veryfast") -> list[str]:
+                preset: str = "veryfast", distinct_minutes: int | None = None) -> list[str]:
     """``videos`` distinct videos of ``minutes`` each in ``folder`` (kept if already there), in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
-    cpus = os.cpu_count() or 1
-    workers = min(videos, cpus)
     if kind == "lecture":
-        threads = max(1, cpus // max(workers, 1))
-        jobs = [(str(folder / f"lecture_{i:02d}.mp4"), minutes * 60, 2000 + i, clip, threads, preset)
-                for i in range(videos)]
-        fn = make_lecture
-    else:
-        jobs = [(str(folder / f"talk_{i:02d}.mkv"), minutes * 60, 1000 + i, clip) for i in range(videos)]
-        fn = make_tiny_video
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, jobs))
+        return make_lectures([str(folder / f"lecture_{i:02d}.mp4") for i in range(videos)], minutes * 60,
+                             [2000 + i for i in range(videos)], clip, preset, distinct_minutes)
+    jobs = [(str(folder / f"talk_{i:02d}.mkv"), minutes * 60, 1000 + i, clip) for i in range(videos)]
+    with ProcessPoolExecutor(max_workers=min(videos, os.cpu_count() or 1)) as pool:
+        return list(pool.map(make_tiny_video, jobs))
 
 
-def sound_variant(args: tuple[str, str, float]) -> str:
+def speech_track(clip: np.ndarray, seconds: float, seed: int) -> np.ndarray:
+    """``seconds`` of speech at 16 kHz: the clip in 10-s pieces from random offsets at random gains."""
+    rng = np.random.default_rng(seed)
+    total, step = int(seconds * SR), int(SR * SPEECH_PIECE_S)
+    return np.concatenate([speech_piece(clip, min(step, total - pos), rng) for pos in range(0, total, step)])
+
+
+def sound_variant(args: tuple[str, str, str, int]) -> str:
     """A copy of ``src`` at ``dst`` whose picture is the same bitstream (packets copied, not re-encoded) and
-    whose sound is re-encoded at ``gain``: other bytes and other audio for the price of an AAC encode.
+    whose sound is other speech from the clip (pieces from other offsets, seed ``seed``), AAC-encoded:
+    other bytes and other audio for the price of an AAC encode.
 
     Many distinct files of a realistic size without encoding 1080p video again (hours of CPU): the VLM
     sees the same frames as in ``src``, so a benchmark over such copies must keep vLLM's prefix caching
@@ -247,46 +321,29 @@ def sound_variant(args: tuple[str, str, float]) -> str:
     """
     import av
 
-    src, dst, gain = args
-    if os.path.exists(dst):
-        return dst
-    tmp = dst + ".partial" + os.path.splitext(dst)[1]  # the container follows the name
-    with av.open(src) as inp, av.open(tmp, "w") as out:
-        vin, ain = inp.streams.video[0], inp.streams.audio[0]
-        vout = out.add_stream_from_template(vin)
-        aout = out.add_stream("aac", rate=ain.rate, layout=ain.layout.name)
-        aout.bit_rate = ain.bit_rate or 64000
-        as_float = av.AudioResampler(format="fltp", layout=ain.layout.name, rate=ain.rate)  # AAC's input, any source
-        for packet in inp.demux(vin, ain):
-            if packet.stream.index == vin.index:
-                if packet.size:  # not the demuxer's empty flush packet
-                    packet.stream = vout
-                    out.mux(packet)
-                continue
-            for frame in (f for decoded in packet.decode() for f in as_float.resample(decoded)):
-                pcm = np.clip(frame.to_ndarray() * gain, -1.0, 1.0).astype(np.float32)
-                louder = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=frame.layout.name)
-                louder.sample_rate, louder.pts, louder.time_base = frame.sample_rate, frame.pts, frame.time_base
-                out.mux(aout.encode(louder))
-        out.mux(aout.encode(None))
-    os.replace(tmp, dst)
+    src, dst, clip_path, seed = args
+    if not os.path.exists(dst):
+        with av.open(src) as inp:
+            seconds = float(inp.duration / av.time_base)
+        join_with_speech(([src], [0.0], dst, speech_track(load_clip(clip_path), seconds, seed)))
     return dst
 
 
-def with_copies(paths: list[str], copies: int, folder: Path) -> list[str]:
-    """``paths`` and ``copies - 1`` sound variants of each, all in ``folder`` (originals hard-linked there)."""
+def with_copies(paths: list[str], copies: int, folder: Path, clip: str) -> list[str]:
+    """``paths`` and ``copies - 1`` sound variants of each, all in ``folder`` (originals hard-linked there),
+    every variant a job of its own on all cores."""
     if copies <= 1:
         return paths
     folder.mkdir(parents=True, exist_ok=True)
     jobs, out = [], []
-    for p in paths:
+    for i, p in enumerate(paths):
         stem, ext = os.path.splitext(os.path.basename(p))
         first = folder / f"{stem}_c00{ext}"
         if not first.exists():
             os.link(p, first)
         out.append(str(first))
         for k in range(1, copies):
-            jobs.append((p, str(folder / f"{stem}_c{k:02d}{ext}"), 1.0 / (1.0 + 0.02 * k)))
+            jobs.append((p, str(folder / f"{stem}_c{k:02d}{ext}"), clip, 50_000 + 100 * i + k))
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         return out + list(pool.map(sound_variant, jobs))
 

@@ -54,6 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.corpus import make_corpus, speech_clip, with_copies  # noqa: E402 - after the checkout is on the path
+from benchmarks.flops import decode_flops, floor, prefill_flops, vision_flops, whisper_flops  # noqa: E402
 
 CONTENDERS = ("corpusflow_vllm", "ray_data_llm", "naive_transformers", "corpusflow_transformers")
 
@@ -114,7 +115,7 @@ def make_whisper(dest: Path, name: str) -> str:
 
 
 def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_cache_gib: float = 32.0,
-                  vllm_options: dict | None = None, asr_engine: str = "transformers") -> str:
+                  vllm_options: dict | None = None, asr_engine: str = "transformers", asr_tokens: int = 96) -> str:
     """A models profile file: our engines with this benchmark's engine shape for the H200.
 
     vLLM gets 16 sequences at once; the transformers engine one (padding a batch of 50k-token
@@ -135,6 +136,8 @@ def write_profile(work: Path, smoke: bool, vlm: str, asr: str, engine: str, kv_c
         opts = {"H200": shape, "H100": shape, "default": shape}
     profile = {"name": f"bench-{engine}", "asr": asr, "align": None, "vlm": vlm, "asr_engine": asr_engine,
                "vlm_engine": engine, "engine_options": opts}
+    if engine == "vllm":  # the product path gets the pipelines' fixed lengths through the profile
+        profile["fixed_output"] = {"asr_tokens_per_chunk": asr_tokens}
     path = work / f"profile_{engine}_{asr_engine}.yaml"
     path.write_text(yaml.safe_dump(profile))
     return str(path)
@@ -149,11 +152,12 @@ def visible_gpus(n: int) -> list[int]:
 
 
 class GpuSampler:
-    """GPU utilisation (mean over the run's GPUs) and the most memory in use on one of them (all
-    processes), sampled by NVML every 0.2 s."""
+    """GPU utilisation (NVML's busy share: time a kernel ran, mean over the run's GPUs) and the most memory in
+    use on one of them (all processes), sampled every 0.2 s with the time of each sample."""
 
     def __init__(self, gpus: int = 1) -> None:
         self.gpus = gpus
+        self.t: list[float] = []
         self.util: list[float] = []
         self.mem: list[float] = []
         self._stop = threading.Event()
@@ -172,6 +176,7 @@ class GpuSampler:
             while not self._stop.wait(0.2):
                 self.util.append(float(np.mean([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles])))
                 self.mem.append(max(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) / 2**30)
+                self.t.append(time.time())
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
         return self
@@ -181,10 +186,21 @@ class GpuSampler:
         if self._thread:
             self._thread.join()
 
-    def figures(self, since: int = 0) -> dict[str, float | None]:
-        u = self.util[since:]
-        return {"gpu_util_mean_pct": round(float(np.mean(u)), 1) if u else None,
-                "gpu_mem_peak_gib": round(max(self.mem), 1) if self.mem else None}
+    def figures(self, t0: float | None = None, ready: float | None = None) -> dict[str, Any]:
+        """Mean busy share over the run and after ``ready`` (start-up done), the memory peak and, from
+        ``t0``, one row per second: [seconds since t0, busy %, GiB in use]."""
+        u = self.util
+        after = [x for t, x in zip(self.t, u) if ready is not None and t >= ready]
+        out: dict[str, Any] = {"gpu_util_mean_pct": round(float(np.mean(u)), 1) if u else None,
+                               "gpu_busy_after_startup_pct": round(float(np.mean(after)), 1) if after else None,
+                               "gpu_mem_peak_gib": round(max(self.mem), 1) if self.mem else None}
+        if t0 is not None and self.t:
+            per_s: dict[int, list[tuple[float, float]]] = {}
+            for t, x, m in zip(self.t, u, self.mem):
+                per_s.setdefault(int(t - t0), []).append((x, m))
+            out["gpu_per_s"] = [[s, round(float(np.mean([x for x, _ in v])), 1), round(max(m for _, m in v), 1)]
+                                for s, v in sorted(per_s.items())]
+        return out
 
 
 def release_gpu(timeout_s: float = 90.0) -> None:
@@ -247,37 +263,29 @@ def ctranslate2_cuda() -> str:
         return f"ctranslate2 cannot run on CUDA here: {type(e).__name__}: {e}"
 
 
-def vit_flops_per_patch(vision: dict) -> float:
-    d, f, depth = vision["hidden_size"], vision["intermediate_size"], vision["depth"]
-    return 2.0 * depth * (4 * d * d + 3 * d * f)
-
-
-def llm_flops(text: dict, tokens: int) -> float:
-    """Prefill FLOPs of one prompt: weight matmuls plus causal attention (QK and AV)."""
-    d, f, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
-    kv = d // text["num_attention_heads"] * text["num_key_value_heads"]
-    per_token = 2.0 * layers * (2 * d * d + 2 * d * kv + 3 * d * f)
-    return per_token * tokens + 2.0 * layers * d * tokens * tokens  # 4·d·n²/2 per layer
-
-
 class Work:
-    """What one contender did: media seconds, prompt tokens, frames, FLOPs, and its GPU time."""
+    """What one contender did: media seconds, prompt tokens, frames, ASR chunks, FLOPs, and its GPU time."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, asr_dir: str | None = None, vlm_tokens: int = 0, asr_tokens: int = 0) -> None:
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
         self.text, self.vision = {**cfg, **cfg.get("text_config", {})}, cfg["vision_config"]
+        self.whisper = json.loads((Path(asr_dir) / "config.json").read_text()) if asr_dir else None
+        self.vlm_tokens, self.asr_tokens = vlm_tokens, asr_tokens
         self.video_s = self.audio_s = 0.0
-        self.prompt_tokens = self.frames = self.vlm_requests = 0
+        self.prompt_tokens = self.frames = self.vlm_requests = self.asr_chunks = 0
         self.frames_dropped = self.tokens_saved = 0  # near-duplicate frames decode left out, and their tokens
-        self.flops = 0.0
+        self.flops = 0.0  # the VLM's prefill, vision encoder included (prefill MFU)
+        self.vlm_decode_flops = 0.0
         self.errors: set[str] = set()
 
     def add_video(self, row: dict) -> tuple[int, int]:
-        """Count a decoded row's media and the frames decode dropped; returns its frames' (height, width)."""
+        """Count a decoded row's media, its ASR chunks and the frames decode dropped; returns its frames' (height, width)."""
         meta = json.loads(str(row["meta_json"]))
         width, height = meta["frame_size"]
         self.video_s += float(row["duration_s"])
         self.audio_s += float(row["duration_s"]) if bool(row["has_audio"]) else 0.0
+        if "speech_start_s" in row and row.get("language") is not None:  # transcribed: one Whisper window per chunk
+            self.asr_chunks += len(np.asarray(row["speech_start_s"]))
         dropped = int(meta.get("duplicate_frames_dropped", 0))
         self.frames_dropped += dropped
         self.tokens_saved += dropped * ((height // 28) * (width // 28) + 2)
@@ -290,7 +298,15 @@ class Work:
         self.prompt_tokens += tokens
         self.frames += frames
         self.vlm_requests += 1
-        self.flops += frames * patches * vit_flops_per_patch(self.vision) + llm_flops(self.text, tokens)
+        self.flops += vision_flops(self.vision, frames, *frame_hw) + prefill_flops(self.text, tokens)
+        self.vlm_decode_flops += decode_flops(self.text, tokens, self.vlm_tokens)
+
+    def flop_account(self) -> dict[str, float]:
+        """PFLOP of each part of the work: the floor's numerator."""
+        asr = whisper_flops(self.whisper, self.asr_chunks, self.asr_tokens) if self.whisper and self.asr_chunks else {}
+        parts = {"vlm_prefill": self.flops, "vlm_decode": self.vlm_decode_flops,
+                 "asr_encoder": asr.get("encoder", 0.0), "asr_decoder": asr.get("decoder", 0.0)}
+        return {k: round(v / 1e15, 3) for k, v in {**parts, "total": sum(parts.values())}.items()}
 
 
 def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: float, peak: float | None,
@@ -308,6 +324,9 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
         "asr_realtime_factor": round(work.audio_s / asr_s, 1) if asr_s > 0 else None,
         "prefill_pflop": round(work.flops / 1e15, 2),
         "prefill_mfu_pct": round(100 * work.flops / gpu_s / (peak * 1e12), 1) if peak and gpu_s > 0 else None,
+        "asr_chunks": work.asr_chunks, "pflop": work.flop_account(),
+        # The compute floor: every FLOP of both models at the measured matmul peak, against the GPU-s used
+        **floor(work.flop_account()["total"] * 1e15, peak, gpu_s),
         **sampler,
     }
     out.update(extra or {})
@@ -316,17 +335,22 @@ def figures(work: Work, gpu_s: float, startup_s: float, wall_s: float, asr_s: fl
 
 # -- decoding ------------------------------------------------------------------------------------
 
-def _decode_one(args: tuple[Any, str]) -> dict:
-    """Identify + decode + frames of one file in this process; its CPU time counts every thread (PyAV decodes on several)."""
+def pipeline_row(config, uri: str) -> dict:
+    """One file through identify, decode and frames in this process, as the pipelines' CPU stages run them."""
     from corpusflow.actors.decode import DecodeMedia
     from corpusflow.actors.frames import SampleFrames
     from corpusflow.actors.identify import Identify
 
-    config, uri = args
-    cpu, wall = time.process_time(), time.time()
     batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
              "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-    row = {k: v[0] for k, v in SampleFrames(config)(DecodeMedia(config)(Identify(config)(batch))).items()}
+    return {k: v[0] for k, v in SampleFrames(config)(DecodeMedia(config)(Identify(config)(batch))).items()}
+
+
+def _decode_one(args: tuple[Any, str]) -> dict:
+    """Identify + decode + frames of one file in this process; its CPU time counts every thread (PyAV decodes on several)."""
+    config, uri = args
+    cpu, wall = time.process_time(), time.time()
+    row = pipeline_row(config, uri)
     meta = json.loads(str(row["meta_json"]))
     return {"cpu_s": time.process_time() - cpu, "wall_s": time.time() - wall, "video_s": float(row["duration_s"]),
             "frames": len(row["frame_ts"]), "dropped": int(meta.get("duplicate_frames_dropped", 0)),
@@ -444,7 +468,6 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
         identify, decode, asr, vlm = Identify(config), DecodeMedia(config), FixedTranscribe(config), FixedDescribe(config)
         frames = SampleFrames(config)
         t_ready = time.time()
-        mark = len(gpu.util)
         asr_s = 0.0
         for uri in corpus:
             batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
@@ -454,7 +477,7 @@ def run_naive(config, corpus: list[str], work: Work, peak: float | None, vlm_tok
             _count_row(row, work, config)
             asr_s += float(row["asr_wall_s"])
         t_end = time.time()
-    return figures(work, t_end - t_ready, t_ready - t0, t_end - t0, asr_s, peak, gpu.figures(mark),
+    return figures(work, t_end - t_ready, t_ready - t0, t_end - t0, asr_s, peak, gpu.figures(t0, t_ready),
                    {"errors": sorted(work.errors)})
 
 
@@ -509,6 +532,10 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         "identify": one, "decode": one, "frames": one, "asr": {**one, "batch_size": asr_rows, **asr},
         # The vLLM processor keeps the caller's vlm reservation (a share of the GPU bundle it asks for).
         "vlm": config.resources.vlm.model_dump() if engine == "vllm" else vlm})})
+    if keep_rows is not None:  # the product path (benchmarks/product_run.py) runs `corpusflow run` with this config
+        import yaml
+
+        keep_rows.with_name("corpusflow_vllm_job.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     places = gpu_bundles.remote_args_fns(config)
     with GpuSampler(max(n_gpus, 1)) as gpu:
         t0 = time.time()
@@ -516,13 +543,15 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         for name in ("identify", "decode"):
             ds = add_stage(ds, spec(name), config)
         ds = add_stage(ds, spec("asr"), config, cls=FixedTranscribe, place=places.get("asr"))
-        ds = add_stage(ds, spec("frames"), config)
+        ds = add_stage(ds, spec("frames"), config).map_batches(_Stamp("bench_frames_done"), batch_format="numpy",
+                                                               batch_size=None, num_cpus=0.1)
         if engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm
 
             ds = describe_with_vllm(ds, config, fixed_output_tokens=True, place=places.get("vlm"))
         else:
             ds = add_stage(ds, spec("vlm"), config, cls=FixedDescribe, place=places.get("vlm"))
+        ds = ds.map_batches(_Stamp("bench_vlm_done"), batch_format="numpy", batch_size=None, num_cpus=0.1)
         rows = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             now = time.time()
@@ -531,8 +560,8 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
         t_end = time.time()
     gpu_bundles.release()
     asr_ready = max(float(r.get("bench_asr_ready", t0)) for r in rows)
-    if engine == "vllm":  # a request entered the engine only once it was ready
-        starts = sorted(float(r["bench_end"]) - float(r["vlm_device_s"]) for r in rows)
+    if engine == "vllm":  # a request entered the engine only once it was ready (its answer's time less its engine time)
+        starts = sorted(float(r["bench_vlm_done"]) - float(r["vlm_device_s"]) for r in rows)
         vlm_ready = starts[0]
     else:
         starts = sorted(float(r.get("bench_vlm_ready", t0)) for r in rows)
@@ -555,7 +584,7 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
     if keep_rows is not None:
         _save_transcripts(rows, keep_rows)
     gpu_s = max(n_gpus, 1) * (t_end - ready) + asr_before_ready
-    return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(),
+    return figures(work, gpu_s, ready - t0, t_end - t0, asr_s, peak, gpu.figures(t0, ready),
                    {"asr_s_before_vlm_ready": round(asr_before_ready, 1), "errors": sorted(work.errors),
                     "gpus": n_gpus, "after_startup_s": round(t_end - ready, 1), "asr_actor_s": round(asr_actor_s, 1),
                     "asr_actors": n_gpus if pairs else asr_actors, "asr_pairs_per_gpu": pairs,
@@ -563,9 +592,34 @@ def run_pipeline(config, corpus: list[str], work: Work, peak: float | None, vlm_
                     # When each request entered an engine, from the first engine's readiness (the engines'
                     # readiness spread shows in the first rows: each takes its in-flight batches at once)
                     "vlm_row_starts_s": [round(x - ready, 1) for x in starts],
+                    # Each row's way through, from the first engine's readiness, in the order rows entered the
+                    # engine: [ASR call ended, frames stage ended, entered the engine, answered, reached this
+                    # driver]. A late entry whose frames were long done waited inside Ray's processor; one whose
+                    # frames came late waited upstream.
+                    "row_timeline_s": _timeline(rows, ready, engine),
                     # Ray Data's own account per operator (tasks, wall and CPU time, blocked and backpressured
                     # time): where rows waited, which the derived starts above cannot tell
                     "ray_data_stats": ds.stats()})
+
+
+class _Stamp:
+    """A map_batches step that stamps each row with the time it passed (the benchmark's row timeline)."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(next(iter(batch.values()))) if batch else 0
+        return {**batch, self.column: np.full(n, time.time())}
+
+
+def _timeline(rows: list[dict], ready: float, engine: str) -> list[list[float | None]]:
+    def at(r: dict) -> list[float | None]:
+        asr_end = float(r["bench_asr_span"][1]) if "bench_asr_span" in r else None
+        entered = float(r["bench_vlm_done"]) - float(r.get("vlm_device_s") or 0.0) if engine == "vllm" else None
+        return [None if t is None else round(t - ready, 2) for t in
+                (asr_end, float(r["bench_frames_done"]), entered, float(r["bench_vlm_done"]), float(r["bench_end"]))]
+    return sorted((at(r) for r in rows), key=lambda v: (v[2] if v[2] is not None else v[3]))
 
 
 def union_s(spans: list[tuple[float, float]]) -> float:
@@ -605,14 +659,64 @@ def _save_transcripts(rows: list[dict], path: Path) -> None:
 
 
 def _decoded_for_prompt(args: tuple[Any, str]) -> dict:
-    """Identify + decode one file in this (worker) process: the row without its audio, which prompts don't use."""
-    from corpusflow.actors.decode import DecodeMedia
-    from corpusflow.actors.identify import Identify
-
+    """The row corpusflow's frames stage hands the VLM, less its audio (prompts don't use it), in a worker process."""
     config, uri = args
-    batch = {"uri": np.asarray([uri], dtype=object), "bytes": np.asarray([os.path.getsize(uri)]),
-             "error_stage": np.asarray([""], dtype=object), "error": np.asarray([""], dtype=object)}
-    return {k: v[0] for k, v in DecodeMedia(config)(Identify(config)(batch)).items() if k != "pcm"}
+    return {k: v for k, v in pipeline_row(config, uri).items() if k != "pcm"}
+
+
+def ray_data_llm_prompts(config, corpus: list[str], transcripts: Path, work: Work | None = None) -> list[dict]:
+    """ray_data_llm's requests: corpusflow's frames (decode and frames stages re-run, deterministic) and
+    corpusflow_vllm's transcripts, through the same ``build_request``; counted into ``work``."""
+    from corpusflow.flows.vllm_stage import build_request
+
+    by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
+    # One process per file: in threads of this process the GIL-bound decode of 64 lecture files (16 h)
+    # had not finished after 6 minutes, twice.
+    with ProcessPoolExecutor(max_workers=min(len(corpus), os.cpu_count() or 1)) as pool:
+        rows = list(pool.map(_decoded_for_prompt, [(config, u) for u in corpus]))
+    prompts = []
+    for uri, row in zip(corpus, rows):
+        t = by_uri[uri]
+        row.update(language=t["language"], seg_start=np.asarray(t["seg_start"], dtype=np.float64),
+                   seg_end=np.asarray(t["seg_end"], dtype=np.float64), seg_text=list(t["seg_text"]))
+        req = build_request(row, config)
+        if work is not None:
+            text_tokens, images = request_text_tokens(req["messages"])
+            work.add_request(images, work.add_video(row), text_tokens)
+        prompts.append({"uri": uri, "messages": req["messages"]})
+    return prompts
+
+
+def contender_requests(name: str, config, rows: list[dict], transcripts: Path, vlm_tokens: int = 256) -> list[dict]:
+    """What each contender sends its VLM for the transcribed ``rows`` (after corpusflow's frames stage), built
+    by that contender's own code path: ``{"uri", "images", "text"}`` per request (images as arrays or data URLs).
+
+    The CPU test runs this for every contender, so a refactor of the stages cannot silently break one.
+    """
+    if name == "ray_data_llm":
+        return [{"uri": p["uri"], **_chat_parts(p["messages"])}
+                for p in ray_data_llm_prompts(config, [str(r["uri"]) for r in rows], transcripts)]
+    if name == "corpusflow_vllm":
+        from corpusflow.flows.vllm_stage import _Prompt
+
+        prompt = _Prompt(config, fixed_output_tokens=True)
+        return [{"uri": str(r["uri"]), **_chat_parts(prompt(r)["messages"])} for r in rows]
+    if name in ("naive_transformers", "corpusflow_transformers"):  # both call Describe with the fixed engine
+        from corpusflow.actors.vlm import Describe
+
+        describe = Describe(config, engine=fixed_transformers_engine(config, vlm_tokens))
+        out = []
+        for r in rows:
+            req = describe._plan(r).jobs[0].request
+            out.append({"uri": str(r["uri"]), "images": list(req.frames), "text": req.system + "\n" + req.user})
+        return out
+    raise ValueError(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
+
+
+def _chat_parts(messages: list[dict]) -> dict:
+    parts = [p for m in messages for p in m["content"]]
+    return {"images": [p["image_url"]["url"] for p in parts if p["type"] == "image_url"],
+            "text": "\n".join(str(p["text"]) for p in parts if p["type"] == "text")}
 
 
 def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, vlm_tokens: int,
@@ -626,28 +730,19 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
-    from corpusflow.flows.vllm_stage import build_request
+    from corpusflow.actors.models.compile_cache import cache_env, local_compile_cache
+    from corpusflow.flows.vllm_stage import _accelerator
 
-    by_uri = {t["uri"]: t for t in json.loads(transcripts.read_text())}
-    prompts = []
-    # Preparation, not timed (this contender is the VLM alone). One process per file: in threads of this
-    # process the GIL-bound decode of 64 lecture files (16 h) had not finished after 6 minutes, twice.
-    with ProcessPoolExecutor(max_workers=min(len(corpus), os.cpu_count() or 1)) as pool:
-        rows = list(pool.map(_decoded_for_prompt, [(config, u) for u in corpus]))
-    for uri, row in zip(corpus, rows):
-        t = by_uri[uri]
-        row.update(language=t["language"], seg_start=np.asarray(t["seg_start"], dtype=np.float64),
-                   seg_end=np.asarray(t["seg_end"], dtype=np.float64), seg_text=list(t["seg_text"]))
-        req = build_request(row, config)
-        text_tokens, images = request_text_tokens(req["messages"])
-        work.add_request(images, work.add_video(row), text_tokens)
-        prompts.append({"messages": req["messages"]})
+    prompts = [{"messages": p["messages"]} for p in ray_data_llm_prompts(config, corpus, transcripts, work)]
     opts = config.profile.options_for("H200")
     if whole_gpu:  # nothing else runs beside it
         opts = opts.model_copy(update={"gpu_memory_utilization": 0.85, "kv_cache_memory_bytes": None})
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=model_path(config.profile, config.model_cache),
                                   engine_kwargs=engine_kwargs(opts), batch_size=16, concurrency=n_gpus, log_engine_metrics=False,
+                                  # the compile artifacts corpusflow's engines use (warm once one of them ran)
+                                  runtime_env={"env_vars": cache_env(local_compile_cache(
+                                      config.profile.vlm, _accelerator(config), config.model_cache))},
                                   prepare_multimodal_stage={"enabled": True,  # images stay after their labels
                                                             "chat_template_content_format": "openai"}),
         preprocess=lambda row: {**row, "sampling_params": sampling_params(vlm_tokens, None, True)},
@@ -659,7 +754,7 @@ def run_ray_data_llm(config, corpus: list[str], work: Work, peak: float | None, 
         t_end = time.time()
     ready = min(r["end"] - r["llm_s"] for r in out)
     measured = sum(int(r["n_in"]) for r in out)
-    return figures(work, n_gpus * (t_end - ready), ready - t0, t_end - t0, 0.0, peak, gpu.figures(),
+    return figures(work, n_gpus * (t_end - ready), ready - t0, t_end - t0, 0.0, peak, gpu.figures(t0, ready),
                    {"gpus": n_gpus, "after_startup_s": round(t_end - ready, 1), "vllm_prompt_tokens": measured,
                     "output_tokens": sum(int(r["n_out"]) for r in out)})
 
@@ -699,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                    "espeak-ng reading English (tones without espeak-ng), made in --work")
     p.add_argument("--corpus", choices=("tiny", "lecture"), default="tiny", help="benchmarks/corpus.py's kinds")
     p.add_argument("--preset", default="veryfast", help="x264 preset of the lecture corpus")
+    p.add_argument("--distinct-minutes", type=int, help="lecture corpus: minutes of picture encoded per talk, "
+                   "cycled through its length (benchmarks/corpus.py make_lectures); default: every minute")
     p.add_argument("--seek", choices=("exact", "keyframe"), default="exact", help="video.seek of the pipelines")
     p.add_argument("--dedup-threshold", type=float, default=0.0, help="video.dedup_threshold of every contender")
     p.add_argument("--decode-modes", default="", help="measure decode CPU per video-hour for these seek modes "
@@ -752,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         value = fn()
         print(f"[bench] {name}: {time.time() - t:.1f} s", flush=True)
+        result.setdefault("timings", {})[name] = round(time.time() - t, 1)
         return value
 
     result["machine"] = machine()
@@ -761,9 +859,9 @@ def main(argv: list[str] | None = None) -> int:
     result["bf16_matmul_peak_tflops"] = peak
     clip = a.speech_clip or speech_clip(work_dir / "speech.wav")
     corpus = step("corpus", lambda: make_corpus(work_dir / f"corpus_{a.corpus}", a.videos, a.minutes, clip,
-                                                a.corpus, a.preset))
+                                                a.corpus, a.preset, a.distinct_minutes))
     corpus_dir = work_dir / (f"corpus_{a.corpus}_x{a.copies}" if a.copies > 1 else f"corpus_{a.corpus}")
-    corpus = step("copies", lambda: with_copies(corpus, a.copies, corpus_dir))
+    corpus = step("copies", lambda: with_copies(corpus, a.copies, corpus_dir, clip))
     if smoke:
         vlm_dir = asr_dir = "tiny-random"
     else:
@@ -778,14 +876,18 @@ def main(argv: list[str] | None = None) -> int:
     naive_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "transformers"))
     flow_cfg = JobConfig.build(**base, models=naive_cfg.models, **{"asr.batch_size": a.asr_batch})
     vllm_cfg = JobConfig.build(**base, models=write_profile(work_dir, smoke, vlm_dir, asr_dir, "vllm", a.vllm_kv_gib,
-                                                                json.loads(a.vllm_options), a.asr_engine),
+                                                                json.loads(a.vllm_options), a.asr_engine, a.asr_tokens),
                                **{"asr.batch_size": a.asr_batch, "resources.vlm.num_gpus": 1 - a.asr_gpu_share,
                                   "resources.vlm.min_actors": a.gpus, "resources.vlm.max_actors": a.gpus})
     from corpusflow.actors.engines.vlm_vllm import model_path
 
+    from corpusflow.actors.models.store import resolve
+
     model_dir = model_path(flow_cfg.profile, flow_cfg.model_cache)  # builds tiny-random when smoking
+    asr_path = resolve(vllm_cfg.profile.asr, "whisper-hf", vllm_cfg.model_cache)
     vllm_shape = vllm_cfg.profile.options_for("H200")
     result["setup"] = {"videos": a.videos, "minutes_each": a.minutes, "copies": a.copies, "files": len(corpus),
+                       "distinct_minutes": a.distinct_minutes,
                        "gpus": a.gpus, "fps_sampled": flow_cfg.video.fps,
                        "frame_size": flow_cfg.video.frame_size, "vlm_output_tokens": a.vlm_tokens,
                        "asr_output_tokens_per_chunk": a.asr_tokens, "asr_batch_naive": naive_cfg.asr.batch_size,
@@ -813,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Data's executor writes every operator's queues, running tasks and backpressure to ray-data.log
+    # (session logs under --work/ray) every 5 s; every second says where rows wait after start-up.
+    from ray.data._internal.execution import streaming_executor
+
+    streaming_executor.DEBUG_LOG_INTERVAL_SECONDS = 1
     transcripts = work_dir / "transcripts.json"
     names = [n for n in a.contenders.split(",") if n]
     unknown = sorted(set(names) - set(CONTENDERS))
@@ -826,7 +933,8 @@ def main(argv: list[str] | None = None) -> int:
             if not have_vllm:
                 result["contenders"][name] = {"skipped": "vllm is not installed here"}
                 continue
-        work = Work(model_dir)
+        # ray_data_llm is the VLM alone: its work has no ASR FLOPs
+        work = Work(model_dir, None if name == "ray_data_llm" else asr_path, a.vlm_tokens, a.asr_tokens)
         if name == "naive_transformers":
             subset = corpus[:a.naive_videos] if a.naive_videos else corpus
             fig = step(name, lambda: run_naive(naive_cfg, subset, work, peak, a.vlm_tokens, a.asr_tokens))

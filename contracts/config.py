@@ -111,6 +111,12 @@ def _listed(words: list[str]) -> str:
 RANDOM_SOURCE = "tiny-random"
 
 
+class FixedOutput(StrictModel):
+    """Benchmarks with random weights: output lengths fixed so that runs compare equal work."""
+
+    asr_tokens_per_chunk: int = Field(gt=0, le=444, description="tokens every 30-s ASR chunk decodes (EOS ignored)")
+
+
 class ModelsProfile(StrictModel):
     """Where each model comes from: a Hugging Face id, a local folder, an s3:// prefix, a folder inside an
     installed Python package (``package:module/path``), or ``tiny-random``."""
@@ -141,6 +147,16 @@ class ModelsProfile(StrictModel):
     rerankers: dict[str, RerankerModel] = Field(
         default_factory=dict, json_schema_extra=QUERY_ONLY,
         description="cross-encoders by name, for `corpusflow search --rerank NAME` and /v1/search's `rerank`")
+    fixed_output: Optional[FixedOutput] = Field(
+        None, description="benchmarks of random-weight checkpoints only: every ASR chunk decodes exactly "
+        "asr_tokens_per_chunk tokens and every VLM answer exactly vlm.max_new_tokens, unconstrained, so every "
+        "answer is recorded as invalid; timing the product path with the work of the benchmark pipelines")
+
+    @model_validator(mode="after")
+    def _fixed_output_engines(self) -> "ModelsProfile":
+        if self.fixed_output and (self.vlm_engine != "vllm" or self.asr_engine == "whisperx"):
+            raise ValueError("fixed_output needs vlm_engine: vllm and asr_engine transformers or vllm")
+        return self
 
     @model_validator(mode="after")
     def _fp8_needs_vllm(self) -> "ModelsProfile":

@@ -194,7 +194,8 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
         if spec.name == "vlm" and config.profile.vlm_engine == "vllm":
             from corpusflow.flows.vllm_stage import describe_with_vllm  # the vLLM backend: Ray's ray.data.llm processor
 
-            ds = describe_with_vllm(ds, config, place=places.get("vlm"), udfs=stand_ins)
+            ds = describe_with_vllm(ds, config, fixed_output_tokens=config.profile.fixed_output is not None,
+                                    place=places.get("vlm"), udfs=stand_ins)
         else:
             ds = add_stage(ds, spec, config, cls=stand_ins.get(spec.name), place=places.get(spec.name))
         if spec.name == "identify" and done:  # the content hash is known from here on
@@ -507,6 +508,10 @@ def _process(config: JobConfig, entries: list[storage.FileEntry], done: set, job
                 deferred.clear()
         finally:
             context.max_errored_blocks = 0
+    if config.profile.vlm_engine == "vllm":  # the next node of this type starts warm from the store
+        from corpusflow.flows.vllm_stage import publish_engine_artifacts
+
+        publish_engine_artifacts(config)
     summary.already_done = summary.files - len(seen)
     summary.by_status, summary.by_kind = dict(statuses), dict(kinds)
     summary.stage_s = {s: round(stage_s[s], 3) for s in METRIC_STAGES if s in stage_s}

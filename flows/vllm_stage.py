@@ -28,6 +28,7 @@ from corpusflow.actors.prompts.answer import AnswerError, schema_for, validate
 from corpusflow.actors.engines.vlm import frame_label
 from corpusflow.actors.prompts.video import DESCRIBE_TASK, SYSTEM, transcript_text, user_text
 from corpusflow.actors.engines.vlm_vllm import engine_kwargs, model_path, sampling_params
+from corpusflow.actors.models.compile_cache import cache_env, local_compile_cache, publish_compile_cache
 from corpusflow.contracts.config import StageConfig
 from corpusflow.contracts.stage import Batch, Row, RowOutcome, StageContract, StageFailure, run_batch
 
@@ -197,7 +198,10 @@ def processor_config(config: StageConfig, batch_size: int = 2, max_concurrent_ba
         max_concurrent_batches = -(-2 * seqs // block)
     # A share of a GPU (the ASR actor holding the rest) is asked for as one bundle; else Ray's default, one GPU.
     share = {"bundles": [{"CPU": res.num_cpus, "GPU": res.num_gpus}]} if res.num_gpus else None
+    # The engines compile into the model's artifact folder in model_cache (warm from the store when published)
+    compiled = local_compile_cache(profile.vlm, _accelerator(config), config.model_cache)
     return vLLMEngineProcessorConfig(
+        runtime_env={"env_vars": cache_env(compiled)},
         model_source=model_path(profile, config.model_cache),
         engine_kwargs=engine_kwargs(profile.options_for(_accelerator(config)), tiny=profile.vlm == "tiny-random"),
         batch_size=batch_size, max_concurrent_batches=max_concurrent_batches,
@@ -232,3 +236,9 @@ def describe_with_vllm(ds, config: StageConfig, fixed_output_tokens: bool = Fals
             processor.stages[name] = processor.stages[name].model_copy(update={"fn": udf})
     model_id = config.profile.vlm
     return processor(ds).map_batches(_Answers(model_id, accel), batch_format="numpy", batch_size=None)
+
+
+def publish_engine_artifacts(config: StageConfig) -> bool:
+    """After a job: the engines' compile artifacts in this node's model_cache go to the store beside
+    ``s3://`` weights, if it lacks them (the engines ran where the job's driver runs: one node)."""
+    return publish_compile_cache(config.profile.vlm, _accelerator(config), config.model_cache)

@@ -32,7 +32,7 @@ def corpus(tmp_path_factory) -> list[str]:
     work = tmp_path_factory.mktemp("bench")
     clip = speech_clip(work / "speech.wav", seconds=12)
     originals = make_corpus(work / "corpus", videos=1, minutes=0.4, clip=clip, kind="tiny")
-    return with_copies(originals, 3, work / "corpus_x3")
+    return with_copies(originals, 3, work / "corpus_x3", clip)
 
 
 def test_copies_show_the_same_picture_with_other_sound_and_other_bytes(corpus):
@@ -75,3 +75,37 @@ def test_plan_of_a_paired_run_puts_one_asr_actor_beside_each_engine(corpus, tmp_
 def test_prefix_caching_reaches_vllm_only_when_the_profile_sets_it():
     assert engine_kwargs(VlmEngineOptions(enable_prefix_caching=False))["enable_prefix_caching"] is False
     assert "enable_prefix_caching" not in engine_kwargs(VlmEngineOptions())
+
+
+def test_every_contender_builds_its_requests_from_corpusflows_frames_and_transcripts(corpus, tmp_path):
+    """The comparison's inputs: each contender's own request-building path on the tiny corpus, no vLLM needed."""
+    from benchmarks.gpu_throughput import CONTENDERS, _save_transcripts, contender_requests, pipeline_row, write_profile
+    from corpusflow.actors.asr import Transcribe
+    from corpusflow.contracts.config import JobConfig
+
+    profile = write_profile(tmp_path, True, "tiny-random", "tiny-random", "vllm", asr_tokens=8)  # 8 tokens a chunk
+    config = JobConfig.build(corpus=str(Path(corpus[0]).parent), out=str(tmp_path / "out"),
+                             model_cache=str(tmp_path / "cache"), models=profile,
+                             **{"vlm.retries": 0, "asr.align_words": False, "vlm.max_new_tokens": 256,
+                                "vlm.max_transcript_chars": 400})
+    decoded = [pipeline_row(config, uri) for uri in corpus[:2]]
+    batch = {k: np.empty(len(decoded), dtype=object) for k in decoded[0]}
+    for i, r in enumerate(decoded):
+        for k, v in r.items():
+            batch[k][i] = v
+    heard = Transcribe(config)(batch)
+    rows = [{**d, **{k: heard[k][i] for k in ("language", "seg_start", "seg_end", "seg_text", "error")}}
+            for i, d in enumerate(decoded)]
+    assert all(not r["error"] and len(r["frames"]) for r in rows)
+    transcripts = tmp_path / "transcripts.json"
+    _save_transcripts(rows, transcripts)
+
+    built = {name: contender_requests(name, config, rows, transcripts) for name in CONTENDERS}
+    for name, requests in built.items():
+        assert [r["uri"] for r in requests] == [str(r["uri"]) for r in rows], name
+        for req, row in zip(requests, rows):
+            assert 0 < len(req["images"]) <= len(row["frames"]), name
+            spoken = [str(t)[:40] for t in row["seg_text"] if str(t).strip()]
+            assert spoken and spoken[0] in req["text"], f"{name} left out the transcript"
+    # Ray's processor gets exactly corpusflow_vllm's prompts: the same frames (as JPEG) and the same text
+    assert built["ray_data_llm"] == built["corpusflow_vllm"]

@@ -11,13 +11,15 @@ vLLM is imported only when this engine is built, so workers without it run the o
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from corpusflow.actors.engines.asr import SAMPLE_RATE, AsrResult, Decoding, SpeechTrack, TimedText
 from corpusflow.actors.engines.asr_align import WordAligner
-from corpusflow.actors.models.device import torch_device
+from corpusflow.actors.models.compile_cache import cache_env, local_compile_cache, publish_compile_cache
+from corpusflow.actors.models.device import accelerator, torch_device
 from corpusflow.actors.models.store import resolve
 from corpusflow.contracts.config import ModelsProfile, StageConfig
 
@@ -124,7 +126,11 @@ class VllmWhisperEngine:
 
         path = resolve(profile.asr, "whisper-hf", config.model_cache)
         hf_config = _hf_config(path)
+        # Compile artifacts from model_cache (or the store), published there after a cold start; the engine
+        # process vLLM spawns inherits these variables
+        os.environ.update(cache_env(local_compile_cache(profile.asr, accelerator(), config.model_cache)))
         self._llm = LLM(model=path, **engine_kwargs(config, hf_config))
+        publish_compile_cache(profile.asr, accelerator(), config.model_cache)
         self._tokenizer = self._llm.get_tokenizer()
         self._tokens = WhisperTokens.of(self._tokenizer)
         forced = config.asr.language

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 from typing import Any, Coroutine, TypeVar
 
+from corpusflow.actors.models.compile_cache import cache_env, local_compile_cache, publish_compile_cache
 from corpusflow.actors.models.device import accelerator
 from corpusflow.actors.models.store import resolve
 from corpusflow.actors.engines.vlm import PromptCounter, VlmRequest, processor_kwargs
@@ -105,7 +107,10 @@ class VllmEngine:
         # The engine's output handler runs as a task on the loop it was created on: one loop, one thread, for life.
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True).start()
+        # Compile artifacts from model_cache (or the store), published there after a cold start
+        os.environ.update(cache_env(local_compile_cache(profile.vlm, accelerator(), cache_dir)))
         self._llm = self._on_loop(self._start(path, engine_kwargs(opts, tiny=profile.vlm == "tiny-random")))
+        publish_compile_cache(profile.vlm, accelerator(), cache_dir)
 
     @staticmethod
     async def _start(path: str, kwargs: dict[str, Any]) -> Any:
