@@ -22,7 +22,8 @@ needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason
 
 
 def _config(tmp_path, model_cache, **overrides) -> JobConfig:
-    return JobConfig.build(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"), model_cache=model_cache, **overrides)
+    return JobConfig.build(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"), model_cache=model_cache,
+                           **{"models": "tiny-random", **overrides})
 
 
 def _video_row(n_frames: int = 12, side: int = 56, segments: int = 40, error: str = "") -> dict:
