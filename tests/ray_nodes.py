@@ -99,7 +99,7 @@ def make_corpus(folder: Path) -> list[str]:
 
 def job_config(path: Path, model_cache: str, worker_restarts: int = 2, max_nodes_lost: int = 10) -> Path:
     spot = "".join(f"  {s}: {{ray_options: {{resources: {{{SPOT}: 0.01}}}}}}\n" for s in SPOT_STAGES)
-    path.write_text(f"model_cache: {model_cache}\nvideo: {{fps: 1.0, frame_size: 112}}\nindex: {{enabled: false}}\n"
+    path.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nvideo: {{fps: 1.0, frame_size: 112}}\nindex: {{enabled: false}}\n"
                     f"faults: {{worker_restarts: {worker_restarts}, max_nodes_lost: {max_nodes_lost}}}\n"
                     f"resources:\n{spot}")
     return path

@@ -33,7 +33,7 @@ def corpus(tmp_path_factory) -> Path:
 def _config(tmp_path: Path, model_cache: str) -> str:
     f = tmp_path / "job.yaml"
     # Commits of one file, so that the progress moves (and has a rate) before the end of a 4-file job.
-    f.write_text(f"model_cache: {model_cache}\nresources:\n  commit:\n    batch_size: 1\nindex:\n  enabled: false\n")
+    f.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nresources:\n  commit:\n    batch_size: 1\nindex:\n  enabled: false\n")
     return str(f)
 
 
