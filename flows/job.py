@@ -219,6 +219,7 @@ def _package_for_workers() -> str:
     Ray's ``py_modules`` ships a folder under its own name; in a checkout the subpackages sit beside
     ``corpusflow/`` rather than in it (see corpusflow/__init__.py), so they are gathered here.
     """
+    import atexit
     import importlib
     import shutil
     import tempfile
@@ -227,6 +228,8 @@ def _package_for_workers() -> str:
     import corpusflow
 
     dest = Path(tempfile.mkdtemp(prefix="corpusflow-workers-")) / "corpusflow"
+    # ray.init uploads the folder once; nothing reads it afterwards, so it goes when the driver ends.
+    atexit.register(shutil.rmtree, dest.parent, ignore_errors=True)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(corpusflow.__file__).parent, dest, ignore=skip)
     for name in corpusflow.SUBPACKAGES:
