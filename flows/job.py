@@ -175,7 +175,8 @@ def _listing_blocks(entries: list[storage.FileEntry]) -> list[pa.Table]:
 
 
 def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
-                  commit_rows: bool = True, append_new: bool = False, stand_ins: Mapping[str, type] | None = None):
+                  commit_rows: bool = True, append_new: bool = False, stand_ins: Mapping[str, type] | None = None,
+                  retry_errors: bool = False):
     """The lazy Ray Data pipeline for ``entries`` (nothing runs until it is iterated).
 
     ``commit_rows=False`` stops before the commit step, exposing the stages' columns. ``append_new``:
@@ -201,7 +202,7 @@ def build_dataset(config: JobConfig, entries: list[storage.FileEntry], done: set
         if spec.name == "identify" and done:  # the content hash is known from here on
             ds = ds.map_batches(_drop_done(ray.put(done)), batch_format="numpy", batch_size=None, num_cpus=0.1)
         if spec.name == "identify" and commit_rows:  # before any expensive stage: one job per input at a time
-            ds = ds.map_batches(lease_rows(config.out, config.fingerprint(), job_id), batch_format="numpy",
+            ds = ds.map_batches(lease_rows(config.out, config.fingerprint(), job_id, retry_errors), batch_format="numpy",
                                 batch_size=None, num_cpus=0.1)
     if not commit_rows:
         return ds
@@ -336,7 +337,8 @@ def _cause_chain(e: BaseException) -> list[BaseException]:
     return chain
 
 
-def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None]) -> None:
+def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: str, take: Callable[[Batch], None],
+               retry_errors: bool) -> None:
     """One set-aside file as a job of its own. If its worker dies again it becomes an error row naming
     the stage and what happened, unless the cluster lost nodes meanwhile: the file is then not to blame,
     and the job stops with :class:`NodesLost` (the loop a spot market could otherwise keep it in ends
@@ -347,7 +349,8 @@ def _run_alone(config: JobConfig, entry: storage.FileEntry, done: set, job_id: s
     context.max_errored_blocks = 0
     dead_before = dead_nodes()
     try:
-        for batch in build_dataset(config, [entry], done, job_id).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in build_dataset(config, [entry], done, job_id, retry_errors=retry_errors).iter_batches(
+                batch_size=None, batch_format="numpy"):
             take(batch)
     except Exception as e:  # noqa: BLE001 - sorted below: a dead worker is the file's row, anything else is raised
         text = "\n".join(f"{type(c).__name__}: {c}" for c in _cause_chain(e))
@@ -429,14 +432,14 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
     shown = JobProgress(summary.files, summary.files - len(entries), sum(e.size for e in entries), verbose=verbose,
                         every_s=progress_every_s)
     with shown:
-        _process(config, entries, done, job_id, summary, shown)
+        _process(config, entries, done, job_id, summary, shown, retry_errors)
     summary.wall_s = time.time() - t0
     storage.write_json(json.dumps(asdict(summary), indent=1), storage.join(config.out, "_jobs", f"{job_id}.json"))
     return summary
 
 
 def _process(config: JobConfig, entries: list[storage.FileEntry], done: set, job_id: str,
-             summary: JobSummary, shown: JobProgress) -> None:
+             summary: JobSummary, shown: JobProgress, retry_errors: bool) -> None:
     """The stream of ``entries`` to committed rows, into ``summary`` and ``shown`` as batches commit."""
     import ray.data
 
@@ -489,12 +492,12 @@ def _process(config: JobConfig, entries: list[storage.FileEntry], done: set, job
             context.max_errored_blocks = -1
             pending = entries
             while pending:
-                for batch in build_dataset(config, pending, done, job_id, append_new=True).iter_batches(
+                for batch in build_dataset(config, pending, done, job_id, append_new=True, retry_errors=retry_errors).iter_batches(
                         batch_size=None, batch_format="numpy"):
                     take(batch)
                 for entry in _set_aside(config, pending, seen | set(deferred), summary.fingerprint):
                     shown.say(f"corpusflow: {entry.uri} was in a batch whose worker died; running it alone")
-                    _run_alone(config, entry, done, job_id, take)
+                    _run_alone(config, entry, done, job_id, take, retry_errors)
                 # Content leased by another job, or by this one under another URI: its rows are shared
                 # once committed; processed here if the job holding it died first.
                 if deferred:

@@ -114,10 +114,11 @@ def take_lease(out: str, fingerprint: str, uri: str, asset_id: str, job_id: str,
         generation += 1  # its holder died before committing: the next generation is free to claim
 
 
-def lease_rows(out: str, fingerprint: str, job_id: str) -> Callable[[Batch], Batch]:
+def lease_rows(out: str, fingerprint: str, job_id: str, retry_errors: bool = False) -> Callable[[Batch], Batch]:
     """A Ray Data map: lease each row's content for this job. A row another live job holds goes on
     marked ``LEASED`` (the stages pass it by, the committer leaves it out); one that an ended job
-    committed meanwhile is dropped, as done."""
+    committed meanwhile is dropped, as done (with ``retry_errors``, a retryable failure is not done:
+    the job is there to redo it)."""
     def lease(batch: Batch) -> Batch:
         verdicts: dict[str, bool] = {}
         done: list[set] = []
@@ -129,7 +130,7 @@ def lease_rows(out: str, fingerprint: str, job_id: str) -> Callable[[Batch], Bat
 
         def is_committed(uri: str, asset_id: str) -> bool:
             if not done:  # read once per batch, and only when a lease holder has ended
-                done.append(keys_of(committed(out, fingerprint)))
+                done.append(keys_of(committed(out, fingerprint, retry_errors)))
             return (uri, asset_id) in done[0]
 
         stages, errors = list(batch["error_stage"]), list(batch["error"])
