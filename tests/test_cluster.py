@@ -56,7 +56,8 @@ def corpus(tmp_path_factory) -> Path:
 
 def _job_config(tmp_path: Path, model_cache: str, extra: str = "") -> str:
     f = tmp_path / "job.yaml"
-    f.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 56\nindex:\n  enabled: false\n{extra}")
+    f.write_text(f"models: tiny-random\nmodel_cache: {model_cache}\nvideo:\n  fps: 1.0\n  frame_size: 56\n"
+                 f"index:\n  enabled: false\n{extra}")
     return str(f)
 
 
