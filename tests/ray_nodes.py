@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Optional
 import psutil
 
 from tests import media
+from tests.local_cluster import free_port
 
 # The custom resource that puts a stage on the spot node; each stage asks a sliver of it.
 SPOT = "spot"
@@ -31,12 +31,6 @@ SPOT_STAGES = ("decode", "asr", "vlm", "commit")
 WORKING = {"decode": "ray::MapBatches(DecodeMedia)", "asr": "(MapBatches(Transcribe)).submit",
            "vlm": "(MapBatches(Describe)).submit", "commit": "(MapBatches(_Committer)).submit"}
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ports() -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from corpusflow.contracts.config import ConfigError, JobConfig
 from corpusflow.flows.cli import main
 from tests import media
 from tests.readers import duckdb_read
+from tests.local_cluster import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,12 +91,6 @@ def test_rehearse_starts_each_node_type_from_zero_and_runs_stages_where_the_plac
     assert duckdb_read(out / "summaries").num_rows == 1  # the VLM's row, from the A10G node
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_ships_the_package_to_the_worker_node(corpus, tmp_path, model_cache, monkeypatch):
     """The README's command onto a head without CPUs and one worker node: every stage runs on the worker,
     importing the package from the shipped working dir."""
@@ -104,14 +98,14 @@ def test_ray_job_submit_ships_the_package_to_the_worker_node(corpus, tmp_path, m
     from ray.cluster_utils import Cluster
 
     monkeypatch.delenv("PYTHONPATH", raising=False)  # workers may only find the package where Ray puts it
-    dashboard = _free_port()
+    dashboard = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard, "dashboard_host": "127.0.0.1",
-        "dashboard_agent_listen_port": _free_port(),  # Ray's fixed default (52365) may be another cluster's
+        "dashboard_agent_listen_port": free_port(),  # Ray's fixed default (52365) may be another cluster's
         "object_store_memory": 200 << 20})
     try:
         cluster.add_node(num_cpus=6, resources={"worker_node": 1}, object_store_memory=200 << 20,
-                         dashboard_agent_listen_port=_free_port())
+                         dashboard_agent_listen_port=free_port())
         out = tmp_path / "out"
         probe = ("import ray, corpusflow.flows; ray.init(); "
                  "f = ray.remote(resources={'worker_node': 1})(lambda: __import__('corpusflow.flows').flows.__file__); "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,6 +25,7 @@ import yaml
 from corpusflow.flows.cli import main
 from tests import media
 from tests.readers import duckdb_read
+from tests.local_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_CONFIG = ROOT / "infra" / "prometheus" / "prometheus.yml"
@@ -44,12 +44,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_promtool_accepts_the_scrape_config() -> None:
     done = subprocess.run(["promtool", "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -64,12 +58,12 @@ def cluster():
     before = os.environ.get("RAY_metrics_report_interval_ms")
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # workers export every second, not every 10
     c = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=0, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-        metrics_export_port=_free_port()))
+        num_cpus=0, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+        metrics_export_port=free_port()))
     try:
         for acc, cpus in NODES.values():
             c.add_node(num_cpus=cpus, num_gpus=1, resources={f"accelerator_type:{acc}": 1},
-                       metrics_export_port=_free_port())
+                       metrics_export_port=free_port())
         yield c
     finally:
         ray.shutdown()
@@ -93,7 +87,7 @@ def prometheus(cluster, tmp_path_factory):
     config["scrape_configs"] = [ray_job]
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = open(work / "log", "w")
     proc = subprocess.Popen(["prometheus", f"--config.file={work / 'prometheus.yml'}",
                              f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
