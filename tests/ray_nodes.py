@@ -107,17 +107,28 @@ class Run:
     kills: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds into the job)
 
 
-def _delta_versions(out: Path, table: str) -> int:
+DATA_TABLES = ("timeline", "summaries", "pages", "metrics")
+
+
+def _last_commit_at(out: Path, table: str) -> float:
+    """When ``table``'s latest Delta version was written (0 before its first)."""
     log = out / table / "_delta_log"
-    return len(list(log.glob("*.json"))) if log.exists() else 0
+    return max((p.stat().st_mtime for p in log.glob("*.json")), default=0.0) if log.exists() else 0.0
+
+
+def _between_data_and_assets(out: Path) -> bool:
+    """A commit is between its data tables and its ``assets`` row: some data table was committed after
+    the latest ``assets`` version. Read from the tables alone, whichever tables a batch writes and
+    whenever the harness first sees the committer at work."""
+    data = max(_last_commit_at(out, t) for t in DATA_TABLES)
+    return data > _last_commit_at(out, "assets")
 
 
 def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tuple[str, ...] = (),
             kill_every: Optional[str] = None, timeout_s: float = 900) -> Run:
     """``corpusflow run --address`` against ``nodes``; the spot node is lost once while each stage of
     ``kill_during`` works on it (in that order), or, with ``kill_every``, every time that stage works on a
-    fresh spot node. A commit is killed between its data tables and its ``assets`` commit: once the
-    ``timeline`` table has a version more than when the committer started working."""
+    fresh spot node. A commit is killed between its data tables and its ``assets`` commit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.time()
     job = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out), "--config",
@@ -125,7 +136,6 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     todo = list(kill_during)
     kills: list[tuple[str, float]] = []
-    commit_from: Optional[int] = None
     try:
         while job.poll() is None and time.time() - t0 < timeout_s and (todo or kill_every):
             stage = todo[0] if todo else kill_every
@@ -133,14 +143,12 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
             titles = nodes.spot_titles()
             busy = any(WORKING[stage] in t for t in titles)
             if stage == "commit" and busy:
-                commit_from = _delta_versions(out, "timeline") if commit_from is None else commit_from
-                busy = _delta_versions(out, "timeline") > commit_from
+                busy = _between_data_and_assets(out)
             if busy:
                 nodes.lose_spot()
                 kills.append((stage, round(time.time() - t0, 1)))
                 print(f"[node loss] spot node killed during {stage}, {kills[-1][1]} s into the job", file=sys.stderr,
                       flush=True)
-                commit_from = None
                 if todo:
                     todo.pop(0)
             time.sleep(0.05)
