@@ -111,9 +111,9 @@ def rate(answers: list[tuple[float, float, int]], start: float, end: float) -> f
     return sum(1 for _, done, status in answers if status == 200 and start <= done < end) / (end - start)
 
 
-@pytest.mark.xfail(strict=False, reason="since the session-9 merges no request completes while the GCS is down (they all "
-                   "complete after its restart); before them 8 of 33 did: under investigation (issue 22)")
 def test_the_api_keeps_answering_while_the_gcs_is_killed_and_restarted(api, tmp_path):
+    import ray
+
     url, cluster, _, serve = api
     audio = make_audio(tmp_path / "speech.wav", seconds=2).read_bytes()
     answers: list[tuple[float, float, int]] = []
@@ -121,12 +121,18 @@ def test_the_api_keeps_answering_while_the_gcs_is_killed_and_restarted(api, tmp_
     statuses, problems, threads = start_clients(url, audio, CLIENTS, stop, DEADLINE_S + 10, judge, answers)
     try:
         time.sleep(WARMUP_S)
+        # HTTP clients hold no Ray connection, and neither may this test while the GCS is down: a driver's
+        # log and error threads poll the GCS without pause (about a core between them), which on these
+        # two cores starves the replicas Ray runs at nice 15 and stops every answer. On a cluster the
+        # driver is elsewhere, or there is none (`serve deploy`).
+        ray.shutdown()
         down = time.monotonic()
         cluster.head.kill_gcs_server()
         time.sleep(WINDOW_S)
         cluster.head.start_gcs_server()
         up = time.monotonic()
         time.sleep(WINDOW_S)
+        ray.init(address=cluster.address)
     finally:
         stop.set()
         for t in threads:
