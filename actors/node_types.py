@@ -44,15 +44,23 @@ def _published_types() -> Optional[list[NodeShape]]:
 
 
 def _autoscaler_runs() -> Optional[bool]:
-    """True/False once the monitor reported whether it autoscales; None if it said nothing in time."""
+    """True/False once the monitor reported whether it autoscales; None if it said nothing in time.
+
+    A head started without an autoscaling config (``ray start --head``, ``ray.init()``) runs a read-only
+    monitor that reports too, but makes each live node its own anonymous type (``node_<id>``) and never
+    starts one: that is no autoscaler, and the live nodes are all the cluster has.
+    """
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.experimental.internal_kv import _internal_kv_get
 
     deadline = time.monotonic() + _STATUS_WAIT_S
     while True:
         status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
         if status:
-            return bool(json.loads(status).get("autoscaler_report"))
+            report = json.loads(status).get("autoscaler_report") or {}
+            types = (report.get("node_type_mapping") or {}).items()
+            return bool(report) and (not types or any(t != format_readonly_node_type(n) for n, t in types))
         if time.monotonic() > deadline:
             return None
         time.sleep(0.5)
