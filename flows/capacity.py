@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from corpusflow.contracts.capacity import NodeShape, ask_of, unmet
+from corpusflow.contracts.capacity import InfeasibleError, NodeShape, ask_of, unmet
 from corpusflow.contracts.config import JobConfig, StageConfig
 from corpusflow.contracts.registry import STAGES
 from corpusflow.flows.gpu_bundles import pair_bundle
-
-
-class InfeasibleError(ValueError):
-    """A stage asks for more than any node of the cluster can hold; the message names it."""
 
 
 def stage_asks(config: StageConfig) -> list[tuple[str, dict[str, float], str]]:
@@ -34,7 +30,7 @@ def check_job(config: StageConfig, shapes: list[NodeShape], source: str) -> None
     if not shapes:
         return
     for stage, ask, unit in stage_asks(config):
-        sentence = unmet(stage, ask, shapes, source, unit)
+        sentence = unmet(f"stage {stage}", ask, shapes, source, unit)
         if sentence:
             raise InfeasibleError(sentence)
 
