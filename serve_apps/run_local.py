@@ -57,7 +57,9 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
     env = {settings.api_keys_env: api_key} if api_key else {}
     if address is None and num_cpus is None:  # a laptop still starts every replica (logical CPUs, shared cores)
         num_cpus = math.ceil(max(os.cpu_count() or 1, settings.min_cpus))
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+    # address="local": a Ray of its own even where another runs on this machine (ray.init() alone joins
+    # that one, and then refuses num_cpus).
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
              runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True)
     # Before Serve starts: a deployment no node can hold is refused here rather than waited for.
     app = build_app(settings, cluster_shapes(local=address is None))
