@@ -4,7 +4,7 @@ Where from, in order: a cluster-launcher YAML when one is given (``corpusflow re
 types Ray publishes for its autoscaler (autoscaler v2, KubeRay), else those of the autoscaler config a
 head started by ``ray up`` reads, else — on a cluster that starts no nodes — its live nodes. Where an
 autoscaler runs whose node types cannot be read, the answer is no shapes: nothing is refused. The job
-(flows/capacity.py) and the API (serve_apps/app.py) compare their asks with these.
+(flows/capacity.py) and the API (serve_apps/capacity.py) compare their asks with these.
 """
 from __future__ import annotations
 

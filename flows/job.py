@@ -393,7 +393,7 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
     ``retry_errors`` processes again the inputs whose last failure was transient. Progress goes to
     stderr (flows/progress.py): live on a terminal, else a line every ``progress_every_s`` seconds;
     ``verbose`` adds a line per committed file and Ray's INFO messages. ``capacity``: what the
-    cluster's node types offer and where that comes from, when the caller knows (flows/capacity.py finds
+    cluster's node types offer and where that comes from, when the caller knows (actors/node_types.py finds
     it otherwise); a stage no node can hold raises :class:`InfeasibleError` before any work.
     """
     t0 = time.time()
