@@ -170,15 +170,20 @@ class ServeConfig(StrictModel):
     def max_uri_bytes(self) -> int:
         return int(self.max_uri_mb * 2**20)
 
+    def deployed(self) -> dict[str, "DeploymentSettings"]:
+        """The deployments the app runs, by their Serve names: the ingress and every stage's, search with
+        an index, stream while streaming is enabled."""
+        deployed = {n: getattr(self.deployments, n) for n in DEPLOYMENTS}
+        if self.index:
+            deployed["search"] = self.deployments.search
+        if self.streaming.enabled:
+            deployed["stream"] = self.streaming.deployment
+        return deployed
+
     @property
     def min_cpus(self) -> float:
         """Logical CPUs the app holds at its minimum replica counts (what a cluster must offer to start it)."""
-        warm = [getattr(self.deployments, n) for n in DEPLOYMENTS]
-        if self.index:
-            warm.append(self.deployments.search)
-        if self.streaming.enabled:
-            warm.append(self.streaming.deployment)
-        return sum(d.num_cpus * d.autoscaling.min_replicas for d in warm)
+        return sum(d.num_cpus * d.autoscaling.min_replicas for d in self.deployed().values())
 
     def stage_config(self) -> StageConfig:
         """What the stage classes see: the same settings type the batch job hands them.

@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"corpusflow: cannot read corpus {config.corpus!r}: {e}", file=sys.stderr)
         return 2
-    from corpusflow.flows.capacity import InfeasibleError
+    from corpusflow.contracts.capacity import InfeasibleError
 
     try:
         summary = run_job(config, address=args.address, retry_errors=args.retry_errors, verbose=args.verbose,

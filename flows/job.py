@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from corpusflow.actors.identify import content_id, kind_by_name
+from corpusflow.actors.node_types import cluster_shapes
 from corpusflow.contracts import storage
 from corpusflow.contracts.config import JobConfig
 from corpusflow.contracts.registry import BY_NAME, STAGES
@@ -29,7 +30,7 @@ from corpusflow.contracts.rows import METRIC_STAGES, rows_for_batch, status_of
 from corpusflow.contracts.stage import RETRYABLE, Batch
 from corpusflow.contracts.capacity import NodeShape
 from corpusflow.flows.adapter import add_stage
-from corpusflow.flows.capacity import check_job, cluster_shapes, driver_only_paths
+from corpusflow.flows.capacity import check_job, driver_only_paths
 from corpusflow.flows.gpu_bundles import remote_args_fns
 from corpusflow.flows.lease import Heartbeat, alive, holder_of, lease_rows, leased
 from corpusflow.flows.tables import KnownKeys, check_out, commit, committed, keys_of, share_content, unchanged_of
@@ -392,7 +393,7 @@ def run_job(config: JobConfig, address: Optional[str] = None, retry_errors: bool
     ``retry_errors`` processes again the inputs whose last failure was transient. Progress goes to
     stderr (flows/progress.py): live on a terminal, else a line every ``progress_every_s`` seconds;
     ``verbose`` adds a line per committed file and Ray's INFO messages. ``capacity``: what the
-    cluster's node types offer and where that comes from, when the caller knows (flows/capacity.py finds
+    cluster's node types offer and where that comes from, when the caller knows (actors/node_types.py finds
     it otherwise); a stage no node can hold raises :class:`InfeasibleError` before any work.
     """
     t0 = time.time()

@@ -35,13 +35,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+from corpusflow.actors.node_types import shapes_of_config
 from corpusflow.contracts import storage
 from corpusflow.contracts.base import read_mapping
-from corpusflow.contracts.capacity import NodeShape
+from corpusflow.contracts.capacity import InfeasibleError, NodeShape
 from corpusflow.contracts.config import ConfigError, JobConfig, Resources
 from corpusflow.contracts.placement import DEFAULT_PLACEMENT, Placement
 from corpusflow.contracts.registry import STAGES
-from corpusflow.flows.capacity import InfeasibleError, check_job, shapes_of_config
+from corpusflow.flows.capacity import check_job
 
 # The label each rehearsal node carries: which node type of the YAML it stands for.
 NODE_TYPE_LABEL = "corpusflow/node-type"

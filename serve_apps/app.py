@@ -1,21 +1,26 @@
 """The Serve application: an ingress deployment composed with one deployment per stage class.
 
 ``build_app(settings)`` is what ``corpusflow serve`` runs; ``app_builder(args)`` is the import path
-``serve deploy serve_apps/config.yaml`` names, with the ServeConfig fields as its ``args``.
+``serve deploy serve_apps/config.yaml`` names, with the ServeConfig fields as its ``args``. Both refuse a
+deployment no node of the cluster can hold (serve_apps/capacity.py) before Serve waits for it.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
+from corpusflow.actors.node_types import cluster_shapes
+from corpusflow.contracts.capacity import NodeShape
 from corpusflow.contracts.registry import STAGES as REGISTRY
 from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.serve_apps.api import build_api
+from corpusflow.serve_apps.capacity import check_app
 from corpusflow.serve_apps.pipeline import Pipeline
 from corpusflow.serve_apps.search import SearchServer
 from corpusflow.serve_apps.stages import BatchedStageServer, StageServer
@@ -45,8 +50,18 @@ class Ingress:
         return build_api(self.settings, self.pipeline, self.stream)
 
 
-def build_app(settings: ServeConfig) -> Application:
-    """The bound application: every deployment's resources, queues and autoscaling from ``settings``."""
+def build_app(settings: ServeConfig, capacity: Optional[tuple[list[NodeShape], str]] = None) -> Application:
+    """The bound application: every deployment's resources, queues and autoscaling from ``settings``.
+
+    A deployment whose replica no node of the cluster can hold raises :class:`InfeasibleError` first.
+    ``capacity``: what the cluster's nodes offer and where that comes from, when the caller knows; else it
+    is asked of the Ray this process is connected to (under ``serve deploy``, the cluster's). Without
+    one, as when ``serve run`` builds an import path before it connects, there is nothing to compare with.
+    """
+    if capacity is None and ray.is_initialized():
+        capacity = cluster_shapes()
+    if capacity:
+        check_app(settings, *capacity)
     job = settings.stage_config().model_dump(mode="json")
     bound: dict[str, Any] = {}
     for name, stage in STAGES.items():

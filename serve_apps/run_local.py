@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from corpusflow.contracts.capacity import InfeasibleError
 from corpusflow.contracts.config import ConfigError
 from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.serve_apps.guards import load_api_keys
@@ -50,17 +51,22 @@ def start(settings: ServeConfig, api_key: Optional[str] = None, address: Optiona
     import ray
     from ray import serve
 
+    from corpusflow.actors.node_types import cluster_shapes
     from corpusflow.serve_apps.app import APP_NAME, build_app
 
     env = {settings.api_keys_env: api_key} if api_key else {}
     if address is None and num_cpus is None:  # a laptop still starts every replica (logical CPUs, shared cores)
         num_cpus = math.ceil(max(os.cpu_count() or 1, settings.min_cpus))
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+    # address="local": a Ray of its own even where another runs on this machine (ray.init() alone joins
+    # that one, and then refuses num_cpus).
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
              runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True)
+    # Before Serve starts: a deployment no node can hold is refused here rather than waited for.
+    app = build_app(settings, cluster_shapes(local=address is None))
     serve.start(proxy_location=proxy_location, http_options={"host": settings.host, "port": settings.port,
                               # Serve's own deadline sits behind ours, so clients see our 504 with a reason
                               "request_timeout_s": settings.request_timeout_s + 10})
-    serve.run(build_app(settings), name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
     return f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
 
 
@@ -104,7 +110,11 @@ def main(argv: Sequence[str]) -> int:
     elif not os.environ.get(settings.api_keys_env) and not settings.api_keys_file:
         key = secrets.token_urlsafe(24)
         print(f"no API key configured; this session accepts {settings.api_key_header}: {key}")
-    url = start(settings, key, args.address, args.num_cpus)
+    try:
+        url = start(settings, key, args.address, args.num_cpus)
+    except InfeasibleError as e:
+        print(f"corpusflow serve: {e}", file=sys.stderr)
+        return 2
     print(f"corpusflow API at {url}/v1 (docs at {url}/docs); Ctrl-C stops it")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

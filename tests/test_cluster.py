@@ -1,5 +1,6 @@
 """The job on several Ray nodes: node types started from zero by Ray's real autoscaler (``corpusflow rehearse``),
-``ray job submit --working-dir`` onto a two-node cluster, and stages no node can hold refused at once."""
+``ray job submit --working-dir`` onto a two-node cluster, and stages (and the API's deployments) no node can
+hold refused at once."""
 from __future__ import annotations
 
 import glob
@@ -147,6 +148,21 @@ def test_a_stage_no_node_can_hold_fails_at_once_with_a_sentence(corpus, tmp_path
     assert not (out / "assets").exists()  # nothing committed, nothing leased
 
 
+def test_a_deployment_no_node_can_hold_fails_at_once_with_a_sentence(tmp_path):
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"models: tiny-random\nport: {free_port()}\n"
+                   "deployments:\n  vlm: {num_gpus: 1, accelerator_type: A100}\n")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "corpusflow", "serve", "--config", str(cfg)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert time.time() - t0 < 30  # Serve would wait for the replica for ever
+    sentence = next(line for line in proc.stderr.splitlines() if "no node of the cluster can ever offer" in line)
+    assert sentence.startswith("corpusflow serve: deployment vlm asks {CPU 1, GPU 1, accelerator_type A100} per "
+                               "replica, which no node of the cluster can ever offer (the local Ray's node: node ")
+    assert "corpusflow API at" not in proc.stdout
+
+
 def test_rehearse_refuses_a_placement_no_node_type_offers_before_any_node_starts(corpus, tmp_path):
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(CLUSTER)
@@ -171,3 +187,21 @@ def test_gpu_stages_get_the_batch_size_ray_needs_and_impossible_gpu_counts_are_r
         JobConfig.build(corpus=str(tmp_path / "c"), out=str(tmp_path / "o"), **{"resources.vlm.num_gpus": 1.5})
     with pytest.raises(ConfigError, match=r"resources\.asr.*ray_options\.resources"):
         JobConfig.build(corpus=str(tmp_path / "c"), out=str(tmp_path / "o"), **{"resources.asr.ray_options": {"resources": {"GPU": 1}}})
+
+
+def test_serve_deploy_refuses_a_label_no_live_node_carries_on_a_cluster_without_autoscaler():
+    import ray
+
+    from corpusflow.contracts.capacity import InfeasibleError
+    from corpusflow.serve_apps.app import app_builder
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # what `ray start --head` gives: no autoscaler
+    try:
+        t0 = time.time()
+        with pytest.raises(InfeasibleError) as e:  # as Serve's controller builds serve_apps/config.yaml's app
+            app_builder({"models": "tiny-random", "deployments": {"pdf": {"label_selector": {"corpusflow/accelerator": "cpu"}}}})
+        assert time.time() - t0 < 15
+    finally:
+        ray.shutdown()
+    assert str(e.value).startswith("deployment pdf asks {CPU 1} per replica on a node labelled {corpusflow/accelerator: "
+                                   "cpu}, which no node of the cluster can ever offer (live nodes, no autoscaler: node ")

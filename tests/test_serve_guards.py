@@ -11,6 +11,7 @@ from corpusflow.contracts.serve_config import ServeConfig
 from corpusflow.serve_apps.guards import ApiError, check_uri, key_matches, load_api_keys
 
 CONFIG_YAML = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
+CLUSTER_YAML = CONFIG_YAML.parents[1] / "cluster.yaml"
 
 
 def test_defaults_bound_every_queue():
@@ -120,3 +121,23 @@ def test_a_label_selector_keeps_a_deployment_on_the_labelled_nodes():
     s = ServeConfig.load(None, deployments={"decode": {"label_selector": {"corpusflow/accelerator": "cpu"}}})
     assert s.deployments.decode.serve_options()["ray_actor_options"]["label_selector"] == {"corpusflow/accelerator": "cpu"}
     assert "label_selector" not in s.deployments.asr.serve_options()["ray_actor_options"]
+
+
+def test_the_api_placed_on_cluster_yaml_fits_and_a_label_no_node_type_carries_is_refused():
+    from corpusflow.actors.node_types import shapes_of_config
+    from corpusflow.contracts.capacity import InfeasibleError
+    from corpusflow.serve_apps.app import build_app
+
+    capacity = (shapes_of_config(yaml.safe_load(CLUSTER_YAML.read_text())), "node types of cluster.yaml")
+    cpu = {"label_selector": {"corpusflow/accelerator": "cpu"}}
+    placed = {"api": cpu, "decode": cpu, "pdf": cpu, "frames": cpu,
+              "asr": {"num_gpus": 0.25, "accelerator_type": "A10G", "label_selector": {"corpusflow/accelerator": "!cpu"}},
+              "vlm": {"num_gpus": 1, "accelerator_type": "H100"}}
+    assert build_app(ServeConfig.load(None, deployments=placed), capacity) is not None
+    placed["pdf"] = {"label_selector": {"corpusflow/accelerator": "in(gpu, tpu)"}}
+    with pytest.raises(InfeasibleError) as e:
+        build_app(ServeConfig.load(None, deployments=placed), capacity)
+    assert str(e.value).startswith(
+        "deployment pdf asks {CPU 1} per replica on a node labelled {corpusflow/accelerator: in(gpu, tpu)}, which no "
+        "node of the cluster can ever offer (node types of cluster.yaml: head {CPU 0} without those labels; "
+        "cpu_worker {CPU 32} labelled {corpusflow/accelerator: cpu}; ")
