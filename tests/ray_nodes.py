@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,11 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
     job = subprocess.Popen([sys.executable, "-m", "corpusflow", "run", str(corpus), "--out", str(out), "--config",
                             str(config), "--address", nodes.address], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    # The job's output is read as it comes: a pipe nobody reads fills (64 KiB: a few of Ray's worker-death
+    # reports) and then blocks the job's every print, which would stall the job the harness watches.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
+    reader.start()
     todo = list(kill_during)
     kills: list[tuple[str, float]] = []
     try:
@@ -152,12 +158,14 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
                 if todo:
                     todo.pop(0)
             time.sleep(0.05)
-        output, _ = job.communicate(timeout=max(1.0, timeout_s - (time.time() - t0)))
+        job.wait(timeout=max(1.0, timeout_s - (time.time() - t0)))
+        note = ""
     except subprocess.TimeoutExpired:
         os.killpg(job.pid, signal.SIGKILL)
-        output, _ = job.communicate()
-        output += f"\n[harness] job killed after {timeout_s:.0f} s"
-    return Run(job.returncode, output, time.time() - t0, kills)
+        job.wait()
+        note = f"\n[harness] job killed after {timeout_s:.0f} s"
+    reader.join(timeout=30)
+    return Run(job.returncode, "".join(lines) + note, time.time() - t0, kills)
 
 
 def check_tables(out: Path, names: list[str]) -> dict[str, int]:
