@@ -1,6 +1,6 @@
 """Decode a video or audio file's sound and headers: duration, metadata, keyframe times, speech.
 
-The audio track is decoded once, streamed through a resampler into speech detection
+The audio track is decoded once, streamed through a resampler (in blocks) into speech detection
 (actors/speech.py), which keeps only the speech chunks, as int16: the whole track is never held. The
 same demux pass records the video keyframe times without decoding any video packet; actors/frames.py
 samples the pictures after ASR, seeking with those times. The header checks here (duration, frame
@@ -24,6 +24,7 @@ from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 # Without a container index, listing keyframes means reading every packet of the file; with an
 # audio track that pass happens anyway, without one we only pay it for files up to this size.
 KEYFRAME_SCAN_MAX_BYTES = 1 << 30
+RESAMPLE_BLOCK_S = 10.0  # audio resampled at a time (see _Resampled): 3.5 MB of 44.1-kHz stereo float
 _REMOTE_BUFFER = 1 << 20  # PyAV read size for S3 objects: fewer, larger ranged GETs
 _TAGS = ("title", "comment", "description", "artist", "album", "date", "creation_time", "copyright", "language")
 
@@ -138,6 +139,14 @@ def _size(uri: str) -> int:
     return fs.get_file_info(path).size or 0
 
 
+def read_only(container: av.container.InputContainer, streams: list[av.stream.Stream]) -> None:
+    """Make the demuxer skip every other stream's packets unread: the video's bytes are most of a file's."""
+    keep = {s.index for s in streams}
+    for s in container.streams:
+        if s.index not in keep:
+            s.discard = av.stream.Discard.all
+
+
 def start_time(container: av.container.InputContainer) -> float:
     """Seconds of the container's first timestamp: the media's time axis starts there."""
     return container.start_time / 1e6 if container.start_time is not None else 0.0
@@ -163,37 +172,74 @@ def _indexed_keyframes(vs: av.video.stream.VideoStream, t0: float) -> np.ndarray
 def _demux_pass(container: av.container.InputContainer, audio: av.audio.stream.AudioStream | None,
                 vs: av.video.stream.VideoStream | None, t0: float, max_s: float, speech: SpeechFinder
                 ) -> tuple[list[float], float]:
-    """One read of the file: decode + resample the audio to 16 kHz mono into ``speech``, note video
+    """One read of the file: decode the audio and resample it to 16 kHz mono into ``speech``, note video
     keyframe times (no decode).
 
     Stops at ``max_s`` of media: a file whose header declares no duration cannot run on unbounded.
     """
     streams = [s for s in (audio, vs) if s is not None]
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE) if audio is not None else None
+    read_only(container, streams)
+    # Time bases as integers once: Fraction arithmetic on every packet cost a tenth of the audio's decode.
+    # ``pts * num / den`` is what PyAV's frame.time computes, so keyframe times match the frames' times.
+    time_bases = {s.index: (s.time_base.numerator, s.time_base.denominator) for s in streams if s.time_base}
+    sound = _Resampled(speech, t0) if audio is not None else None
     keyframes: list[float] = []
     last = 0.0
-    started = False
     for packet in container.demux(streams):
-        if packet.pts is not None and packet.time_base:
-            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0
+        num, den = time_bases.get(packet.stream_index, (0, 1))
+        if packet.pts is not None and num:
+            end = (packet.pts + (packet.duration or 0)) * num / den - t0
             last = max(last, end)
             if last > max_s:
                 raise StageFailure(f"media runs past {_span(max_s)} (limits.max_duration_s) although its "
                                    "header does not say so")
         if packet.stream is vs:
-            if packet.is_keyframe and packet.pts is not None:
-                keyframes.append(float(packet.pts * packet.time_base) - t0)
+            if packet.is_keyframe and packet.pts is not None and num:
+                keyframes.append(packet.pts * num / den - t0)
             continue
         for frame in packet.decode():
-            if not started and frame.time is not None:
-                speech.pad_to(int(round(max(0.0, frame.time - t0) * SAMPLE_RATE)))  # audio that starts late stays aligned
-                started = True
-            for out in resampler.resample(frame):
-                speech.feed(out.to_ndarray()[0])
-    if resampler is not None:
-        for out in resampler.resample(None):
-            speech.feed(out.to_ndarray()[0])
+            sound.add(frame)
+    if sound is not None:
+        sound.finish()
     return keyframes, last
+
+
+class _Resampled:
+    """Decoded audio frames → 16 kHz mono float32 into a :class:`SpeechFinder`, resampled in blocks.
+
+    The frames wait in a FIFO at the decoder's own rate and format, and the resampler takes
+    :data:`RESAMPLE_BLOCK_S` of them at a time: resampling each decoded frame (43 a second for AAC) cost
+    more in PyAV's per-call work (filter-graph push and pull, an array per frame) than the decode itself.
+    The resampler's output does not depend on how its input is cut, so the samples are the same.
+    """
+
+    def __init__(self, speech: SpeechFinder, t0: float) -> None:
+        self.speech, self.t0 = speech, t0
+        self.fifo = av.AudioFifo()
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self.block = 0  # samples at the decoder's rate: known from the first frame
+        self.started = False
+
+    def add(self, frame: av.AudioFrame) -> None:
+        self.block = self.block or int(RESAMPLE_BLOCK_S * frame.sample_rate)
+        if not self.started and frame.time is not None:  # audio that starts late stays aligned
+            if self.fifo.samples:
+                self._resample(self.fifo.read())
+            self.speech.pad_to(int(round(max(0.0, frame.time - self.t0) * SAMPLE_RATE)))
+            self.started = True
+        frame.pts = None  # the FIFO would refuse a gap in the timestamps; the samples alone count, as before
+        self.fifo.write(frame)
+        if self.fifo.samples >= self.block:
+            self._resample(self.fifo.read())
+
+    def finish(self) -> None:
+        if self.fifo.samples:
+            self._resample(self.fifo.read())
+        self._resample(None)
+
+    def _resample(self, frame: av.AudioFrame | None) -> None:
+        for out in self.resampler.resample(frame):
+            self.speech.feed(out.to_ndarray()[0])
 
 
 def _metadata(container: av.container.InputContainer, vs: av.video.stream.VideoStream | None,

@@ -2,9 +2,10 @@
 
 Runs after ASR as its own CPU stage, so the frames go from here to the VLM actors only; the ASR actors
 never hold them. Frames are sampled by *seeking* (to the keyframe before each target time, then
-decoding forward to the first frame at/after it), so a 3-hour video at 0.1 fps costs ~1,080 short GOP
-decodes, not ~650,000 frame decodes; ``video.seek: keyframe`` takes the keyframe nearest each time
-(decode listed them, ``iframe_ts``) and decodes that one picture alone. ``video.dedup_threshold``
+decoding forward to the first frame at/after it, leaving out the B-frames shown before it that no
+picture refers to), so a 3-hour video at 0.1 fps costs ~1,080 short GOP decodes, not ~650,000 frame
+decodes; ``video.seek: keyframe`` takes the keyframe nearest each time (decode listed them,
+``iframe_ts``) and decodes that one packet alone. ``video.dedup_threshold``
 leaves out frames that look like the last kept one (a slide on screen for minutes). Kept frames are
 written in place into one array: they are never held twice.
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import av
 import av.error
 import numpy as np
 
-from corpusflow.actors.decode import describe_error, open_media, picture_streams, start_time
+from corpusflow.actors.decode import describe_error, open_media, picture_streams, read_only, start_time
 from corpusflow.contracts.config import StageConfig, VideoConfig
 from corpusflow.contracts.stage import Row, Stage, StageContract, StageFailure
 
@@ -88,6 +89,18 @@ def shot_boundaries(frames: np.ndarray, times: np.ndarray, threshold: float) -> 
     return np.asarray(cuts, dtype=np.float64)
 
 
+def _decode_skipping_unseen(container: av.container.InputContainer, vs: av.video.stream.VideoStream,
+                            shown_from: float) -> Iterator[av.VideoFrame]:
+    """The frames from where the container stands, leaving undecoded the pictures that no other picture
+    refers to and that are shown before ``shown_from`` (container seconds): none of them can be sampled."""
+    ctx = vs.codec_context
+    num, den = vs.time_base.numerator, vs.time_base.denominator
+    for packet in container.demux(vs):
+        early = packet.pts is not None and packet.pts * num / den < shown_from
+        ctx.skip_frame = "NONREF" if early else "DEFAULT"
+        yield from ctx.decode(packet)
+
+
 class SampleFrames(Stage):
     """Video rows → sampled frames (RGB, ``video.frame_size`` on the long side), their times, shot times.
 
@@ -116,6 +129,7 @@ class SampleFrames(Stage):
                 if not pictures:
                     raise StageFailure("video could not be decoded: the file holds no video stream")
                 keyframes = np.asarray(row["iframe_ts"], dtype=np.float64)
+                read_only(container, pictures[:1])
                 frames, frame_ts, dropped = self._sample_frames(container, pictures[0], float(row["duration_s"]),
                                                                 start_time(container), keyframes)
         except (av.error.FFmpegError, OSError, EOFError) as e:
@@ -141,14 +155,13 @@ class SampleFrames(Stage):
         times: list[float] = []
         dims: tuple[int, int] | None = None
         targets = sample_times(duration, self.video)
-        if self.video.seek == "keyframe":
-            # The decoder then drops every other picture unseen, so a seek costs one picture, not a GOP.
+        by_keyframe = self.video.seek == "keyframe"
+        if by_keyframe:
             targets = nearest_keyframes(targets, keyframes)
-            ctx.skip_frame = "NONKEY"
         last_thumb: np.ndarray | None = None
         dropped = 0
         for target in targets:
-            got = self._frame_at(container, vs, t0 + float(target), step)
+            got = (self._keyframe_at if by_keyframe else self._frame_at)(container, vs, t0 + float(target), step)
             if got is None:
                 break  # past the last decodable picture
             frame, t = got
@@ -185,7 +198,7 @@ class SampleFrames(Stage):
             offset = max(vs.start_time or 0, int((target - backoff) / vs.time_base))
             container.seek(offset, stream=vs, backward=True)
             first, found = None, None
-            for frame in container.decode(vs):
+            for frame in _decode_skipping_unseen(container, vs, target - step / 2):
                 self.frames_decoded += 1
                 if frame.time is None:
                     continue
@@ -198,3 +211,41 @@ class SampleFrames(Stage):
                 return found
             backoff = max(2 * backoff, 2.0)
         return found
+
+    def _keyframe_at(self, container: av.container.InputContainer, vs: av.video.stream.VideoStream, target: float,
+                     step: float) -> tuple[av.VideoFrame, float] | None:
+        """The first keyframe at/after ``target`` (container seconds; decode listed it), decoded alone.
+
+        Seek to it, read packets up to it, decode that one packet and drain the decoder: a decoder with
+        B-frames gives a picture out only after more packets, so decoding on read up to the next
+        keyframe (a whole GOP of packets) per sample. Seeks that land after the target back off as in
+        :meth:`_frame_at`, judged on the decoding time: an MP4 index lists keyframes at that time, which
+        is the picture's time less the reordering delay.
+        """
+        ctx = vs.codec_context
+        num, den = vs.time_base.numerator, vs.time_base.denominator
+        backoff = 0.0
+        for _ in range(4):
+            offset = max(vs.start_time or 0, int((target - backoff) / vs.time_base))
+            container.seek(offset, stream=vs, backward=True)  # also flushes the decoder drained below
+            first = None
+            for packet in container.demux(vs):
+                if packet.pts is None or not packet.is_keyframe:
+                    continue
+                if first is None:
+                    first = (packet.pts if packet.dts is None else packet.dts) * num / den
+                if packet.pts * num / den < target - step / 2:
+                    continue
+                if first > target + step / 2 and target - backoff > 0:
+                    break  # landed after the target: seek further back
+                frames = ctx.decode(packet) + ctx.decode(None)
+                self.frames_decoded += len(frames)
+                # the drained frames carry no time base: their time from the stream's, as frame.time computes it
+                timed = [(f, f.pts * num / den) for f in frames if f.pts is not None]
+                if timed:
+                    return timed[0]
+                ctx.flush_buffers()  # a keyframe that gives no picture: the next one may
+            else:
+                return None  # no keyframe at/after the target
+            backoff = max(2 * backoff, 2.0)
+        return None

@@ -2,7 +2,7 @@
 
 whisperX's shape is VAD → speech merged into chunks of at most ``asr.chunk_s`` → batched decoding.
 The first two steps are CPU work (Silero VAD takes ~4 s of one core per 30-minute track) and run
-inside decode (actors/decode.py feeds each resampled frame to a :class:`SpeechFinder`), so the ASR
+inside decode (actors/decode.py feeds the resampled audio to a :class:`SpeechFinder` as it comes), so the ASR
 actors' GPU share only decodes chunks and no stage ever holds a whole track: the finder runs the VAD
 over windows of :data:`VAD_WINDOW_S` (two minutes), keeps the samples of the chunks it has closed as int16
 (Whisper's features come from 16-bit audio anyway) and forgets the rest. A long lecture with 10%
@@ -124,8 +124,7 @@ class SpeechDetector:
     def detect(self, pcm: np.ndarray) -> Speech:
         """The speech of a track held in memory (16 kHz mono float32), as if decoded."""
         finder = self.finder()
-        for i in range(0, len(pcm), self.window):
-            finder.feed(pcm[i:i + self.window])
+        finder.feed(pcm)
         return finder.finish()
 
     def regions(self, audio: np.ndarray) -> list[tuple[int, int]]:
@@ -158,14 +157,23 @@ class SpeechFinder:
         return self.base + self.held
 
     def feed(self, samples: np.ndarray) -> None:
+        """Take the next samples; the VAD runs each time a window's worth past the undecided sample has come.
+
+        The windows end at the same samples however the track arrives (a decoded frame at a time, in
+        blocks, or whole), so the speech found does not depend on the decoder's frame size.
+        """
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         if bad:
             raise StageFailure(f"audio holds {bad} non-finite samples (NaN or infinity); the decoded track is corrupt")
-        if len(samples):
-            self.parts.append(np.asarray(samples, dtype=np.float32))
-            self.held += len(samples)
-        if self.samples - self.undecided >= self.detector.window:
-            self._detect(last=False)
+        samples = np.asarray(samples, dtype=np.float32)
+        at = 0
+        while at < len(samples):
+            part = samples[at:at + max(1, self.undecided + self.detector.window - self.samples)]
+            self.parts.append(part)
+            self.held += len(part)
+            at += len(part)
+            if self.samples - self.undecided >= self.detector.window:
+                self._detect(last=False)
 
     def pad_to(self, samples: int) -> None:
         """Silence up to sample ``samples`` (audio that starts late stays on the media's time axis)."""

@@ -71,11 +71,12 @@ def scene_frame(i: int, n: int, fps: float, size: tuple[int, int], scenes: int, 
 def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tuple[int, int] = (160, 120),
                audio: bool = True, container: str = "mp4", scenes: int = 3,
                title: str | None = "corpusflow test video", language: str = "eng", rotation: int = 0,
-               speech: tuple[np.ndarray, int] | None = None) -> Path:
+               speech: tuple[np.ndarray, int] | None = None, bframes: int = 0) -> Path:
     """Write a short video with ``scenes`` distinct scenes and a keyframe every second; returns its path.
 
     ``rotation`` (degrees counter-clockwise) goes into the display matrix, as phones record portrait video.
     ``speech`` (samples, rate), e.g. from tests/spoken.py, is the audio track instead of a speech-like tone.
+    ``bframes``: B-frames between reference pictures (x264 only), so pictures are decoded out of display order.
     """
     muxer, options, vcodec, acodec, rate = _VIDEO_RECIPES[container]
     path = Path(path)
@@ -94,7 +95,7 @@ def make_video(path: str | Path, seconds: float = 6.0, fps: int = 10, size: tupl
         vs.codec_context.options = {"g": str(fps), "keyint_min": str(fps)}
         if vcodec == "libx264":
             vs.codec_context.options = {**vs.codec_context.options, "preset": "ultrafast", "crf": "30",
-                                        "sc_threshold": "0"}
+                                        "sc_threshold": "0", "bf": str(bframes)}
         astream = None
         pcm = np.zeros(0, np.float32)
         if audio:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
 import boto3
 import numpy as np
 import pytest
 
-from corpusflow.actors.decode import DecodeMedia
-from corpusflow.actors.frames import SampleFrames, frame_dims, sample_times
+from corpusflow.actors.decode import DecodeMedia, start_time
+from corpusflow.actors.frames import SampleFrames, frame_dims, nearest_keyframes, sample_times, upright_rgb
+from corpusflow.actors.speech import SpeechDetector
 from corpusflow.actors.identify import Identify
 from corpusflow.contracts.config import JobConfig, VideoConfig
 from tests import media
@@ -190,3 +192,49 @@ def test_keyframe_sampling_decodes_one_picture_per_frame_at_keyframe_times(tmp_p
     assert set(keyed["frame_ts"][0]) <= set(keyed["iframe_ts"][0])  # exact timestamps of the frames shown
     assert np.all(np.abs(keyed["frame_ts"][0] - exact["frame_ts"][0]) <= 0.5)  # the nearest keyframe (1-s GOP)
     assert key_stage.frames_decoded == 6 < exact_stage.frames_decoded
+
+
+def _shown(path: Path, side: int) -> list[tuple[float, bool, np.ndarray]]:
+    """Every picture of the video in display order, decoded front to back without seeking or skipping:
+    (time on the media's axis, keyframe, RGB as frames delivers it)."""
+    with av.open(str(path)) as container:
+        vs, t0 = container.streams.video[0], start_time(container)
+        dims = frame_dims(vs.codec_context.width, vs.codec_context.height, side)
+        return [(f.time - t0, f.key_frame, upright_rgb(f, *dims)) for f in container.decode(vs)]
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])  # keyframes from the MP4 index (decoding times) and from a scan
+@pytest.mark.parametrize("seek", ["exact", "keyframe"])
+def test_seeking_gives_the_pictures_a_front_to_back_decode_shows(tmp_path, container, seek):
+    """B-frames (decoded out of display order, some referred to by none) and the shortcuts frames takes
+    (the keyframe decoded alone, such B-frames before the target left undecoded) change no sampled picture."""
+    video = media.make_video(tmp_path / f"b.{container}", seconds=20.0, size=(160, 120), audio=False, bframes=3)
+    cfg = config(fps=0.3, seek=seek)
+    out = decode(cfg, batch([video], ["video"]))
+    shown = _shown(video, 112)
+    step = 1.0 / FPS
+    targets = sample_times(float(out["duration_s"][0]), cfg.video)
+    if seek == "keyframe":
+        targets = nearest_keyframes(targets, out["iframe_ts"][0])
+    expected = [next(s for s in shown if s[0] >= t - step / 2 and (seek == "exact" or s[1])) for t in targets]
+    assert out["error"][0] == "" and len(expected) == 6
+    np.testing.assert_array_equal(out["frame_ts"][0], [s[0] for s in expected])
+    np.testing.assert_array_equal(out["frames"][0], np.stack([s[2] for s in expected]))
+
+
+def test_speech_comes_from_the_samples_of_resampling_each_decoded_frame(tmp_path):
+    """Decode resamples the audio in blocks: the 16 kHz samples, and so the speech chunks and their samples, are
+    those of resampling one decoded frame at a time (as decode did before), over more than one VAD window."""
+    sound = media.make_audio(tmp_path / "talk.m4a", seconds=130.0, container="m4a")  # AAC at 22.05 kHz
+    cfg = config()
+    out = DecodeMedia(cfg)(batch([sound], ["audio"]))
+    with av.open(str(sound)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        pieces = [o.to_ndarray()[0] for f in container.decode(audio=0) for o in resampler.resample(f)]
+        pcm = np.concatenate(pieces + [o.to_ndarray()[0] for o in resampler.resample(None)])
+    assert abs(len(pcm) / 16000 - 130.0) < 0.1
+    expected = SpeechDetector(cfg).detect(pcm)
+    assert len(expected.start_s) >= 5, "several chunks, over two VAD windows"
+    np.testing.assert_array_equal(out["speech_start_s"][0], expected.start_s)
+    np.testing.assert_array_equal(out["speech_end_s"][0], expected.end_s)
+    np.testing.assert_array_equal(out["speech_pcm"][0], expected.pcm)
