@@ -6,16 +6,23 @@ never ends: each replacement actor comes with restarts of its own. The driver th
 cluster's nodes while the job runs and, past the bound, stops the job's stream from its own thread
 (the main thread waits inside Ray Data's iterator; the exception is raised there, as
 contracts/deadline.py raises time limits) with :class:`NodesLost`, naming what happened.
+
+That wait is a lock wait for the next batch, which an exception raised from another thread does not
+end: while every node that takes the stage is lost, no batch comes. A signal does end it, so the main
+thread is also sent one, whose (empty) handler's first bytecode raises the pending exception.
 """
 from __future__ import annotations
 
+import signal
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 from corpusflow.contracts.deadline import raise_in
 
 # How often the driver asks Ray which nodes are dead (one GCS call).
 POLL_S = 2.0
+# The signal that wakes the main thread out of its wait for a batch.
+WAKE = signal.SIGUSR1
 
 
 class NodesLost(RuntimeError):
@@ -45,9 +52,13 @@ class NodeWatch:
         self._lock = threading.Lock()
         self._target = threading.get_ident()
         self._thread: Optional[threading.Thread] = None
+        self._wakes = self._target == threading.main_thread().ident  # signals reach only the main thread
+        self._handler: Any = None  # the WAKE handler before ours, put back on exit
 
     def __enter__(self) -> "NodeWatch":
         self._before = dead_nodes()
+        if self._wakes:
+            self._handler = signal.signal(WAKE, lambda *_: None)
         self._thread = threading.Thread(target=self._watch, name="corpusflow-node-watch", daemon=True)
         self._thread.start()
         return self
@@ -63,6 +74,8 @@ class NodeWatch:
                     if not self._stop.is_set():
                         self._fired = True
                         raise_in(self._target, _Stop)
+                        if self._wakes:
+                            signal.pthread_kill(self._target, WAKE)
                 return
 
     def __exit__(self, kind: Optional[type], *exc: object) -> None:
@@ -70,6 +83,8 @@ class NodeWatch:
             self._stop.set()
             if self._fired and kind is not _Stop:
                 raise_in(self._target, None)  # the body ended before it landed: withdraw it
+        if self._wakes:
+            signal.signal(WAKE, self._handler)
         if kind is _Stop:
             raise NodesLost(
                 f"the cluster lost {len(self.lost)} nodes while this job ran, more than faults.max_nodes_lost "
