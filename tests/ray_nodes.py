@@ -3,10 +3,10 @@ them through the CLI, and a node lost the way a spot reclaim loses it, at a mome
 
 Used by tests/test_node_loss.py and benchmarks/node_loss.py. The stages under test are steered onto the
 "spot" node with a custom resource in the job config (``resources.<stage>.ray_options.resources``), as a
-user steers stages onto node types; the node is killed (``remove_node(allow_graceful=False)``: SIGKILL of
-its raylet and workers) when one of its worker processes shows the stage at work (Ray titles a worker
-process with the task or actor method it runs), and a replacement node with the same resources comes up,
-as the autoscaler would bring one.
+user steers stages onto node types; the node is killed (SIGKILL of its workers, and
+``remove_node(allow_graceful=False)``: SIGKILL of its raylet) when one of its worker processes shows the
+stage at work (Ray titles a worker process with the task or actor method it runs), and a replacement node
+with the same resources comes up, as the autoscaler would bring one.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ from tests.local_cluster import free_port
 # The custom resource that puts a stage on the spot node; each stage asks a sliver of it.
 SPOT = "spot"
 SPOT_STAGES = ("decode", "asr", "vlm", "commit")
-# What a worker process on the spot node is titled while each stage works (task name, actor method).
+# What a worker process on the spot node is titled while each stage works (task name, actor method); a
+# commit is told by the tables instead (run_job).
 WORKING = {"decode": "ray::MapBatches(DecodeMedia)", "asr": "(MapBatches(Transcribe)).submit",
-           "vlm": "(MapBatches(Describe)).submit", "commit": "(MapBatches(_Committer)).submit"}
+           "vlm": "(MapBatches(Describe)).submit"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,26 +60,36 @@ class Nodes:
         self.spot = self.cluster.add_node(num_cpus=self.spot_cpus, resources={SPOT: 1}, **_ports())
 
     def lose_spot(self) -> None:
-        """SIGKILL the spot node's raylet and workers, then bring a replacement up (without waiting on the job)."""
+        """SIGKILL the spot node's worker processes and raylet at once, as a reclaimed machine stops, then
+        bring a replacement up (without waiting on the job). Ray's ``remove_node`` kills the raylet and
+        its agents; the workers would only exit once they noticed, finishing what they were writing."""
+        for p in self._spot_processes():
+            try:
+                p.kill()
+            except psutil.Error:
+                continue
         self.cluster.remove_node(self.spot, allow_graceful=False)
         self.lost += 1
         self.add_spot()
 
-    def spot_titles(self) -> list[str]:
-        """The titles of the spot node's worker processes right now."""
+    def _spot_processes(self) -> list[psutil.Process]:
+        """The spot node's worker processes (the raylet's descendants) right now."""
         if self.spot is None:
             return []
         try:
-            raylet = psutil.Process(self.spot.all_processes["raylet"][0].process.pid)
-            titles = []
-            for p in raylet.children(recursive=True):
-                try:
-                    titles.append(" ".join(p.cmdline()))
-                except psutil.Error:
-                    continue
-            return titles
+            return psutil.Process(self.spot.all_processes["raylet"][0].process.pid).children(recursive=True)
         except (psutil.Error, KeyError, IndexError):
             return []
+
+    def spot_titles(self) -> list[str]:
+        """The titles of the spot node's worker processes right now."""
+        titles = []
+        for p in self._spot_processes():
+            try:
+                titles.append(" ".join(p.cmdline()))
+            except psutil.Error:
+                continue
+        return titles
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
@@ -109,6 +120,12 @@ class Run:
 
 
 DATA_TABLES = ("timeline", "summaries", "pages", "metrics")
+
+
+def commits(out: Path, table: str) -> int:
+    """How many Delta versions ``table`` has."""
+    log = out / table / "_delta_log"
+    return len(list(log.glob("*.json"))) if log.exists() else 0
 
 
 def _last_commit_at(out: Path, table: str) -> float:
@@ -146,10 +163,13 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
         while job.poll() is None and time.time() - t0 < timeout_s and (todo or kill_every):
             stage = todo[0] if todo else kill_every
             assert stage is not None
-            titles = nodes.spot_titles()
-            busy = any(WORKING[stage] in t for t in titles)
-            if stage == "commit" and busy:
+            if stage == "commit":
+                # The committer runs only on the spot node (job_config), so the tables alone say when it is
+                # between its data and assets transactions; read at once, without listing the node's
+                # processes first, as the window is a few Delta commits long.
                 busy = _between_data_and_assets(out)
+            else:
+                busy = any(WORKING[stage] in t for t in nodes.spot_titles())
             if busy:
                 nodes.lose_spot()
                 kills.append((stage, round(time.time() - t0, 1)))
@@ -157,7 +177,7 @@ def run_job(nodes: Nodes, corpus: Path, out: Path, config: Path, kill_during: tu
                       flush=True)
                 if todo:
                     todo.pop(0)
-            time.sleep(0.05)
+            time.sleep(0.005 if stage == "commit" else 0.05)
         job.wait(timeout=max(1.0, timeout_s - (time.time() - t0)))
         note = ""
     except subprocess.TimeoutExpired:

@@ -41,6 +41,8 @@ def test_losing_the_node_during_decode_asr_vlm_and_a_commit_loses_no_file(nodes,
     assert run.code == 0, run.output[-3000:]
     counts = ray_nodes.check_tables(tmp_path / "out", names)
     assert counts == {"assets": len(names), "duplicates": 0, "leases_left": 0}
+    # The killed commit had written data tables but not its assets row, and was committed again after.
+    assert ray_nodes.commits(tmp_path / "out", "timeline") > ray_nodes.commits(tmp_path / "out", "assets")
     assert "`ray_remote_args` is deprecated" not in run.output  # Ray 2.64 removes it: nothing may rely on it
 
 
