@@ -89,6 +89,12 @@ def shot_boundaries(frames: np.ndarray, times: np.ndarray, threshold: float) -> 
     return np.asarray(cuts, dtype=np.float64)
 
 
+def _seek_before(container: av.container.InputContainer, vs: av.video.stream.VideoStream, seconds: float) -> None:
+    """Seek to the keyframe at/before ``seconds`` (container seconds), never before the stream's first
+    timestamp: some demuxers (FLV) refuse a seek with no keyframe before it."""
+    container.seek(max(vs.start_time or 0, int(seconds / vs.time_base)), stream=vs, backward=True)
+
+
 def _decode_skipping_unseen(container: av.container.InputContainer, vs: av.video.stream.VideoStream,
                             shown_from: float) -> Iterator[av.VideoFrame]:
     """The frames from where the container stands, leaving undecoded the pictures that no other picture
@@ -194,9 +200,7 @@ class SampleFrames(Stage):
         backoff = 0.0
         found = None
         for _ in range(4):
-            # never before the stream's first timestamp: some demuxers (FLV) refuse a seek with no keyframe before it
-            offset = max(vs.start_time or 0, int((target - backoff) / vs.time_base))
-            container.seek(offset, stream=vs, backward=True)
+            _seek_before(container, vs, target - backoff)
             first, found = None, None
             for frame in _decode_skipping_unseen(container, vs, target - step / 2):
                 self.frames_decoded += 1
@@ -226,8 +230,7 @@ class SampleFrames(Stage):
         num, den = vs.time_base.numerator, vs.time_base.denominator
         backoff = 0.0
         for _ in range(4):
-            offset = max(vs.start_time or 0, int((target - backoff) / vs.time_base))
-            container.seek(offset, stream=vs, backward=True)  # also flushes the decoder drained below
+            _seek_before(container, vs, target - backoff)  # also flushes the decoder drained below
             first = None
             for packet in container.demux(vs):
                 if packet.pts is None or not packet.is_keyframe:

@@ -203,7 +203,7 @@ def check_tables(out: Path, names: list[str]) -> dict[str, int]:
     assert uris == names, f"assets rows {uris} != files {names}"
     assert {r["status"] for r in rows} == {"ok"}, rows
     duplicates = {}
-    for table in ("timeline", "summaries", "pages", "metrics"):
+    for table in DATA_TABLES:
         data = duckdb_read(out / table)
         if data is not None:
             con = duckdb.connect()
